@@ -1,0 +1,1 @@
+"""DLB: Self-Distillation from the Last Mini-Batch, reproduced."""
