@@ -1,0 +1,187 @@
+"""Structured-config schema (Hydra ConfigStore) and the range checks that types alone can't express.
+
+The YAML files in configs/ fill these dataclasses; Hydra rejects unknown keys and wrong types while composing,
+and `validate` rejects out-of-range values before any data is read or model built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+DATASET_NAMES = ("cifar10", "cifar100", "tinyimagenet", "fashion_mnist", "imagefolder")
+AUGMENTS = ("crop_flip", "rrc_flip", "none")
+LOADERS = ("device", "torch")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+LOGGERS = ("none", "wandb")
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+class ConfigError(ValueError):
+    """A config value that is out of range or inconsistent; the message names the key and the fix."""
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: Optional[str] = "${data_root}"  # imagefolder: null until given
+    download: bool = False  # fetch missing archives (needs internet)
+    train_subset: Optional[int] = None  # first n of a fixed (seed-independent) permutation; null = all
+    test_subset: Optional[int] = None
+    image_size: int = 32  # training resolution; imagefolder images are resized to it on load
+    augment: str = "crop_flip"  # crop_flip (CIFAR) | rrc_flip (TinyImageNet) | none
+    padding: int = 4  # crop_flip zero padding
+    loader: str = "device"  # device: uint8 data and batched augmentation on the device | torch: PIL + DataLoader
+    num_workers: int = 4  # torch loader only
+
+
+@dataclass
+class BackboneConfig:
+    name: str = MISSING  # any timm model name; the paper's CIFAR nets are registered as cifar_*
+    kwargs: Any = field(default_factory=dict)  # extra timm.create_model arguments
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    gamma: float = 0.1
+    milestones: Optional[List[int]] = None  # null: milestone_fractions x trainer.epochs
+    milestone_fractions: List[float] = field(default_factory=lambda: [0.625, 0.75, 0.875])  # 150/180/210 of 240
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 240
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    device: str = "auto"
+    deterministic: bool = False
+    precision: str = "fp32"  # bf16: autocast on CUDA
+    channels_last: bool = False
+    limit_train_batches: Optional[int] = None  # debugging: stop each epoch after n steps
+    limit_eval_batches: Optional[int] = None
+    progress: Optional[bool] = None  # null: on when stderr is a terminal
+    save_best: bool = True  # keep checkpoints/best.pt (model weights at the best test accuracy)
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    project: str = "dlb-reproduction"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # null: online when an API key is configured, else offline
+    group: Optional[str] = None  # null: dataset/backbone/method cell
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = MISSING
+    backbone: BackboneConfig = MISSING
+    method: Any = MISSING  # each method's own schema, see dlb/methods
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    data_root: str = "${oc.env:DLB_DATA,data}"
+    seed: int = 0
+    resume: bool = True  # continue from checkpoints/ in the output dir when there is one
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="schema/dataset", name="base", node=DatasetConfig)
+    cs.store(group="schema/backbone", name="base", node=BackboneConfig)
+    cs.store(group="schema/logger", name="base", node=LoggerConfig)
+    from dlb.methods import METHODS  # each method file registers its own schema
+
+    for name, cls in METHODS.items():
+        cs.store(group="schema/method", name=name, node=cls.Config)
+
+
+def _fail(key: str, value: Any, why: str) -> None:
+    raise ConfigError(f"{key}={value!r}: {why}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject values that are well-typed but unusable. Raises ConfigError naming the key and the fix."""
+    from dlb.methods import METHODS
+
+    d, t, o = cfg.dataset, cfg.trainer, cfg.optim
+    if d.name not in DATASET_NAMES:
+        _fail("dataset.name", d.name, f"unknown dataset; use one of {', '.join(DATASET_NAMES)}")
+    if not d.root:
+        _fail("dataset.root", d.root, f"dataset={d.name} needs a data folder: set dataset.root=<dir>"
+              + ("" if d.name == "imagefolder" else " (or the DLB_DATA environment variable)"))
+    if d.augment not in AUGMENTS:
+        _fail("dataset.augment", d.augment, f"use one of {', '.join(AUGMENTS)}")
+    if d.loader not in LOADERS:
+        _fail("dataset.loader", d.loader, f"use one of {', '.join(LOADERS)}")
+    for key in ("train_subset", "test_subset"):
+        if d[key] is not None and d[key] < 1:
+            _fail(f"dataset.{key}", d[key], "must be >= 1, or null for the whole split")
+    if d.image_size < 8:
+        _fail("dataset.image_size", d.image_size, "must be >= 8 pixels")
+    if d.padding < 0:
+        _fail("dataset.padding", d.padding, "must be >= 0")
+    if cfg.method.name not in METHODS:
+        _fail("method.name", cfg.method.name, f"unknown method; use one of {', '.join(sorted(METHODS))}")
+    METHODS[cfg.method.name].validate_config(cfg.method)
+    if t.epochs < 1:
+        _fail("trainer.epochs", t.epochs, "must be >= 1")
+    if t.batch_size < 1:
+        _fail("trainer.batch_size", t.batch_size, "must be >= 1 (the paper uses 64)")
+    if t.eval_batch_size < 1:
+        _fail("trainer.eval_batch_size", t.eval_batch_size, "must be >= 1")
+    if t.device not in DEVICES and not str(t.device).startswith("cuda:"):
+        _fail("trainer.device", t.device, f"use one of {', '.join(DEVICES)} or cuda:<index>")
+    if t.precision not in PRECISIONS:
+        _fail("trainer.precision", t.precision, f"use one of {', '.join(PRECISIONS)}")
+    for key in ("limit_train_batches", "limit_eval_batches"):
+        if t[key] is not None and t[key] < 1:
+            _fail(f"trainer.{key}", t[key], "must be >= 1, or null for no limit")
+    if o.name != "sgd":
+        _fail("optim.name", o.name, "only sgd (the official recipe) is implemented")
+    if o.lr <= 0:
+        _fail("optim.lr", o.lr, "must be > 0 (the official recipe uses 0.05)")
+    if not 0 <= o.momentum < 1:
+        _fail("optim.momentum", o.momentum, "must be in [0, 1)")
+    if o.nesterov and o.momentum == 0:
+        _fail("optim.nesterov", o.nesterov, "nesterov needs momentum > 0; set optim.nesterov=false")
+    if o.weight_decay < 0:
+        _fail("optim.weight_decay", o.weight_decay, "must be >= 0")
+    if not 0 < o.gamma <= 1:
+        _fail("optim.gamma", o.gamma, "must be in (0, 1]")
+    if o.milestones is not None and any(m < 1 for m in o.milestones):
+        _fail("optim.milestones", list(o.milestones), "epochs must be >= 1")
+    if any(not 0 < f < 1 for f in o.milestone_fractions):
+        _fail("optim.milestone_fractions", list(o.milestone_fractions), "fractions must be in (0, 1)")
+    if cfg.logger.name not in LOGGERS:
+        _fail("logger.name", cfg.logger.name, f"use one of {', '.join(LOGGERS)}")
+    if cfg.logger.mode is not None and cfg.logger.mode not in WANDB_MODES:
+        _fail("logger.mode", cfg.logger.mode, f"use one of {', '.join(WANDB_MODES)}, or null for automatic")
+    if cfg.seed < 0:
+        _fail("seed", cfg.seed, "must be >= 0")
+
+
+def milestones(cfg: DictConfig) -> list[int]:
+    """Explicit optim.milestones, else the official 150/180/210-of-240 fractions scaled to trainer.epochs."""
+    if cfg.optim.milestones is not None:
+        return list(cfg.optim.milestones)
+    return [round(f * cfg.trainer.epochs) for f in cfg.optim.milestone_fractions]
+
+
+def to_container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)

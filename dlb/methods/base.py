@@ -1,0 +1,69 @@
+"""The method interface, in the spirit of mdistiller's Distiller.
+
+The trainer hands a method a batch; the method runs the model as often as it needs and returns the logits of the
+current batch (for training accuracy) and a dict of named, already-weighted loss terms. The trainer sums the terms,
+logs each one and backpropagates, never knowing which method runs. Whatever a method remembers between steps
+(DLB's last batch, PS-KD's memory) lives in the method and goes into checkpoints through `method_state`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
+    def add(cls: type[Method]) -> type[Method]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is registered twice ({METHODS[name].__module__}, {cls.__module__})")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return add
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set `Config` (a dataclass whose fields are the constructor's keyword arguments)."""
+
+    name: str = "?"
+    num_views: int = 1  # augmented views per image the loader must provide
+
+    @dataclass
+    class Config:
+        name: str = "?"
+
+    @classmethod
+    def validate_config(cls, cfg: Any) -> None:
+        """Raise dlb.config.ConfigError for out-of-range values. Types are already checked by the schema."""
+
+    def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Called before each training epoch (0-based)."""
+
+    def method_state(self) -> dict:
+        """Everything the method carries between steps, for checkpoints."""
+        return {}
+
+    def load_method_state(self, state: dict, device: torch.device | str | None = None) -> None:
+        """Restore `method_state()`, moving tensors to `device`."""
+
+
+def build_method(cfg: Any, **context: Any) -> Method:
+    """Instantiate the method named by cfg.name with the other fields of cfg as keyword arguments.
+
+    `context` (num_classes, train_size, ...) is passed to methods whose constructor asks for it.
+    """
+    import inspect
+
+    cls = METHODS[cfg.name]
+    kwargs = {k: v for k, v in dict(cfg).items() if k != "name"}
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs.update({k: v for k, v in context.items() if k in accepted})
+    return cls(**kwargs)

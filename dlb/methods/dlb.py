@@ -1,0 +1,70 @@
+"""DLB: self-distillation from the last mini-batch (Shen et al., CVPR 2022), as the official dlb.py does it.
+
+Step t sees the current batch S_t and the previous batch S_{t-1}:
+  z_t = f(view0(S_t));  zhat_t = f(view1(S_{t-1}))   -- two separate forward calls (BatchNorm statistics per half)
+  loss = CE([zhat_t; z_t], [y_{t-1}; y_t]) + alpha * T^2 * KL(softmax(sg(z_{t-1})/T) || softmax(zhat_t/T))
+with KL reduced by batchmean over |S_{t-1}|, and z_{t-1} the detached logits the model gave view0(S_{t-1}) one
+step earlier. Only the very first step of a run has no previous batch (loss = CE on S_t); the cache carries over
+epoch boundaries. Usable in any PyTorch loop, see README ("DLB in your own training loop").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dlb.methods.base import Method, register_method
+
+
+def last_batch_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), batchmean. The teacher side gets no gradient."""
+    log_q = F.log_softmax(student_logits / T, dim=1)
+    p = F.softmax(teacher_logits.detach() / T, dim=1)
+    return F.kl_div(log_q, p, reduction="batchmean") * (T * T)
+
+
+@register_method("dlb")
+class DLB(Method):
+    num_views = 2
+
+    @dataclass
+    class Config:
+        name: str = "dlb"
+        T: float = 3.0
+        alpha: float = 1.0
+
+    @classmethod
+    def validate_config(cls, cfg):
+        from dlb.config import ConfigError
+
+        if cfg.T <= 0:
+            raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (the paper uses 3)")
+        if cfg.alpha < 0:
+            raise ConfigError(f"method.alpha={cfg.alpha}: the KD weight must be >= 0 (the paper uses 1)")
+
+    def __init__(self, T: float = 3.0, alpha: float = 1.0):
+        super().__init__()
+        self.T, self.alpha = float(T), float(alpha)
+        self.prev: dict[str, torch.Tensor] | None = None  # view1 images, labels and detached logits of S_{t-1}
+
+    def training_step(self, model, batch):
+        x0, x1 = batch.views[0], batch.views[1]
+        logits = model(x0)
+        if self.prev is None:
+            losses = {"ce": F.cross_entropy(logits, batch.y)}
+        else:
+            prev_logits_view1 = model(self.prev["x1"])
+            ce = F.cross_entropy(torch.cat([prev_logits_view1, logits]), torch.cat([self.prev["y"], batch.y]))
+            kd = last_batch_kd(prev_logits_view1, self.prev["logits"], self.T)
+            losses = {"ce": ce, "kd": self.alpha * kd}
+        # Keep S_t for the next step. Float logits: under bf16 autocast the target stays full precision.
+        self.prev = {"x1": x1, "y": batch.y, "logits": logits.detach().float()}
+        return logits, losses
+
+    def method_state(self):
+        return {"prev": None if self.prev is None else {k: v.cpu() for k, v in self.prev.items()}}
+
+    def load_method_state(self, state, device=None):
+        prev = state.get("prev")
+        self.prev = None if prev is None else {k: v.to(device) if device else v for k, v in prev.items()}
