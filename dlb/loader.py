@@ -1,0 +1,307 @@
+"""Data loading: a GPU-resident loader (the default) and the classic PIL/DataLoader pipeline for comparison.
+
+DeviceLoader keeps the whole uint8 dataset on the device and builds each batch with a handful of batched
+tensor ops (gather, crop via advanced indexing or roi_align, flip, one fused multiply-add to normalise).
+CIFAR-sized data makes per-sample PIL work in worker processes the bottleneck of small-network training;
+here a batch costs a few kernel launches.  All randomness is a pure function of (seed, epoch, step), so a
+run can resume mid-epoch (iter_from) and reproduce the exact batches it would have seen.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from dlb.datasets import ArrayDataset
+
+AUGMENTS = ("crop_flip", "rrc_flip", "none")
+KINDS = ("device", "torch")
+
+
+@dataclass
+class Batch:
+    views: list[torch.Tensor]  # num_views float tensors (B,3,S,S), augmented independently, normalised
+    y: torch.Tensor  # int64 (B,)
+    idx: torch.Tensor | None = None  # int64 (B,), dataset row indices (None in a user's own loop)
+
+
+def mix_seed(*xs: int) -> int:
+    """Hash a tuple of non-negative ints into one 64-bit seed (SeedSequence: well mixed, no collisions
+    between nearby tuples).  Callers keep tuple lengths fixed per use so different uses cannot alias."""
+    return int(np.random.SeedSequence(list(xs)).generate_state(1, np.uint64)[0])
+
+
+def _perm_seed(seed: int, epoch: int) -> int:
+    return mix_seed(seed, epoch, 0, 0)  # tag 0: epoch order
+
+
+def _aug_seed(seed: int, epoch: int, step: int) -> int:
+    return mix_seed(seed, epoch, 1, step)  # tag 1: per-batch augmentation
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batched augmentation.  *_params sample the per-sample parameters (exposed so tests can recompute them);
+# the appliers consume them.  Draw order within a view is fixed, so results depend only on the generator.
+
+
+def crop_flip_params(n: int, h: int, w: int, crop: int, padding: int, g: torch.Generator, device):
+    """RandomCrop(crop, padding) + RandomHorizontalFlip: offsets uniform in [0, H+2p-crop] of the padded
+    image (torchvision semantics), flip with p=0.5.  Returns (dy, dx, flip), each (n,)."""
+    dy = torch.randint(0, h + 2 * padding - crop + 1, (n,), generator=g, device=device)
+    dx = torch.randint(0, w + 2 * padding - crop + 1, (n,), generator=g, device=device)
+    flip = torch.rand(n, generator=g, device=device) < 0.5
+    return dy, dx, flip
+
+
+def apply_crop_flip(x: torch.Tensor, dy, dx, flip, crop: int, padding: int) -> torch.Tensor:
+    """Crop every sample at its own offset in one gather: pad once, then index with per-sample row/col
+    grids; the flip is folded into the column grid (reversed columns), so it costs nothing extra."""
+    xp = F.pad(x, (padding,) * 4) if padding else x
+    ar = torch.arange(crop, device=x.device)
+    rows = dy[:, None] + ar  # (n, crop)
+    cols = dx[:, None] + torch.where(flip[:, None], ar.flip(0), ar)
+    n_idx = torch.arange(x.shape[0], device=x.device)[:, None, None, None]
+    c_idx = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return xp[n_idx, c_idx, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def rrc_params(n: int, h: int, w: int, g: torch.Generator, device, scale=(0.08, 1.0),
+               ratio=(3 / 4, 4 / 3), tries: int = 10):
+    """RandomResizedCrop.get_params batched: draw `tries` (scale, log-ratio) candidates per sample at once,
+    keep the first that fits, else torchvision's fallback (whole image, ratio clamped, centred).
+    Returns integer boxes (top, left, height, width) and flip, each (n,)."""
+    area = h * w
+    s = torch.empty(n, tries, device=device).uniform_(scale[0], scale[1], generator=g)
+    logr = torch.empty(n, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
+    ar = torch.exp(logr)
+    cw = torch.round(torch.sqrt(area * s * ar))
+    ch = torch.round(torch.sqrt(area * s / ar))
+    ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = ok.to(torch.uint8).argmax(1, keepdim=True)  # argmax returns the first maximal index
+    any_ok = ok.any(1)
+    # Fallback box: python scalars, identical for every sample (depends only on the image shape).
+    in_ratio = w / h
+    if in_ratio < min(ratio):
+        fw, fh = w, int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(h * max(ratio))), h
+    else:
+        fw, fh = w, h
+    bh = torch.where(any_ok, ch.gather(1, first).squeeze(1), float(fh))
+    bw = torch.where(any_ok, cw.gather(1, first).squeeze(1), float(fw))
+    # randint(0, H-h+1) per sample with a per-sample bound: floor(U * (H-h+1)).
+    u = torch.rand(2, n, generator=g, device=device)
+    top = torch.where(any_ok, torch.floor(u[0] * (h - bh + 1)), float((h - fh) // 2))
+    left = torch.where(any_ok, torch.floor(u[1] * (w - bw + 1)), float((w - fw) // 2))
+    flip = torch.rand(n, generator=g, device=device) < 0.5
+    return top.long(), left.long(), bh.long(), bw.long(), flip
+
+
+def apply_rrc_flip(x: torch.Tensor, top, left, bh, bw, flip, size: int) -> torch.Tensor:
+    """Crop + bilinear resize of the whole batch in one roi_align call.  With aligned=True the sampling
+    grid matches F.interpolate(align_corners=False); adaptive sampling (ceil(box/size) points per bin,
+    averaged) acts as an antialias filter when downscaling.  Returns float in [0,255]."""
+    from torchvision.ops import roi_align
+
+    n = x.shape[0]
+    boxes = torch.stack([torch.arange(n, device=x.device), left, top, left + bw, top + bh], 1).float()
+    out = roi_align(x.float(), boxes, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def resize_uint8(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
+    """torchvision Resize on uint8 tensors: bilinear + antialias in float, rounded back to uint8.
+    Chunked so a large eval set never materialises as one float copy."""
+    out = [F.interpolate(c.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+           .round_().clamp_(0, 255).to(torch.uint8) for c in images.split(chunk)]
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+class DeviceLoader:
+    """Whole dataset held as uint8 on `device`; batches are drawn, augmented and normalised there in a few
+    batched tensor ops (no per-sample Python).
+
+    batch_order(epoch, g) -> index batches (list of 1-D tensors or a 2-D tensor, one row per batch) replaces
+    the shuffled order; `g` is seeded from (seed, epoch) and lives on the loader's device, so draw with
+    device=g.device.  The result is computed once per epoch and cached."""
+
+    def __init__(self, ds: "ArrayDataset", *, batch_size: int, train: bool, device, seed: int = 0,
+                 num_views: int = 1, augment: str = "crop_flip", crop_size: int = 32, padding: int = 4,
+                 shuffle: bool | None = None, drop_last: bool = False, channels_last: bool = False,
+                 batch_order: Callable[[int, torch.Generator], Sequence[torch.Tensor] | torch.Tensor] | None = None):
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        self.device = torch.device(device)
+        self.batch_size, self.train, self.seed, self.num_views = batch_size, train, seed, num_views
+        self.augment = augment if train else "none"
+        self.crop_size, self.padding = crop_size, padding
+        self.shuffle = train if shuffle is None else shuffle
+        self.drop_last, self.channels_last, self.batch_order = drop_last, channels_last, batch_order
+        images = ds.images.to(self.device)
+        # Unaugmented views must already have the training resolution: resize once, not every batch.
+        if self.augment == "none" and images.shape[-2:] != (crop_size, crop_size):
+            images = resize_uint8(images, crop_size)
+        self.images, self.labels = images, ds.labels.to(self.device)
+        self.n = len(self.labels)
+        # (x/255 - mean)/std == x*scale + shift: one fused multiply-add per batch.
+        std = torch.tensor(ds.std, dtype=torch.float32)
+        mean = torch.tensor(ds.mean, dtype=torch.float32)
+        self.scale = (1 / (255 * std)).view(1, 3, 1, 1).to(self.device)
+        self.shift = (-mean / std).view(1, 3, 1, 1).to(self.device)
+        self.gen = torch.Generator(device=self.device)
+        self.epoch = 0
+        self._batches_cache: tuple[int, list[torch.Tensor]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[torch.Tensor]:
+        """Index batches of the current epoch (cached: len() and iteration must agree and not redo work)."""
+        if self._batches_cache is not None and self._batches_cache[0] == self.epoch:
+            return self._batches_cache[1]
+        self.gen.manual_seed(_perm_seed(self.seed, self.epoch))
+        if self.batch_order is not None:
+            b = self.batch_order(self.epoch, self.gen)
+            b = b.unbind(0) if isinstance(b, torch.Tensor) else b
+            batches = [t.to(self.device, torch.long) for t in b]
+        else:
+            if self.shuffle:
+                order = torch.randperm(self.n, generator=self.gen, device=self.device)
+            else:
+                order = torch.arange(self.n, device=self.device)
+            batches = list(order.split(self.batch_size))
+            if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+                batches.pop()  # sizes are shape metadata: no device sync
+        self._batches_cache = (self.epoch, batches)
+        return batches
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.addcmul(self.shift, x.float(), self.scale)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        g, dev, s = self.gen, self.device, self.crop_size
+        if self.augment == "crop_flip":
+            return apply_crop_flip(x, *crop_flip_params(n, h, w, s, self.padding, g, dev), s, self.padding)
+        if self.augment == "rrc_flip":
+            return apply_rrc_flip(x, *rrc_params(n, h, w, g, dev), s)
+        return x
+
+    def make_batch(self, epoch: int, step: int, idx: torch.Tensor) -> Batch:
+        # Re-seeding a device generator is host-side bookkeeping (no sync); views draw sequentially from
+        # it, so they get independent parameters.
+        self.gen.manual_seed(_aug_seed(self.seed, epoch, step))
+        x = self.images.index_select(0, idx)
+        if self.augment == "none":
+            v = self._normalise(x)
+            views = [v] + [v.clone() for _ in range(self.num_views - 1)]
+        else:
+            views = [self._normalise(self._view(x)) for _ in range(self.num_views)]
+        return Batch(views, self.labels.index_select(0, idx), idx)
+
+    def iter_from(self, step: int):
+        # Epoch and order are fixed when called, so a later set_epoch cannot mix epochs within one pass.
+        epoch, batches = self.epoch, self._batches()
+        return (self.make_batch(epoch, k, batches[k]) for k in range(step, len(batches)))
+
+    def __iter__(self):
+        return self.iter_from(0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _PILDataset(torch.utils.data.Dataset):
+    """Row i -> PIL image -> transforms, num_views times independently (the official DLB pipeline)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform, num_views: int):
+        self.images = images.permute(0, 2, 3, 1).contiguous().numpy()  # HWC uint8, as PIL wants
+        self.labels, self.transform, self.num_views = labels, transform, num_views
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        img = Image.fromarray(self.images[i])
+        return (*[self.transform(img) for _ in range(self.num_views)], self.labels[i], i)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # DataLoader already seeds torch per worker from its generator; numpy/random are seeded from that.
+    import random
+
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+class TorchLoader:
+    """torchvision transforms on PIL images in DataLoader workers (the official DLB code's pipeline), for
+    comparison.  The epoch order is a function of (seed, epoch); augmentation draws come from worker RNGs
+    seeded once from the loader generator (persistent workers), so they reproduce only for a run from
+    epoch 0 with the same num_workers (and not at all with num_workers=0, which uses the global RNG)."""
+
+    def __init__(self, ds: "ArrayDataset", *, batch_size: int, train: bool, device, seed: int = 0,
+                 num_views: int = 1, augment: str = "crop_flip", crop_size: int = 32, padding: int = 4,
+                 num_workers: int = 2, shuffle: bool | None = None, drop_last: bool = False,
+                 channels_last: bool = False):
+        from torchvision import transforms as T
+
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        self.device, self.seed, self.channels_last = torch.device(device), seed, channels_last
+        augment = augment if train else "none"
+        h = ds.images.shape[-1]
+        aug = {"crop_flip": [T.RandomCrop(crop_size, padding=padding), T.RandomHorizontalFlip()],
+               "rrc_flip": [T.RandomResizedCrop(crop_size), T.RandomHorizontalFlip()],
+               "none": [T.Resize(crop_size)] if h != crop_size else []}[augment]
+        tf = T.Compose(aug + [T.ToTensor(), T.Normalize(ds.mean, ds.std)])
+        self.gen = torch.Generator()
+        self.set_epoch(0)
+        self.dl = torch.utils.data.DataLoader(
+            _PILDataset(ds.images.cpu(), ds.labels.cpu(), tf, num_views), batch_size=batch_size,
+            shuffle=train if shuffle is None else shuffle, drop_last=drop_last, num_workers=num_workers,
+            generator=self.gen, worker_init_fn=_seed_worker, pin_memory=self.device.type == "cuda",
+            persistent_workers=num_workers > 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        # The sampler draws its permutation seed from this generator when each epoch's iterator starts.
+        self.epoch = epoch
+        self.gen.manual_seed(_perm_seed(self.seed, epoch))
+
+    def __len__(self) -> int:
+        return len(self.dl)
+
+    def _to(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+    def __iter__(self):
+        for *views, y, idx in self.dl:
+            yield Batch([self._to(v) for v in views], self._to(y), self._to(idx))
+
+    def iter_from(self, step: int):
+        raise NotImplementedError("TorchLoader cannot resume mid-epoch (worker RNG state is not a function "
+                                  "of the step); use DeviceLoader (kind='device') for exact resume")
+
+
+def make_loader(ds: "ArrayDataset", *, kind: str = "device", **kw):
+    if kind == "device":
+        return DeviceLoader(ds, **kw)
+    if kind == "torch":
+        return TorchLoader(ds, **kw)
+    raise ValueError(f"unknown loader kind {kind!r}; valid kinds: {KINDS}")
