@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import warnings
 from pathlib import Path
 
@@ -46,7 +47,7 @@ class RunLogger:
         try:
             import wandb
 
-            run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+            run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(6)
             id_file.write_text(run_id)
             self.wandb = wandb.init(project=lcfg["project"], entity=lcfg.get("entity"), group=group, name=name,
                                     tags=list(lcfg.get("tags") or []), config=cfg, id=run_id, resume="allow",

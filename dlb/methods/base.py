@@ -55,15 +55,15 @@ class Method(nn.Module):
         """Restore `method_state()`, moving tensors to `device`."""
 
 
-def build_method(cfg: Any, **context: Any) -> Method:
-    """Instantiate the method named by cfg.name with the other fields of cfg as keyword arguments.
+def build_method(method_cfg: Any, **context: Any) -> Method:
+    """Instantiate the method named by method_cfg.name with its other fields as keyword arguments.
 
-    `context` (num_classes, train_size, ...) is passed to methods whose constructor asks for it.
+    `context` (num_classes, train_size, run_cfg, ...) is passed to methods whose constructor asks for it.
     """
     import inspect
 
-    cls = METHODS[cfg.name]
-    kwargs = {k: v for k, v in dict(cfg).items() if k != "name"}
+    cls = METHODS[method_cfg.name]
+    kwargs = {k: v for k, v in dict(method_cfg).items() if k != "name"}
     accepted = inspect.signature(cls.__init__).parameters
     kwargs.update({k: v for k, v in context.items() if k in accepted})
     return cls(**kwargs)

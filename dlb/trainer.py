@@ -1,0 +1,262 @@
+"""The method-agnostic training loop: data, model, method, SGD + MultiStepLR, evaluation, checkpoints, logs.
+
+A run's output folder holds everything needed to reproduce and audit it: .hydra/ (resolved config), metrics.jsonl,
+summary.json, environment.json and checkpoints/ (last.pt, prev.pt, best.pt).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+from omegaconf import DictConfig
+
+import dlb.models  # noqa: F401  (registers the cifar_* backbones with timm)
+from dlb import config as C
+from dlb.checkpoint import atomic_save, load_checkpoint, save_checkpoint
+from dlb.datasets import ArrayDataset, load_dataset
+from dlb.loader import make_loader
+from dlb.methods import Method, build_method
+from dlb.metrics import evaluate
+from dlb.loggers import RunLogger
+from dlb.utils import (environment_info, git_info, peak_memory_bytes, resolve_device, rng_states, seed_everything,
+                       set_rng_states)
+
+SUBSET_SEED = 0  # train/test subsets are the same for every seed and method, so runs stay comparable
+
+# Config keys that may change between a run and its resumption without changing what is computed.
+RESUME_FREE_KEYS = ("resume", "logger", "trainer.device", "trainer.progress", "trainer.eval_batch_size",
+                    "dataset.root", "dataset.download", "dataset.num_workers", "data_root")
+
+
+class ResumeError(RuntimeError):
+    """The output dir holds a run that this command must not continue or overwrite."""
+
+
+def cell_name(cfg) -> str:
+    return f"{cfg.dataset.name}/{cfg.backbone.name}/{cfg.method.name}"
+
+
+def _subset(ds: ArrayDataset, n: int | None) -> ArrayDataset:
+    if n is None or n >= len(ds):
+        return ds
+    g = torch.Generator().manual_seed(SUBSET_SEED)
+    return ds.subset(torch.randperm(len(ds), generator=g)[:n].sort().values)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _config_differences(saved: dict, current: dict) -> list[str]:
+    a, b = _flatten(saved), _flatten(current)
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in RESUME_FREE_KEYS)  # noqa: E731
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if not free(k) and a.get(k) != b.get(k)]
+
+
+def build_model(cfg, num_classes: int) -> torch.nn.Module:
+    try:
+        return timm.create_model(cfg.backbone.name, num_classes=num_classes, **dict(cfg.backbone.kwargs))
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise C.ConfigError(f"backbone.name={cfg.backbone.name!r}: not a timm model; use a backbone config "
+                                "(resnet32, vgg16, ...) or a name from timm.list_models()") from None
+        raise
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, out_dir: str | Path):
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(cfg.trainer.device)
+        t = cfg.trainer
+        seed_everything(cfg.seed, t.deterministic)
+
+        d = cfg.dataset
+        train_ds = _subset(load_dataset(d.name, d.root, True, download=d.download, image_size=d.image_size),
+                           d.train_subset)
+        test_ds = _subset(load_dataset(d.name, d.root, False, download=d.download, image_size=d.image_size),
+                          d.test_subset)
+        self.train_size, self.num_classes = len(train_ds), train_ds.num_classes
+
+        self.model = build_model(cfg, self.num_classes).to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.method: Method = build_method(cfg.method, num_classes=self.num_classes, train_size=self.train_size,
+                                           run_cfg=cfg).to(self.device)
+
+        o = cfg.optim
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                                         weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, C.milestones(cfg), gamma=o.gamma)
+
+        common = dict(device=self.device, channels_last=t.channels_last, crop_size=d.image_size)
+        loader_kw = dict(num_workers=d.num_workers) if d.loader == "torch" else {}
+        self.train_loader = make_loader(train_ds, kind=d.loader, batch_size=t.batch_size, train=True, seed=cfg.seed,
+                                        num_views=self.method.num_views, augment=d.augment, padding=d.padding,
+                                        **common, **loader_kw)
+        self.test_loader = make_loader(test_ds, kind="device", batch_size=t.eval_batch_size, train=False,
+                                       seed=cfg.seed, **common)
+        self.autocast = None
+        if t.precision == "bf16" and self.device.type == "cuda":
+            self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+
+        self.epoch, self.step = 0, 0  # epochs completed, optimizer steps taken
+        self.history: list[dict] = []
+        self.best = {"test_acc": -1.0}
+        self.time_offset = 0.0  # training time of earlier processes of this run (resumed)
+        self.config_dict = C.to_container(cfg)
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "method": self.method.method_state(), "rng": rng_states(), "history": self.history,
+                "best": self.best, "train_time_s": self.time_offset, "config": self.config_dict}
+
+    def try_resume(self) -> bool:
+        state = load_checkpoint(self.ckpt_dir)
+        if state is None:
+            return False
+        if not self.cfg.resume:
+            raise ResumeError(f"{self.out_dir} already holds a run (epoch {state['epoch']}); pass resume=true to "
+                              "continue it, or pick another output dir with hydra.run.dir=<dir>")
+        diffs = _config_differences(state.get("config", {}), self.config_dict)
+        if diffs:
+            raise ResumeError(f"{self.out_dir} holds a run with a different config ({'; '.join(diffs)}); "
+                              "use another output dir (hydra.run.dir=<dir>) for this one")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_method_state(state["method"], self.device)
+        set_rng_states(state["rng"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history, self.best, self.time_offset = state["history"], state["best"], state["train_time_s"]
+        return True
+
+    # --- the loop ------------------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict:
+        t = self.cfg.trainer
+        self.model.train()
+        self.method.train()
+        self.method.on_epoch_start(epoch, t.epochs)
+        self.train_loader.set_epoch(epoch)
+        n_batches = len(self.train_loader)
+        if t.limit_train_batches is not None:
+            n_batches = min(n_batches, t.limit_train_batches)
+        # Sums stay on the device; they are read once at the end of the epoch (no host sync per step).
+        sums: dict[str, torch.Tensor] = {}
+        zero = torch.zeros((), device=self.device)
+        correct, seen = zero.clone(), 0
+        progress = t.progress if t.progress is not None else sys.stderr.isatty()
+        batches = self.train_loader
+        if progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False)
+        start = time.perf_counter()
+        for i, batch in enumerate(batches):
+            if i >= n_batches:
+                break
+            with self.autocast() if self.autocast else contextlib.nullcontext():
+                logits, losses = self.method.training_step(self.model, batch)
+            loss = sum(losses.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            b = batch.y.numel()
+            seen += b
+            for k, v in (("loss", loss), *losses.items()):
+                sums[k] = sums.get(k, zero) + v.detach().float() * b
+            correct += (logits.detach().argmax(1) == batch.y).sum()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        values = torch.stack([correct, *sums.values()]).tolist()  # the epoch's one host sync
+        row = {f"train_{k}": v / seen for k, v in zip(sums, values[1:])}
+        row.update(train_acc=100 * values[0] / seen, train_time_s=elapsed, train_img_per_s=seen / elapsed,
+                   train_images=seen)
+        return row
+
+    def fit(self) -> dict:
+        cfg, t = self.cfg, self.cfg.trainer
+        resumed = self.try_resume()
+        if not resumed and any(self.ckpt_dir.glob("*.pt")):
+            raise ResumeError(f"{self.ckpt_dir} holds checkpoints that cannot be read; move them away to start over")
+        self._write_json("environment.json", {**environment_info(self.device), **git_info()})
+        logger = RunLogger(self.out_dir, self.config_dict, name=f"{cell_name(cfg)}/seed{cfg.seed}",
+                           group=cell_name(cfg), resume_rows=self.history)
+        status, exit_code = "running", 1
+        try:
+            self._write_summary(status)
+            for epoch in range(self.epoch, t.epochs):
+                row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **self.train_epoch(epoch)}
+                if not math.isfinite(row["train_loss"]):
+                    status = "diverged"
+                    raise FloatingPointError(f"training loss is {row['train_loss']} in epoch {epoch + 1} "
+                                             f"(terms: {', '.join(f'{k}={v}' for k, v in row.items() if k.startswith('train_'))})")
+                start = time.perf_counter()
+                row.update(evaluate(self.model, self.test_loader, t.limit_eval_batches, self.autocast))
+                row["eval_time_s"] = time.perf_counter() - start
+                self.scheduler.step()
+                self.epoch = epoch + 1
+                self.time_offset += row["train_time_s"]
+                if row["test_acc"] > self.best["test_acc"]:
+                    self.best = {"test_acc": row["test_acc"], "test_err": row["test_err"], "epoch": epoch + 1}
+                    if t.save_best:
+                        atomic_save({"model": self.model.state_dict(), "epoch": epoch + 1,
+                                     "test_acc": row["test_acc"], "config": self.config_dict},
+                                    self.ckpt_dir / "best.pt")
+                self.history.append(row)
+                save_checkpoint(self.state(), self.ckpt_dir)
+                logger.log(row)
+                print(f"epoch {epoch + 1}/{t.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.2f}  "
+                      f"test err {row['test_err']:.2f}  ({row['train_img_per_s']:.0f} img/s)", flush=True)
+            status, exit_code = "completed", 0
+        except FloatingPointError:
+            raise
+        finally:
+            if status == "running":
+                status = "failed"
+            summary = self._write_summary(status)
+            logger.summary(summary)
+            logger.finish(exit_code)
+        return summary
+
+    def _write_json(self, name: str, obj: dict) -> None:
+        tmp = self.out_dir / (name + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        tmp.replace(self.out_dir / name)
+
+    def _write_summary(self, status: str) -> dict:
+        cfg, last = self.cfg, (self.history[-1] if self.history else {})
+        summary = {
+            "status": status, "cell": cell_name(cfg), "dataset": cfg.dataset.name, "backbone": cfg.backbone.name,
+            "method": cfg.method.name, "seed": cfg.seed, "epochs": cfg.trainer.epochs, "epochs_completed": self.epoch,
+            "steps": self.step,
+            "best_test_acc": self.best.get("test_acc") if self.history else None,
+            "best_test_err": self.best.get("test_err"), "best_epoch": self.best.get("epoch"),
+            **{f"last_{k}": last.get(k) for k in ("test_acc", "test_err", "test_nll", "test_ece")},
+            "train_time_s": self.time_offset, "peak_memory_bytes": peak_memory_bytes(self.device),
+            "num_params": self.num_params, "train_size": self.train_size, "num_classes": self.num_classes,
+            "world_size": 1, "global_batch": cfg.trainer.batch_size, "device": str(self.device),
+            **git_info(), **environment_info(self.device),
+        }
+        self._write_json("summary.json", summary)
+        return summary
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> dict:
+    return Trainer(cfg, out_dir).fit()

@@ -1,0 +1,122 @@
+"""End-to-end training on tiny CIFAR-format data: smoke runs, outputs, resume equivalence, W&B offline."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dlb.trainer as trainer_mod
+from conftest import REPO, compose
+from dlb.config import validate
+from dlb.trainer import ResumeError, Trainer
+
+TIMING_KEYS = {"train_time_s", "train_img_per_s", "eval_time_s"}
+
+
+def tiny_cfg(root, *overrides):
+    cfg = compose(["dataset=cifar10", f"dataset.root={root}", "backbone=resnet8", "debug=tiny",
+                   "trainer.batch_size=16", "trainer.eval_batch_size=20", *overrides])
+    validate(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("method", ["ce", "dlb"])
+def test_one_epoch_smoke_writes_every_output(fake_cifar, tmp_path, method):
+    out = tmp_path / "run"
+    summary = Trainer(tiny_cfg(fake_cifar, f"method={method}"), out).fit()
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 1
+    assert summary["steps"] == 6  # 96 images / batch 16
+    for key in ("best_test_err", "last_test_err", "last_test_nll", "last_test_ece", "num_params", "git_commit",
+                "torch", "device_name", "peak_memory_bytes", "train_time_s", "seed", "world_size", "global_batch"):
+        assert summary[key] is not None, key
+    assert json.loads((out / "summary.json").read_text()) == summary
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["epoch"] == 1 and rows[0]["test_n"] == 40
+    for key in ("train_loss", "train_ce", "train_acc", "test_acc", "test_err", "test_nll", "test_ece", "lr",
+                "train_time_s", "train_img_per_s"):
+        assert key in rows[0], key
+    if method == "dlb":  # every step after the run's first has the KD term
+        assert rows[0]["train_kd"] > 0
+    assert (out / "checkpoints" / "last.pt").exists() and (out / "checkpoints" / "best.pt").exists()
+    assert json.loads((out / "environment.json").read_text())["torch"] == torch.__version__
+
+
+def _interrupt_after_first_checkpoint(monkeypatch):
+    real = trainer_mod.save_checkpoint
+
+    def save_then_die(state, ckpt_dir):
+        real(state, ckpt_dir)
+        raise KeyboardInterrupt  # the process dies right after epoch 1's checkpoint is on disk
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_die)
+
+
+def _strip_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+@pytest.mark.parametrize("method", ["ce", "dlb"])
+def test_resume_equals_uninterrupted_run(fake_cifar, tmp_path, monkeypatch, method):
+    overrides = [f"method={method}", "trainer.epochs=2", "trainer.deterministic=true"]
+    full = Trainer(tiny_cfg(fake_cifar, *overrides), tmp_path / "full")
+    full.fit()
+
+    with monkeypatch.context() as m:
+        _interrupt_after_first_checkpoint(m)
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(tiny_cfg(fake_cifar, *overrides), tmp_path / "cut").fit()
+    interrupted = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert interrupted["status"] == "failed" and interrupted["epochs_completed"] == 1
+
+    resumed = Trainer(tiny_cfg(fake_cifar, *overrides), tmp_path / "cut")
+    summary = resumed.fit()
+    assert summary["status"] == "completed" and summary["steps"] == full.step
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    read = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert _strip_timing(read(tmp_path / "cut")) == _strip_timing(read(tmp_path / "full"))
+
+
+def test_resume_refuses_a_different_config(fake_cifar, tmp_path):
+    Trainer(tiny_cfg(fake_cifar, "method=dlb"), tmp_path / "run").fit()
+    with pytest.raises(ResumeError, match="method.alpha"):
+        Trainer(tiny_cfg(fake_cifar, "method=dlb", "method.alpha=0.5"), tmp_path / "run").fit()
+    with pytest.raises(ResumeError, match="resume=true"):
+        Trainer(tiny_cfg(fake_cifar, "method=dlb", "resume=false"), tmp_path / "run").fit()
+
+
+def test_dlb_cache_crosses_epoch_boundaries(fake_cifar, tmp_path):
+    """With one step per epoch, epoch 2's only step must already have the KD term (the cache survived)."""
+    t = Trainer(tiny_cfg(fake_cifar, "method=dlb", "trainer.epochs=2", "trainer.limit_train_batches=1"), tmp_path)
+    t.fit()
+    assert "train_kd" not in t.history[0] or t.history[0]["train_kd"] == 0
+    assert t.history[1]["train_kd"] > 0
+
+
+def test_wandb_offline_run_holds_the_metrics(fake_cifar, tmp_path):
+    pytest.importorskip("wandb")
+    out = tmp_path / "run"
+    Trainer(tiny_cfg(fake_cifar, "method=ce", "logger=wandb", "logger.mode=offline"), out).fit()
+    run_dirs = list((out / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 1
+    # The offline record log stores each logged value as JSON text next to its key; `wandb sync` uploads it.
+    record_log = next(run_dirs[0].glob("run-*.wandb")).read_bytes()
+    local = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("test_err", "train_loss", "test_nll"):
+        assert key.encode() in record_log and json.dumps(local[key]).encode() in record_log, key
+    assert (out / "wandb_id.txt").read_text().strip() in run_dirs[0].name
+
+
+def test_cli_run_writes_hydra_config(tmp_path):
+    from fakedata import write_fake_fashion_mnist
+
+    write_fake_fashion_mnist(tmp_path / "data" / "FashionMNIST" / "raw", n_train=40, n_test=20)
+    out = tmp_path / "cli"
+    r = subprocess.run([sys.executable, "-m", "dlb.train", "dataset=fashion_mnist", f"dataset.root={tmp_path}/data",
+                        "backbone=resnet8", "method=dlb", "debug=step", f"hydra.run.dir={out}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / ".hydra" / "config.yaml").exists() and (out / "summary.json").exists()
