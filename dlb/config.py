@@ -34,6 +34,7 @@ class DatasetConfig:
     image_size: int = 32  # training resolution; imagefolder images are resized to it on load
     augment: str = "crop_flip"  # crop_flip (CIFAR) | rrc_flip (TinyImageNet) | none
     padding: int = 4  # crop_flip zero padding
+    cutout_size: int = 16  # augment=cutout hole size (spec: 16 px CIFAR-10, 8 px CIFAR-100)
     loader: str = "device"  # device: uint8 data and batched augmentation on the device | torch: PIL + DataLoader
     num_workers: int = 4  # torch loader only
 
@@ -87,11 +88,31 @@ class LoggerConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Batch-level augmentation on the device, on top of the dataset's crop/flip (configs/augment/)."""
+    name: str = "none"  # none | cutout | cutmix
+    size: int = 16  # cutout hole side in pixels (configs/augment/cutout.yaml takes dataset.cutout_size)
+    prob: float = 0.5  # cutmix: probability that a batch is mixed
+    beta: float = 1.0  # cutmix: lam ~ Beta(beta, beta)
+    views: str = "shared"  # cutmix with several views: shared partner and box for all views, or independent
+
+
+@dataclass
+class NoiseConfig:
+    """Training-label noise (configs/noise/); the test set stays clean."""
+    name: str = "none"  # none | symmetric | asymmetric
+    rate: float = 0.0  # in [0, 1)
+    seed: int = 0  # the noisy labels are a pure function of (dataset, name, rate, seed)
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = MISSING
     backbone: BackboneConfig = MISSING
     method: Any = MISSING  # each method's own schema, see dlb/methods
     optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     data_root: str = "${oc.env:DLB_DATA,data}"
@@ -105,6 +126,8 @@ def register_configs() -> None:
     cs.store(group="schema/dataset", name="base", node=DatasetConfig)
     cs.store(group="schema/backbone", name="base", node=BackboneConfig)
     cs.store(group="schema/logger", name="base", node=LoggerConfig)
+    cs.store(group="schema/augment", name="base", node=AugmentConfig)
+    cs.store(group="schema/noise", name="base", node=NoiseConfig)
     from dlb.methods import METHODS  # each method file registers its own schema
 
     for name, cls in METHODS.items():

@@ -28,6 +28,9 @@ class Batch:
     views: list[torch.Tensor]  # num_views float tensors (B,3,S,S), augmented independently, normalised
     y: torch.Tensor  # int64 (B,)
     idx: torch.Tensor | None = None  # int64 (B,), dataset row indices (None in a user's own loop)
+    # CutMix: the target is lam * onehot(y) + (1 - lam) * onehot(y_mix), per sample; None when not mixed.
+    y_mix: torch.Tensor | None = None  # int64 (B,)
+    lam: torch.Tensor | None = None  # float (B,)
 
 
 def mix_seed(*xs: int) -> int:

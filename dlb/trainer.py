@@ -94,7 +94,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.num_params = sum(p.numel() for p in self.model.parameters())
         self.method: Method = build_method(cfg.method, num_classes=self.num_classes, train_size=self.train_size,
-                                           run_cfg=cfg).to(self.device)
+                                           run_cfg=cfg, out_dir=self.out_dir).to(self.device)
 
         o = cfg.optim
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
@@ -103,6 +103,12 @@ class Trainer:
 
         common = dict(device=self.device, channels_last=t.channels_last, crop_size=d.image_size)
         loader_kw = dict(num_workers=d.num_workers) if d.loader == "torch" else {}
+        batch_order = self.method.batch_order(train_ds.labels, t.batch_size)
+        if batch_order is not None:
+            if d.loader != "device":
+                raise C.ConfigError(f"dataset.loader={d.loader}: method={cfg.method.name} needs its own batch order, "
+                                    "which only the device loader provides; use dataset.loader=device")
+            loader_kw["batch_order"] = batch_order
         self.train_loader = make_loader(train_ds, kind=d.loader, batch_size=t.batch_size, train=True, seed=cfg.seed,
                                         num_views=self.method.num_views, augment=d.augment, padding=d.padding,
                                         **common, **loader_kw)
@@ -176,11 +182,11 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.step += 1
-            b = batch.y.numel()
+            b = logits.shape[0]  # logits are for the batch's first rows (CS-KD appends partner rows)
             seen += b
             for k, v in (("loss", loss), *losses.items()):
                 sums[k] = sums.get(k, zero) + v.detach().float() * b
-            correct += (logits.detach().argmax(1) == batch.y).sum()
+            correct += (logits.detach().argmax(1) == batch.y[:b]).sum()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 METHODS: dict[str, type["Method"]] = {}
@@ -42,7 +43,15 @@ class Method(nn.Module):
         """Raise dlb.config.ConfigError for out-of-range values. Types are already checked by the schema."""
 
     def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return (logits of the batch's first len(logits) rows, {term name: weighted loss term}).
+
+        The trainer backpropagates the sum of the terms and measures training accuracy on those logits."""
         raise NotImplementedError
+
+    def batch_order(self, labels: torch.Tensor, batch_size: int):
+        """Optional loader hook: a callable (epoch, generator) -> index batches replacing plain shuffling
+        (CS-KD's class-paired batches). `labels` are the labels the model trains on (noisy ones under label noise)."""
+        return None
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Called before each training epoch (0-based)."""
@@ -53,6 +62,20 @@ class Method(nn.Module):
 
     def load_method_state(self, state: dict, device: torch.device | str | None = None) -> None:
         """Restore `method_state()`, moving tensors to `device`."""
+
+
+def mixed_ce(logits: torch.Tensor, y: torch.Tensor, y_mix: torch.Tensor | None = None,
+             lam: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy to hard labels, or to lam*y + (1-lam)*y_mix per sample when the batch was CutMix-ed."""
+    if y_mix is None:
+        return F.cross_entropy(logits, y)
+    ce = F.cross_entropy(logits, y, reduction="none")
+    ce_mix = F.cross_entropy(logits, y_mix, reduction="none")
+    return (lam * ce + (1 - lam) * ce_mix).mean()
+
+
+def batch_ce(logits: torch.Tensor, batch) -> torch.Tensor:
+    return mixed_ce(logits, batch.y, batch.y_mix, batch.lam)
 
 
 def build_method(method_cfg: Any, **context: Any) -> Method:

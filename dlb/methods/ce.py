@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
-from dlb.methods.base import Method, register_method
+from dlb.methods.base import Method, batch_ce, register_method
 
 
 @register_method("ce")
@@ -16,4 +14,4 @@ class CE(Method):
 
     def training_step(self, model, batch):
         logits = model(batch.views[0])
-        return logits, {"ce": F.cross_entropy(logits, batch.y)}
+        return logits, {"ce": batch_ce(logits, batch)}

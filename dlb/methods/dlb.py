@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dlb.methods.base import Method, register_method
+from dlb.methods.base import Method, batch_ce, mixed_ce, register_method
 
 
 def last_batch_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -22,6 +22,15 @@ def last_batch_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T:
     log_q = F.log_softmax(student_logits / T, dim=1)
     p = F.softmax(teacher_logits.detach() / T, dim=1)
     return F.kl_div(log_q, p, reduction="batchmean") * (T * T)
+
+
+def _targets(b):
+    """(y, y_mix, lam) of a batch or of the cached previous batch; an unmixed half is its own partner, lam=1."""
+    get = b.get if isinstance(b, dict) else lambda k: getattr(b, k)
+    y = get("y")
+    if get("y_mix") is None:
+        return y, y, torch.ones(y.shape, device=y.device)
+    return y, get("y_mix"), get("lam").to(torch.float32)
 
 
 @register_method("dlb")
@@ -52,14 +61,21 @@ class DLB(Method):
         x0, x1 = batch.views[0], batch.views[1]
         logits = model(x0)
         if self.prev is None:
-            losses = {"ce": F.cross_entropy(logits, batch.y)}
+            losses = {"ce": batch_ce(logits, batch)}
         else:
-            prev_logits_view1 = model(self.prev["x1"])
-            ce = F.cross_entropy(torch.cat([prev_logits_view1, logits]), torch.cat([self.prev["y"], batch.y]))
-            kd = last_batch_kd(prev_logits_view1, self.prev["logits"], self.T)
+            prev = self.prev
+            prev_logits_view1 = model(prev["x1"])
+            both = torch.cat([prev_logits_view1, logits])
+            if batch.y_mix is None and "y_mix" not in prev:
+                ce = F.cross_entropy(both, torch.cat([prev["y"], batch.y]))
+            else:  # CutMix: each half keeps its own partner labels and mixing weights
+                ce = mixed_ce(both, *(torch.cat([a, b]) for a, b in zip(_targets(prev), _targets(batch))))
+            kd = last_batch_kd(prev_logits_view1, prev["logits"], self.T)
             losses = {"ce": ce, "kd": self.alpha * kd}
         # Keep S_t for the next step. Float logits: under bf16 autocast the target stays full precision.
         self.prev = {"x1": x1, "y": batch.y, "logits": logits.detach().float()}
+        if batch.y_mix is not None:
+            self.prev.update(y_mix=batch.y_mix, lam=batch.lam)
         return logits, losses
 
     def method_state(self):
