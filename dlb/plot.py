@@ -1,0 +1,281 @@
+"""Figures from finished runs: test-error curves per cell, error vs label-noise rate, DLB training dynamics.
+
+    python -m dlb.plot outputs multirun --out results/figures [--wandb [--wandb-project ENTITY/PROJECT]]
+
+A ROOT "wandb:ENTITY/PROJECT" reads the runs of a W&B project. Only usable runs are plotted (completed, all epochs,
+not diverged; see dlb.report); runs of one cell with different configs are drawn as separate lines, never averaged.
+Each figure's subtitle says which runs it shows.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+
+from dlb.report import OK, Cell, Run, collect_runs, group_cells, mean_std  # noqa: E402
+
+ZOOM_FRACTION = 0.25  # the right panel of the curves shows the last quarter of training, where methods differ
+COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+METHOD_COLOR = {"ce": "0.35", "dlb": "C3", "ddgsd_dlb": "C1", "ddgsd": "C4", "lsr": "C2", "tfkd_self": "C0",
+                "tfkd_reg": "C9", "cskd": "C5", "pskd": "C6"}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def _seeds(runs: list[Run]) -> str:
+    return ",".join(str(r.seed) for r in sorted(runs, key=lambda r: r.seed))
+
+
+class Histories:
+    """metrics.jsonl rows per run, read once."""
+
+    def __init__(self):
+        self.rows: dict[str, list[dict]] = {}
+
+    def __call__(self, run: Run) -> list[dict]:
+        if run.path not in self.rows:
+            self.rows[run.path] = run.history()
+        return self.rows[run.path]
+
+    def series(self, runs: list[Run], key: str) -> dict[int, list[float]]:
+        """epoch -> the values of `key` over the runs that logged it at that epoch."""
+        out: dict[int, list[float]] = {}
+        for run in runs:
+            for row in self(run):
+                v, epoch = row.get(key), row.get("epoch")
+                if isinstance(v, (int, float)) and isinstance(epoch, int):
+                    out.setdefault(epoch, []).append(float(v))
+        return dict(sorted(out.items()))
+
+
+def _lines(cells: list[Cell]):
+    """(label, color, usable runs) per cell variant with runs; variant labels only where a cell has several."""
+    for cell in cells:
+        for i, variant in enumerate(cell.variants):
+            runs = [r for r in variant.runs if r.state == OK]
+            if not runs:
+                continue
+            label = cell.method + (f" [{variant.label}]" if len(cell.variants) > 1 else "")
+            color = METHOD_COLOR.get(cell.method, COLORS[zlib.crc32(cell.method.encode()) % len(COLORS)])
+            yield label, (color if i == 0 else None), runs
+
+
+def _band(ax, series: dict[int, list[float]], label: str, color, linestyle="-"):
+    epochs = list(series)
+    mean = [sum(v) / len(v) for v in series.values()]
+    (line,) = ax.plot(epochs, mean, label=label, color=color, linestyle=linestyle, linewidth=1.4)
+    ax.fill_between(epochs, [min(v) for v in series.values()], [max(v) for v in series.values()],
+                    color=line.get_color(), alpha=0.18, linewidth=0)
+    return epochs, mean
+
+
+def _finish(fig, title: str, subtitle: str, path: Path) -> Path:
+    fig.suptitle(title, fontsize=12, y=0.995)
+    fig.text(0.5, 0.94, subtitle, ha="center", va="top", fontsize=8, color="0.3", wrap=True)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _by_setting(cells: list[Cell]) -> dict[tuple, list[Cell]]:
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.dataset, cell.backbone, cell.augment, cell.noise, cell.noise_rate), []).append(cell)
+    return groups
+
+
+def plot_curves(cells: list[Cell], out: Path, hist: Histories, source: str = "") -> list[Path]:
+    """Test error vs epoch per (dataset, backbone, setting): one line per method, mean over seeds, min-max band."""
+    files = []
+    for (dataset, backbone, *_), group in _by_setting(cells).items():
+        lines = [(label, color, runs, hist.series(runs, "test_err")) for label, color, runs in _lines(group)]
+        lines = [line for line in lines if line[3]]
+        if not lines:
+            continue
+        fig, (ax_all, ax_zoom) = plt.subplots(1, 2, figsize=(11, 4.6))
+        last_epoch = max(max(s) for *_, s in lines)
+        zoom_from = max(1, int(last_epoch * (1 - ZOOM_FRACTION)))
+        zoom_values = []
+        for label, color, runs, series in lines:
+            text = f"{label} (n={len(runs)}, seeds {_seeds(runs)})"
+            _band(ax_all, series, text, color)
+            zoomed = {e: v for e, v in series.items() if e >= zoom_from}
+            if zoomed:
+                _band(ax_zoom, zoomed, text, color)
+                zoom_values += [x for v in zoomed.values() for x in v]
+        ax_all.set(xlabel="epoch", ylabel="test error (%)", title="all epochs")
+        ax_zoom.set(xlabel="epoch", ylabel="test error (%)", title=f"epochs {zoom_from}-{last_epoch} (zoom)")
+        if zoom_values:
+            lo, hi = min(zoom_values), max(zoom_values)
+            pad = max(0.1, 0.1 * (hi - lo))
+            ax_zoom.set_ylim(lo - pad, hi + pad)
+        for ax in (ax_all, ax_zoom):
+            ax.grid(alpha=0.3)
+        ax_zoom.legend(fontsize=8, loc="upper right")
+        setting = group[0].setting
+        n = sum(len(runs) for _, _, runs, _ in lines)
+        name = f"curves_{dataset}_{backbone}" + (f"_{_slug(setting)}" if setting else "") + ".png"
+        files.append(_finish(
+            fig, f"{dataset} / {backbone}" + (f" / {setting}" if setting else "") + ": test error",
+            f"{n} runs; line = mean over seeds, band = min-max; usable (completed) runs only"
+            + (f"; from {source}" if source else ""), out / name))
+    return files
+
+
+def plot_noise(cells: list[Cell], out: Path, metric: str = "best", source: str = "") -> list[Path]:
+    """Error vs training-label noise rate per method (rate 0 = the clean runs), where a dataset/backbone has runs
+    at two or more rates."""
+    files = []
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        if cell.augment == "none":
+            groups.setdefault((cell.dataset, cell.backbone), []).append(cell)
+    for (dataset, backbone), group in groups.items():
+        if not any(c.noise != "none" for c in group):
+            continue
+        points: dict[tuple, dict[float, list[Run]]] = {}  # (method, noise name) -> rate -> usable runs
+        noise_names = sorted({c.noise for c in group if c.noise != "none"})
+        for cell in group:
+            runs = [r for r in cell.variants[0].runs if r.state == OK]  # main variant only: no mixed configs
+            if not runs:
+                continue
+            for noise in ([cell.noise] if cell.noise != "none" else noise_names):
+                points.setdefault((cell.method, noise), {})[cell.noise_rate] = runs
+        points = {k: v for k, v in points.items() if len(v) >= 2}
+        if not points:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+        n_runs = len({r.path for rates in points.values() for runs in rates.values() for r in runs})
+        for ax, which in zip(axes, ("best", "last")):
+            for (method, noise), rates in sorted(points.items()):
+                xs = sorted(rates)
+                stats = [mean_std([getattr(r, f"{which}_err") for r in rates[x]]) for x in xs]
+                ax.errorbar([100 * x for x in xs], [s["mean"] for s in stats], yerr=[s["std"] or 0 for s in stats],
+                            marker="o", capsize=3, color=METHOD_COLOR.get(method),
+                            linestyle="-" if noise == noise_names[0] else "--",
+                            label=f"{method}, {noise} (n per rate: {'/'.join(str(len(rates[x])) for x in xs)})")
+            ax.set(xlabel="training-label noise rate (%)", ylabel="test error (%)",
+                   title=f"{which} epoch" + (" (checked against the paper)" if which == metric else ""))
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=8)
+        files.append(_finish(fig, f"{dataset} / {backbone}: test error vs label noise",
+                             f"{n_runs} runs; mean ± std over seeds; rate 0 = clean runs"
+                             + (f"; from {source}" if source else ""), out / f"noise_{dataset}_{backbone}.png"))
+    return files
+
+
+def plot_dlb_dynamics(cells: list[Cell], out: Path, hist: Histories, notes: list[str], source: str = "") -> list[Path]:
+    """train_consistency (the paper's consistency analysis) and train_kd vs epoch for the DLB runs."""
+    files = []
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        if "dlb" in cell.method:
+            groups.setdefault((cell.dataset, cell.backbone), []).append(cell)
+    for (dataset, backbone), group in groups.items():
+        panels = {"train_consistency": [], "train_kd": []}
+        n_runs = 0
+        for cell in group:
+            for label, color, runs in _lines([cell]):
+                label += f" [{cell.setting}]" if cell.setting else ""
+                found = {key: hist.series(runs, key) for key in panels}
+                for key, series in found.items():
+                    if series:
+                        panels[key].append((f"{label} (n={len(runs)}, seeds {_seeds(runs)})", color, series))
+                n_runs += len(runs) if any(found.values()) else 0
+        if not any(panels.values()):
+            notes.append(f"dlb_dynamics_{dataset}_{backbone}: skipped, the runs log neither train_consistency "
+                         "nor train_kd")
+            continue
+        if not panels["train_consistency"]:
+            notes.append(f"dlb_dynamics_{dataset}_{backbone}: train_consistency not logged; train_kd only")
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+        ylabels = {"train_consistency": "fraction of samples whose prediction\nagrees with the last step's",
+                   "train_kd": "KD term (T² · KL to the last batch)"}
+        for ax, (key, lines) in zip(axes, panels.items()):
+            for i, (label, color, series) in enumerate(lines):
+                _band(ax, series, label, color, linestyle=("-", "--", ":", "-.")[i // 4 % 4])
+            if not lines:
+                ax.text(0.5, 0.5, f"{key} not logged by these runs", ha="center", va="center",
+                        transform=ax.transAxes, color="0.4")
+            ax.set(xlabel="epoch", ylabel=ylabels[key], title=key)
+            ax.grid(alpha=0.3)
+            if lines:
+                ax.legend(fontsize=8)
+        files.append(_finish(fig, f"{dataset} / {backbone}: DLB training dynamics",
+                             f"{n_runs} runs; line = mean over seeds, band = min-max"
+                             + (f"; from {source}" if source else ""), out / f"dlb_dynamics_{dataset}_{backbone}.png"))
+    return files
+
+
+def plot_all(runs: list[Run], out, *, metric: str = "best", source: str = "", notes: list[str] | None = None
+             ) -> list[Path]:
+    """Every figure the runs allow; returns the files written. Reasons for figures not drawn go to `notes`."""
+    out = Path(out)
+    notes = [] if notes is None else notes
+    cells = group_cells(runs)
+    hist = Histories()
+    files = plot_curves(cells, out, hist, source)
+    files += plot_noise(cells, out, metric, source)
+    files += plot_dlb_dynamics(cells, out, hist, notes, source)
+    return files
+
+
+def log_to_wandb(files: list[Path], project: str | None) -> str:
+    """Best effort: one W&B run (job_type=plots) holding the figures as images. Returns what happened."""
+    project = project or os.environ.get("WANDB_PROJECT")
+    if not project:
+        return "W&B: no project configured (--wandb-project or WANDB_PROJECT); figures not logged"
+    entity, _, name = project.rpartition("/")
+    try:
+        import wandb
+
+        run = wandb.init(project=name, entity=entity or None, job_type="plots", name="dlb.plot")
+        run.log({f.stem: wandb.Image(str(f)) for f in files})
+        run.finish()
+        return f"W&B: logged {len(files)} figures to {project}"
+    except Exception as e:  # never fail the plotting because of W&B
+        warnings.warn(f"W&B logging failed ({type(e).__name__}: {e}); the files are written")
+        return f"W&B: logging failed ({type(e).__name__})"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dlb.plot", description=__doc__.split("\n\n")[0])
+    p.add_argument("roots", nargs="+", help="folders with run folders, or wandb:ENTITY/PROJECT")
+    p.add_argument("--out", required=True, help="folder for the PNG files")
+    p.add_argument("--metric", choices=("best", "last"), default="best", help="the epoch the noise plot highlights")
+    p.add_argument("--wandb", action="store_true", help="also log the figures to W&B (best effort)")
+    p.add_argument("--wandb-project", default=None, metavar="ENTITY/PROJECT",
+                   help="where --wandb logs (default: $WANDB_PROJECT)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    runs, skipped = collect_runs(args.roots)
+    for s in skipped:
+        print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    if not runs:
+        print(f"dlb.plot: no runs found in {', '.join(args.roots)}", file=sys.stderr)
+        return 2
+    notes: list[str] = []
+    files = plot_all(runs, args.out, metric=args.metric, source=", ".join(args.roots), notes=notes)
+    for note in notes:
+        print(f"note: {note}")
+    for f in files:
+        print(f)
+    if args.wandb:
+        print(log_to_wandb(files, args.wandb_project) if files else "W&B: no figures to log")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
