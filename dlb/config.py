@@ -17,6 +17,9 @@ LOADERS = ("device", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 LOGGERS = ("none", "wandb")
+BATCH_AUGMENTS = ("none", "cutout", "cutmix")  # dlb/augment.py
+CUTMIX_VIEWS = ("shared", "independent")
+NOISES = ("none", "symmetric", "asymmetric")  # dlb/noise.py
 WANDB_MODES = ("online", "offline", "disabled")
 
 
@@ -89,20 +92,22 @@ class LoggerConfig:
 
 @dataclass
 class AugmentConfig:
-    """Batch-level augmentation on the device, on top of the dataset's crop/flip (configs/augment/)."""
+    """Batch-level augmentation on the device, after the dataset's crop/flip and normalisation (configs/augment/,
+    docs/augment_and_noise.md)."""
     name: str = "none"  # none | cutout | cutmix
     size: int = 16  # cutout hole side in pixels (configs/augment/cutout.yaml takes dataset.cutout_size)
     prob: float = 0.5  # cutmix: probability that a batch is mixed
     beta: float = 1.0  # cutmix: lam ~ Beta(beta, beta)
-    views: str = "shared"  # cutmix with several views: shared partner and box for all views, or independent
+    views: str = "shared"  # cutmix with several views: shared partner, box and lam for all views | independent
+    # (independent needs per-view targets: one-view methods only)
 
 
 @dataclass
 class NoiseConfig:
-    """Training-label noise (configs/noise/); the test set stays clean."""
+    """Training-label noise (configs/noise/, docs/augment_and_noise.md); the test set stays clean."""
     name: str = "none"  # none | symmetric | asymmetric
-    rate: float = 0.0  # in [0, 1)
-    seed: int = 0  # the noisy labels are a pure function of (dataset, name, rate, seed)
+    rate: float = 0.0  # in [0, 1): probability that a training label is flipped
+    seed: int = 0  # the noisy labels are a pure function of (dataset, name, rate, seed), not of the run seed
 
 
 @dataclass
@@ -117,6 +122,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     data_root: str = "${oc.env:DLB_DATA,data}"
     seed: int = 0
+    experiment_name: Optional[str] = None  # set by configs/experiment/* grids; names the sweep dir
     resume: bool = True  # continue from checkpoints/ in the output dir when there is one
 
 
@@ -191,12 +197,39 @@ def validate(cfg: DictConfig) -> None:
         _fail("optim.milestones", list(o.milestones), "epochs must be >= 1")
     if any(not 0 < f < 1 for f in o.milestone_fractions):
         _fail("optim.milestone_fractions", list(o.milestone_fractions), "fractions must be in (0, 1)")
+    _validate_augment_and_noise(cfg, METHODS[cfg.method.name].num_views)
     if cfg.logger.name not in LOGGERS:
         _fail("logger.name", cfg.logger.name, f"use one of {', '.join(LOGGERS)}")
     if cfg.logger.mode is not None and cfg.logger.mode not in WANDB_MODES:
         _fail("logger.mode", cfg.logger.mode, f"use one of {', '.join(WANDB_MODES)}, or null for automatic")
     if cfg.seed < 0:
         _fail("seed", cfg.seed, "must be >= 0")
+
+
+def _validate_augment_and_noise(cfg: DictConfig, num_views: int) -> None:
+    a, n = cfg.augment, cfg.noise
+    if a.name not in BATCH_AUGMENTS:
+        _fail("augment.name", a.name, f"use augment=<one of {', '.join(BATCH_AUGMENTS)}>")
+    if a.name == "cutout" and not 1 <= a.size < cfg.dataset.image_size:
+        _fail("augment.size", a.size, f"the CutOut hole must be >= 1 and smaller than dataset.image_size="
+              f"{cfg.dataset.image_size} pixels (the paper uses 16 on CIFAR-10, 8 on CIFAR-100)")
+    if not 0 <= a.prob <= 1:
+        _fail("augment.prob", a.prob, "the CutMix probability must be in [0, 1] (the paper uses 0.5)")
+    if a.beta <= 0:
+        _fail("augment.beta", a.beta, "lam ~ Beta(beta, beta) needs beta > 0 (the paper uses 1)")
+    if a.views not in CUTMIX_VIEWS:
+        _fail("augment.views", a.views, f"use one of {', '.join(CUTMIX_VIEWS)}")
+    if a.name == "cutmix" and a.views == "independent" and num_views > 1:
+        _fail("augment.views", a.views, f"method={cfg.method.name} trains on {num_views} views and a batch holds one "
+              "mixed target per sample, so the views must share the CutMix partner and box; use augment.views=shared")
+    if n.name not in NOISES:
+        _fail("noise.name", n.name, f"use noise=<one of {', '.join(NOISES)}>")
+    if not 0 <= n.rate < 1:
+        _fail("noise.rate", n.rate, "the flip probability must be in [0, 1)")
+    if n.name == "none" and n.rate != 0:
+        _fail("noise.rate", n.rate, "has no effect without a noise type; add noise=symmetric or noise=asymmetric")
+    if n.seed < 0:
+        _fail("noise.seed", n.seed, "must be >= 0")
 
 
 def milestones(cfg: DictConfig) -> list[int]:

@@ -4,7 +4,8 @@ DeviceLoader keeps the whole uint8 dataset on the device and builds each batch w
 tensor ops (gather, crop via advanced indexing or roi_align, flip, one fused multiply-add to normalise).
 CIFAR-sized data makes per-sample PIL work in worker processes the bottleneck of small-network training;
 here a batch costs a few kernel launches.  All randomness is a pure function of (seed, epoch, step), so a
-run can resume mid-epoch (iter_from) and reproduce the exact batches it would have seen.
+run can resume mid-epoch (iter_from) and reproduce the exact batches it would have seen.  A batch-level
+augmentation (CutOut, CutMix: dlb/augment.py) runs last, on the normalised batch, with its own per-batch seed.
 """
 from __future__ import annotations
 
@@ -45,6 +46,11 @@ def _perm_seed(seed: int, epoch: int) -> int:
 
 def _aug_seed(seed: int, epoch: int, step: int) -> int:
     return mix_seed(seed, epoch, 1, step)  # tag 1: per-batch augmentation
+
+
+def _batch_aug_seed(seed: int, epoch: int, step: int) -> int:
+    # tag 2: batch-level augmentation; a stream of its own, so adding CutOut/CutMix leaves the crops unchanged
+    return mix_seed(seed, epoch, 2, step)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -134,15 +140,20 @@ class DeviceLoader:
 
     batch_order(epoch, g) -> index batches (list of 1-D tensors or a 2-D tensor, one row per batch) replaces
     the shuffled order; `g` is seeded from (seed, epoch) and lives on the loader's device, so draw with
-    device=g.device.  The result is computed once per epoch and cached."""
+    device=g.device.  The result is computed once per epoch and cached.
+
+    batch_augment(batch, seed) -> batch (dlb.augment.build) runs on each finished training batch; `seed` is a
+    function of (seed, epoch, step).  Ignored when train=False."""
 
     def __init__(self, ds: "ArrayDataset", *, batch_size: int, train: bool, device, seed: int = 0,
                  num_views: int = 1, augment: str = "crop_flip", crop_size: int = 32, padding: int = 4,
                  shuffle: bool | None = None, drop_last: bool = False, channels_last: bool = False,
-                 batch_order: Callable[[int, torch.Generator], Sequence[torch.Tensor] | torch.Tensor] | None = None):
+                 batch_order: Callable[[int, torch.Generator], Sequence[torch.Tensor] | torch.Tensor] | None = None,
+                 batch_augment: Callable[[Batch, int], Batch] | None = None):
         if augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         self.device = torch.device(device)
+        self.batch_augment = batch_augment if train else None
         self.batch_size, self.train, self.seed, self.num_views = batch_size, train, seed, num_views
         self.augment = augment if train else "none"
         self.crop_size, self.padding = crop_size, padding
@@ -212,7 +223,10 @@ class DeviceLoader:
             views = [v] + [v.clone() for _ in range(self.num_views - 1)]
         else:
             views = [self._normalise(self._view(x)) for _ in range(self.num_views)]
-        return Batch(views, self.labels.index_select(0, idx), idx)
+        batch = Batch(views, self.labels.index_select(0, idx), idx)
+        if self.batch_augment is not None:  # after normalisation: CutOut's hole is 0 in normalised space
+            batch = self.batch_augment(batch, _batch_aug_seed(self.seed, epoch, step))
+        return batch
 
     def iter_from(self, step: int):
         # Epoch and order are fixed when called, so a later set_epoch cannot mix epochs within one pass.
@@ -261,12 +275,13 @@ class TorchLoader:
     def __init__(self, ds: "ArrayDataset", *, batch_size: int, train: bool, device, seed: int = 0,
                  num_views: int = 1, augment: str = "crop_flip", crop_size: int = 32, padding: int = 4,
                  num_workers: int = 2, shuffle: bool | None = None, drop_last: bool = False,
-                 channels_last: bool = False):
+                 channels_last: bool = False, batch_augment: Callable[[Batch, int], Batch] | None = None):
         from torchvision import transforms as T
 
         if augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         self.device, self.seed, self.channels_last = torch.device(device), seed, channels_last
+        self.batch_augment = batch_augment if train else None
         augment = augment if train else "none"
         h = ds.images.shape[-1]
         aug = {"crop_flip": [T.RandomCrop(crop_size, padding=padding), T.RandomHorizontalFlip()],
@@ -294,8 +309,12 @@ class TorchLoader:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
     def __iter__(self):
-        for *views, y, idx in self.dl:
-            yield Batch([self._to(v) for v in views], self._to(y), self._to(idx))
+        epoch = self.epoch
+        for step, (*views, y, idx) in enumerate(self.dl):
+            batch = Batch([self._to(v) for v in views], self._to(y), self._to(idx))
+            if self.batch_augment is not None:
+                batch = self.batch_augment(batch, _batch_aug_seed(self.seed, epoch, step))
+            yield batch
 
     def iter_from(self, step: int):
         raise NotImplementedError("TorchLoader cannot resume mid-epoch (worker RNG state is not a function "

@@ -1,11 +1,12 @@
 """The method-agnostic training loop: data, model, method, SGD + MultiStepLR, evaluation, checkpoints, logs.
 
 A run's output folder holds everything needed to reproduce and audit it: .hydra/ (resolved config), metrics.jsonl,
-summary.json, environment.json and checkpoints/ (last.pt, prev.pt, best.pt).
+summary.json, environment.json, checkpoints/ (last.pt, prev.pt, best.pt) and, under label noise, noisy_labels.pt.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -17,7 +18,9 @@ import torch
 from omegaconf import DictConfig
 
 import dlb.models  # noqa: F401  (registers the cifar_* backbones with timm)
+from dlb import augment as A
 from dlb import config as C
+from dlb import noise as N
 from dlb.checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from dlb.datasets import ArrayDataset, load_dataset
 from dlb.loader import make_loader
@@ -42,11 +45,17 @@ def cell_name(cfg) -> str:
     return f"{cfg.dataset.name}/{cfg.backbone.name}/{cfg.method.name}"
 
 
-def _subset(ds: ArrayDataset, n: int | None) -> ArrayDataset:
-    if n is None or n >= len(ds):
-        return ds
+def _subset_index(size: int, n: int | None) -> torch.Tensor | None:
+    """Rows of the fixed subset of n out of size (None: all rows)."""
+    if n is None or n >= size:
+        return None
     g = torch.Generator().manual_seed(SUBSET_SEED)
-    return ds.subset(torch.randperm(len(ds), generator=g)[:n].sort().values)
+    return torch.randperm(size, generator=g)[:n].sort().values
+
+
+def _subset(ds: ArrayDataset, n: int | None) -> ArrayDataset:
+    index = _subset_index(len(ds), n)
+    return ds if index is None else ds.subset(index)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -83,8 +92,7 @@ class Trainer:
         seed_everything(cfg.seed, t.deterministic)
 
         d = cfg.dataset
-        train_ds = _subset(load_dataset(d.name, d.root, True, download=d.download, image_size=d.image_size),
-                           d.train_subset)
+        train_ds = self._train_set(load_dataset(d.name, d.root, True, download=d.download, image_size=d.image_size))
         test_ds = _subset(load_dataset(d.name, d.root, False, download=d.download, image_size=d.image_size),
                           d.test_subset)
         self.train_size, self.num_classes = len(train_ds), train_ds.num_classes
@@ -111,7 +119,7 @@ class Trainer:
             loader_kw["batch_order"] = batch_order
         self.train_loader = make_loader(train_ds, kind=d.loader, batch_size=t.batch_size, train=True, seed=cfg.seed,
                                         num_views=self.method.num_views, augment=d.augment, padding=d.padding,
-                                        **common, **loader_kw)
+                                        batch_augment=A.build(cfg.augment), **common, **loader_kw)
         self.test_loader = make_loader(test_ds, kind="device", batch_size=t.eval_batch_size, train=False,
                                        seed=cfg.seed, **common)
         self.autocast = None
@@ -123,6 +131,27 @@ class Trainer:
         self.best = {"test_acc": -1.0}
         self.time_offset = 0.0  # training time of earlier processes of this run (resumed)
         self.config_dict = C.to_container(cfg)
+
+    def _train_set(self, full: ArrayDataset) -> ArrayDataset:
+        """The training set actually used: label noise drawn on the full set first (so a subset's labels agree with
+        the full set's), then dataset.train_subset.  Under noise, fit() records the labels in noisy_labels.pt."""
+        d, nz = self.cfg.dataset, self.cfg.noise
+        index = _subset_index(len(full), d.train_subset)
+        self.noise_rate_realised, self.noise_record = 0.0, None
+        if nz.name == "none":
+            return full if index is None else full.subset(index)
+        noisy = N.noisy_labels(full.labels, full.num_classes, d.name, nz.name, nz.rate, nz.seed)
+        clean_used, noisy_used = (full.labels, noisy) if index is None else (full.labels[index], noisy[index])
+        # Host sync here is fine: once, before training.
+        self.noise_rate_realised = (noisy_used != clean_used).float().mean().item()
+        self.noise_record = {"noisy_labels": noisy_used, "index": index,
+                             "clean_sha256": N.labels_fingerprint(full.labels),
+                             "clean_used_sha256": N.labels_fingerprint(clean_used),
+                             "noise_rate_realised": self.noise_rate_realised,
+                             "config": {"dataset": d.name, **C.to_container(nz)}}
+        # Loader and any method's batch_order (CS-KD's class pairs) see the noisy labels; the test set stays clean.
+        train = dataclasses.replace(full, labels=noisy)
+        return train if index is None else train.subset(index)
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -202,6 +231,8 @@ class Trainer:
         if not resumed and any(self.ckpt_dir.glob("*.pt")):
             raise ResumeError(f"{self.ckpt_dir} holds checkpoints that cannot be read; move them away to start over")
         self._write_json("environment.json", {**environment_info(self.device), **git_info()})
+        if self.noise_record is not None:  # written only now: the resume checks have passed, the dir is this run's
+            atomic_save(self.noise_record, self.out_dir / "noisy_labels.pt")
         logger = RunLogger(self.out_dir, self.config_dict, name=f"{cell_name(cfg)}/seed{cfg.seed}",
                            group=cell_name(cfg), resume_rows=self.history)
         status, exit_code = "running", 1
@@ -257,6 +288,8 @@ class Trainer:
             **{f"last_{k}": last.get(k) for k in ("test_acc", "test_err", "test_nll", "test_ece")},
             "train_time_s": self.time_offset, "peak_memory_bytes": peak_memory_bytes(self.device),
             "num_params": self.num_params, "train_size": self.train_size, "num_classes": self.num_classes,
+            "augment": cfg.augment.name, "noise": cfg.noise.name, "noise_rate": cfg.noise.rate,
+            "noise_seed": cfg.noise.seed, "noise_rate_realised": self.noise_rate_realised,
             "world_size": 1, "global_batch": cfg.trainer.batch_size, "device": str(self.device),
             **git_info(), **environment_info(self.device),
         }

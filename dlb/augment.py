@@ -1,0 +1,139 @@
+"""Batch-level augmentation (CutOut, CutMix), applied by the training loaders to the normalised device batch.
+
+Each augmenter is called as `aug(batch, seed) -> Batch` with a seed the loader derives from (seed, epoch, step), so
+a batch stays a pure function of those three numbers (mid-epoch resume reproduces it).  Per-sample draws come from
+a generator on the batch's device; CutMix's per-batch scalars (mix or not, lam, box centre) come from a CPU numpy
+generator with the same seed, so whether and where to paste is known on the host without reading anything back
+from the device (no sync).  The crop/flip draws use the loader's own generator, untouched by these: a run with
+augment=cutout sees the same crops as one without.  Semantics and the DLB combination: docs/augment_and_noise.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from dlb.loader import Batch
+
+AUGMENT_NAMES = ("none", "cutout", "cutmix")
+VIEW_MODES = ("shared", "independent")
+
+
+class _Augment:
+    """Holds one generator per device, re-seeded per batch (re-seeding is host-side bookkeeping, no sync)."""
+
+    def __init__(self):
+        self._gens: dict[torch.device, torch.Generator] = {}
+
+    def _gen(self, device: torch.device, seed: int) -> torch.Generator:
+        if device not in self._gens:
+            self._gens[device] = torch.Generator(device=device)
+        return self._gens[device].manual_seed(seed)
+
+
+def cutout_params(n: int, h: int, w: int, g: torch.Generator, device):
+    """Hole centres (cy, cx), each (n,), uniform over the image's pixels (official: np.random.randint(h))."""
+    return (torch.randint(0, h, (n,), generator=g, device=device),
+            torch.randint(0, w, (n,), generator=g, device=device))
+
+
+def apply_cutout(x: torch.Tensor, cy, cx, size: int) -> torch.Tensor:
+    """Zero rows [cy - size//2, cy - size//2 + size) x the same columns of each image, clipped at the borders.
+    The official code's hole is [c - size//2, c + size//2): the same for the even sizes used (16, 8), one pixel
+    short for odd ones; here the side is always `size`."""
+    h, w = x.shape[-2:]
+    r = torch.arange(h, device=x.device)
+    c = torch.arange(w, device=x.device)
+    y0 = (cy - size // 2)[:, None]
+    x0 = (cx - size // 2)[:, None]
+    in_rows = (r >= y0) & (r < y0 + size)  # (n, h); clipping is implicit: rows outside the image don't exist
+    in_cols = (c >= x0) & (c < x0 + size)  # (n, w)
+    hole = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+    return x.clone().masked_fill_(hole, 0.0)  # clone keeps the memory format (channels_last); masked_fill doesn't
+
+
+class Cutout(_Augment):
+    """DeVries & Taylor's CutOut: one square hole of side `size` per image, zeroed after normalisation (the
+    official code appends Cutout after ToTensor+Normalize, so the hole is 0 in normalised space, i.e. the dataset
+    mean colour).  Every view gets its own hole; labels are unchanged."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = int(size)
+
+    def __call__(self, batch: Batch, seed: int) -> Batch:
+        x = batch.views[0]
+        g = self._gen(x.device, seed)
+        n, _, h, w = x.shape
+        views = [apply_cutout(v, *cutout_params(n, h, w, g, v.device), self.size) for v in batch.views]
+        return dataclasses.replace(batch, views=views)
+
+
+def rand_bbox(h: int, w: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """Official CutMix rand_bbox: side sqrt(1-lam) of the image's, centre uniform over the pixels, both half-sides
+    cut//2, clipped to the image.  Returns (y1, y2, x1, x2) as python ints."""
+    cut = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(h * cut), int(w * cut)
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    y1, y2 = min(max(cy - cut_h // 2, 0), h), min(max(cy + cut_h // 2, 0), h)
+    x1, x2 = min(max(cx - cut_w // 2, 0), w), min(max(cx + cut_w // 2, 0), w)
+    return y1, y2, x1, x2
+
+
+class CutMix(_Augment):
+    """Yun et al.'s CutMix, as the official train.py: with probability `prob` per batch, lam ~ Beta(beta, beta),
+    partner = a random permutation of the batch, one box for the whole batch; the partner's box is pasted and lam
+    becomes the exact unpasted area fraction.  The Batch gets y_mix = y[perm] and lam (B,).
+
+    views="shared": one decision, partner, box and lam for all views, so every view of a sample is a view of the
+    same mixed image with the same target.  views="independent" draws them per view, which only a one-view batch
+    can express (Batch holds one y_mix/lam): with several views it raises (config validation rejects it first)."""
+
+    def __init__(self, prob: float = 0.5, beta: float = 1.0, views: str = "shared"):
+        super().__init__()
+        if views not in VIEW_MODES:
+            raise ValueError(f"views must be one of {VIEW_MODES}, got {views!r}")
+        self.prob, self.beta, self.views = float(prob), float(beta), views
+
+    def draw(self, n: int, h: int, w: int, seed: int, device):
+        """(lam, box, perm) for one batch, or None when the batch stays unmixed.  The host-side decisions come from
+        a CPU generator (known without a device sync); the permutation is drawn on the device."""
+        rng = np.random.default_rng(seed)
+        if not rng.random() < self.prob:
+            return None
+        lam = float(rng.beta(self.beta, self.beta))
+        y1, y2, x1, x2 = rand_bbox(h, w, lam, rng)
+        perm = torch.randperm(n, generator=self._gen(torch.device(device), seed), device=device)
+        return 1.0 - (y2 - y1) * (x2 - x1) / (h * w), (y1, y2, x1, x2), perm
+
+    def __call__(self, batch: Batch, seed: int) -> Batch:
+        if self.views == "independent" and len(batch.views) > 1:
+            raise ValueError("CutMix views='independent' needs per-view targets, which a Batch cannot hold; "
+                             "use views='shared' with several views")
+        x = batch.views[0]
+        n, _, h, w = x.shape
+        mix = self.draw(n, h, w, seed, x.device)
+        if mix is None:
+            return batch
+        lam, (y1, y2, x1, x2), perm = mix
+        views = []
+        for v in batch.views:
+            out = v.clone()  # keeps channels_last; the caller's tensor stays as it was
+            out[:, :, y1:y2, x1:x2] = v[perm, :, y1:y2, x1:x2]
+            views.append(out)
+        # lam is a python float: filling a device tensor with it needs no sync.
+        return dataclasses.replace(batch, views=views, y_mix=batch.y[perm],
+                                   lam=torch.full((n,), lam, dtype=torch.float32, device=x.device))
+
+
+def build(cfg) -> Cutout | CutMix | None:
+    """The augmenter for an `augment` config group (None for augment=none)."""
+    if cfg.name == "none":
+        return None
+    if cfg.name == "cutout":
+        return Cutout(cfg.size)
+    if cfg.name == "cutmix":
+        return CutMix(cfg.prob, cfg.beta, cfg.views)
+    raise ValueError(f"unknown augment {cfg.name!r}; use one of {AUGMENT_NAMES}")
