@@ -200,3 +200,15 @@ def write_fake_imagefolder(root, classes=("cat", "dog", "emu"), n_train_per_clas
                     Image.fromarray(pixels).save(folder / f"{i:03d}.png")
                 written[split].append((folder / f"{i:03d}.png", label, pixels))
     return written
+
+
+def subprocess_env_for_fake_cifar(md5s_by_name: dict[str, dict[str, str]], tmp_dir) -> dict[str, str]:
+    """Environment for a child process that must accept fake CIFAR files (see tests/subproc/sitecustomize.py)."""
+    import json
+    import os
+
+    path = Path(tmp_dir) / "fake_md5.json"
+    path.write_text(json.dumps(md5s_by_name))
+    here = Path(__file__).resolve().parent
+    pythonpath = os.pathsep.join([str(here / "subproc"), str(here), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "DLB_TEST_FAKE_MD5": str(path), "PYTHONPATH": pythonpath}

@@ -1,0 +1,139 @@
+"""Plan or run an experiment's grid.
+
+    python -m dlb.sweep experiment=table1_cifar100                 # dry run: job list, count, GPU-hour estimate
+    python -m dlb.sweep experiment=table1_cifar100 --run [launcher=slurm ...]
+
+The grid is the experiment config's `hydra.sweeper.params`, with command-line values taking precedence (as in
+`python -m dlb.train -m`). `--run` launches it through Hydra multirun in stages: the ce runs first when the grid
+also holds tfkd_self (whose teacher=auto needs them), then everything else. Overrides are passed through, so
+`launcher=...`, `debug=...` and narrowing (`seed=0`) work as with dlb.train.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+THROUGHPUT_FILE = REPO / "results" / "bench" / "throughput.json"
+TEACHER_METHODS = {"tfkd_self"}  # methods that need a finished ce run of the same cell
+
+
+def compose(overrides: list[str], with_hydra: bool = False):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from dlb.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        return hydra_compose("config", overrides=overrides, return_hydra_config=with_hydra)
+
+
+def _values(key: str, value: str) -> list[str]:
+    override = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
+    return list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+
+
+def plan(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
+    """(fixed overrides, one override list per job) for the experiment named in `overrides`."""
+    cfg = compose(overrides, with_hydra=True)
+    grid = {k: str(v) for k, v in (cfg.hydra.sweeper.params or {}).items()}
+    fixed = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") in grid or "," in value:  # the command line narrows or widens a grid axis
+            grid[key.lstrip("+~")] = value
+        else:
+            fixed.append(o)
+    axes = [[f"{k}={v}" for v in _values(k, spec)] for k, spec in grid.items()]
+    return fixed, [list(job) for job in itertools.product(*axes)]
+
+
+def _throughputs() -> dict:
+    try:
+        return json.loads(THROUGHPUT_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def estimate_hours(fixed: list[str], jobs: list[list[str]]) -> tuple[float | None, list[str]]:
+    """GPU-hours from measured training throughput (results/bench/throughput.json: {"<backbone>/<method>": img/s,
+    "device": ...}); None and the missing cells when a job's cell was never measured."""
+    table, total, missing = _throughputs(), 0.0, set()
+    for job in jobs:
+        cfg = compose(fixed + job)
+        key = f"{cfg.backbone.name}/{cfg.method.name}"
+        rate = table.get("img_per_s", {}).get(key)
+        if not rate:
+            missing.add(key)
+            continue
+        n = cfg.dataset.train_subset or {"cifar10": 50000, "cifar100": 50000, "tinyimagenet": 100000,
+                                          "fashion_mnist": 60000}.get(cfg.dataset.name, 50000)
+        total += cfg.trainer.epochs * n / rate / 3600
+    return (None if missing else total), sorted(missing)
+
+
+def stages(jobs: list[list[str]]) -> list[list[list[str]]]:
+    methods = {o.split("=", 1)[1] for job in jobs for o in job if o.startswith("method=")}
+    if not methods & TEACHER_METHODS or "ce" not in methods:
+        return [jobs]
+    first = [job for job in jobs if "method=ce" in job]
+    return [first, [job for job in jobs if "method=ce" not in job]]
+
+
+def _multirun_args(jobs: list[list[str]]) -> list[str]:
+    """Collapse a stage's jobs back into Hydra sweep overrides (key=v1,v2,...) in first-seen order."""
+    axes: dict[str, list[str]] = {}
+    for job in jobs:
+        for o in job:
+            k, _, v = o.partition("=")
+            axes.setdefault(k, [])
+            if v not in axes[k]:
+                axes[k].append(v)
+    return [f"{k}={','.join(v)}" for k, v in axes.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, at least experiment=<name>")
+    p.add_argument("--run", action="store_true", help="launch the grid (default: print the plan only)")
+    p.add_argument("--no-estimate", action="store_true", help="skip the GPU-hour estimate")
+    args = p.parse_args(argv)
+    if not any(o.startswith("experiment=") for o in args.overrides):
+        p.error("name the experiment: experiment=<name> (see configs/experiment/)")
+    fixed, jobs = plan(args.overrides)
+    parts = stages(jobs)
+    for i, stage in enumerate(parts, 1):
+        print(f"# stage {i}/{len(parts)}: {len(stage)} jobs")
+        for job in stage:
+            print("  " + " ".join(job))
+    print(f"{len(jobs)} jobs; fixed overrides: {' '.join(fixed)}")
+    if not args.no_estimate:
+        hours, missing = estimate_hours(fixed, jobs)
+        device = _throughputs().get("device", "?")
+        if hours is None:
+            print(f"GPU-hour estimate: unknown; no measured throughput for {', '.join(missing)} in "
+                  f"{THROUGHPUT_FILE.relative_to(REPO)} (measure with scripts/benchmark.py on the target GPU)")
+        else:
+            print(f"GPU-hour estimate: {hours:.1f} h of training on {device} (measured img/s x images x epochs; "
+                  "evaluation and start-up not included)")
+    if not args.run:
+        return 0
+    for stage in parts:
+        cmd = [sys.executable, "-m", "dlb.train", "-m", *fixed, *_multirun_args(stage)]
+        print("+", " ".join(cmd[1:]), flush=True)
+        if subprocess.run(cmd, cwd=REPO).returncode != 0:
+            print("dlb.sweep: a stage failed; fix it and rerun the same command (finished jobs are skipped)",
+                  file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
