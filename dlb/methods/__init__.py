@@ -4,6 +4,6 @@ Adding a method: write `dlb/methods/<name>.py` with a `Method` subclass (its `Co
 `configs/method/<name>.yaml`), import it below, and add the YAML file.
 """
 from dlb.methods.base import METHODS, Method, build_method, register_method
-from dlb.methods import ce, dlb  # noqa: F401  (registration)
+from dlb.methods import ce, cskd, ddgsd, dlb, lsr, pskd, tfkd  # noqa: F401  (registration)
 
 __all__ = ["METHODS", "Method", "build_method", "register_method"]

@@ -1,0 +1,85 @@
+"""Class-wise self-KD (CS-KD, Yun et al., CVPR 2020), as the official alinlab/cs-kd train.py and datasets.py.
+
+Each loader batch holds B sampled images followed by B partners, partner j a uniformly drawn training image of
+sample j's class (possibly sample j itself: PairBatchSampler's random.choice over the class). Then
+  z = f(x[:B]);  zp = f(x[B:]) under no_grad        -- two forward calls, as the official train()
+  loss = CE(z, y[:B]) + lambda * T^2 * sum KL(softmax(zp/T) || softmax(z/T)) / B
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dlb.methods.base import Method, mixed_ce, register_method
+
+
+class ClassPairOrder:
+    """batch_order for the DeviceLoader: a shuffled epoch split into batches of B (last one partial, not drop_last,
+    as the official sampler), each followed by same-class partners drawn for the whole epoch in one go.
+
+    Per-class index lists are precomputed once as one class-sorted index with per-class offsets and counts, so a
+    partner draw is a gather: sorted_idx[offset[c] + floor(u * count[c])]."""
+
+    def __init__(self, labels: torch.Tensor, batch_size: int):
+        self.labels, self.batch_size = labels.long(), int(batch_size)
+        self._tables: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def _table(self, device: torch.device):
+        if device not in self._tables:  # once per device, outside the per-epoch path
+            labels = self.labels.to(device)
+            sorted_idx = torch.argsort(labels, stable=True)
+            counts = torch.bincount(labels)
+            self._tables[device] = (labels, sorted_idx, torch.cumsum(counts, 0) - counts, counts)
+        return self._tables[device]
+
+    def partners(self, samples: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        labels, sorted_idx, offsets, counts = self._table(g.device)
+        c = labels[samples]
+        # floor(u * n) can round up to n in float32 for large classes: clamp to the last member.
+        pick = torch.minimum((torch.rand(len(samples), generator=g, device=g.device) * counts[c]).long(), counts[c] - 1)
+        return sorted_idx[offsets[c] + pick]
+
+    def __call__(self, epoch: int, g: torch.Generator) -> list[torch.Tensor]:
+        order = torch.randperm(len(self.labels), generator=g, device=g.device)
+        partners = self.partners(order, g)
+        return [torch.cat([s, p]) for s, p in zip(order.split(self.batch_size), partners.split(self.batch_size))]
+
+
+@register_method("cskd")
+class CSKD(Method):
+    @dataclass
+    class Config:
+        name: str = "cskd"
+        T: float = 4.0
+        kd_weight: float = 1.0  # lambda (the official --lamda)
+
+    @classmethod
+    def validate_config(cls, cfg):
+        from dlb.config import ConfigError
+
+        if cfg.T <= 0:
+            raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (the official code uses 4)")
+        if cfg.kd_weight < 0:
+            raise ConfigError(f"method.kd_weight={cfg.kd_weight}: the KD weight must be >= 0 "
+                              "(the official code uses 1)")
+
+    def __init__(self, T: float = 4.0, kd_weight: float = 1.0):
+        super().__init__()
+        self.T, self.kd_weight = float(T), float(kd_weight)
+
+    def batch_order(self, labels, batch_size):
+        return ClassPairOrder(labels, batch_size)
+
+    def training_step(self, model, batch):
+        x = batch.views[0]
+        b = x.shape[0] // 2
+        logits = model(x[:b])
+        with torch.no_grad():  # a separate call: BatchNorm normalises each half alone (and the partners update its
+            partner_logits = model(x[b:])  # running statistics too, as the official code's no_grad forward does)
+        first = slice(0, b)
+        ce = mixed_ce(logits, batch.y[first], *(None if t is None else t[first] for t in (batch.y_mix, batch.lam)))
+        T = self.T
+        kl = F.kl_div(F.log_softmax(logits / T, dim=1), F.softmax(partner_logits.float() / T, dim=1), reduction="sum")
+        return logits, {"ce": ce, "kd": self.kd_weight * T * T * kl / b}

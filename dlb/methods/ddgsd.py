@@ -1,0 +1,115 @@
+"""Data-distortion guided self-distillation (DDGSD, Xu & Liu, AAAI 2019), and DDGSD + DLB.
+
+Two independently distorted views of each image go through the network in one call (BatchNorm sees both):
+  f_a, z_a = features and logits of view0;  f_b, z_b = of view1
+  loss = CE([z_a; z_b], [y; y])                                           -- mean over the 2B rows
+       + kl_weight * T^2 * (KL(sg(p_b) || p_a) + KL(sg(p_a) || p_b))      -- p = softmax(z/T), batchmean
+       + mmd_weight * || mean_i f_a,i - mean_i f_b,i ||^2                 -- linear-kernel MMD^2 of the features
+There is no official code; the paper gives the terms, the weights here are our choice (docs/methods.md).
+
+ddgsd_dlb adds DLB's last-batch term (dlb.py): the view0 logits of S_t are cached (detached) as the target, and at
+the next step a separate forward of view1(S_{t-1}) is the student:
+       + dlb_alpha * dlb_T^2 * KL(sg(z_a of S_{t-1}) / dlb_T || f(view1(S_{t-1})) / dlb_T)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dlb.methods.base import Method, mixed_ce, register_method
+from dlb.methods.dlb import DLB, last_batch_kd
+
+
+def features_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features (B, D) and logits from one forward. The cifar_* models' forward_features already pools and
+    their forward_head(pre_logits=True) is the identity; a timm model pools in forward_head, so its pre-logits are
+    the pooled features. Either way forward_head(forward_features(x)) is model(x)."""
+    feats = model.forward_features(x)
+    return model.forward_head(feats, pre_logits=True), model.forward_head(feats)
+
+
+def mutual_kl(z_a: torch.Tensor, z_b: torch.Tensor, T: float) -> torch.Tensor:
+    """T^2 * (KL(sg(p_b) || p_a) + KL(sg(p_a) || p_b)), batchmean: each view learns from the other, detached."""
+    return last_batch_kd(z_a, z_b, T) + last_batch_kd(z_b, z_a, T)
+
+
+def feature_mmd(f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
+    """Linear-kernel MMD^2: the squared L2 distance between the batch-mean feature vectors."""
+    return (f_a.float().mean(0) - f_b.float().mean(0)).pow(2).sum()
+
+
+@register_method("ddgsd")
+class DDGSD(Method):
+    num_views = 2
+
+    @dataclass
+    class Config:
+        name: str = "ddgsd"
+        T: float = 4.0
+        kl_weight: float = 1.0
+        mmd_weight: float = 5e-4
+
+    @classmethod
+    def validate_config(cls, cfg):
+        from dlb.config import ConfigError
+
+        if cfg.T <= 0:
+            raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (default 4)")
+        for key in ("kl_weight", "mmd_weight"):
+            if cfg[key] < 0:
+                raise ConfigError(f"method.{key}={cfg[key]}: the weight must be >= 0")
+
+    def __init__(self, T: float = 4.0, kl_weight: float = 1.0, mmd_weight: float = 5e-4):
+        super().__init__()
+        self.T, self.kl_weight, self.mmd_weight = float(T), float(kl_weight), float(mmd_weight)
+
+    def training_step(self, model, batch):
+        b = batch.views[0].shape[0]
+        feats, logits = features_and_logits(model, torch.cat(batch.views[:2]))
+        (f_a, f_b), (z_a, z_b) = feats.split(b), logits.split(b)
+        # Both views of a sample share its label (and, under CutMix, its partner and lam).
+        mix = (None if t is None else t.repeat(2) for t in (batch.y_mix, batch.lam))
+        ce = mixed_ce(logits, batch.y.repeat(2), *mix)
+        return z_a, {"ce": ce, "kl": self.kl_weight * mutual_kl(z_a, z_b, self.T),
+                     "mmd": self.mmd_weight * feature_mmd(f_a, f_b)}
+
+
+@register_method("ddgsd_dlb")
+class DDGSDWithDLB(DDGSD):
+    """DDGSD on S_t plus DLB's last-batch KD; the cache is DLB's (same keys, same checkpoint state)."""
+
+    @dataclass
+    class Config:
+        name: str = "ddgsd_dlb"
+        T: float = 4.0
+        kl_weight: float = 1.0
+        mmd_weight: float = 5e-4
+        dlb_T: float = 3.0
+        dlb_alpha: float = 1.0
+
+    @classmethod
+    def validate_config(cls, cfg):
+        from dlb.config import ConfigError
+
+        super().validate_config(cfg)
+        if cfg.dlb_T <= 0:
+            raise ConfigError(f"method.dlb_T={cfg.dlb_T}: the temperature must be > 0 (DLB uses 3)")
+        if cfg.dlb_alpha < 0:
+            raise ConfigError(f"method.dlb_alpha={cfg.dlb_alpha}: the KD weight must be >= 0 (DLB uses 1)")
+
+    def __init__(self, T: float = 4.0, kl_weight: float = 1.0, mmd_weight: float = 5e-4, dlb_T: float = 3.0,
+                 dlb_alpha: float = 1.0):
+        super().__init__(T, kl_weight, mmd_weight)
+        self.dlb_T, self.dlb_alpha = float(dlb_T), float(dlb_alpha)
+        self.prev: dict[str, torch.Tensor] | None = None  # view1 images, labels and detached view0 logits of S_{t-1}
+
+    def training_step(self, model, batch):
+        logits, losses = super().training_step(model, batch)
+        if self.prev is not None:  # a separate call, as in DLB: BatchNorm statistics of S_{t-1} alone
+            losses["kd"] = self.dlb_alpha * last_batch_kd(model(self.prev["x1"]), self.prev["logits"], self.dlb_T)
+        self.prev = {"x1": batch.views[1], "y": batch.y, "logits": logits.detach().float()}
+        return logits, losses
+
+    method_state = DLB.method_state
+    load_method_state = DLB.load_method_state

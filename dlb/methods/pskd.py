@@ -1,0 +1,69 @@
+"""Progressive self-KD (PS-KD, Kim et al., ICCV 2021), as the official lgcnsai/PS-KD-Pytorch main.py train().
+
+An N x K memory holds each training image's softmax from the last time it was seen (the previous epoch).
+  alpha_t = alpha_T * (epoch + 1) / E                        -- set at the start of each epoch, epoch 0-based
+  target  = (1 - alpha_t) onehot(y) + alpha_t * p_prev(idx)  -- p_prev = onehot(y) in epoch 0
+  loss    = -sum_k target_k log softmax(z)_k, mean over the batch (Custom_CrossEntropy_PSKD)
+  then memory[idx] = softmax(z).detach()
+The official order: targets are read before the forward, the memory is written with this step's (pre-update)
+softmax. Within an epoch every index appears once, so writing before the optimizer step is the same.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dlb.methods.base import Method, register_method
+from dlb.methods.lsr import onehot_targets, soft_target_ce
+
+
+@register_method("pskd")
+class PSKD(Method):
+    @dataclass
+    class Config:
+        name: str = "pskd"
+        alpha_T: float = 0.8
+
+    @classmethod
+    def validate_config(cls, cfg):
+        from dlb.config import ConfigError
+
+        if not 0 <= cfg.alpha_T <= 1:
+            raise ConfigError(f"method.alpha_T={cfg.alpha_T}: the final self-target share must be in [0, 1] "
+                              "(the official code uses 0.8)")
+
+    def __init__(self, alpha_T: float = 0.8, train_size: int = 0, num_classes: int = 0):
+        super().__init__()
+        self.alpha_T = float(alpha_T)
+        self.epoch, self.alpha_t = 0, 0.0
+        # A buffer, so method.to(device) moves it; float32 like the official all_predictions.
+        self.register_buffer("memory", torch.zeros(train_size, num_classes, dtype=torch.float32), persistent=False)
+
+    def on_epoch_start(self, epoch, epochs):
+        self.epoch = epoch
+        self.alpha_t = max(0.0, self.alpha_T * (epoch + 1) / epochs)
+
+    def training_step(self, model, batch):
+        if batch.idx is None:
+            raise ValueError("PS-KD needs the dataset row indices of each batch (Batch.idx)")
+        logits = model(batch.views[0])
+        onehot = onehot_targets(batch, logits.shape[1])
+        # Epoch 0: the official code writes onehot(y) into the memory rows first, so the target is the one-hot
+        # (under CutMix: the mixed one-hot). The write is overwritten below in the same step.
+        prev = onehot if self.epoch == 0 else self.memory[batch.idx]
+        target = (1 - self.alpha_t) * onehot + self.alpha_t * prev
+        loss = soft_target_ce(logits, target)
+        self.memory[batch.idx] = F.softmax(logits.detach().float(), dim=1)
+        return logits, {"ce": loss}
+
+    def method_state(self):
+        return {"memory": self.memory.cpu()}
+
+    def load_method_state(self, state, device=None):
+        memory = state["memory"]
+        if memory.shape != self.memory.shape:
+            raise ValueError(f"PS-KD memory of shape {tuple(memory.shape)} does not fit this run's "
+                             f"{tuple(self.memory.shape)} (train_size x num_classes)")
+        self.memory.copy_(memory.to(self.memory.device))
