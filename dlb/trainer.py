@@ -213,7 +213,7 @@ class Trainer:
             self.step += 1
             b = logits.shape[0]  # logits are for the batch's first rows (CS-KD appends partner rows)
             seen += b
-            for k, v in (("loss", loss), *losses.items()):
+            for k, v in (("loss", loss), *losses.items(), *self.method.step_metrics.items()):
                 sums[k] = sums.get(k, zero) + v.detach().float() * b
             correct += (logits.detach().argmax(1) == batch.y[:b]).sum()
         if self.device.type == "cuda":

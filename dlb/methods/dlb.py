@@ -72,6 +72,9 @@ class DLB(Method):
                 ce = mixed_ce(both, *(torch.cat([a, b]) for a, b in zip(_targets(prev), _targets(batch))))
             kd = last_batch_kd(prev_logits_view1, prev["logits"], self.T)
             losses = {"ce": ce, "kd": self.alpha * kd}
+            # The paper's consistency analysis: do last step's and this step's predictions of S_{t-1} agree?
+            self.step_metrics = {"consistency": (prev_logits_view1.detach().argmax(1)
+                                                 == prev["logits"].argmax(1)).float().mean()}
         # Keep S_t for the next step. Float logits: under bf16 autocast the target stays full precision.
         self.prev = {"x1": x1, "y": batch.y, "logits": logits.detach().float()}
         if batch.y_mix is not None:
