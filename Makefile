@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 TEST_ENV := WANDB_MODE=disabled HF_HUB_OFFLINE=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all demo train clean-outputs
+.PHONY: help install test test-all demo train reproduce-table1 reproduce-table2 reproduce-noise reproduce-cpu report clean-outputs
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 
 install: ## Create $(VENV) and install the package with pinned torch/torchvision/hydra/timm/wandb and test tools
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,34 @@ demo: ## CE vs DLB on Fashion-MNIST (10k train images, resnet8), ~10 min on 2 CP
 
 train: ## The paper's default run on a GPU: CIFAR-100, ResNet-32, DLB (ARGS="..." adds overrides)
 	$(PY) -m dlb.train dataset=cifar100 backbone=resnet32 method=dlb $(ARGS)
+
+# Sweeps write under $(SWEEP_ROOT)/<experiment>/<overrides>/, tables and plots under $(RESULTS)/<table>/.
+# ARGS adds Hydra overrides to every job (launcher=slurm hydra.launcher.partition=gpu, seed=0, debug=step, ...).
+SWEEP_ROOT ?= multirun
+RESULTS ?= results
+sweep = $(PY) -m dlb.sweep experiment=$(1) hydra.sweep.dir=$(SWEEP_ROOT)/$(1) --run $(ARGS)
+report = $(PY) -m dlb.report $(addprefix $(SWEEP_ROOT)/,$(2)) --name $(1) --out $(RESULTS)/$(1) && \
+	$(PY) -m dlb.plot $(addprefix $(SWEEP_ROOT)/,$(2)) --out $(RESULTS)/$(1)
+
+reproduce-table1: ## Paper Table 1 (CIFAR-10/100, TinyImageNet x 6 backbones x 7 methods x 3 seeds), then its tables
+	$(call sweep,table1_cifar10)
+	$(call sweep,table1_cifar100)
+	$(call sweep,table1_tinyimagenet)
+	$(call report,table1,table1_cifar10 table1_cifar100 table1_tinyimagenet)
+
+reproduce-table2: ## Augmentation compatibility (CutOut, CutMix, DDGSD with and without DLB) on CIFAR-10/100
+	$(call sweep,table2_augment_cifar10)
+	$(call sweep,table2_augment_cifar100)
+	$(call report,table2,table2_augment_cifar10 table2_augment_cifar100)
+
+reproduce-noise: ## Label-noise robustness (symmetric 0/20/40/60%) on CIFAR-10/100
+	$(call sweep,noise_cifar10)
+	$(call sweep,noise_cifar100)
+	$(call report,noise,noise_cifar10 noise_cifar100)
+
+reproduce-cpu: ## The CPU-scale reproduction committed in results/cpu_repro (Fashion-MNIST, ~1-2 h on 2 cores)
+	$(call sweep,cpu_repro)
+	$(call report,cpu_repro,cpu_repro)
 
 clean-outputs: ## Remove outputs/debug (smoke runs); real runs are never deleted by make
 	rm -rf outputs/debug
