@@ -42,7 +42,8 @@ def _values(key: str, value: str) -> list[str]:
 
 def plan(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
     """(fixed overrides, one override list per job) for the experiment named in `overrides`."""
-    cfg = compose(overrides, with_hydra=True)
+    single = [o for o in overrides if "," not in o.partition("=")[2]]  # sweep values can't be composed
+    cfg = compose(single, with_hydra=True)
     grid = {k: str(v) for k, v in (cfg.hydra.sweeper.params or {}).items()}
     fixed = []
     for o in overrides:
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="Hydra overrides, at least experiment=<name>")
     p.add_argument("--run", action="store_true", help="launch the grid (default: print the plan only)")
     p.add_argument("--no-estimate", action="store_true", help="skip the GPU-hour estimate")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     if not any(o.startswith("experiment=") for o in args.overrides):
         p.error("name the experiment: experiment=<name> (see configs/experiment/)")
     fixed, jobs = plan(args.overrides)
