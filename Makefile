@@ -2,11 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Tests and CI never talk to W&B or the Hugging Face hub.
-TEST_ENV := WANDB_MODE=disabled HF_HUB_OFFLINE=1
+# Tests and CI never talk to W&B or the Hugging Face hub; one thread per process (the tests spawn training
+# subprocesses, and on 2 cores oversubscribed threads made them ~20x slower).
+TEST_ENV := WANDB_MODE=disabled HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all demo train reproduce-table1 reproduce-table2 reproduce-noise reproduce-cpu report clean-outputs
+.PHONY: help install test test-all demo train reproduce-table1 reproduce-table2 reproduce-noise reproduce-cpu report bench clean-outputs
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -56,6 +57,9 @@ reproduce-noise: ## Label-noise robustness (symmetric 0/20/40/60%) on CIFAR-10/1
 reproduce-cpu: ## The CPU-scale reproduction committed in results/cpu_repro (Fashion-MNIST, ~1-2 h on 2 cores)
 	$(call sweep,cpu_repro)
 	$(call report,cpu_repro,cpu_repro)
+
+bench: ## Training-speed benchmark: resnet32 CE vs DLB, batch 64, CPU, into results/bench/ (ARGS="--device cuda ...")
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) scripts/benchmark.py $(ARGS)
 
 clean-outputs: ## Remove outputs/debug (smoke runs); real runs are never deleted by make
 	rm -rf outputs/debug

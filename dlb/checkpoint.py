@@ -1,20 +1,48 @@
-"""Atomic checkpoints: write a temp file, fsync, then rename; the previous good checkpoint is kept as prev.pt
-until the new last.pt is complete, and loading falls back to it when last.pt is truncated or corrupt."""
+"""What keeps a run's folder trustworthy when the machine is not: atomic checkpoints, the run lock, stop signals.
+
+Checkpoints: write a temp file, fsync, then rename; the previous good checkpoint is kept as prev.pt until the new
+last.pt is complete, and loading falls back to it when last.pt is truncated or corrupt. A failed write (full disk,
+no permission) raises OutputError and leaves the previous checkpoint as it was.
+"""
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import signal
+import socket
+import threading
 import warnings
 from pathlib import Path
 
 import torch
 
+# Errors of the output folder that a user can fix (space, permissions, a read-only mount): one line, no traceback.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+class OutputError(RuntimeError):
+    """The output folder can't be written (full, read-only, no permission) or is in use by another run."""
+
+
+def write_error(path: Path, e: OSError) -> OutputError:
+    """The one-line message for a failed write of `path`, naming the fix."""
+    fix = ("free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "make it writable" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "check the disk")
+    return OutputError(f"cannot write {path}: {e.strerror or e}; {fix}, or pick another output dir with "
+                       "hydra.run.dir=<dir> (the previous checkpoint is kept)")
+
 
 def _write_synced(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        path.unlink(missing_ok=True)  # a partial temp file is useless; the file it was to replace is untouched
+        raise write_error(path, e) from None
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -37,9 +65,12 @@ def save_checkpoint(state: dict, ckpt_dir: Path) -> Path:
 
 
 def load_checkpoint(ckpt_dir: Path) -> dict | None:
-    """The newest readable checkpoint in ckpt_dir (last.pt, else prev.pt with a warning), or None if there is none."""
+    """The newest readable checkpoint in ckpt_dir (last.pt, else prev.pt with a warning saying why), or None."""
     ckpt_dir = Path(ckpt_dir)
     candidates = [p for p in (ckpt_dir / "last.pt", ckpt_dir / "prev.pt") if p.exists()]
+    if candidates and candidates[0].name == "prev.pt":  # killed between save_checkpoint's two renames
+        warnings.warn(f"checkpoint {ckpt_dir / 'last.pt'} is missing (the run died while saving it); "
+                      f"resuming from the previous checkpoint {candidates[0]}")
     for i, path in enumerate(candidates):
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
@@ -50,7 +81,86 @@ def load_checkpoint(ckpt_dir: Path) -> dict | None:
             warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
                           + (f"falling back to {later[0]}" if later else "no older checkpoint to fall back to"))
             continue
-        if i > 0:
-            warnings.warn(f"resuming from the previous checkpoint {path}")
         return state
     return None
+
+
+class RunLock:
+    """An exclusive flock on <out_dir>/.lock for the life of a run, so two processes never write one run folder.
+
+    The kernel drops a flock when its process dies (even by SIGKILL), so a crashed run never leaves the folder
+    locked; the file's text (pid, host) only serves the error message. Under torchrun only rank 0 takes it."""
+
+    def __init__(self, out_dir: str | Path):
+        self.path = Path(out_dir) / ".lock"
+        self._file = None
+
+    def __enter__(self) -> "RunLock":
+        if int(os.environ.get("RANK", "0")) != 0:  # DDP: the other ranks belong to rank 0's run
+            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")  # "a+": never truncate what the holder wrote before we hold the lock
+        except OSError as e:
+            raise write_error(self.path, e) from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise OutputError(f"{self.path.parent} is in use by another run ({holder}); wait for it to finish, or "
+                              "pick another output dir with hydra.run.dir=<dir>") from None
+        except OSError as e:  # a file system without flock (some network mounts): run, but say it's unguarded
+            warnings.warn(f"cannot lock {self.path} ({e.strerror}); nothing stops a second run from writing here")
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the flock; the file stays (removing it would race a new holder)
+            self._file = None
+
+
+class StopSignals:
+    """SIGTERM and SIGUSR1 (what SLURM sends before a time limit or a preemption) only set `received`; the trainer
+    looks at it at each step boundary, saves a checkpoint there and exits for a requeue. SIGUSR2 is left alone:
+    hydra-submitit-launcher requeues through its own handler on it. The handlers installed before ours come back
+    with `restore()`, and `chain()` calls the one for the signal received once the run has saved everything
+    (submitit's SIGTERM logger; or its requeue handler, when SUBMITIT_PREEMPT_SIGNAL=USR1 moves it to USR1)."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> "StopSignals":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # Python delivers signals to the main thread only; a run in a thread can't be told to stop
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is None or signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # whoever started us chose to ignore it
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum  # nothing else here: the loop may be inside a kernel or a file write
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received is not None else ""
+
+    def chain(self) -> None:
+        prev = self._previous.get(self.received)
+        if callable(prev):
+            prev(self.received, None)
+
+    def restore(self) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)

@@ -14,8 +14,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 DATASET_NAMES = ("cifar10", "cifar100", "tinyimagenet", "fashion_mnist", "imagefolder")
 AUGMENTS = ("crop_flip", "rrc_flip", "none")
 LOADERS = ("device", "torch")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "slot")
 PRECISIONS = ("fp32", "bf16")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+FUSED = ("auto", True, False)
+# Methods that call model.forward_features (not model(x)): DDP's wrapper would not see those forwards.
+DDP_UNSUPPORTED = ("ddgsd", "ddgsd_dlb")
 LOGGERS = ("none", "wandb")
 BATCH_AUGMENTS = ("none", "cutout", "cutmix")  # dlb/augment.py
 CUTMIX_VIEWS = ("shared", "independent")
@@ -63,6 +67,7 @@ class OptimConfig:
     gamma: float = 0.1
     milestones: Optional[List[int]] = None  # null: milestone_fractions x trainer.epochs
     milestone_fractions: List[float] = field(default_factory=lambda: [0.625, 0.75, 0.875])  # 150/180/210 of 240
+    fused: Any = "auto"  # auto | true | false: torch's fused SGD kernel (auto: on CUDA and CPU) or the plain loop
 
 
 @dataclass
@@ -70,10 +75,13 @@ class TrainerConfig:
     epochs: int = 240
     batch_size: int = 64
     eval_batch_size: int = 1000
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:<i> | slot (a free one of num_gpus x jobs_per_gpu GPU slots)
+    jobs_per_gpu: int = 1  # device=slot: how many runs share one GPU
     deterministic: bool = False
     precision: str = "fp32"  # bf16: autocast on CUDA
     channels_last: bool = False
+    compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile of the model
+    ddp: bool = False  # DistributedDataParallel, one process per GPU, started by torchrun (dlb/distributed.py)
     limit_train_batches: Optional[int] = None  # debugging: stop each epoch after n steps
     limit_eval_batches: Optional[int] = None
     progress: Optional[bool] = None  # null: on when stderr is a terminal
@@ -175,6 +183,7 @@ def validate(cfg: DictConfig) -> None:
         _fail("dataset.padding", d.padding, "must be >= 0")
     if cfg.method.name not in METHODS:
         _fail("method.name", cfg.method.name, f"unknown method; use one of {', '.join(sorted(METHODS))}")
+    _check_keys_and_numbers(cfg, METHODS[cfg.method.name].Config)
     METHODS[cfg.method.name].validate_config(cfg.method)
     if t.epochs < 1:
         _fail("trainer.epochs", t.epochs, "must be >= 1")
@@ -186,6 +195,7 @@ def validate(cfg: DictConfig) -> None:
         _fail("trainer.device", t.device, f"use one of {', '.join(DEVICES)} or cuda:<index>")
     if t.precision not in PRECISIONS:
         _fail("trainer.precision", t.precision, f"use one of {', '.join(PRECISIONS)}")
+    _validate_speed(cfg)
     for key in ("limit_train_batches", "limit_eval_batches"):
         if t[key] is not None and t[key] < 1:
             _fail(f"trainer.{key}", t[key], "must be >= 1, or null for no limit")
@@ -196,7 +206,7 @@ def validate(cfg: DictConfig) -> None:
     if not 0 <= o.momentum < 1:
         _fail("optim.momentum", o.momentum, "must be in [0, 1)")
     if o.nesterov and o.momentum == 0:
-        _fail("optim.nesterov", o.nesterov, "nesterov needs momentum > 0; set optim.nesterov=false")
+        _fail("optim.nesterov", o.nesterov, "nesterov needs optim.momentum > 0; set optim.nesterov=false")
     if o.weight_decay < 0:
         _fail("optim.weight_decay", o.weight_decay, "must be >= 0")
     if not 0 < o.gamma <= 1:
@@ -212,6 +222,27 @@ def validate(cfg: DictConfig) -> None:
         _fail("logger.mode", cfg.logger.mode, f"use one of {', '.join(WANDB_MODES)}, or null for automatic")
     if cfg.seed < 0:
         _fail("seed", cfg.seed, "must be >= 0")
+
+
+def _validate_speed(cfg: DictConfig) -> None:
+    """Speed and placement switches (docs/performance.md)."""
+    t = cfg.trainer
+    if t.compile not in COMPILE_MODES:
+        _fail("trainer.compile", t.compile, f"use one of {', '.join(COMPILE_MODES)}")
+    if t.jobs_per_gpu < 1:
+        _fail("trainer.jobs_per_gpu", t.jobs_per_gpu, "must be >= 1 (runs sharing one GPU with trainer.device=slot)")
+    if cfg.optim.fused not in FUSED:
+        _fail("optim.fused", cfg.optim.fused, "use auto, true or false")
+    if t.ddp:
+        if t.device == "slot":
+            _fail("trainer.device", t.device, "trainer.ddp=true places one process per GPU itself (LOCAL_RANK); "
+                  "use trainer.device=auto")
+        if cfg.dataset.loader != "device":
+            _fail("dataset.loader", cfg.dataset.loader, "trainer.ddp=true shards the device loader's batches; use "
+                  "dataset.loader=device")
+        if cfg.method.name in DDP_UNSUPPORTED:
+            _fail("trainer.ddp", t.ddp, f"method={cfg.method.name} runs model.forward_features, which "
+                  "DistributedDataParallel does not wrap (gradients would not be averaged); train it on one GPU")
 
 
 def _validate_augment_and_noise(cfg: DictConfig, num_views: int) -> None:
@@ -238,6 +269,33 @@ def _validate_augment_and_noise(cfg: DictConfig, num_views: int) -> None:
         _fail("noise.rate", n.rate, "has no effect without a noise type; add noise=symmetric or noise=asymmetric")
     if n.seed < 0:
         _fail("noise.seed", n.seed, "must be >= 0")
+
+
+def _check_keys_and_numbers(cfg: DictConfig, method_schema: type) -> None:
+    """Keys added with +key=... that no code reads (most likely a typo of a real key: the run would silently ignore
+    it), and NaN/Inf numbers, which pass every range check."""
+    import dataclasses
+    import difflib
+    import math
+
+    sections = {"dataset": DatasetConfig, "backbone": BackboneConfig, "method": method_schema, "optim": OptimConfig,
+                "augment": AugmentConfig, "noise": NoiseConfig, "trainer": TrainerConfig, "logger": LoggerConfig}
+    for prefix, schema, node in [("", Config, cfg), *((f"{s}.", c, cfg[s]) for s, c in sections.items())]:
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                _fail(f"{prefix}{key}", OmegaConf.to_container(node)[key], "no such key, the run would ignore it; "
+                      + (f"did you mean {prefix}{close[0]}?" if close else "remove it"))
+    numbers = OmegaConf.to_container(cfg, resolve=True)
+    stack = [("", numbers)]
+    while stack:
+        prefix, d = stack.pop()
+        for k, v in (d.items() if isinstance(d, dict) else enumerate(d)):
+            if isinstance(v, (dict, list)):
+                stack.append((f"{prefix}{k}.", v))
+            elif isinstance(v, float) and not math.isfinite(v):
+                _fail(f"{prefix}{k}".rstrip("."), v, "must be a finite number")
 
 
 def milestones(cfg: DictConfig) -> list[int]:

@@ -1,32 +1,221 @@
-"""Hydra entry point: `python -m dlb.train dataset=cifar100 backbone=resnet32 method=dlb` (also `dlb-train`)."""
+"""Hydra entry point: `python -m dlb.train dataset=cifar100 backbone=resnet32 method=dlb` (also `dlb-train`).
+
+Exit codes (docs/reliability.md):
+  0   the run completed (or was already complete)
+  1   a bug: Python's traceback
+  2   a user error, as one line on stderr: a bad override, missing or corrupt data, an output dir that can't be
+      written or is in use by another run, a run dir holding another config
+  3   training diverged (NaN/Inf loss); summary.json says "diverged", the last good checkpoint is kept
+  75  stopped by SIGTERM/SIGUSR1 after saving a checkpoint (EX_TEMPFAIL, "try again"): requeue the job or run the
+      same command again to continue from the saved step
+Under -m (multirun) a job with exit code 2 or 3 does not stop the sweep: its line is printed, the other jobs run,
+and the sweep exits with the first such code at the end. A stop signal stops the whole sweep (exit code 75).
+"""
 from __future__ import annotations
 
-import logging
+import difflib
+import os
+import re
 import sys
+from pathlib import Path
+from typing import Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
+                              OmegaConfBaseException)
 
-from dlb.config import ConfigError, register_configs, validate
+from dlb.checkpoint import WRITE_ERRNOS, OutputError
+from dlb.config import ConfigError, register_configs, to_container, validate
 
 register_configs()
-log = logging.getLogger("dlb")
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED = 2, 3, 75
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
-def main(cfg: DictConfig) -> float | None:
-    from dlb.datasets import DatasetError
-    from dlb.trainer import ResumeError, run
+class JobFailed(Exception):
+    """A multirun job's user error or divergence: already printed; the sweep goes on and exits with `code`."""
 
+    def __init__(self, code: int, line: str):
+        super().__init__(line)
+        self.code = code
+
+
+# --- one line per user error ----------------------------------------------------------------------------------
+def _is_group(name: str) -> bool:
+    return bool(re.fullmatch(r"\w+(/\w+)*", name)) and (CONFIGS / name).is_dir()
+
+
+def _group_options(group: str) -> str:
+    return ", ".join(sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))) or f"the files in configs/{group}/"
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _override_for(key: str, overrides: Sequence[str]) -> str:
+    """The override the user typed for `key` (the first: Hydra stops at the first it can't apply), else the key."""
+    typed = [o for o in overrides if _override_key(o) == key]
+    return typed[0] if typed else key
+
+
+def _culprit(overrides: Sequence[str]) -> tuple[str, str] | None:
+    """(override, why) for the first override Hydra can't take: unparsable, or a config group given anything but
+    an option name (Hydra answers those with a bare ValueError or TypeError that doesn't say which override)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parsed = parser.parse_override(o)
+        except HydraException as e:  # OverrideParseException, or the grammar's own HydraException
+            return o, (f"not a valid override ({str(e).splitlines()[0]}); quote values with special characters, "
+                       "e.g. key='a value'")
+        key = parsed.key_or_group
+        if _is_group(key) and not parsed.is_sweep_override() and not isinstance(parsed.value(), str):
+            return o, f"{key} is a config group; use one of {_group_options(key)}"
+    return None
+
+
+def error_line(e: BaseException, overrides: Sequence[str] = ()) -> str:
+    """One line for an error of the command line or the config, naming the key (as typed) and the fix."""
+    text = str(e).strip()
+    first = (text.splitlines() or [type(e).__name__])[0]
+    if isinstance(e, ConfigError):
+        return " ".join(text.split())
+    if isinstance(e, MissingConfigException):
+        m = re.search(r"Could not (?:find|load) '([^']+)'", text)
+        parts = m.group(1).split("/") if m else []
+        # The longest leading part that is a config group folder: option names may hold slashes (noise=/tmp/x).
+        n = next((i for i in range(len(parts) - 1, 0, -1) if _is_group("/".join(parts[:i]))), 0)
+        if n:
+            group, option = "/".join(parts[:n]), "/".join(parts[n:])
+            return f"{_override_for(group, overrides)}: no {group} config named {option!r}; use one of " \
+                   f"{_group_options(group)}"
+    m = re.search(r"An item is already at '([^']+)'", text)
+    if m:
+        return f"{_override_for(m.group(1), overrides)}: {m.group(1)} exists already; set it without the +"
+    oc = e if isinstance(e, OmegaConfBaseException) else e.__cause__
+    if isinstance(oc, OmegaConfBaseException) and oc.full_key:
+        key, what = oc.full_key, (str(oc).strip().splitlines() or [""])[0]
+        m = re.match(r"Error merging override (.+)", first)  # Hydra names the very override that failed
+        typed = m.group(1) if m else _override_for(key, overrides)
+        if isinstance(oc, (ConfigAttributeError, ConfigKeyError)) and " not in " in what:
+            siblings = list(oc.parent_node.keys()) if oc.parent_node is not None else []
+            close = difflib.get_close_matches(str(oc.key), [str(k) for k in siblings], n=1)
+            parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+            hint = (f"did you mean {parent}{close[0]}?" if close
+                    else f"{parent.rstrip('.') or 'the config'} has {', '.join(map(str, siblings))}")
+            return f"{typed}: no such key; {hint} (`python -m dlb.train --cfg job` prints every key)"
+        if isinstance(oc, InterpolationResolutionError):
+            return f"{typed}: {what}; fix the ${{...}} it refers to, or set {key}=<value> directly"
+        return f"{typed}: {what}; give a value of the key's type (`python -m dlb.train --cfg job` shows the defaults)"
+    culprit = _culprit(overrides)
+    if culprit is not None:
+        return f"{culprit[0]}: {culprit[1]}"
+    return f"{first} (overrides: {' '.join(overrides) or 'none'})"
+
+
+def check(cfg: DictConfig) -> None:
+    """validate, and resolve every interpolation now: a bad ${...} fails here, not in the middle of a run."""
     try:
         validate(cfg)
+        to_container(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(error_line(e)) from None
+
+
+def load_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The validated config `python -m dlb.train <overrides>` runs with. Anything wrong with the overrides raises
+    ConfigError whose message is the one line the command prints."""
+    from hydra import compose, initialize_config_dir
+
+    bad = _culprit(overrides)
+    if bad is not None:
+        raise ConfigError(f"{bad[0]}: {bad[1]}")
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+            cfg = compose("config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException, ValueError) as e:  # Hydra raises ValueError for some overrides
+        raise ConfigError(error_line(e, overrides)) from None
+    check(cfg)
+    return cfg
+
+
+# --- the command ------------------------------------------------------------------------------------------------
+def _stop(code: int, e: BaseException) -> None:
+    label = {EXIT_DIVERGED: "diverged", EXIT_PREEMPTED: "stopped"}.get(code, "error")
+    line = " ".join(str(e).split())
+    print(f"dlb: {label}: {line}", file=sys.stderr, flush=True)
+    if code != EXIT_PREEMPTED and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise JobFailed(code, line) from None  # Hydra records the job as failed and runs the sweep's other jobs
+    sys.exit(code)
+
+
+# An absolute config path: found the same whether this runs as `python -m dlb.train`, the dlb-train script or main()
+@hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")
+def hydra_main(cfg: DictConfig) -> float | None:
+    from dlb.datasets import DatasetError
+    from dlb.trainer import Diverged, Preempted, ResumeError, run
+
+    try:
+        check(cfg)
         summary = run(cfg, HydraConfig.get().runtime.output_dir)
-    except (ConfigError, DatasetError, ResumeError) as e:
-        # A user's mistake: one clear line and exit code 2, never a traceback.
-        print(f"dlb: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (ConfigError, DatasetError, ResumeError, OutputError) as e:
+        _stop(EXIT_USER_ERROR, e)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        _stop(EXIT_USER_ERROR, OutputError(f"cannot write {e.filename}: {e.strerror}; free some space or make it "
+                                           "writable, or pick another output dir with hydra.run.dir=<dir>"))
+    except Diverged as e:
+        _stop(EXIT_DIVERGED, e)
+    except Preempted as e:
+        _stop(EXIT_PREEMPTED, e)
     return summary["best_test_err"]  # what a Hydra sweeper would minimise
+
+
+def main() -> None:
+    """`python -m dlb.train` and `dlb-train`: Hydra's command line (overrides, --cfg, -m, --help), except that an
+    error of the command line is one line and exit code 2 instead of Hydra's block of text."""
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user asked for tracebacks: let them through
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises its errors to us instead of printing them
+    overrides = [a for a in sys.argv[1:] if not a.startswith("-") and ("=" in a or a.startswith("~"))]
+    bad = _culprit(overrides)
+    if bad is not None and not full_error:
+        print(f"dlb: error: {bad[0]}: {bad[1]}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    try:
+        hydra_main()
+    except JobFailed as e:
+        sys.exit(e.code)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        # Raised before any job ran (composing the config, parsing overrides): the command line is at fault.
+        # Errors inside a job are caught in hydra_main; what still escapes from there is a bug (below).
+        if full_error or _from_a_job(e):
+            raise
+        print(f"dlb: error: {error_line(e, overrides)}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as e:  # Hydra creating the output dir
+        if full_error or _from_a_job(e) or e.errno not in WRITE_ERRNOS:
+            raise
+        print(f"dlb: error: cannot write {e.filename}: {e.strerror}; pick another output dir with "
+              "hydra.run.dir=<dir>", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _from_a_job(e: BaseException) -> bool:
+    """Whether `e` was raised by code running inside a job (the task function), i.e. is not a command-line error."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is hydra_main.__wrapped__.__code__:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 if __name__ == "__main__":

@@ -20,25 +20,43 @@ from omegaconf import DictConfig
 import dlb.models  # noqa: F401  (registers the cifar_* backbones with timm)
 from dlb import augment as A
 from dlb import config as C
+from dlb import distributed
 from dlb import noise as N
-from dlb.checkpoint import atomic_save, load_checkpoint, save_checkpoint
+from dlb.checkpoint import RunLock, StopSignals, atomic_save, load_checkpoint, save_checkpoint
 from dlb.datasets import ArrayDataset, load_dataset
 from dlb.loader import make_loader
 from dlb.methods import Method, build_method
 from dlb.metrics import evaluate
 from dlb.loggers import RunLogger
-from dlb.utils import (environment_info, git_info, peak_memory_bytes, resolve_device, rng_states, seed_everything,
-                       set_rng_states)
+from dlb.utils import (GpuSlot, build_optimizer, compile_model, environment_info, git_info, peak_memory_bytes,
+                       resolve_device, rng_states, seed_everything, set_rng_states)
 
 SUBSET_SEED = 0  # train/test subsets are the same for every seed and method, so runs stay comparable
 
 # Config keys that may change between a run and its resumption without changing what is computed.
 RESUME_FREE_KEYS = ("resume", "logger", "trainer.device", "trainer.progress", "trainer.eval_batch_size",
-                    "dataset.root", "dataset.download", "dataset.num_workers", "data_root")
+                    "dataset.root", "dataset.download", "dataset.num_workers", "data_root",
+                    # speed and placement only (float rounding at most, as trainer.device); a DDP run's world size
+                    # is checked by try_resume itself
+                    "trainer.compile", "trainer.jobs_per_gpu", "trainer.ddp", "optim.fused")
 
 
 class ResumeError(RuntimeError):
     """The output dir holds a run that this command must not continue or overwrite."""
+
+
+class Preempted(Exception):
+    """A stop signal (SIGTERM/SIGUSR1) ended the run at a step boundary after its position was saved; running the
+    same command again continues from there (dlb.train exits with EXIT_PREEMPTED for the requeue)."""
+
+
+class Diverged(FloatingPointError):
+    """The loss (or the test NLL) became NaN/Inf. The diverged state is never saved: the last good checkpoint stays."""
+
+
+# A NaN/Inf loss is caught by reading the on-device loss sums every FINITE_CHECK_EVERY steps and at each epoch end:
+# one host sync per check, never one per step.
+FINITE_CHECK_EVERY = 50
 
 
 def cell_name(cfg) -> str:
@@ -74,27 +92,77 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
 
 def build_model(cfg, num_classes: int) -> torch.nn.Module:
     try:
-        return timm.create_model(cfg.backbone.name, num_classes=num_classes, **dict(cfg.backbone.kwargs))
+        model = timm.create_model(cfg.backbone.name, num_classes=num_classes, **dict(cfg.backbone.kwargs))
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise C.ConfigError(f"backbone.name={cfg.backbone.name!r}: not a timm model; use a backbone config "
                                 "(resnet32, vgg16, ...) or a name from timm.list_models()") from None
         raise
+    _check_input_size(model, cfg.backbone.name, cfg.dataset.image_size)
+    return model
+
+
+def _check_input_size(model: torch.nn.Module, name: str, size: int) -> None:
+    """Fail before training when the backbone can't take the dataset's images at all (a ViT built for 224 px given
+    32 px, a VGG whose pooling shrinks 8 px to nothing): one forward of one blank image on the CPU, in eval mode
+    (no BatchNorm statistics change, no random numbers drawn)."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    except (RuntimeError, AssertionError, ValueError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise C.ConfigError(f"backbone.name={name}: cannot take {size}x{size} images (dataset.image_size={size}): "
+                            f"{why}; use a backbone made for this size (the cifar_* ones take any size >= 8) or tell "
+                            f"the timm model the size, e.g. +backbone.kwargs.img_size={size}") from None
+    finally:
+        model.train(was_training)
+
+
+class _NoLogger:
+    """DDP ranks other than 0: rank 0 logs the rows (reduced over all ranks)."""
+
+    def log(self, row): pass
+
+    def summary(self, summary): pass
+
+    def finish(self, exit_code=0): pass
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, out_dir: str | Path):
+    # Set by fit (the stop signals) and by try_resume (the position inside an epoch of a preemption checkpoint).
+    _stop: StopSignals | None = None
+    partial: dict | None = None
+
+    def __init__(self, cfg: DictConfig, out_dir: str | Path,
+                 data: tuple[ArrayDataset, ArrayDataset] | None = None):
+        """`data` = (train, test) in memory instead of reading dataset.name from disk (benchmarks, your own data);
+        dataset.train_subset/test_subset and label noise still apply to it."""
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.device = resolve_device(cfg.trainer.device)
         t = cfg.trainer
+        # Placement: one process per GPU under torchrun (ddp), a locked GPU slot (device=slot, held until fit
+        # ends), or the named device.
+        self.rank, self.world_size, self._own_group, self.slot = 0, 1, False, None
+        if t.ddp:
+            self.rank, self.world_size, self.device, self._own_group = distributed.setup(t.device)
+        elif t.device == "slot":
+            self.slot = GpuSlot(t.jobs_per_gpu)
+            self.device = self.slot.device
+        else:
+            self.device = resolve_device(t.device)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # stray allocations (e.g. by libraries) go to this run's GPU
+        self.is_main = self.rank == 0  # only rank 0 writes files
         seed_everything(cfg.seed, t.deterministic)
 
         d = cfg.dataset
-        train_ds = self._train_set(load_dataset(d.name, d.root, True, download=d.download, image_size=d.image_size))
-        test_ds = _subset(load_dataset(d.name, d.root, False, download=d.download, image_size=d.image_size),
-                          d.test_subset)
+        if data is None:
+            data = (load_dataset(d.name, d.root, True, download=d.download, image_size=d.image_size),
+                    load_dataset(d.name, d.root, False, download=d.download, image_size=d.image_size))
+        train_ds = self._train_set(data[0])
+        test_ds = _subset(data[1], d.test_subset)
         self.train_size, self.num_classes = len(train_ds), train_ds.num_classes
 
         self.model = build_model(cfg, self.num_classes).to(self.device)
@@ -103,10 +171,18 @@ class Trainer:
         self.num_params = sum(p.numel() for p in self.model.parameters())
         self.method: Method = build_method(cfg.method, num_classes=self.num_classes, train_size=self.train_size,
                                            run_cfg=cfg, out_dir=self.out_dir).to(self.device)
+        # self.net runs the training forwards: the model, under DDP and/or compiled. self.model stays the plain
+        # module: checkpoints, evaluation and teachers see its state_dict keys whatever the wrapping.
+        self.net = self.model
+        if t.ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model,
+                                               device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.net = compile_model(self.net, t.compile)
 
         o = cfg.optim
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                                         weight_decay=o.weight_decay)
+        self.optimizer = build_optimizer(o, self.model.parameters(), self.device)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, C.milestones(cfg), gamma=o.gamma)
 
         common = dict(device=self.device, channels_last=t.channels_last, crop_size=d.image_size)
@@ -117,11 +193,12 @@ class Trainer:
                 raise C.ConfigError(f"dataset.loader={d.loader}: method={cfg.method.name} needs its own batch order, "
                                     "which only the device loader provides; use dataset.loader=device")
             loader_kw["batch_order"] = batch_order
+        shard = dict(rank=self.rank, world_size=self.world_size) if self.world_size > 1 else {}  # DDP: this rank's part
         self.train_loader = make_loader(train_ds, kind=d.loader, batch_size=t.batch_size, train=True, seed=cfg.seed,
                                         num_views=self.method.num_views, augment=d.augment, padding=d.padding,
-                                        batch_augment=A.build(cfg.augment), **common, **loader_kw)
+                                        batch_augment=A.build(cfg.augment), **common, **loader_kw, **shard)
         self.test_loader = make_loader(test_ds, kind="device", batch_size=t.eval_batch_size, train=False,
-                                       seed=cfg.seed, **common)
+                                       seed=cfg.seed, **common, **shard)
         self.autocast = None
         if t.precision == "bf16" and self.device.type == "cuda":
             self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
@@ -158,7 +235,8 @@ class Trainer:
         return {"epoch": self.epoch, "step": self.step, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "method": self.method.method_state(), "rng": rng_states(), "history": self.history,
-                "best": self.best, "train_time_s": self.time_offset, "config": self.config_dict}
+                "best": self.best, "train_time_s": self.time_offset, "config": self.config_dict,
+                "world_size": self.world_size, "partial": self.partial}
 
     def try_resume(self) -> bool:
         state = load_checkpoint(self.ckpt_dir)
@@ -171,6 +249,9 @@ class Trainer:
         if diffs:
             raise ResumeError(f"{self.out_dir} holds a run with a different config ({'; '.join(diffs)}); "
                               "use another output dir (hydra.run.dir=<dir>) for this one")
+        if state.get("world_size", 1) != self.world_size:  # DDP: the global batch is world_size x batch_size
+            raise ResumeError(f"{self.out_dir} holds a run trained by {state.get('world_size', 1)} process(es); "
+                              f"resume it with as many (this is {self.world_size}), or use another output dir")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -178,6 +259,7 @@ class Trainer:
         set_rng_states(state["rng"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self.best, self.time_offset = state["history"], state["best"], state["train_time_s"]
+        self.partial = state.get("partial")  # saved by a stop signal mid-epoch; train_epoch continues from it
         return True
 
     # --- the loop ------------------------------------------------------------------------------------------
@@ -190,22 +272,27 @@ class Trainer:
         n_batches = len(self.train_loader)
         if t.limit_train_batches is not None:
             n_batches = min(n_batches, t.limit_train_batches)
-        # Sums stay on the device; they are read once at the end of the epoch (no host sync per step).
+        # Sums stay on the device; they are read at the end of the epoch and every FINITE_CHECK_EVERY steps.
         sums: dict[str, torch.Tensor] = {}
         zero = torch.zeros((), device=self.device)
         correct, seen = zero.clone(), 0
+        first, time_before = 0, 0.0  # resumed mid-epoch: the saved step, sums and training time of this epoch
+        if self.partial is not None and self.partial["epoch"] == epoch:
+            p, self.partial = self.partial, None
+            first, time_before, seen, correct = p["epoch_step"], p["train_time_s"], p["seen"], p["correct"].to(self.device)
+            sums = {k: v.to(self.device) for k, v in p["sums"].items()}
         progress = t.progress if t.progress is not None else sys.stderr.isatty()
-        batches = self.train_loader
+        batches = self.train_loader if first == 0 else self.train_loader.iter_from(first)
         if progress:
             from tqdm import tqdm
 
-            batches = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False)
+            batches = tqdm(batches, total=n_batches, initial=first, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False)
         start = time.perf_counter()
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(batches, start=first):
             if i >= n_batches:
                 break
             with self.autocast() if self.autocast else contextlib.nullcontext():
-                logits, losses = self.method.training_step(self.model, batch)
+                logits, losses = self.method.training_step(self.net, batch)
             loss = sum(losses.values())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -216,14 +303,59 @@ class Trainer:
             for k, v in (("loss", loss), *losses.items(), *self.method.step_metrics.items()):
                 sums[k] = sums.get(k, zero) + v.detach().float() * b
             correct += (logits.detach().argmax(1) == batch.y[:b]).sum()
+            # (under DDP a signal waits for the epoch end: a rank alone must not enter _step_boundary's all-reduce)
+            stop = self._stop is not None and self._stop.received is not None and self.world_size == 1
+            if (i + 1) % FINITE_CHECK_EVERY == 0 or stop:
+                self._step_boundary(epoch, i + 1, n_batches, sums, correct, seen,
+                                    time_before + time.perf_counter() - start)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - start
-        values = torch.stack([correct, *sums.values()]).tolist()  # the epoch's one host sync
+        elapsed = time_before + time.perf_counter() - start
+        stats = torch.stack([correct, *sums.values(), torch.tensor(float(seen), device=self.device)])
+        if self.world_size > 1:  # DDP: sums over the ranks, and every rank evaluates with rank 0's BatchNorm buffers
+            distributed.all_reduce_sum(stats)
+            distributed.broadcast_buffers(self.model)
+        values = stats.tolist()  # the epoch's one host sync
+        seen = int(values.pop())
         row = {f"train_{k}": v / seen for k, v in zip(sums, values[1:])}
         row.update(train_acc=100 * values[0] / seen, train_time_s=elapsed, train_img_per_s=seen / elapsed,
                    train_images=seen)
         return row
+
+    def _check_finite(self, where: str, terms: dict[str, float]) -> None:
+        if not all(math.isfinite(v) for v in terms.values()):
+            raise Diverged(f"training diverged {where} ({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); "
+                           "the last good checkpoint is kept: lower optim.lr (or the method's loss weights) and start "
+                           "over in another output dir (hydra.run.dir=<dir>)")
+
+    def _step_boundary(self, epoch: int, k: int, n: int, sums: dict, correct, seen: int, elapsed: float) -> None:
+        """After step k (1-based) of an epoch of n: catch a NaN/Inf loss, then act on a stop signal by saving the
+        position inside the epoch (the device loader's batches are a pure function of (seed, epoch, step), so
+        train_epoch can continue it with iter_from) and raising Preempted."""
+        stacked = torch.stack(list(sums.values()))
+        if self.world_size > 1:  # DDP: a NaN on any rank stops every rank, or the others would wait for it forever
+            distributed.all_reduce_sum(stacked)
+        means = [v / (seen * self.world_size) for v in stacked.tolist()]  # one host sync
+        self._check_finite(f"in epoch {epoch + 1} by step {k} of {n}", dict(zip(sums, means)))
+        if self._stop is None or self._stop.received is None or self.world_size > 1:
+            return  # DDP: the ranks agree on stopping at the epoch end (fit)
+        if self.cfg.dataset.loader != "device":
+            raise Preempted(f"{self._stop.name}: stopped in epoch {epoch + 1} at step {k}; dataset.loader="
+                            f"{self.cfg.dataset.loader} cannot resume mid-epoch, so epoch {epoch + 1} restarts from the "
+                            "last checkpoint when the same command runs again")
+        self.partial = {"epoch": epoch, "epoch_step": k, "seen": seen, "train_time_s": elapsed, "correct": correct.cpu(),
+                        "sums": {name: v.cpu() for name, v in sums.items()}}
+        save_checkpoint(self.state(), self.ckpt_dir)
+        raise Preempted(f"{self._stop.name}: saved epoch {epoch + 1} step {k} of {n} to {self.ckpt_dir / 'last.pt'}; "
+                        "run the same command again to continue")
+
+    def _should_stop(self) -> bool:
+        """At an epoch end: did a stop signal arrive? Under DDP the ranks agree (one tiny all-reduce per epoch)."""
+        stop = self._stop is not None and self._stop.received is not None
+        if self.world_size > 1:
+            flag = torch.tensor(float(stop), device=self.device)
+            stop = distributed.all_reduce_sum(flag).item() > 0
+        return stop
 
     def fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.trainer
@@ -231,48 +363,72 @@ class Trainer:
         if not resumed and any(self.ckpt_dir.glob("*.pt")):
             raise ResumeError(f"{self.ckpt_dir} holds checkpoints that cannot be read; move them away to start over")
         self._write_json("environment.json", {**environment_info(self.device), **git_info()})
-        if self.noise_record is not None:  # written only now: the resume checks have passed, the dir is this run's
+        # Written only now: the resume checks have passed, the dir is this run's.
+        if self.noise_record is not None and self.is_main:
             atomic_save(self.noise_record, self.out_dir / "noisy_labels.pt")
         logger = RunLogger(self.out_dir, self.config_dict, name=f"{cell_name(cfg)}/seed{cfg.seed}",
-                           group=cell_name(cfg), resume_rows=self.history)
+                           group=cell_name(cfg), resume_rows=self.history) if self.is_main else _NoLogger()
         status, exit_code = "running", 1
+        self._stop = StopSignals().install()
         try:
             self._write_summary(status)
             for epoch in range(self.epoch, t.epochs):
                 row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **self.train_epoch(epoch)}
-                if not math.isfinite(row["train_loss"]):
-                    status = "diverged"
-                    raise FloatingPointError(f"training loss is {row['train_loss']} in epoch {epoch + 1} "
-                                             f"(terms: {', '.join(f'{k}={v}' for k, v in row.items() if k.startswith('train_'))})")
+                self._check_finite(f"in epoch {epoch + 1}", {k[6:]: v for k, v in row.items() if k.startswith("train_")
+                                                             and k[6:] not in ("acc", "time_s", "img_per_s", "images")})
                 start = time.perf_counter()
                 row.update(evaluate(self.model, self.test_loader, t.limit_eval_batches, self.autocast))
                 row["eval_time_s"] = time.perf_counter() - start
+                self._check_finite(f"by the end of epoch {epoch + 1}", {"test_nll": row["test_nll"]})  # NaN weights
                 self.scheduler.step()
                 self.epoch = epoch + 1
                 self.time_offset += row["train_time_s"]
                 if row["test_acc"] > self.best["test_acc"]:
                     self.best = {"test_acc": row["test_acc"], "test_err": row["test_err"], "epoch": epoch + 1}
-                    if t.save_best:
+                    if t.save_best and self.is_main:
                         atomic_save({"model": self.model.state_dict(), "epoch": epoch + 1,
                                      "test_acc": row["test_acc"], "config": self.config_dict},
                                     self.ckpt_dir / "best.pt")
                 self.history.append(row)
-                save_checkpoint(self.state(), self.ckpt_dir)
+                if self.is_main:
+                    save_checkpoint(self.state(), self.ckpt_dir)
                 logger.log(row)
-                print(f"epoch {epoch + 1}/{t.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.2f}  "
-                      f"test err {row['test_err']:.2f}  ({row['train_img_per_s']:.0f} img/s)", flush=True)
+                if self.is_main:
+                    print(f"epoch {epoch + 1}/{t.epochs}  loss {row['train_loss']:.4f}  "
+                          f"train acc {row['train_acc']:.2f}  test err {row['test_err']:.2f}  ({row['train_img_per_s']:.0f} img/s)", flush=True)
+                if epoch + 1 < t.epochs and self._should_stop():  # the epoch's checkpoint is the position
+                    raise Preempted(f"{self._stop.name or 'a stop signal'}: stopped after epoch {epoch + 1} (saved to "
+                                    f"{self.ckpt_dir / 'last.pt'}); run the same command again to continue")
             status, exit_code = "completed", 0
         except FloatingPointError:
+            status = "diverged"
+            raise
+        except Preempted:
+            status = "preempted"
             raise
         finally:
             if status == "running":
                 status = "failed"
+            self._stop.restore()
             summary = self._write_summary(status)
             logger.summary(summary)
             logger.finish(exit_code)
+            self.close()
+            if status == "preempted":  # everything is saved: now the handler we displaced (submitit's requeue, say)
+                self._stop.chain()
         return summary
 
+    def close(self) -> None:
+        """Release what the run holds: its GPU slot, the process group it created. Idempotent."""
+        if self.slot is not None:
+            self.slot.close()
+        if self._own_group and distributed.dist.is_initialized():
+            distributed.dist.destroy_process_group()
+            self._own_group = False
+
     def _write_json(self, name: str, obj: dict) -> None:
+        if not self.is_main:
+            return
         tmp = self.out_dir / (name + ".tmp")
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
         tmp.replace(self.out_dir / name)
@@ -290,7 +446,8 @@ class Trainer:
             "num_params": self.num_params, "train_size": self.train_size, "num_classes": self.num_classes,
             "augment": cfg.augment.name, "noise": cfg.noise.name, "noise_rate": cfg.noise.rate,
             "noise_seed": cfg.noise.seed, "noise_rate_realised": self.noise_rate_realised,
-            "world_size": 1, "global_batch": cfg.trainer.batch_size, "device": str(self.device),
+            "world_size": self.world_size, "global_batch": self.world_size * cfg.trainer.batch_size,
+            "device": str(self.device),
             **git_info(), **environment_info(self.device),
         }
         self._write_json("summary.json", summary)
@@ -298,4 +455,5 @@ class Trainer:
 
 
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
-    return Trainer(cfg, out_dir).fit()
+    with RunLock(out_dir):  # first of all: a second process aimed at this folder stops here, before touching it
+        return Trainer(cfg, out_dir).fit()
