@@ -184,13 +184,17 @@ def load_run_dir(run_dir: Path) -> Run:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SkipRun(f"unreadable summary.json ({type(e).__name__}: {e})") from None
-    config_path = run_dir / ".hydra" / "config.yaml"
+    # config.json is what the trainer ran with (written after its checks); .hydra/config.yaml can belong to a
+    # later command that was refused, so it is only the fallback (older runs, hand-made folders).
+    config_path = run_dir / "config.json"
     if not config_path.is_file():
-        raise SkipRun("no .hydra/config.yaml next to summary.json")
+        config_path = run_dir / ".hydra" / "config.yaml"
+    if not config_path.is_file():
+        raise SkipRun("no config.json or .hydra/config.yaml next to summary.json")
     try:
-        config = load_config(config_path)
+        config = json.loads(config_path.read_text()) if config_path.suffix == ".json" else load_config(config_path)
     except Exception as e:
-        raise SkipRun(f"unreadable .hydra/config.yaml ({type(e).__name__}: {e})") from None
+        raise SkipRun(f"unreadable {config_path.relative_to(run_dir)} ({type(e).__name__}: {e})") from None
     return make_run(str(run_dir), summary, config, lambda: _read_jsonl(run_dir / "metrics.jsonl"))
 
 

@@ -363,6 +363,9 @@ class Trainer:
         if not resumed and any(self.ckpt_dir.glob("*.pt")):
             raise ResumeError(f"{self.ckpt_dir} holds checkpoints that cannot be read; move them away to start over")
         self._write_json("environment.json", {**environment_info(self.device), **git_info()})
+        # The resolved config of the run this folder holds. Hydra rewrites .hydra/ before any check, even for a
+        # command that is then refused (lock, config mismatch); this file is written only once those passed.
+        self._write_json("config.json", self.config_dict)
         # Written only now: the resume checks have passed, the dir is this run's.
         if self.noise_record is not None and self.is_main:
             atomic_save(self.noise_record, self.out_dir / "noisy_labels.pt")

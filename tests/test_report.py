@@ -109,7 +109,7 @@ def test_collect_lists_broken_runs_as_skipped(runs_root):
     reasons = {Path(s["path"]).name: s["reason"] for s in skipped}
     assert set(reasons) == {"truncated", "no_config"}
     assert "unreadable summary.json" in reasons["truncated"]
-    assert "no .hydra/config.yaml" in reasons["no_config"]
+    assert "no config.json or .hydra/config.yaml" in reasons["no_config"]
 
 
 def test_cell_means_flags_and_variants(runs_root):
