@@ -44,11 +44,15 @@ def _perm_seed(seed: int, epoch: int) -> int:
     return mix_seed(seed, epoch, 0, 0)  # tag 0: epoch order
 
 
-def _aug_seed(seed: int, epoch: int, step: int) -> int:
+def _aug_seed(seed: int, epoch: int, step: int, rank: int = 0, world: int = 1) -> int:
+    if world > 1:  # tag 3: each DDP rank its own stream (step * world + rank is distinct per (step, rank))
+        return mix_seed(seed, epoch, 3, step * world + rank)
     return mix_seed(seed, epoch, 1, step)  # tag 1: per-batch augmentation
 
 
-def _batch_aug_seed(seed: int, epoch: int, step: int) -> int:
+def _batch_aug_seed(seed: int, epoch: int, step: int, rank: int = 0, world: int = 1) -> int:
+    if world > 1:  # tag 4: as tag 3, for the batch-level augmentation
+        return mix_seed(seed, epoch, 4, step * world + rank)
     # tag 2: batch-level augmentation; a stream of its own, so adding CutOut/CutMix leaves the crops unchanged
     return mix_seed(seed, epoch, 2, step)
 
@@ -143,16 +147,20 @@ class DeviceLoader:
     device=g.device.  The result is computed once per epoch and cached.
 
     batch_augment(batch, seed) -> batch (dlb.augment.build) runs on each finished training batch; `seed` is a
-    function of (seed, epoch, step).  Ignored when train=False."""
+    function of (seed, epoch, step).  Ignored when train=False.
+
+    rank, world_size (DDP): every rank builds the same epoch order and keeps its shard (dlb.distributed.shard);
+    a plain shuffled training epoch is cut into global batches of world_size x batch_size first."""
 
     def __init__(self, ds: "ArrayDataset", *, batch_size: int, train: bool, device, seed: int = 0,
                  num_views: int = 1, augment: str = "crop_flip", crop_size: int = 32, padding: int = 4,
                  shuffle: bool | None = None, drop_last: bool = False, channels_last: bool = False,
                  batch_order: Callable[[int, torch.Generator], Sequence[torch.Tensor] | torch.Tensor] | None = None,
-                 batch_augment: Callable[[Batch, int], Batch] | None = None):
+                 batch_augment: Callable[[Batch, int], Batch] | None = None, rank: int = 0, world_size: int = 1):
         if augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
         self.batch_augment = batch_augment if train else None
         self.batch_size, self.train, self.seed, self.num_views = batch_size, train, seed, num_views
         self.augment = augment if train else "none"
@@ -191,9 +199,15 @@ class DeviceLoader:
                 order = torch.randperm(self.n, generator=self.gen, device=self.device)
             else:
                 order = torch.arange(self.n, device=self.device)
-            batches = list(order.split(self.batch_size))
-            if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            size = self.batch_size * (self.world_size if self.train else 1)  # DDP: global batches, sharded below
+            batches = list(order.split(size))
+            if self.drop_last and batches and len(batches[-1]) < size:
                 batches.pop()  # sizes are shape metadata: no device sync
+        if self.world_size > 1:
+            from dlb.distributed import shard
+
+            batches = shard(batches, self.rank, self.world_size, train=self.train,
+                            global_batches=self.batch_order is None)
         self._batches_cache = (self.epoch, batches)
         return batches
 
@@ -216,7 +230,7 @@ class DeviceLoader:
     def make_batch(self, epoch: int, step: int, idx: torch.Tensor) -> Batch:
         # Re-seeding a device generator is host-side bookkeeping (no sync); views draw sequentially from
         # it, so they get independent parameters.
-        self.gen.manual_seed(_aug_seed(self.seed, epoch, step))
+        self.gen.manual_seed(_aug_seed(self.seed, epoch, step, self.rank, self.world_size))
         x = self.images.index_select(0, idx)
         if self.augment == "none":
             v = self._normalise(x)
@@ -225,7 +239,7 @@ class DeviceLoader:
             views = [self._normalise(self._view(x)) for _ in range(self.num_views)]
         batch = Batch(views, self.labels.index_select(0, idx), idx)
         if self.batch_augment is not None:  # after normalisation: CutOut's hole is 0 in normalised space
-            batch = self.batch_augment(batch, _batch_aug_seed(self.seed, epoch, step))
+            batch = self.batch_augment(batch, _batch_aug_seed(self.seed, epoch, step, self.rank, self.world_size))
         return batch
 
     def iter_from(self, step: int):

@@ -32,7 +32,30 @@ def evaluate(model, loader, limit_batches: int | None = None, autocast=None) -> 
         confs.append(conf)
         corrects.append(pred == batch.y)
         n += batch.y.numel()
+    from dlb import distributed
+
+    if distributed.active():  # DDP: each rank evaluated a shard of the test set
+        return _reduced_metrics(confs, corrects, nll_sum, n, getattr(loader, "device", "cpu"))
     conf, correct = torch.cat(confs), torch.cat(corrects)
     acc = float(correct.float().mean()) * 100
     return {"test_acc": acc, "test_err": 100 - acc, "test_nll": float(nll_sum) / n,
             "test_ece": expected_calibration_error(conf, correct), "test_n": n}
+
+
+def _reduced_metrics(confs: list, corrects: list, nll_sum, n: int, device, bins: int = 15) -> dict:
+    """evaluate()'s metrics over the union of the ranks' shards: the count, correct count, NLL sum and the calibration
+    bins' sums are summed over ranks in float64 in one all_reduce, then the same formulas as one process."""
+    from dlb.distributed import all_reduce_sum
+
+    conf = torch.cat(confs) if confs else torch.zeros(0, device=device)  # a rank may hold no eval batch
+    correct = torch.cat(corrects) if corrects else torch.zeros(0, dtype=torch.bool, device=device)
+    edges = torch.linspace(0, 1, bins + 1, device=conf.device)
+    which = torch.bucketize(conf, edges[1:-1])
+    head = torch.stack([torch.tensor(float(n), device=conf.device), correct.sum().double(),
+                        torch.as_tensor(nll_sum, device=conf.device).double()])
+    stats = all_reduce_sum(torch.cat([head.double(), torch.bincount(which, weights=conf.double(), minlength=bins),
+                                      torch.bincount(which, weights=correct.double(), minlength=bins)]))
+    total, n_correct, nll = stats[:3].tolist()
+    ece = float((stats[3:3 + bins] - stats[3 + bins:]).abs().sum()) / total
+    acc = 100 * n_correct / total
+    return {"test_acc": acc, "test_err": 100 - acc, "test_nll": nll / total, "test_ece": ece, "test_n": int(total)}

@@ -13,13 +13,105 @@ import torch
 
 
 def resolve_device(name: str) -> torch.device:
+    from dlb.config import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "slot":
+        raise ConfigError("trainer.device=slot: acquire it with GpuSlot (the trainer does), it is not a torch device")
     if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name!r}: CUDA is not available on this machine; use trainer.device=cpu")
+    if name.startswith("cuda:") and int(name.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"trainer.device={name!r}: this machine has {torch.cuda.device_count()} visible GPU(s)")
+    return torch.device(name)
+
+
+SLOT_DIR_ENV = "DLB_SLOT_DIR"
+DEFAULT_SLOT_DIR = "/tmp/dlb-gpu-slots"
+
+
+class GpuSlot:
+    """trainer.device=slot: an exclusive flock on one of num_gpus x jobs_per_gpu slot files
+    ($DLB_SLOT_DIR/gpu<g>-<j>.lock), held for the life of the run; `device` is cuda:<g>.
+
+    Several runs launched at once (launcher=gpus, joblib workers) spread over the GPUs without knowing about
+    each other. The kernel drops a flock when its process dies, so a crashed run never leaves a slot taken.
+    Slots fill breadth-first (job 0 on every GPU before job 1 on any), so a half-full sweep uses every GPU.
+    GPU indices are the ones this process sees (CUDA_VISIBLE_DEVICES): jobs sharing a slot dir must see the same
+    GPUs. With every slot taken, the constructor waits (polling) until one frees, or raises after timeout_s."""
+
+    def __init__(self, jobs_per_gpu: int = 1, slot_dir: str | Path | None = None, timeout_s: float | None = None,
+                 poll_s: float = 2.0):
+        import fcntl
+        import time
+
         from dlb.config import ConfigError
 
-        raise ConfigError(f"trainer.device={name!r}: CUDA is not available on this machine; use trainer.device=cpu")
-    return torch.device(name)
+        if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+            raise ConfigError("trainer.device=slot: no CUDA GPU on this machine; use trainer.device=cpu (or auto)")
+        self.dir = Path(slot_dir or os.environ.get(SLOT_DIR_ENV) or DEFAULT_SLOT_DIR)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        gpus, start, told = torch.cuda.device_count(), time.monotonic(), False
+        while True:
+            for j in range(jobs_per_gpu):
+                for g in range(gpus):
+                    f = open(self.dir / f"gpu{g}-{j}.lock", "a+")
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        f.close()
+                        continue
+                    f.truncate(0)
+                    f.write(f"pid {os.getpid()}\n")  # for people looking at the slot dir; the lock is the flock
+                    f.flush()
+                    self.file, self.gpu, self.job = f, g, j
+                    self.device = torch.device(f"cuda:{g}")
+                    return
+            if timeout_s is not None and time.monotonic() - start >= timeout_s:
+                raise RuntimeError(f"trainer.device=slot: all {gpus} x {jobs_per_gpu} GPU slots in {self.dir} "
+                                   "are taken")
+            if not told:
+                print(f"dlb: all {gpus} x {jobs_per_gpu} GPU slots in {self.dir} are taken; waiting for one",
+                      file=sys.stderr, flush=True)
+                told = True
+            time.sleep(poll_s)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing the descriptor releases the flock
+            self.file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def build_optimizer(o, params, device: torch.device) -> torch.optim.SGD:
+    """SGD of the official recipe. optim.fused: auto = torch's fused kernel (one kernel for all parameters; CUDA and
+    CPU have one in torch 2.14; on CPU its weights equal the loop's up to a rare 1-ulp rounding: tests/test_perf.py),
+    true = fused (torch raises where it has none), false = the plain per-parameter loop (torch's reference)."""
+    fused = o.fused
+    if fused == "auto":
+        fused = device.type in ("cuda", "cpu")
+    kind = dict(fused=True) if fused else dict(foreach=False, fused=False)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
+                           **kind)
+
+
+def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """trainer.compile: torch.compile of the model (never of a method's step, so DLB's two forwards stay two separate
+    calls, each with its own BatchNorm statistics). dynamic=False: one static graph per batch shape, i.e. the full
+    batch and, once per run, the epoch's partial last batch (kept, as in the official code); no dynamic-shape
+    kernels. reduce-overhead replays CUDA graphs, whose output buffers are reused by the next replay: DLB keeps
+    last step's logits, so outputs are copied out (B x K floats per call)."""
+    if mode == "none":
+        return model
+    net = torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
+    if mode == "reduce-overhead":
+        net.register_forward_hook(lambda module, args, out: out.clone())
+    return net
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -42,6 +42,7 @@ def test_one_epoch_smoke_writes_every_output(fake_cifar, tmp_path, method):
         assert rows[0]["train_kd"] > 0
     assert (out / "checkpoints" / "last.pt").exists() and (out / "checkpoints" / "best.pt").exists()
     assert json.loads((out / "environment.json").read_text())["torch"] == torch.__version__
+    assert json.loads((out / "config.json").read_text())["method"]["name"] == method
 
 
 def _interrupt_after_first_checkpoint(monkeypatch):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dlb.distributed import all_gather_rows
 from dlb.methods.base import Method, register_method
 from dlb.methods.lsr import onehot_targets, soft_target_ce
 
@@ -55,7 +56,12 @@ class PSKD(Method):
         prev = onehot if self.epoch == 0 else self.memory[batch.idx]
         target = (1 - self.alpha_t) * onehot + self.alpha_t * prev
         loss = soft_target_ce(logits, target)
-        self.memory[batch.idx] = F.softmax(logits.detach().float(), dim=1)
+        idx, probs = batch.idx, F.softmax(logits.detach().float(), dim=1)
+        # DDP: every rank writes every rank's rows, so the memory stays identical on all ranks (a sample is seen by a
+        # different rank next epoch, and rank 0 checkpoints it). Sent each step, not at the epoch's end, so a
+        # mid-epoch checkpoint is complete too; B x K floats per rank per step, no host sync.
+        idx, probs = all_gather_rows(idx, probs)
+        self.memory[idx] = probs
         return logits, {"ce": loss}
 
     def method_state(self):

@@ -1,0 +1,645 @@
+#!/usr/bin/env python
+"""Training-speed benchmark of this repo's Trainer on synthetic CIFAR-shaped data held in memory.
+
+    python scripts/benchmark.py                                  # resnet32, CE and DLB, batch 64, this machine
+    python scripts/benchmark.py --device cuda --precision bf16 --compile reduce-overhead --steps 300
+    python scripts/benchmark.py --speed                          # each speed switch alone: before/after ratios
+    python scripts/benchmark.py --jobs 1,2,4 --device cuda       # sweep throughput, N runs sharing one GPU
+
+For each method (one fresh subprocess each, so peak memory is its own):
+  step  the model-only training step: the method's training_step on one fixed, pre-made batch on the device (the
+        method's real forwards), loss sum, zero_grad, backward, optimizer step; no loader, no metrics
+  loop  Trainer.train_epoch itself (device loader with augmentation, method, metrics), limit_train_batches=steps
+  pipeline efficiency = loop / step;  epoch time vs CE = CE loop img/s / this method's (same steps per epoch)
+  pil   the same loop with dataset.loader=torch: torchvision PIL transforms in DataLoader workers, two views per
+        image as the official code (CE and DLB only: CS-KD's paired batches exist on the device loader only)
+  eval  dlb.metrics.evaluate on the test set, eval batch 1000
+  memory  CUDA: torch.cuda.max_memory_allocated over the step and loop phases.  CPU: the process's peak RSS
+        (ru_maxrss: includes the Python/torch runtime and the in-memory dataset), plus two tensor measurements
+        valid on any device: bytes saved for backward in one step (saved-tensor hooks, parameters excluded; eager
+        only) and bytes the method keeps between steps (DLB's last batch, PS-KD's memory, a teacher's weights)
+img/s counts training images consumed (B per step), so a second forward is a cost, never throughput. Each figure is
+the median of --repeats timed runs of --steps steps after --warmup steps, each run in a fresh subprocess and the
+configurations interleaved (A B A B ...), so a shared machine's drifting load hits all alike. Results: printed as
+Markdown, written to
+--out (.md and .json), and the loop img/s of each backbone/method to results/bench/throughput.json (dlb.sweep's
+GPU-hour estimate), replacing the file when it held another device's figures.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+RESULT_TAG = "BENCH_RESULT "
+THROUGHPUT_FILE = REPO / "results" / "bench" / "throughput.json"
+PIL_METHODS = ("ce", "dlb")
+
+
+# --- the measurement (runs in a child process) ---------------------------------------------------------------------
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from dlb.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "configs")):
+        return hydra_compose("config", overrides=overrides)
+
+
+def synthetic_data(n_train: int, n_test: int, classes: int = 100):
+    """CIFAR-shaped uint8 images and labels, in memory (the speed of a step does not depend on pixel values)."""
+    import torch
+
+    from dlb.datasets import CIFAR100_MEAN, CIFAR100_STD, ArrayDataset
+
+    g = torch.Generator().manual_seed(0)
+
+    def ds(n):
+        return ArrayDataset(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                            torch.randint(0, classes, (n,), generator=g), classes, CIFAR100_MEAN, CIFAR100_STD,
+                            "cifar100")
+
+    return ds(n_train), ds(n_test)
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def saved_activation_bytes(step, params) -> int:
+    """Bytes of the distinct storages autograd saves for backward during one step, parameters excluded."""
+    import torch
+
+    skip = {p.untyped_storage().data_ptr() for p in params}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values())
+
+
+def method_state_bytes(method) -> int:
+    """Bytes of the tensors a method keeps between steps: its parameters/buffers (a teacher, PS-KD's memory) and the
+    tensors in its attributes (DLB's last batch), each storage counted once."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def add(x):
+        if isinstance(x, torch.Tensor):
+            seen[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        elif isinstance(x, dict):
+            for v in x.values():
+                add(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                add(v)
+
+    for t in list(method.parameters()) + list(method.buffers()):
+        add(t)
+    for k, v in vars(method).items():
+        if not k.startswith("_"):
+            add(v)
+    return sum(seen.values())
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def make_trainer(c: dict, out_dir: str, data, loader: str = "device"):
+    import timm
+    import torch
+    from omegaconf import OmegaConf
+
+    from dlb.config import validate
+    from dlb.trainer import Trainer
+
+    overrides = ["dataset=cifar100", "dataset.root=unused", f"dataset.loader={loader}",
+                 f"dataset.num_workers={c['pil_workers']}", f"backbone={c['backbone']}", f"method={c['method']}",
+                 f"trainer.batch_size={c['batch_size']}", f"trainer.eval_batch_size={c['eval_batch_size']}",
+                 f"trainer.device={c['device']}", f"trainer.precision={c['precision']}",
+                 f"trainer.channels_last={str(c['channels_last']).lower()}", f"trainer.compile={c['compile']}",
+                 f"optim.fused={c['fused']}", "trainer.progress=false", "trainer.save_best=false"]
+    if c["method"] == "tfkd_self":  # a random-init teacher of the same architecture: same cost as a trained one
+        name = compose(overrides[:6]).backbone.name
+        import dlb.models  # noqa: F401
+
+        path = Path(out_dir) / "teacher.pt"
+        torch.save({"model": timm.create_model(name, num_classes=100).state_dict()}, path)
+        overrides.append(f"method.teacher={path}")
+    cfg = compose(overrides)
+    validate(cfg)
+    OmegaConf.set_struct(cfg, False)
+    return Trainer(cfg, out_dir, data=data), cfg
+
+
+def make_step(trainer, c: dict):
+    """(step, timed_steps): one model-only training step on a fixed batch made once by the trainer's loader (what
+    Trainer.train_epoch does per batch, minus the loader and the metrics), and c["steps"] of them timed -> img/s."""
+    import torch
+
+    autocast, batch = trainer.autocast, next(iter(trainer.train_loader))
+    trainer.model.train()
+    trainer.method.train()
+    trainer.method.on_epoch_start(1, 240)  # PS-KD: past epoch 0, so its memory is read
+
+    def step() -> int:
+        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+            logits, losses = trainer.method.training_step(trainer.net, batch)
+        loss = sum(losses.values())
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trainer.optimizer.step()
+        if c["sync_per_step"]:
+            loss.item()  # what a per-step host sync (printing or logging a float each step) costs
+        return logits.shape[0]
+
+    def timed_steps() -> float:
+        t0 = time.perf_counter()
+        rows = sum(step() for _ in range(c["steps"]))
+        _sync(trainer.device)
+        return rows / (time.perf_counter() - t0)
+
+    return step, timed_steps
+
+
+def measure_pair(ca: dict, cb: dict) -> dict:
+    """Configuration a and b in one process, their timed blocks alternating (a b, b a, a b, ...), so each repeat's b/a
+    ratio compares two measurements seconds apart: the before/after of one switch, robust to a drifting load."""
+    import torch
+    from omegaconf import OmegaConf
+
+    if ca.get("threads"):
+        torch.set_num_threads(ca["threads"])
+    data = synthetic_data(ca["train_size"], ca["test_size"])
+    res: dict = {"a": ca, "b": cb, "step": [[], []], "loop": [[], []]}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = []
+        for i, c in enumerate((ca, cb)):
+            torch.manual_seed(0)  # same initial weights
+            trainer, cfg = make_trainer(c, f"{tmp}/{i}", data, loader=c.get("loader", "device"))
+            step, timed = make_step(trainer, c)
+            for _ in range(c["warmup"]):
+                step()
+            OmegaConf.update(cfg, "trainer.limit_train_batches", c["warmup"])
+            trainer.train_epoch(0)
+            OmegaConf.update(cfg, "trainer.limit_train_batches", c["steps"])
+            runs.append((trainer, timed))
+        for r in range(ca["repeats"]):
+            order = (0, 1) if r % 2 == 0 else (1, 0)
+            for i in order:
+                if (ca, cb)[i].get("loader", "device") == "device":  # the PIL path has no model-only figure of its own
+                    res["step"][i].append(runs[i][1]())
+            for i in order:
+                res["loop"][i].append(runs[i][0].train_epoch(1 + r)["train_img_per_s"])
+    for key in ("step", "loop"):
+        a, b = res[key]
+        if a and b:
+            res[f"{key}_img_per_s"] = [statistics.median(a), statistics.median(b)]
+            res[f"{key}_ratio_runs"] = [y / x for x, y in zip(a, b)]
+            res[f"{key}_ratio"] = statistics.median(res[f"{key}_ratio_runs"])
+    res["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return res
+
+
+def measure(c: dict) -> dict:
+    import torch
+    from omegaconf import OmegaConf
+
+    from dlb.metrics import evaluate
+
+    if c.get("threads"):
+        torch.set_num_threads(c["threads"])
+    torch.manual_seed(0)
+    data = synthetic_data(c["train_size"], c["test_size"])
+    res: dict = {"method": c["method"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, cfg = make_trainer(c, tmp, data)
+        dev = trainer.device
+        res["device"] = str(dev)
+        rss_before = _rss_bytes()
+        step, timed_steps = make_step(trainer, c)
+        # (a) the model-only step
+        for _ in range(c["warmup"]):
+            step()
+        _sync(dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+
+        # Step, loop, step again (A B A): the loop is compared with the steps around it, so a drift in the machine's
+        # load during the run cancels to first order.
+        res["step_img_per_s_runs"] = [timed_steps() for _ in range(c["repeats"])]
+        if c["compile"] == "none":
+            res["saved_activation_bytes"] = saved_activation_bytes(step, trainer.model.parameters())
+        res["method_state_bytes"] = method_state_bytes(trainer.method)
+
+        # (b) the full loop: Trainer.train_epoch, each repeat a new epoch of `steps` steps
+        if c.get("barrier"):
+            _wait_barrier(*c["barrier"])
+        OmegaConf.update(cfg, "trainer.limit_train_batches", c["warmup"])
+        trainer.train_epoch(0)
+        OmegaConf.update(cfg, "trainer.limit_train_batches", c["steps"])
+        loops = [trainer.train_epoch(1 + r)["train_img_per_s"] for r in range(c["repeats"])]
+        res["loop_img_per_s_runs"], res["loop_img_per_s"] = loops, statistics.median(loops)
+        res["step_img_per_s_runs"] += [timed_steps() for _ in range(c["repeats"])]
+        res["step_img_per_s"] = statistics.median(res["step_img_per_s_runs"])
+        res["pipeline_efficiency"] = res["loop_img_per_s"] / res["step_img_per_s"]
+        # Peak memory of training alone: read before evaluation (batch 1000) and the PIL path (a numpy copy of the
+        # images) can raise it.
+        if dev.type == "cuda":
+            res["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
+        res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        res["rss_growth_bytes"] = res["peak_rss_bytes"] - rss_before
+
+        # (f) evaluation throughput
+        if c["eval"]:
+            evaluate(trainer.model, trainer.test_loader, 1, trainer.autocast)  # warm-up
+            evals = []
+            for _ in range(c["repeats"]):
+                _sync(dev)
+                t0 = time.perf_counter()
+                n = evaluate(trainer.model, trainer.test_loader, c["eval_batches"], trainer.autocast)["test_n"]
+                _sync(dev)
+                evals.append(n / (time.perf_counter() - t0))
+            res["eval_img_per_s_runs"], res["eval_img_per_s"] = evals, statistics.median(evals)
+
+        res["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return res
+
+
+def _wait_barrier(path: str, n: int, timeout_s: float = 1800) -> None:
+    """--jobs: every job finishes its set-up and warm-up before any starts timing, so the timed loops overlap."""
+    d = Path(path)
+    (d / f"ready-{os.getpid()}").touch()
+    start = time.monotonic()
+    while len(list(d.glob("ready-*"))) < n and time.monotonic() - start < timeout_s:
+        time.sleep(0.05)
+
+
+# --- the parent: configurations, subprocesses, tables ----------------------------------------------------------------
+
+
+def machine(device: str, threads: int | None = None) -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": threads or torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
+    if device != "cpu" and torch.cuda.is_available():
+        info.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
+    return info
+
+
+def device_label(m: dict, device: str) -> str:
+    if device != "cpu" and m.get("gpu"):
+        return m["gpu"]
+    return f"cpu: {m['cpu']} ({m['torch_threads']} threads)"
+
+
+def child_env(c: dict) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    if c.get("threads"):  # before torch starts its thread pool
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(c["threads"])
+    return env
+
+
+def run_child(c: dict) -> dict:
+    env = child_env(c)
+    r = subprocess.run([sys.executable, __file__, "--child", json.dumps(c)], cwd=REPO, env=env, capture_output=True,
+                       text=True)
+    for line in r.stdout.splitlines()[::-1]:
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+    print(f"benchmark: {c['method']} failed: {' | '.join(tail)}", file=sys.stderr)
+    return {"method": c["method"], "error": " | ".join(tail)[-500:]}
+
+
+def combine(runs: list[dict]) -> dict:
+    """One configuration's runs (one timed run each) -> medians; pipeline efficiency as the median of each run's own
+    loop/step ratio (the two phases of one run are close in time); memory as the largest seen."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    out = dict(ok[0])
+    for key in ("step", "loop", "pil_loop", "eval"):
+        vals = [v for r in ok for v in r.get(f"{key}_img_per_s_runs", [])]
+        if vals:
+            out[f"{key}_img_per_s_runs"], out[f"{key}_img_per_s"] = vals, statistics.median(vals)
+    out["pipeline_efficiency_runs"] = [r["pipeline_efficiency"] for r in ok]  # each run's loop / its own steps
+    out["pipeline_efficiency"] = statistics.median(out["pipeline_efficiency_runs"])
+    for key in ("peak_rss_bytes", "peak_cuda_allocated_bytes", "rss_growth_bytes", "saved_activation_bytes",
+                "method_state_bytes"):
+        vals = [r[key] for r in ok if r.get(key) is not None]
+        if vals:
+            out[key] = max(vals)
+    out["load_avg_1m"] = [r.get("load_avg_1m") for r in ok]
+    out["failed_runs"] = len(runs) - len(ok)
+    return out
+
+
+def run_interleaved(configs: list[dict], repeats: int, label=lambda c: c["method"]) -> list[dict]:
+    """Each configuration `repeats` times, one timed run per fresh subprocess, in round-robin order (A B C A B C ...):
+    a shared machine's load drifts over minutes, and interleaving spreads that drift over every configuration alike,
+    so the ratios between them stay fair."""
+    got: list[list[dict]] = [[] for _ in configs]
+    for r in range(repeats):
+        for i, c in enumerate(configs):
+            print(f"benchmark: {label(c)} (run {r + 1}/{repeats}) ...", flush=True)
+            got[i].append(run_child({**c, "repeats": 1}))
+    return [combine(runs) for runs in got]
+
+
+def base_config(a) -> dict:
+    return {"backbone": a.backbone, "batch_size": a.batch_size, "device": a.device, "precision": a.precision,
+            "channels_last": a.channels_last, "compile": a.compile, "fused": a.fused, "steps": a.steps,
+            "warmup": a.warmup, "repeats": a.repeats, "train_size": a.train_size, "test_size": a.test_size,
+            "eval_batch_size": 1000, "eval_batches": a.eval_batches, "pil_workers": a.pil_workers, "eval": False,
+            "sync_per_step": False, "threads": a.threads}
+
+
+def fmt(x, digits: int = 0) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.{digits}f}" if isinstance(x, (int, float)) else str(x)
+
+
+def mb(x) -> str:
+    return "–" if x is None else f"{x / 2**20:,.1f}"
+
+
+def header(m: dict, a, command: str, title: str) -> str:
+    dev = device_label(m, a.device)
+    busy = (f"; load average {m['load_avg_1m_at_start']} at start on {m['cpu_count']} cores (other jobs were running: "
+            "absolute CPU figures are pessimistic, ratios within one run are the comparable numbers)"
+            if m["load_avg_1m_at_start"] >= 0.5 * (m["cpu_count"] or 1) else "")
+    return (f"## {title}\n\n"
+            f"- command: `{command}`\n- machine: {m['host']}, {m['cpu']} ({m['cpu_count']} cores, torch threads "
+            f"{m['torch_threads']}){', GPU ' + m['gpu'] if m.get('gpu') else ''}{busy}\n"
+            f"- device: {dev}; torch {m['torch']}{', CUDA ' + m['cuda'] if m.get('cuda') else ''}; {m['date']}\n"
+            f"- settings: {a.backbone}, batch {a.batch_size}, synthetic CIFAR-shaped data ({a.train_size} train / "
+            f"{a.test_size} test images, 100 classes), {a.steps} timed steps after {a.warmup} warm-up, median of "
+            f"{a.repeats} interleaved runs (a fresh process each); precision {a.precision}, channels_last "
+            f"{a.channels_last}, compile {a.compile}, optim.fused {a.fused}; PIL path: {a.pil_workers} DataLoader "
+            "workers\n")
+
+
+def run_pair(ca: dict, cb: dict, label: str) -> dict:
+    print(f"benchmark: {label} (paired, one process) ...", flush=True)
+    return run_child({"pair": [ca, cb], "method": label, "threads": ca.get("threads")})
+
+
+def main_table(rows: list[dict], pairs: dict, m: dict, a) -> str:
+    """Absolute figures from each method's own processes; the ratios between configurations from paired runs."""
+    cuda = m.get("gpu") and a.device != "cpu"
+    mem_head = "peak CUDA alloc MB" if cuda else "peak RSS MB (process)"
+    lines = ["| method | step img/s | loop img/s | pipeline efficiency | epoch time vs CE (paired) | PIL loop img/s "
+             f"(paired) | device loop / PIL loop (paired) | eval img/s | {mem_head} | saved for backward MB | "
+             "method state MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | error: {r['error'][:80]} |" + " |" * 10)
+            continue
+        vs_ce = pairs.get(f"ce/{r['method']}", {}).get("loop_ratio")
+        pil = pairs.get(f"{r['method']}/pil", {})
+        mem = r.get("peak_cuda_allocated_bytes") if cuda else r.get("peak_rss_bytes")
+        lines.append(f"| {r['method']} | {fmt(r['step_img_per_s'])} | {fmt(r['loop_img_per_s'])} | "
+                     f"{fmt(r['pipeline_efficiency'], 3)} | {fmt(1 / vs_ce if vs_ce else None, 2)} | "
+                     f"{fmt(pil.get('loop_img_per_s', [None, None])[1])} | "
+                     f"{fmt(1 / pil['loop_ratio'] if 'loop_ratio' in pil else None, 2)} | "
+                     f"{fmt(r.get('eval_img_per_s'))} | {mb(mem)} | {mb(r.get('saved_activation_bytes'))} | "
+                     f"{mb(r.get('method_state_bytes'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path | None, md: str, payload: dict) -> None:
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(md)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+
+
+def update_throughput(path: Path, device: str, rows: list[dict], backbone_name: str, command: str, m: dict) -> None:
+    """dlb.sweep's GPU-hour estimate reads {"device": ..., "img_per_s": {"<timm backbone>/<method>": img/s}}."""
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if table.get("device") != device:
+        if table:
+            print(f"{path}: held figures of {table.get('device')!r}; replaced by this device's")
+        table = {"device": device, "img_per_s": {}}
+    for r in rows:
+        if "error" not in r:
+            table["img_per_s"][f"{backbone_name}/{r['method']}"] = round(r["loop_img_per_s"], 1)
+    table.setdefault("measured", {})
+    table["measured"][backbone_name] = {"date": m["date"], "command": command,
+                                        "what": "Trainer.train_epoch img/s, synthetic in-memory CIFAR-shaped data"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    print(f"updated {path}")
+
+
+def backbone_timm_name(backbone: str) -> str:
+    return compose([f"backbone={backbone}"]).backbone.name
+
+
+def run_main(a, command: str) -> None:
+    m = machine(a.device, a.threads)
+    methods = a.methods.split(",")
+    base = base_config(a)
+    configs = [{**base, "method": method, "eval": method == methods[0]}  # evaluation is the method's: measured once
+               for method in methods]
+    rows = run_interleaved(configs, a.repeats)
+    # Ratios from paired runs: both configurations in one process, timed blocks alternating seconds apart.
+    pairs = {}
+    for method in methods[1:] if methods[0] == "ce" else []:
+        pairs[f"ce/{method}"] = run_pair({**base, "method": "ce"}, {**base, "method": method}, f"ce vs {method}")
+    for method in [] if a.no_pil else [x for x in methods if x in PIL_METHODS]:
+        c = {**base, "method": method}
+        pairs[f"{method}/pil"] = run_pair(c, {**c, "loader": "torch"}, f"{method}: device loader vs PIL")
+    m["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    md = (header(m, a, command, f"Training throughput: {a.backbone}, batch {a.batch_size}") +
+          "- paired: both configurations in one process, their timed blocks alternating (a b, b a, ...); the figure "
+          "is the median of the per-repeat ratios, robust to a machine whose load drifts\n\n"
+          + main_table(rows, pairs, m, a))
+    print("\n" + md)
+    write_outputs(a.out, md, {"machine": m, "settings": vars(a) | {"out": str(a.out)}, "command": command,
+                              "rows": rows, "pairs": pairs})
+    if a.throughput_file and any("error" not in r for r in rows):
+        update_throughput(Path(a.throughput_file), device_label(m, a.device), rows, backbone_timm_name(a.backbone),
+                          command, m)
+
+
+# --- speed switches, each alone against the plain baseline, in one run --------------------------------------------
+
+def speed_variants(cuda: bool) -> list[tuple[str, dict]]:
+    plain = {"fused": "false", "compile": "none", "precision": "fp32", "channels_last": False,
+             "sync_per_step": False}
+    v = [("baseline: plain SGD loop, eager, fp32", plain),
+         ("fused SGD (optim.fused=auto)", {**plain, "fused": "auto"}),
+         ("torch.compile default", {**plain, "compile": "default"}),
+         ("host sync per step (loss.item(); the trainer has none)", {**plain, "sync_per_step": True}),
+         ("channels_last", {**plain, "channels_last": True})]
+    if cuda:
+        v += [("bf16 autocast", {**plain, "precision": "bf16"}),
+              ("torch.compile reduce-overhead (CUDA graphs)", {**plain, "compile": "reduce-overhead"}),
+              ("all: fused + bf16 + channels_last + reduce-overhead",
+               {"fused": "auto", "compile": "reduce-overhead", "precision": "bf16", "channels_last": True})]
+    return v
+
+
+def run_speed(a, command: str) -> None:
+    m = machine(a.device, a.threads)
+    cuda = bool(m.get("gpu")) and a.device != "cpu"
+    (_, plain), *variants = speed_variants(cuda)
+    lines = ["| method | switch | step img/s before → after | step ratio | loop img/s before → after | "
+             "loop ratio |",
+             "|---|---|---|---|---|---|"]
+    results = []
+    for method in a.methods.split(","):
+        base = {**base_config(a), "method": method, **plain}
+        for name, change in variants:
+            r = run_pair(base, {**base, **change}, f"{method}: {name}")
+            results.append({"method": method, "variant": name, **r})
+            if "error" in r:
+                lines.append(f"| {method} | {name} | error: {r['error'][:80]} | | | |")
+                continue
+            st, lo = r["step_img_per_s"], r["loop_img_per_s"]
+            lines.append(f"| {method} | {name} | {fmt(st[0])} → {fmt(st[1])} | {fmt(r['step_ratio'], 3)} | "
+                         f"{fmt(lo[0])} → {fmt(lo[1])} | {fmt(r['loop_ratio'], 3)} |")
+    m["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    md = (header(m, a, command, f"Speed switches: {a.backbone}, batch {a.batch_size}") +
+          "- each switch alone against the baseline (plain SGD loop, eager, fp32, contiguous), both in one process, "
+          "their timed blocks alternating (a b, b a, ...); ratio = median of the per-repeat after/before ratios "
+          "(> 1: faster); compile time is in the warm-up, not in the figures\n\n" + "\n".join(lines) + "\n")
+    print("\n" + md)
+    write_outputs(a.out, md, {"machine": m, "settings": vars(a) | {"out": str(a.out)}, "command": command,
+                              "rows": results})
+
+
+# --- several runs sharing one device (sweep throughput per GPU) ---------------------------------------------------
+
+def run_jobs(a, command: str) -> None:
+    m = machine(a.device, a.threads)
+    method = a.methods.split(",")[0]
+    lines = ["| jobs on the device | loop img/s per job (each) | total img/s | total vs 1 job |", "|---|---|---|---|"]
+    results, one = [], None
+    for n in [int(x) for x in a.jobs.split(",")]:
+        with tempfile.TemporaryDirectory() as barrier:
+            c = {**base_config(a), "method": method, "barrier": [barrier, n]}
+            env = child_env(c)
+            print(f"benchmark --jobs: {n} concurrent {method} runs ...", flush=True)
+            procs = [subprocess.Popen([sys.executable, __file__, "--child", json.dumps(c)], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+            outs = [p.communicate() for p in procs]
+        rates = []
+        for out, err in outs:
+            got = [json.loads(x[len(RESULT_TAG):]) for x in out.splitlines() if x.startswith(RESULT_TAG)]
+            if got:
+                rates.append(got[0]["loop_img_per_s"])
+            else:
+                print(f"benchmark --jobs: a job failed: {err.strip().splitlines()[-1:]}", file=sys.stderr)
+        total = sum(rates)
+        one = one or total
+        results.append({"jobs": n, "loop_img_per_s": rates, "total_img_per_s": total})
+        lines.append(f"| {n} | {', '.join(fmt(x) for x in rates)} | {fmt(total)} | {fmt(total / one, 2)} |")
+    md = (header(m, a, command, f"Runs sharing one device: {a.backbone} {method}, batch {a.batch_size}") +
+          "- all jobs warm up first, then time their loops together (file barrier)\n\n" + "\n".join(lines) + "\n")
+    print("\n" + md)
+    write_outputs(a.out, md, {"machine": m, "settings": vars(a) | {"out": str(a.out)}, "command": command,
+                              "rows": results})
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="resnet32", help="a configs/backbone name")
+    p.add_argument("--methods", default="ce,dlb", help="comma-separated; ce first gives the epoch-time ratios")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:<i>")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"])
+    p.add_argument("--fused", default="auto", choices=["auto", "true", "false"])
+    p.add_argument("--steps", type=int, default=20, help="timed steps per repeat (use >= 200 on a GPU)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per run (default: torch's); 1 is steadier on a machine shared with "
+                   "other jobs")
+    p.add_argument("--train-size", type=int, default=50000)
+    p.add_argument("--test-size", type=int, default=10000)
+    p.add_argument("--eval-batches", type=int, default=2, help="eval batches of 1000 per timed repeat")
+    p.add_argument("--pil-workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader workers of the PIL path (0: in the main process)")
+    p.add_argument("--no-pil", action="store_true", help="skip the PIL/DataLoader comparison")
+    p.add_argument("--speed", action="store_true", help="before/after ratio of each speed switch")
+    p.add_argument("--jobs", default=None, help="e.g. 1,2,4: that many concurrent runs on the device, total img/s")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write <out>.md and <out>.json (default under results/bench/)")
+    p.add_argument("--throughput-file", default=str(THROUGHPUT_FILE), help="'' to leave it alone")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    a = parse(argv)
+    if a.warmup < 1:
+        sys.exit("benchmark: --warmup must be >= 1 (DLB's first step has no last batch; compile happens there)")
+    if a.child:
+        c = json.loads(a.child)
+        print(RESULT_TAG + json.dumps(measure_pair(*c["pair"]) if "pair" in c else measure(c)), flush=True)
+        return 0
+    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    kind = "cuda" if a.device.startswith("cuda") else "cpu"
+    mode = "speed" if a.speed else "jobs" if a.jobs else "throughput"
+    if a.out is None:
+        a.out = REPO / "results" / "bench" / f"{kind}_{a.backbone}_b{a.batch_size}_{mode}"
+    if a.speed:
+        run_speed(a, command)
+    elif a.jobs:
+        run_jobs(a, command)
+    else:
+        run_main(a, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
