@@ -13,7 +13,9 @@ excluded), bytes the method keeps between steps, and the process's peak RSS (CPU
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -43,6 +45,15 @@ COSTS = {
 }
 
 
+def epoch_time_vs_ce(ce: dict, r: dict) -> float | None:
+    """Median over rounds of CE's loop img/s / the method's in the same round (the runs are interleaved, one round
+    after another, so a round's runs are minutes apart while the rounds may be hours apart)."""
+    a, b = ce.get("loop_img_per_s_runs", []), r.get("loop_img_per_s_runs", [])
+    if not a or len(a) != len(b):  # a failed run breaks the pairing: fall back to the medians
+        return ce["loop_img_per_s"] / r["loop_img_per_s"] if "loop_img_per_s" in ce else None
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="resnet32")
@@ -55,17 +66,24 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (see benchmark.py)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--out", type=Path, default=B.REPO / "results" / "method_costs.md")
+    p.add_argument("--render", type=Path, default=None, help="rewrite the table from a saved .json (no measuring)")
     a = p.parse_args(argv)
-    command = "python scripts/method_costs.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if a.render:  # the measurement's own command, machine and rows; only the Markdown is made again
+        saved = json.loads(a.render.read_text())
+        a = p.parse_args(saved["command"].split()[2:])
+        command, m, rows = saved["command"], saved["machine"], saved["rows"]
+    else:
+        command = "python scripts/method_costs.py " + " ".join(sys.argv[1:] if argv is None else argv)
     bench_args = B.parse(["--backbone", a.backbone, "--batch-size", str(a.batch_size), "--device", a.device,
                           "--steps", str(a.steps), "--warmup", str(a.warmup), "--repeats", str(a.repeats),
                           "--train-size", str(a.train_size), "--test-size", "1000"]
                          + (["--threads", str(a.threads)] if a.threads else []))
-    m = B.machine(a.device, a.threads)
-    methods = a.methods.split(",")
-    runs = B.run_interleaved([{**B.base_config(bench_args), "method": method} for method in methods], a.repeats)
-    rows = dict(zip(methods, runs))
-    m["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    if not a.render:
+        m = B.machine(a.device, a.threads)
+        methods = a.methods.split(",")
+        runs = B.run_interleaved([{**B.base_config(bench_args), "method": method} for method in methods], a.repeats)
+        rows = dict(zip(methods, runs))
+        m["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
 
     import timm
     import torch  # noqa: F401
@@ -92,7 +110,7 @@ def main(argv=None) -> int:
         fb = f(A, P, N, K, Bsz, img) if A is not None else None
         saved = r.get("saved_activation_bytes")
         delta = f" ({(saved - A) / 2**20:+,.1f})" if saved is not None and A is not None else ""
-        vs_ce = ce["loop_img_per_s"] / r["loop_img_per_s"] if "loop_img_per_s" in ce else None
+        vs_ce = epoch_time_vs_ce(ce, r)
         lines.append(f"| {method} | {passes} | {teacher} | {formula} | {B.mb(fb)} | {B.mb(saved)}{delta} | "
                      f"{B.mb(r.get('method_state_bytes'))} | {B.fmt(r['step_img_per_s'])} | "
                      f"{B.fmt(r['loop_img_per_s'])} | {B.fmt(vs_ce, 2)} | {B.mb(r.get(mem_key))} |")
@@ -103,7 +121,8 @@ def main(argv=None) -> int:
              "- images through the net: calls with gradient unless marked; DLB's two forwards are separate calls "
              "(BatchNorm statistics per half), DDGSD's two views are one call\n"
              "- img/s: training images consumed per second (B per step), so extra forwards show up as lower img/s; "
-             "epoch time vs CE = CE loop img/s / the method's (every method takes N/B steps per epoch)\n"
+             "epoch time vs CE = CE loop img/s / the method's in the same round of runs, median over the rounds "
+             "(every method takes N/B steps per epoch)\n"
              "- memory: 'saved for backward' is measured with saved-tensor hooks in one eager step (distinct "
              "storages, parameters excluded); 'kept between steps' sums the method's tensors (teacher weights, "
              "PS-KD memory, DLB's last batch); peak RSS is the whole process (Python, torch, the 150 MB in-memory "
