@@ -518,6 +518,9 @@ def speed_variants(cuda: bool) -> list[tuple[str, dict]]:
          ("torch.compile default", {**plain, "compile": "default"}),
          ("host sync per step (loss.item(); the trainer has none)", {**plain, "sync_per_step": True}),
          ("channels_last", {**plain, "channels_last": True})]
+    if not cuda:
+        v += [("all (CPU): fused + channels_last + compile default",
+               {**plain, "fused": "auto", "channels_last": True, "compile": "default"})]
     if cuda:
         v += [("bf16 autocast", {**plain, "precision": "bf16"}),
               ("torch.compile reduce-overhead (CUDA graphs)", {**plain, "compile": "reduce-overhead"}),
@@ -537,6 +540,8 @@ def run_speed(a, command: str) -> None:
     for method in a.methods.split(","):
         base = {**base_config(a), "method": method, **plain}
         for name, change in variants:
+            if a.variants and not any(x in name for x in a.variants.split(",")):
+                continue
             r = run_pair(base, {**base, **change}, f"{method}: {name}")
             results.append({"method": method, "variant": name, **r})
             if "error" in r:
@@ -611,6 +616,7 @@ def parse(argv=None):
                    help="DataLoader workers of the PIL path (0: in the main process)")
     p.add_argument("--no-pil", action="store_true", help="skip the PIL/DataLoader comparison")
     p.add_argument("--speed", action="store_true", help="before/after ratio of each speed switch")
+    p.add_argument("--variants", default=None, help="--speed: only the switches whose name contains one of these")
     p.add_argument("--jobs", default=None, help="e.g. 1,2,4: that many concurrent runs on the device, total img/s")
     p.add_argument("--out", type=Path, default=None,
                    help="write <out>.md and <out>.json (default under results/bench/)")

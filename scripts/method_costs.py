@@ -68,8 +68,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=B.REPO / "results" / "method_costs.md")
     p.add_argument("--render", type=Path, default=None, help="rewrite the table from a saved .json (no measuring)")
     a = p.parse_args(argv)
-    if a.render:  # the measurement's own command, machine and rows; only the Markdown is made again
-        saved = json.loads(a.render.read_text())
+    render = a.render
+    if render:  # the measurement's own command, machine and rows; only the Markdown is made again
+        saved = json.loads(render.read_text())
         a = p.parse_args(saved["command"].split()[2:])
         command, m, rows = saved["command"], saved["machine"], saved["rows"]
     else:
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
                           "--steps", str(a.steps), "--warmup", str(a.warmup), "--repeats", str(a.repeats),
                           "--train-size", str(a.train_size), "--test-size", "1000"]
                          + (["--threads", str(a.threads)] if a.threads else []))
-    if not a.render:
+    if not render:
         m = B.machine(a.device, a.threads)
         methods = a.methods.split(",")
         runs = B.run_interleaved([{**B.base_config(bench_args), "method": method} for method in methods], a.repeats)
