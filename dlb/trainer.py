@@ -38,7 +38,7 @@ RESUME_FREE_KEYS = ("resume", "logger", "trainer.device", "trainer.progress", "t
                     "dataset.root", "dataset.download", "dataset.num_workers", "data_root",
                     # speed and placement only (float rounding at most, as trainer.device); a DDP run's world size
                     # is checked by try_resume itself
-                    "trainer.compile", "trainer.jobs_per_gpu", "trainer.ddp", "optim.fused")
+                    "trainer.compile", "trainer.jobs_per_gpu", "trainer.ddp", "optim.fused", "method.backward")
 
 
 class ResumeError(RuntimeError):
@@ -291,10 +291,10 @@ class Trainer:
         for i, batch in enumerate(batches, start=first):
             if i >= n_batches:
                 break
-            with self.autocast() if self.autocast else contextlib.nullcontext():
+            self.optimizer.zero_grad(set_to_none=True)  # before the step: a method may backpropagate part of its
+            with self.autocast() if self.autocast else contextlib.nullcontext():  # loss itself (DLB's split)
                 logits, losses = self.method.training_step(self.net, batch)
             loss = sum(losses.values())
-            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.step += 1

@@ -74,12 +74,14 @@ WORKER = textwrap.dedent('''
                             torch.randint(0, 10, (n,), generator=g), 10, (0.5,) * 3, (0.25,) * 3, "cifar10")
     data = (ds(64), ds(50))
     report = {{}}
-    for method in ("dlb", "pskd"):
-        cfg = compose(["dataset=cifar10", "dataset.root=unused", "backbone=resnet8", f"method={{method}}",
+    for run in ("dlb", "pskd", "dlb_split"):  # dlb_split: method.backward=split (DDP no_sync on its 1st backward)
+        method = run.split("_")[0]
+        extra = ["method.backward=split"] if run == "dlb_split" else []
+        cfg = compose(["dataset=cifar10", "dataset.root=unused", "backbone=resnet8", f"method={{method}}", *extra,
                        "trainer.ddp=true", "trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=8",
                        "trainer.eval_batch_size=10", "trainer.progress=false", "trainer.deterministic=true"])
         validate(cfg)
-        t = Trainer(cfg, f"{{out}}/{{method}}", data=data)
+        t = Trainer(cfg, f"{{out}}/{{run}}", data=data)
         mine = [b.tolist() for b in t.train_loader._batches()]
         summary = t.fit()
         parts = [None, None]
@@ -88,12 +90,16 @@ WORKER = textwrap.dedent('''
         flat = torch.cat([q.detach().flatten() for q in t.model.parameters()])
         flats = [torch.zeros_like(flat) for _ in range(2)]
         dist.all_gather(flats, flat)
-        report[method] = {{"parts": parts, "summary": summary, "same_weights": bool(torch.equal(*flats))}}
+        report[run] = {{"parts": parts, "summary": summary, "same_weights": bool(torch.equal(*flats))}}
+        if run == "dlb":
+            joint = flat
+        if run == "dlb_split":  # the same all-reduced gradient, up to float rounding
+            report[run]["close_to_joint"] = bool(torch.allclose(flat, joint, rtol=1e-4, atol=1e-6))
         if method == "pskd":
             mems = [torch.zeros_like(t.method.memory) for _ in range(2)]
             dist.all_gather(mems, t.method.memory)
-            report[method]["memory_equal"] = bool(torch.equal(mems[0], mems[1]))
-            report[method]["rows_written"] = int((mems[0].sum(1) > 0).sum())
+            report[run]["memory_equal"] = bool(torch.equal(mems[0], mems[1]))
+            report[run]["rows_written"] = int((mems[0].sum(1) > 0).sum())
     dist.barrier()
     dist.destroy_process_group()
     if rank == 0:  # single process now: evaluate the checkpointed weights on the whole test set
@@ -130,3 +136,5 @@ def test_two_process_gloo_run_matches_single_process_evaluation(tmp_path):
         assert reduced["train_images"] == 64
         assert rep["same_weights"], method  # DDP averaged the gradients of both DLB forwards
     assert report["pskd"]["memory_equal"] and report["pskd"]["rows_written"] == 64
+    split = report["dlb_split"]
+    assert split["summary"]["steps"] == 4 and split["same_weights"] and split["close_to_joint"]

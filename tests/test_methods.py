@@ -141,3 +141,74 @@ def test_build_method_passes_config_fields():
 
     m = build_method(OmegaConf.create({"name": "dlb", "T": 4.0, "alpha": 0.5}), num_classes=10)
     assert isinstance(m, DLB) and m.T == 4.0 and m.alpha == 0.5 and m.num_views == 2
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+
+def _two_batches(mixed: bool):
+    """S_{t-1} (4 images) and S_t (3 images); under `mixed` S_t is CutMix-ed (partner labels, per-sample lam)."""
+    g = torch.Generator().manual_seed(3)
+    first = Batch(views=[torch.randn(4, 3, 8, 8, generator=g) for _ in range(2)], y=torch.tensor([0, 1, 2, 3]))
+    second = Batch(views=[torch.randn(3, 3, 8, 8, generator=g) for _ in range(2)], y=torch.tensor([4, 0, 1]))
+    if mixed:
+        second.y_mix, second.lam = torch.tensor([1, 4, 4]), torch.tensor([0.25, 0.5, 1.0])
+    return first, second
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_split_backward_gives_the_joint_gradient_and_losses(mixed):
+    """method.backward=split backpropagates the current half's CE share inside the step: the step's losses, the
+    accumulated gradient and the BatchNorm statistics equal the official joint backward's (float rounding apart)."""
+    got = {}
+    for mode in ("joint", "split"):
+        model, method = _bn_net(), DLB(T=3.0, alpha=1.0, backward=mode)
+        first, second = _two_batches(mixed)
+        sum(method.training_step(model, first)[1].values()).backward()  # step 1: no last batch, plain CE
+        model.zero_grad()
+        logits, losses = method.training_step(model, second)
+        sum(losses.values()).backward()
+        got[mode] = (logits.detach(), {k: v.detach() for k, v in losses.items()},
+                     [p.grad.clone() for p in model.parameters()], [b.clone() for b in model.buffers()])
+    (lj, loss_j, grad_j, buf_j), (ls, loss_s, grad_s, buf_s) = got["joint"], got["split"]
+    assert torch.equal(lj, ls) and set(loss_j) == set(loss_s) == {"ce", "kd"}
+    for k in loss_j:
+        torch.testing.assert_close(loss_s[k], loss_j[k], rtol=1e-6, atol=1e-7)
+    for a, b in zip(grad_j, grad_s):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    for a, b in zip(buf_j, buf_s):  # same forwards in the same order: running statistics bit-equal
+        assert torch.equal(a, b)
+
+
+def test_split_backward_holds_one_forward_at_a_time():
+    """Peak bytes saved for backward: joint holds both forwards' activations until its one backward (~2x CE),
+    split about one forward's (CE's)."""
+    from dlb.utils import saved_for_backward_bytes
+
+    peaks = {}
+    for mode in ("ce", "joint", "split"):
+        model, first, second = _bn_net(), *_two_batches(False)
+        if mode == "ce":
+            step = lambda: F.cross_entropy(model(second.views[0]), second.y).backward()  # noqa: E731
+        else:
+            method = DLB(backward=mode)
+            method.training_step(model, first)
+            step = lambda: sum(method.training_step(model, second)[1].values()).backward()  # noqa: E731
+        peaks[mode] = saved_for_backward_bytes(step, exclude=model.parameters())
+    assert peaks["joint"]["peak"] == peaks["joint"]["total"] > 1.9 * peaks["ce"]["peak"]
+    assert peaks["split"]["total"] == pytest.approx(peaks["joint"]["total"], rel=0.01)  # the same tensors ...
+    assert peaks["split"]["peak"] < 1.45 * peaks["ce"]["peak"]  # ... never all held at once (S_{t-1} has 4 rows)
+
+
+def test_split_backward_is_validated():
+    from omegaconf import OmegaConf
+
+    from dlb.config import ConfigError
+
+    with pytest.raises(ConfigError, match="method.backward"):
+        DLB.validate_config(OmegaConf.create({"T": 3.0, "alpha": 1.0, "backward": "halves"}))
+    with pytest.raises(ValueError, match="backward"):
+        DLB(backward="halves")

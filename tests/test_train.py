@@ -97,6 +97,23 @@ def test_dlb_cache_crosses_epoch_boundaries(fake_cifar, tmp_path):
     assert t.history[1]["train_kd"] > 0
 
 
+def test_split_backward_trains_like_the_joint_backward(fake_cifar, tmp_path):
+    """method.backward=split through the trainer (zero_grad before the step): two epochs give the joint run's
+    weights and losses up to float rounding."""
+    runs = {}
+    for mode in ("joint", "split"):
+        t = Trainer(tiny_cfg(fake_cifar, "method=dlb", f"method.backward={mode}", "trainer.epochs=2",
+                             "trainer.deterministic=true"), tmp_path / mode)
+        t.fit()
+        runs[mode] = t
+    joint, split = runs["joint"], runs["split"]
+    for k, v in joint.model.state_dict().items():
+        torch.testing.assert_close(split.model.state_dict()[k], v, rtol=1e-3, atol=1e-5, msg=k)
+    for a, b in zip(joint.history, split.history):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["train_kd"] == pytest.approx(a["train_kd"], rel=1e-4)
+
+
 def test_wandb_offline_run_holds_the_metrics(fake_cifar, tmp_path):
     wandb = pytest.importorskip("wandb")
     out = tmp_path / "run"

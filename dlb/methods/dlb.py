@@ -6,15 +6,22 @@ Step t sees the current batch S_t and the previous batch S_{t-1}:
 with KL reduced by batchmean over |S_{t-1}|, and z_{t-1} the detached logits the model gave view0(S_{t-1}) one
 step earlier. Only the very first step of a run has no previous batch (loss = CE on S_t); the cache carries over
 epoch boundaries. Usable in any PyTorch loop, see README ("DLB in your own training loop").
+
+backward="split" (not the official code's order, same gradient): the current half's share of the CE is
+backpropagated inside training_step, before the last batch's forward, so the two forwards' activations are never
+held at once (peak memory ~ CE's instead of ~2x). The caller must zero the gradients *before* training_step.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from dlb.methods.base import Method, batch_ce, mixed_ce, register_method
+
+BACKWARD_MODES = ("joint", "split")
 
 
 def last_batch_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -33,6 +40,20 @@ def _targets(b):
     return y, get("y_mix"), get("lam").to(torch.float32)
 
 
+def _ce_sum(logits: torch.Tensor, b) -> torch.Tensor:
+    """Summed per-sample CE of a batch or of the cached previous batch (lam-mixed with its partner under CutMix)."""
+    y, y_mix, lam = _targets(b)
+    if y_mix is y:  # unmixed
+        return F.cross_entropy(logits, y, reduction="sum")
+    return (lam * F.cross_entropy(logits, y, reduction="none")
+            + (1 - lam) * F.cross_entropy(logits, y_mix, reduction="none")).sum()
+
+
+def _no_grad_sync(model):
+    """DDP: accumulate this backward locally; the step's final backward all-reduces the sum once."""
+    return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
+
+
 @register_method("dlb")
 class DLB(Method):
     num_views = 2
@@ -42,6 +63,7 @@ class DLB(Method):
         name: str = "dlb"
         T: float = 3.0
         alpha: float = 1.0
+        backward: str = "joint"  # joint: one backward over both forwards (official) | split: see the module doc
 
     @classmethod
     def validate_config(cls, cfg):
@@ -51,27 +73,43 @@ class DLB(Method):
             raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (the paper uses 3)")
         if cfg.alpha < 0:
             raise ConfigError(f"method.alpha={cfg.alpha}: the KD weight must be >= 0 (the paper uses 1)")
+        if cfg.backward not in BACKWARD_MODES:
+            raise ConfigError(f"method.backward={cfg.backward!r}: use joint (the official code's one backward) or "
+                              "split (same gradient, about half the activation memory)")
 
-    def __init__(self, T: float = 3.0, alpha: float = 1.0):
+    def __init__(self, T: float = 3.0, alpha: float = 1.0, backward: str = "joint"):
         super().__init__()
-        self.T, self.alpha = float(T), float(alpha)
+        if backward not in BACKWARD_MODES:
+            raise ValueError(f"backward={backward!r}: use one of {BACKWARD_MODES}")
+        self.T, self.alpha, self.backward = float(T), float(alpha), backward
         self.prev: dict[str, torch.Tensor] | None = None  # view1 images, labels and detached logits of S_{t-1}
 
     def training_step(self, model, batch):
         x0, x1 = batch.views[0], batch.views[1]
-        logits = model(x0)
-        if self.prev is None:
+        prev = self.prev
+        if prev is None:
+            logits = model(x0)
             losses = {"ce": batch_ce(logits, batch)}
+        elif self.backward == "split" and torch.is_grad_enabled():
+            n = prev["y"].shape[0] + batch.y.shape[0]  # the joint CE's mean is over both halves
+            with _no_grad_sync(model):
+                logits = model(x0)
+                ce_current = _ce_sum(logits, batch) / n
+                with torch.autocast(logits.device.type, enabled=False):  # backward outside autocast, as torch advises
+                    ce_current.backward()  # frees this forward's activations before the second forward
+            prev_logits_view1 = model(prev["x1"])
+            ce = _ce_sum(prev_logits_view1, prev) / n + ce_current.detach()
+            losses = {"ce": ce, "kd": self.alpha * last_batch_kd(prev_logits_view1, prev["logits"], self.T)}
         else:
-            prev = self.prev
+            logits = model(x0)
             prev_logits_view1 = model(prev["x1"])
             both = torch.cat([prev_logits_view1, logits])
             if batch.y_mix is None and "y_mix" not in prev:
                 ce = F.cross_entropy(both, torch.cat([prev["y"], batch.y]))
             else:  # CutMix: each half keeps its own partner labels and mixing weights
                 ce = mixed_ce(both, *(torch.cat([a, b]) for a, b in zip(_targets(prev), _targets(batch))))
-            kd = last_batch_kd(prev_logits_view1, prev["logits"], self.T)
-            losses = {"ce": ce, "kd": self.alpha * kd}
+            losses = {"ce": ce, "kd": self.alpha * last_batch_kd(prev_logits_view1, prev["logits"], self.T)}
+        if prev is not None:
             # The paper's consistency analysis: do last step's and this step's predictions of S_{t-1} agree?
             self.step_metrics = {"consistency": (prev_logits_view1.detach().argmax(1)
                                                  == prev["logits"].argmax(1)).float().mean()}
