@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Tests and CI never talk to W&B or the Hugging Face hub; one thread per process (the tests spawn training
-# subprocesses, and on 2 cores oversubscribed threads made them ~20x slower).
-TEST_ENV := WANDB_MODE=disabled HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+# subprocesses, and on 2 cores oversubscribed threads made them ~20x slower). tests/test_cuda.py runs its logic on the
+# CPU where there is no GPU (DLB_CUDA_TESTS_ON_CPU), so it cannot rot between GPU sessions.
+TEST_ENV := WANDB_MODE=disabled HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 DLB_CUDA_TESTS_ON_CPU=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all demo train reproduce-table1 reproduce-table2 reproduce-noise reproduce-cpu report bench clean-outputs
+.PHONY: help install test test-all demo train reproduce-table1 reproduce-table2 reproduce-noise reproduce-cpu report bench gpu-wheels gpu-session clean-outputs
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -60,6 +61,14 @@ reproduce-cpu: ## The CPU-scale reproduction committed in results/cpu_repro (Fas
 
 bench: ## Training-speed benchmark: resnet32 CE vs DLB, batch 64, CPU, into results/bench/ (ARGS="--device cuda ...")
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) scripts/benchmark.py $(ARGS)
+
+# The lent GPU machine has torch, timm and pytest but not hydra/omegaconf: their pure-Python wheels travel in .whl/.
+gpu-wheels: ## Wheels of hydra-core, omegaconf, antlr4 (pinned) into .whl/ for scripts/gpu_session.sh on a bare GPU image
+	rm -rf .whl && $(PY) -m pip wheel -q --no-deps -w .whl hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
+	@ls .whl
+
+gpu-session: ## The prepared GPU check (tests + benchmarks, ~8 min) into results/bench/gpu_session/ (GPU_SESSION_SMOKE=1: toy, CPU)
+	bash scripts/gpu_session.sh
 
 clean-outputs: ## Remove outputs/debug (smoke runs); real runs are never deleted by make
 	rm -rf outputs/debug

@@ -263,6 +263,19 @@ class Trainer:
         return True
 
     # --- the loop ------------------------------------------------------------------------------------------
+    def train_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimizer step on a batch: (logits, loss, named loss terms), all still on the device (no host sync).
+        Gradients are zeroed before the method's step: a method may backpropagate part of its loss itself (DLB's
+        method.backward=split)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast() if self.autocast else contextlib.nullcontext():
+            logits, losses = self.method.training_step(self.net, batch)
+        loss = sum(losses.values())
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return logits, loss, losses
+
     def train_epoch(self, epoch: int) -> dict:
         t = self.cfg.trainer
         self.model.train()
@@ -291,13 +304,7 @@ class Trainer:
         for i, batch in enumerate(batches, start=first):
             if i >= n_batches:
                 break
-            self.optimizer.zero_grad(set_to_none=True)  # before the step: a method may backpropagate part of its
-            with self.autocast() if self.autocast else contextlib.nullcontext():  # loss itself (DLB's split)
-                logits, losses = self.method.training_step(self.net, batch)
-            loss = sum(losses.values())
-            loss.backward()
-            self.optimizer.step()
-            self.step += 1
+            logits, loss, losses = self.train_step(batch)
             b = logits.shape[0]  # logits are for the batch's first rows (CS-KD appends partner rows)
             seen += b
             for k, v in (("loss", loss), *losses.items(), *self.method.step_metrics.items()):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -26,8 +27,8 @@ def test_reproduce_table1_debug_grid(tmp_path, monkeypatch):
     env = subprocess_env_for_fake_cifar(md5s, tmp_path)
     env.update(DLB_DATA=str(data), HF_HUB_OFFLINE="1", WANDB_MODE="disabled")
     args = "debug=step trainer.batch_size=8" + ("" if FULL else " seed=0 backbone=resnet32")
-    r = subprocess.run(["make", "reproduce-table1", f"PY={REPO / '.venv/bin/python'}" if (REPO / ".venv").exists()
-                        else "PY=python", f"SWEEP_ROOT={tmp_path / 'multirun'}", f"RESULTS={tmp_path / 'results'}",
+    r = subprocess.run(["make", "reproduce-table1", f"PY={sys.executable}",  # the interpreter running the tests
+                        f"SWEEP_ROOT={tmp_path / 'multirun'}", f"RESULTS={tmp_path / 'results'}",
                         f"ARGS={args}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=3000)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
 

@@ -68,13 +68,30 @@ class Method(nn.Module):
 
 
 def mixed_ce(logits: torch.Tensor, y: torch.Tensor, y_mix: torch.Tensor | None = None,
-             lam: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy to hard labels, or to lam*y + (1-lam)*y_mix per sample when the batch was CutMix-ed."""
+             lam: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy (mean or sum over the batch) to hard labels, or to lam*y + (1-lam)*y_mix per sample when the
+    batch was CutMix-ed."""
     if y_mix is None:
-        return F.cross_entropy(logits, y)
+        return F.cross_entropy(logits, y, reduction=reduction)
     ce = F.cross_entropy(logits, y, reduction="none")
     ce_mix = F.cross_entropy(logits, y_mix, reduction="none")
-    return (lam * ce + (1 - lam) * ce_mix).mean()
+    per_sample = lam * ce + (1 - lam) * ce_mix
+    return per_sample.sum() if reduction == "sum" else per_sample.mean()
+
+
+def soft_target_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-sum_k t_k log softmax(z)_k, mean over the batch (the official LSR and PS-KD losses)."""
+    return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def onehot_targets(batch, num_classes: int, rows: slice = slice(None)) -> torch.Tensor:
+    """One-hot labels of the batch's `rows`, or lam*onehot(y) + (1-lam)*onehot(y_mix) when it was CutMix-ed.
+    Float32 (B, K): soft-target methods mix these with their own soft parts."""
+    target = F.one_hot(batch.y[rows], num_classes).float()
+    if batch.y_mix is None:
+        return target
+    lam = batch.lam[rows].float()[:, None]
+    return lam * target + (1 - lam) * F.one_hot(batch.y_mix[rows], num_classes).float()
 
 
 def batch_ce(logits: torch.Tensor, batch) -> torch.Tensor:

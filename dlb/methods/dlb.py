@@ -40,15 +40,6 @@ def _targets(b):
     return y, get("y_mix"), get("lam").to(torch.float32)
 
 
-def _ce_sum(logits: torch.Tensor, b) -> torch.Tensor:
-    """Summed per-sample CE of a batch or of the cached previous batch (lam-mixed with its partner under CutMix)."""
-    y, y_mix, lam = _targets(b)
-    if y_mix is y:  # unmixed
-        return F.cross_entropy(logits, y, reduction="sum")
-    return (lam * F.cross_entropy(logits, y, reduction="none")
-            + (1 - lam) * F.cross_entropy(logits, y_mix, reduction="none")).sum()
-
-
 def _no_grad_sync(model):
     """DDP: accumulate this backward locally; the step's final backward all-reduces the sum once."""
     return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
@@ -94,11 +85,12 @@ class DLB(Method):
             n = prev["y"].shape[0] + batch.y.shape[0]  # the joint CE's mean is over both halves
             with _no_grad_sync(model):
                 logits = model(x0)
-                ce_current = _ce_sum(logits, batch) / n
+                ce_current = mixed_ce(logits, batch.y, batch.y_mix, batch.lam, reduction="sum") / n
                 with torch.autocast(logits.device.type, enabled=False):  # backward outside autocast, as torch advises
                     ce_current.backward()  # frees this forward's activations before the second forward
             prev_logits_view1 = model(prev["x1"])
-            ce = _ce_sum(prev_logits_view1, prev) / n + ce_current.detach()
+            ce_prev = mixed_ce(prev_logits_view1, prev["y"], prev.get("y_mix"), prev.get("lam"), reduction="sum")
+            ce = ce_prev / n + ce_current.detach()
             losses = {"ce": ce, "kd": self.alpha * last_batch_kd(prev_logits_view1, prev["logits"], self.T)}
         else:
             logits = model(x0)

@@ -2,32 +2,14 @@
 
   target = (1 - eps) on the true class, eps/(K-1) on each wrong class;  loss = -sum_k target_k log softmax(z)_k,
   mean over the batch.
-
-Also home of the soft-target helpers the other soft-label methods (PS-KD, Tf-KD) share.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from dlb.methods.base import Method, register_method
-
-
-def soft_target_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """-sum_k t_k log softmax(z)_k, mean over the batch (the official LSR and PS-KD losses)."""
-    return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
-
-
-def onehot_targets(batch, num_classes: int, rows: slice = slice(None)) -> torch.Tensor:
-    """One-hot labels of the batch's `rows`, or lam*onehot(y) + (1-lam)*onehot(y_mix) when it was CutMix-ed.
-    Float32 (B, K): soft-target methods mix these with their own soft parts."""
-    target = F.one_hot(batch.y[rows], num_classes).float()
-    if batch.y_mix is None:
-        return target
-    lam = batch.lam[rows].float()[:, None]
-    return lam * target + (1 - lam) * F.one_hot(batch.y_mix[rows], num_classes).float()
+from dlb.methods.base import Method, onehot_targets, register_method, soft_target_ce
 
 
 def smooth(onehot: torch.Tensor, eps: float) -> torch.Tensor:

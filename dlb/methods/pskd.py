@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dlb.distributed import all_gather_rows
-from dlb.methods.base import Method, register_method
-from dlb.methods.lsr import onehot_targets, soft_target_ce
+from dlb.methods.base import Method, onehot_targets, register_method, soft_target_ce
 
 
 @register_method("pskd")

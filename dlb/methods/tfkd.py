@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlb.methods.base import Method, batch_ce, register_method
-from dlb.methods.lsr import onehot_targets
+from dlb.methods.base import Method, batch_ce, onehot_targets, register_method
 
 KL_REDUCTIONS = ("official", "batchmean")
 SOFTEN = ("official", "clean")

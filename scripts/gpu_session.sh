@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The prepared GPU check (issue 5) for one call on a lent GPU: correctness on CUDA first, then the measurements the
+# targets need, in priority order, each stage under its own time limit and all under one deadline, so the call
+# returns inside its limit with whatever stages fit (a skipped stage says so in summary.txt).
+#
+#   1 tests      tests/test_cuda.py and the loader/augmentation no-sync tests
+#   2 fast       resnet32 b64, bf16 + channels_last + CUDA graphs: CE, DLB, DLB split; one full CIFAR epoch (782
+#                steps) timed, paired ratios vs CE and vs the PIL path, peak memory, eval img/s -> the targets table
+#   3 fp32       the default (official numerics) configuration, the same figures; fills throughput.json (dlb.sweep's
+#                GPU-hour estimate is for the default configuration)
+#   4 speed      each speed switch alone against the plain baseline (DLB)
+#   5 jobs       1, 2 and 4 DLB runs sharing the GPU: total img/s (trainer.jobs_per_gpu)
+#
+# Here, once:  make gpu-wheels        (hydra-core, omegaconf, antlr4 wheels the GPU image lacks, into .whl/)
+# On the GPU:  bash scripts/gpu_session.sh   (device tool: carry [".whl"], timeout_s 600)
+# Check it:    GPU_SESSION_SMOKE=1 bash scripts/gpu_session.sh   (toy sizes on this machine's CPU)
+#
+# Output: $OUT (default results/bench/gpu_session) gets summary.txt and gpu_session.tar.gz (every stage's log and
+# table); unpack the tarball into results/bench/ and commit the tables.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/bench/gpu_session}
+BUDGET_S=${GPU_SESSION_BUDGET_S:-500}
+SMOKE=${GPU_SESSION_SMOKE:-0}
+PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+export HF_HUB_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/dlb-inductor-cache}  # later processes reuse kernels
+deadline=$(( $(date +%s) + BUDGET_S ))
+work=$(mktemp -d)
+mkdir -p "$OUT"
+summary="$OUT/summary.txt"
+: > "$summary"
+say() { echo "$*" | tee -a "$summary"; }
+
+if ! $PY -c "import hydra, omegaconf" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/dlb-site .whl/*.whl \
+      && export PYTHONPATH=/tmp/dlb-site${PYTHONPATH:+:$PYTHONPATH}
+  else
+    say "gpu_session: hydra/omegaconf missing and no .whl/ (run 'make gpu-wheels' here and carry .whl)"; exit 2
+  fi
+fi
+say "gpu_session: $(date -u +%FT%TZ), python $($PY -c 'import sys; print(sys.version.split()[0])'), $($PY -c 'import torch; print("torch", torch.__version__, "| cuda", torch.cuda.is_available() and torch.cuda.get_device_name(0))'), git $(git rev-parse --short HEAD 2>/dev/null || echo unknown), budget ${BUDGET_S}s, smoke $SMOKE"
+command -v nvidia-smi >/dev/null && nvidia-smi > "$work/nvidia-smi.txt" 2>&1
+
+if [ "$SMOKE" = 1 ]; then  # toy sizes on the CPU: every stage's plumbing, no meaningful number
+  DEV=cpu; FAST="--backbone resnet8"; SIZE="--batch-size 16 --steps 2 --warmup 1 --repeats 1 --train-size 128 --test-size 64 --pil-workers 0"
+  EPOCH_STEPS=2; JOBS=1,2; TESTS=(tests/test_cuda.py -k no_host_sync); SPEED=(--variants fused,split)
+  export DLB_CUDA_TESTS_ON_CPU=1
+else
+  DEV=cuda; FAST="--precision bf16 --channels-last --compile reduce-overhead"; SIZE="--steps 300 --repeats 2 --pil-workers 16"
+  EPOCH_STEPS=782; JOBS=1,2,4; TESTS=(tests/test_cuda.py tests/test_loader.py tests/test_augment.py -k "cuda or sync")
+  SPEED=()
+fi
+B="$PY scripts/benchmark.py --device $DEV"
+
+# stage NAME LIMIT_S MIN_S CMD...: runs CMD under min(LIMIT_S, time left); skipped when less than MIN_S is left.
+stage() {
+  local name=$1 limit=$2 min=$3; shift 3
+  local left=$(( deadline - $(date +%s) ))
+  if [ "$left" -lt "$min" ]; then say "$name: SKIPPED (${left}s left, needs ${min}s)"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  local t0=$(date +%s)
+  timeout --kill-after=5 "$limit" "$@" > "$work/$name.log" 2>&1
+  local rc=$?
+  say "$name: rc $rc in $(( $(date +%s) - t0 ))s (limit ${limit}s)$([ $rc = 124 ] && echo ' TIMED OUT')"
+  tail -n 3 "$work/$name.log" | sed 's/^/    /' | tee -a "$summary"
+}
+
+stage tests 150 60 $PY -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+stage fast 200 90 $B $FAST $SIZE --methods ce,dlb,dlb:backward=split --steps $EPOCH_STEPS --repeats 1 \
+  --out "$work/${DEV}_resnet32_b64_fast" --throughput-file ''
+stage fp32 120 60 $B $SIZE --methods ce,dlb,dlb:backward=split --out "$work/${DEV}_resnet32_b64_throughput" \
+  --throughput-file "$work/throughput.json"
+stage speed 150 60 $B $SIZE --speed "${SPEED[@]}" --methods dlb --no-pil --out "$work/${DEV}_resnet32_b64_speed"
+stage jobs 90 45 $B $FAST $SIZE --jobs $JOBS --methods dlb --no-pil --out "$work/${DEV}_resnet32_b64_jobs"
+
+for f in "$work"/*_fast.md "$work"/*_throughput.md; do  # the targets tables, for reading in the reply itself
+  [ -f "$f" ] && { echo; echo "== $(basename "$f")"; sed -n '/^### Targets/,$p' "$f"; } >> "$summary"
+done
+tar czf "$OUT/gpu_session.tar.gz" -C "$work" . && say "packed $(ls "$work" | wc -l) files into $OUT/gpu_session.tar.gz"
