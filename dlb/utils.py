@@ -141,7 +141,8 @@ def set_rng_states(states: dict) -> None:
 
 
 def git_info() -> dict:
-    """Commit and dirty flag of the code that runs (from the package's own checkout), 'unknown' outside git."""
+    """Commit and dirty flag of the code that runs (from the package's own checkout). A copy without .git (rsynced to
+    a cluster, sent to a GPU machine) takes the commit from $DLB_GIT_COMMIT, else 'unknown'."""
     repo = Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
@@ -152,6 +153,8 @@ def git_info() -> dict:
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", False
+    if not commit and os.environ.get("DLB_GIT_COMMIT"):
+        return {"git_commit": os.environ["DLB_GIT_COMMIT"], "git_dirty": None}  # None: not checkable without .git
     return {"git_commit": commit or "unknown", "git_dirty": dirty}
 
 

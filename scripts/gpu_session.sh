@@ -12,7 +12,9 @@
 #   5 jobs       1, 2 and 4 DLB runs sharing the GPU: total img/s (trainer.jobs_per_gpu)
 #
 # Here, once:  make gpu-wheels        (hydra-core, omegaconf, antlr4 wheels the GPU image lacks, into .whl/)
-# On the GPU:  bash scripts/gpu_session.sh   (device tool: carry [".whl"], timeout_s 600)
+# On the GPU:  DLB_GIT_COMMIT=<git rev-parse HEAD here> bash scripts/gpu_session.sh
+#              (device tool: carry [".whl"], timeout_s 600; the copy sent there has no .git, so the tables take the
+#              commit from DLB_GIT_COMMIT)
 # Check it:    GPU_SESSION_SMOKE=1 bash scripts/gpu_session.sh   (toy sizes on this machine's CPU)
 #
 # Output: $OUT (default results/bench/gpu_session) gets summary.txt and gpu_session.tar.gz (every stage's log and
@@ -40,7 +42,7 @@ if ! $PY -c "import hydra, omegaconf" 2>/dev/null; then
     say "gpu_session: hydra/omegaconf missing and no .whl/ (run 'make gpu-wheels' here and carry .whl)"; exit 2
   fi
 fi
-say "gpu_session: $(date -u +%FT%TZ), python $($PY -c 'import sys; print(sys.version.split()[0])'), $($PY -c 'import torch; print("torch", torch.__version__, "| cuda", torch.cuda.is_available() and torch.cuda.get_device_name(0))'), git $(git rev-parse --short HEAD 2>/dev/null || echo unknown), budget ${BUDGET_S}s, smoke $SMOKE"
+say "gpu_session: $(date -u +%FT%TZ), python $($PY -c 'import sys; print(sys.version.split()[0])'), $($PY -c 'import torch; print("torch", torch.__version__, "| cuda", torch.cuda.is_available() and torch.cuda.get_device_name(0))'), code $(git rev-parse --short HEAD 2>/dev/null || echo "${DLB_GIT_COMMIT:-unknown}"), budget ${BUDGET_S}s, smoke $SMOKE"
 command -v nvidia-smi >/dev/null && nvidia-smi > "$work/nvidia-smi.txt" 2>&1
 
 if [ "$SMOKE" = 1 ]; then  # toy sizes on the CPU: every stage's plumbing, no meaningful number

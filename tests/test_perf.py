@@ -207,3 +207,21 @@ def test_benchmark_script_writes_its_tables(tmp_path):
     assert pil["loop_ratio"] > 0 and len(pil["loop_ratio_runs"]) == 1
     assert "| ce |" in out.with_suffix(".md").read_text()
     assert json.loads((tmp_path / "throughput.json").read_text())["img_per_s"].keys() == {"cifar_resnet8/ce"}
+
+
+def test_code_version_without_git_comes_from_the_environment(monkeypatch):
+    """A copy without .git (a cluster rsync, the GPU machine) records $DLB_GIT_COMMIT; a checkout its own commit."""
+    import dlb.utils as U
+
+    if (REPO / ".git").exists():
+        here = U.git_info()
+        assert len(here["git_commit"]) == 40 and isinstance(here["git_dirty"], bool)
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(U.subprocess, "run", no_git)
+    monkeypatch.delenv("DLB_GIT_COMMIT", raising=False)
+    assert U.git_info() == {"git_commit": "unknown", "git_dirty": False}
+    monkeypatch.setenv("DLB_GIT_COMMIT", "abc123")
+    assert U.git_info() == {"git_commit": "abc123", "git_dirty": None}
