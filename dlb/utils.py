@@ -141,8 +141,9 @@ def set_rng_states(states: dict) -> None:
 
 
 def git_info() -> dict:
-    """Commit and dirty flag of the code that runs (from the package's own checkout). A copy without .git (rsynced to
-    a cluster, sent to a GPU machine) takes the commit from $DLB_GIT_COMMIT, else 'unknown'."""
+    """Commit and dirty flag (tracked files changed, results/ aside) of the code that runs, from the package's own
+    checkout. A copy without .git (rsynced to a cluster, sent to a GPU machine) takes the commit from
+    $DLB_GIT_COMMIT, else 'unknown'."""
     repo = Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
@@ -150,7 +151,8 @@ def git_info() -> dict:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # dirty = the code differs from the commit; results/ holds outputs (benchmark tables), not code
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"))
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", False
     if not commit and os.environ.get("DLB_GIT_COMMIT"):
