@@ -91,7 +91,6 @@ class DLB(Method):
             prev_logits_view1 = model(prev["x1"])
             ce_prev = mixed_ce(prev_logits_view1, prev["y"], prev.get("y_mix"), prev.get("lam"), reduction="sum")
             ce = ce_prev / n + ce_current.detach()
-            losses = {"ce": ce, "kd": self.alpha * last_batch_kd(prev_logits_view1, prev["logits"], self.T)}
         else:
             logits = model(x0)
             prev_logits_view1 = model(prev["x1"])
@@ -100,8 +99,8 @@ class DLB(Method):
                 ce = F.cross_entropy(both, torch.cat([prev["y"], batch.y]))
             else:  # CutMix: each half keeps its own partner labels and mixing weights
                 ce = mixed_ce(both, *(torch.cat([a, b]) for a, b in zip(_targets(prev), _targets(batch))))
-            losses = {"ce": ce, "kd": self.alpha * last_batch_kd(prev_logits_view1, prev["logits"], self.T)}
         if prev is not None:
+            losses = {"ce": ce, "kd": self.alpha * last_batch_kd(prev_logits_view1, prev["logits"], self.T)}
             # The paper's consistency analysis: do last step's and this step's predictions of S_{t-1} agree?
             self.step_metrics = {"consistency": (prev_logits_view1.detach().argmax(1)
                                                  == prev["logits"].argmax(1)).float().mean()}
