@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark as B  # noqa: E402
 
-METHODS = ("ce", "lsr", "tfkd_self", "tfkd_reg", "cskd", "pskd", "ddgsd", "ddgsd_dlb", "dlb")
+METHODS = ("ce", "lsr", "tfkd_self", "tfkd_reg", "cskd", "pskd", "ddgsd", "ddgsd_dlb", "dlb", "dlb:backward=split")
 # method: (images through the network per step, in units of B: what runs with gradient / without; needs a teacher;
 #          extra memory vs CE as a formula; its bytes from (A = CE's saved-for-backward bytes, P params, N, K, B, img)
 COSTS = {
@@ -42,6 +42,9 @@ COSTS = {
                   lambda A, P, N, K, B, img: 2 * A + B * (img + 8 + 4 * K)),
     "dlb": ("1 + 1 (last batch's view, separate call)", "no", "A (second forward kept for backward) + last-batch "
             "cache B·(img + 8 + K·4)", lambda A, P, N, K, B, img: A + B * (img + 8 + 4 * K)),
+    "dlb:backward=split": ("1 + 1 (separate calls, current half backpropagated first)", "no",
+                           "last-batch cache B·(img + 8 + K·4): one forward held for backward at a time",
+                           lambda A, P, N, K, B, img: B * (img + 8 + 4 * K)),
 }
 
 
@@ -96,24 +99,28 @@ def main(argv=None) -> int:
     P = sum(q.numel() for q in timm.create_model(name, num_classes=K).parameters())
     ce = rows.get("ce", {})
     A = ce.get("saved_activation_bytes")
+    A_peak = ce.get("peak_saved_activation_bytes")
     cuda = bool(m.get("gpu")) and a.device != "cpu"
     mem_key, mem_name = ("peak_cuda_allocated_bytes", "peak CUDA alloc MB") if cuda else ("peak_rss_bytes",
                                                                                         "peak RSS MB (process)")
     lines = [f"| method | images through the net per step (× B) | needs a teacher | extra memory vs CE (formula) | "
-             f"formula, MB | measured: saved for backward MB (vs CE) | measured: kept between steps MB | "
+             f"formula, MB | measured: saved for backward MB (vs CE) | measured: peak held for backward MB (vs CE) | "
+             f"measured: kept between steps MB | "
              f"step img/s | loop img/s | epoch time vs CE | {mem_name} |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, r in rows.items():
         passes, teacher, formula, f = COSTS[method]
         if "error" in r:
-            lines.append(f"| {method} | {passes} | {teacher} | {formula} | error: {r['error'][:100]} |" + " |" * 6)
+            lines.append(f"| {method} | {passes} | {teacher} | {formula} | error: {r['error'][:100]} |" + " |" * 7)
             continue
         fb = f(A, P, N, K, Bsz, img) if A is not None else None
         saved = r.get("saved_activation_bytes")
+        held = r.get("peak_saved_activation_bytes")
         delta = f" ({(saved - A) / 2**20:+,.1f})" if saved is not None and A is not None else ""
+        held_delta = f" ({(held - A_peak) / 2**20:+,.1f})" if held is not None and A_peak is not None else ""
         vs_ce = epoch_time_vs_ce(ce, r)
         lines.append(f"| {method} | {passes} | {teacher} | {formula} | {B.mb(fb)} | {B.mb(saved)}{delta} | "
-                     f"{B.mb(r.get('method_state_bytes'))} | {B.fmt(r['step_img_per_s'])} | "
+                     f"{B.mb(held)}{held_delta} | {B.mb(r.get('method_state_bytes'))} | {B.fmt(r['step_img_per_s'])} | "
                      f"{B.fmt(r['loop_img_per_s'])} | {B.fmt(vs_ce, 2)} | {B.mb(r.get(mem_key))} |")
     notes = (f"- symbols: B = {Bsz} (batch), K = {K} classes, N = {N} training images, img = 3·32·32·4 = {img} "
              "bytes "
@@ -125,7 +132,8 @@ def main(argv=None) -> int:
              "epoch time vs CE = CE loop img/s / the method's in the same round of runs, median over the rounds "
              "(every method takes N/B steps per epoch)\n"
              "- memory: 'saved for backward' is measured with saved-tensor hooks in one eager step (distinct "
-             "storages, parameters excluded); 'kept between steps' sums the method's tensors (teacher weights, "
+             "storages, parameters excluded), 'peak held' is the most of it alive at once (DLB's split backward "
+             "frees the first forward's before the second runs); 'kept between steps' sums the method's tensors (teacher weights, "
              "PS-KD memory, DLB's last batch); peak RSS is the whole process (Python, torch, the 150 MB in-memory "
              "dataset), so differences between rows are what the methods add\n")
     md = (B.header(m, bench_args, command, f"Method costs: {a.backbone}, batch {Bsz}, {a.device}") + notes + "\n"
