@@ -89,13 +89,17 @@ class CutMix(_Augment):
 
     views="shared": one decision, partner, box and lam for all views, so every view of a sample is a view of the
     same mixed image with the same target.  views="independent" draws them per view, which only a one-view batch
-    can express (Batch holds one y_mix/lam): with several views it raises (config validation rejects it first)."""
+    can express (Batch holds one y_mix/lam): with several views it raises (config validation rejects it first).
 
-    def __init__(self, prob: float = 0.5, beta: float = 1.0, views: str = "shared"):
+    paired_rows=True (CS-KD's [B samples; B same-class partners] batches): the permutation is drawn over the B
+    samples and row B + j gets the same source as row j, so a sample and its partner carry the same pasted patch
+    and the same second label, and the class-wise KD compares like with like."""
+
+    def __init__(self, prob: float = 0.5, beta: float = 1.0, views: str = "shared", paired_rows: bool = False):
         super().__init__()
         if views not in VIEW_MODES:
             raise ValueError(f"views must be one of {VIEW_MODES}, got {views!r}")
-        self.prob, self.beta, self.views = float(prob), float(beta), views
+        self.prob, self.beta, self.views, self.paired_rows = float(prob), float(beta), views, bool(paired_rows)
 
     def draw(self, n: int, h: int, w: int, seed: int, device):
         """(lam, box, perm) for one batch, or None when the batch stays unmixed.  The host-side decisions come from
@@ -105,7 +109,14 @@ class CutMix(_Augment):
             return None
         lam = float(rng.beta(self.beta, self.beta))
         y1, y2, x1, x2 = rand_bbox(h, w, lam, rng)
-        perm = torch.randperm(n, generator=self._gen(torch.device(device), seed), device=device)
+        g = self._gen(torch.device(device), seed)
+        if self.paired_rows:
+            if n % 2:
+                raise ValueError(f"paired_rows CutMix needs [samples; partners] batches of even size, got {n} rows")
+            half = torch.randperm(n // 2, generator=g, device=device)
+            perm = torch.cat([half, half])  # partner j takes its patch from the same sample as sample j
+        else:
+            perm = torch.randperm(n, generator=g, device=device)
         return 1.0 - (y2 - y1) * (x2 - x1) / (h * w), (y1, y2, x1, x2), perm
 
     def __call__(self, batch: Batch, seed: int) -> Batch:
@@ -128,12 +139,13 @@ class CutMix(_Augment):
                                    lam=torch.full((n,), lam, dtype=torch.float32, device=x.device))
 
 
-def build(cfg) -> Cutout | CutMix | None:
-    """The augmenter for an `augment` config group (None for augment=none)."""
+def build(cfg, paired_rows: bool = False) -> Cutout | CutMix | None:
+    """The augmenter for an `augment` config group (None for augment=none); paired_rows: the method's
+    Method.paired_rows (CS-KD)."""
     if cfg.name == "none":
         return None
     if cfg.name == "cutout":
         return Cutout(cfg.size)
     if cfg.name == "cutmix":
-        return CutMix(cfg.prob, cfg.beta, cfg.views)
+        return CutMix(cfg.prob, cfg.beta, cfg.views, paired_rows=paired_rows)
     raise ValueError(f"unknown augment {cfg.name!r}; use one of {AUGMENT_NAMES}")

@@ -21,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dlb.report import OK, Cell, Run, collect_runs, group_cells, mean_std  # noqa: E402
+from dlb.report import Cell, Run, collect_runs, group_cells, mean_std, one_run_per_seed  # noqa: E402
 
 ZOOM_FRACTION = 0.25  # the right panel of the curves shows the last quarter of training, where methods differ
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -63,7 +63,7 @@ def _lines(cells: list[Cell]):
     """(label, color, usable runs) per cell variant with runs; variant labels only where a cell has several."""
     for cell in cells:
         for i, variant in enumerate(cell.variants):
-            runs = [r for r in variant.runs if r.state == OK]
+            runs = list(one_run_per_seed(variant.runs)[0].values())  # the runs the table averages
             if not runs:
                 continue
             label = cell.method + (f" [{variant.label}]" if len(cell.variants) > 1 else "")
@@ -149,7 +149,7 @@ def plot_noise(cells: list[Cell], out: Path, metric: str = "best", source: str =
         points: dict[tuple, dict[float, list[Run]]] = {}  # (method, noise name) -> rate -> usable runs
         noise_names = sorted({c.noise for c in group if c.noise != "none"})
         for cell in group:
-            runs = [r for r in cell.variants[0].runs if r.state == OK]  # main variant only: no mixed configs
+            runs = list(one_run_per_seed(cell.variants[0].runs)[0].values())  # main variant, as the table
             if not runs:
                 continue
             for noise in ([cell.noise] if cell.noise != "none" else noise_names):
@@ -203,7 +203,7 @@ def plot_dlb_dynamics(cells: list[Cell], out: Path, hist: Histories, notes: list
             notes.append(f"dlb_dynamics_{dataset}_{backbone}: train_consistency not logged; train_kd only")
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
         ylabels = {"train_consistency": "fraction of samples whose prediction\nagrees with the last step's",
-                   "train_kd": "KD term (T² · KL to the last batch)"}
+                   "train_kd": "KD term (α · T² · KL to the last batch)"}
         for ax, (key, lines) in zip(axes, panels.items()):
             for i, (label, color, series) in enumerate(lines):
                 _band(ax, series, label, color, linestyle=("-", "--", ":", "-.")[i // 4 % 4])

@@ -24,11 +24,12 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PAPER = REPO / "results" / "paper" / "reference.yaml"
 
 # Config keys that differ between runs of one cell without changing what is computed: the trainer's
-# RESUME_FREE_KEYS, plus the seed (what a cell averages over), Hydra's own settings, the experiment's label (one
-# cell may be run by several sweeps) and whether best.pt is kept.
+# RESUME_FREE_KEYS (tests/test_report.py keeps the two in step) except trainer.ddp (under DDP the global batch is
+# world_size x batch_size, a different computation), plus the seed (what a cell averages over), Hydra's own
+# settings, the experiment's label (one cell may be run by several sweeps) and whether best.pt is kept.
 RUN_FREE_KEYS = ("seed", "resume", "logger", "trainer.device", "trainer.progress", "trainer.eval_batch_size",
                  "dataset.root", "dataset.download", "dataset.num_workers", "data_root", "hydra", "experiment_name",
-                 "trainer.save_best")
+                 "trainer.save_best", "trainer.compile", "trainer.jobs_per_gpu", "optim.fused", "method.backward")
 
 # Row order of the paper's tables; names not listed sort after these, alphabetically.
 ORDER = {
@@ -366,19 +367,27 @@ def paper_value(paper: dict | None, cell: Cell) -> dict:
     return absent
 
 
+def one_run_per_seed(runs: list[Run]) -> tuple[dict[int, Run], dict[int, list[str]]]:
+    """The usable runs the numbers come from, the first per seed ({seed: run}), and the duplicates ({seed: paths,
+    the used one first}). The table and the plots both count this way."""
+    used: dict[int, Run] = {}
+    duplicates: dict[int, list[str]] = {}
+    for r in runs:
+        if r.state != OK:
+            continue
+        if r.seed in used:
+            duplicates.setdefault(r.seed, [used[r.seed].path]).append(r.path)
+        else:
+            used[r.seed] = r
+    return used, duplicates
+
+
 def summarize(cells: list[Cell], expected_seeds: list[int], paper: dict | None = None) -> list[dict]:
     """One row per cell variant (main variant first): numbers over usable runs, and every flag."""
     rows = []
     for cell in cells:
         for i, variant in enumerate(cell.variants):
-            ok = [r for r in variant.runs if r.state == OK]
-            used: dict[int, Run] = {}
-            duplicates = {}
-            for r in ok:
-                if r.seed in used:
-                    duplicates.setdefault(r.seed, [used[r.seed].path]).append(r.path)
-                else:
-                    used[r.seed] = r
+            used, duplicates = one_run_per_seed(variant.runs)
             unfinished = [r for r in variant.runs if r.state == UNFINISHED]
             diverged = [r for r in variant.runs if r.state == DIVERGED]
             missing = sorted(set(expected_seeds) - {r.seed for r in variant.runs})

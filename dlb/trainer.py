@@ -196,7 +196,8 @@ class Trainer:
         shard = dict(rank=self.rank, world_size=self.world_size) if self.world_size > 1 else {}  # DDP: this rank's part
         self.train_loader = make_loader(train_ds, kind=d.loader, batch_size=t.batch_size, train=True, seed=cfg.seed,
                                         num_views=self.method.num_views, augment=d.augment, padding=d.padding,
-                                        batch_augment=A.build(cfg.augment), **common, **loader_kw, **shard)
+                                        batch_augment=A.build(cfg.augment, self.method.paired_rows), **common,
+                                        **loader_kw, **shard)
         self.test_loader = make_loader(test_ds, kind="device", batch_size=t.eval_batch_size, train=False,
                                        seed=cfg.seed, **common, **shard)
         self.autocast = None

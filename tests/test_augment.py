@@ -190,6 +190,35 @@ def test_cutmix_shared_views_share_partner_box_and_lam():
     assert one.y_mix is not None
 
 
+def test_cutmix_paired_rows_give_sample_and_partner_the_same_patch():
+    """CS-KD's [B samples; B partners] batch: partner j gets sample j's source, box and second label, and the
+    sources are samples (a partner's pixels never end up in another row)."""
+    b = 8
+    batch = const_batch(2 * b)
+    batch.views[0][b:] += 100  # partner j is 100 + sample j's value, so each pixel names its row
+    for seed in range(10):
+        out = A.CutMix(prob=1.0, paired_rows=True)(batch, seed)
+        _, (y1, y2, x1, x2), perm = A.CutMix(prob=1.0, paired_rows=True).draw(2 * b, 32, 32, seed, "cpu")
+        assert torch.equal(perm[:b], perm[b:]) and bool((perm < b).all())
+        assert sorted(perm[:b].tolist()) == list(range(b))  # a permutation of the samples
+        x = out.views[0][:, 0]
+        assert torch.equal(x[:b, y1:y2, x1:x2], x[b:, y1:y2, x1:x2])  # the same pasted patch
+        assert bool((x[:, y1:y2, x1:x2] <= b).all())  # pasted from sample rows only
+        assert torch.equal(out.y_mix[:b], out.y_mix[b:]) and torch.equal(out.lam[:b], out.lam[b:])
+    with pytest.raises(ValueError, match="even"):
+        A.CutMix(prob=1.0, paired_rows=True)(const_batch(7), seed=0)
+
+
+def test_cskd_training_batches_are_mixed_in_pairs(fake_cifar, tmp_path):
+    """The trainer hands CS-KD's paired_rows to CutMix: in its loader's batches partner j's second label is sample
+    j's (with unpaired mixing they would agree only by chance, 1 in 10 per row here)."""
+    trainer = Trainer(tiny_cfg(fake_cifar, "method=cskd", "augment=cutmix", "augment.prob=1.0"), tmp_path / "run")
+    for batch in trainer.train_loader:
+        b = batch.y.shape[0] // 2
+        assert torch.equal(batch.y[:b], batch.y[b:])  # same-class partners
+        assert torch.equal(batch.y_mix[:b], batch.y_mix[b:])
+
+
 def test_mixed_ce_by_hand():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
     y, y_mix, lam = torch.tensor([0, 2]), torch.tensor([1, 2]), torch.tensor([0.25, 0.75])

@@ -203,6 +203,19 @@ def test_pskd_golden_two_epochs_and_memory():
     assert torch.equal(other.memory, method.memory)
 
 
+def test_pskd_row_never_written_falls_back_to_onehot():
+    """Epoch 1, one image seen in epoch 0 (row 3) and one that sat out epoch 0 (row 0, as a DDP leftover does):
+    the unseen one's target is its one-hot, not (1 - alpha_t) * onehot (a target summing to 1 - alpha_t)."""
+    method = METHODS["pskd"](alpha_T=0.8, train_size=5, num_classes=K)
+    method.on_epoch_start(0, 4)
+    method.training_step(_Replay(), batch([[0]], y=Y[:1], idx=torch.tensor([3])))
+    method.on_epoch_start(1, 4)
+    a = 0.8 * 2 / 4
+    _, losses = method.training_step(_Replay(), batch([[4, 5]], idx=torch.tensor([3, 0])))
+    target = [[(1 - a) * o + a * p for o, p in zip(onehot(Y[0]), softmax(LOGITS[0]))], onehot(Y[1])]
+    assert losses["ce"].item() == pytest.approx(soft_ce(LOGITS[4:6], target), abs=1e-6)
+
+
 def test_ddgsd_golden():
     """CE mean over both views + w T^2 (KL(sg p_b || p_a) + KL(sg p_a || p_b)) batchmean
     + m ||mean f_a - mean f_b||^2."""

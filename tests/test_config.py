@@ -80,3 +80,23 @@ def test_cli_bad_value_is_one_line_and_exit_code_2(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "method.T=-1" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("overrides, folder", [
+    ([], "outputs/cifar100/cifar_resnet32/dlb/seed0"),
+    (["augment=cutmix"], "outputs/cifar100/cifar_resnet32/dlb+cutmix/seed0"),
+    (["noise=symmetric", "noise.rate=0.4", "seed=2"], "outputs/cifar100/cifar_resnet32/dlb+symmetric0.4/seed2"),
+    (["augment=cutout", "noise=asymmetric", "noise.rate=0.2"],
+     "outputs/cifar100/cifar_resnet32/dlb+cutout+asymmetric0.2/seed0"),
+])
+def test_default_run_dir_names_augment_and_noise(overrides, folder):
+    """README's hydra.run.dir default: an augmented or noisy run never lands in the plain run's folder."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from dlb.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        cfg = hydra_compose("config", overrides=["dataset=cifar100", "backbone=resnet32", "method=dlb", *overrides],
+                            return_hydra_config=True)
+    assert cfg.hydra.run.dir == folder

@@ -178,6 +178,33 @@ def test_rate_zero_noise_and_experiment_label_do_not_split_a_cell(tmp_path):
     assert row["best"]["mean"] == pytest.approx(7.2)
 
 
+def test_speed_settings_do_not_split_a_cell_but_ddp_does(tmp_path):
+    """A rerun of one seed with other speed/placement settings (a resumed run rewrites its config) is the same cell;
+    a DDP run trains with a world_size x larger global batch, so it is a variant."""
+    speed = [{"trainer.compile": "default", "optim.fused": "true"}, {"trainer.jobs_per_gpu": 4},
+             {"method.backward": "split"}]
+    for seed, overrides in enumerate(speed):
+        cfg = run_config(method="dlb", seed=seed)
+        for key, value in overrides.items():
+            group, name = key.split(".")
+            cfg.setdefault(group, {})[name] = value
+        write_run(tmp_path, f"dlb/seed{seed}", [9.0, 8.0, 7.0 + seed / 10, 7.0], config=cfg)
+    ddp = run_config(method="dlb", seed=0)
+    ddp["trainer"]["ddp"] = True
+    write_run(tmp_path, "ddp/seed0", [9.0, 8.0, 6.0, 6.0], config=ddp)
+    rows = build_report(*collect_runs([tmp_path]))["rows"]
+    [main] = [r for r in rows if r["main"]]
+    assert main["n"] == 3 and main["best"]["mean"] == pytest.approx(7.1)
+    assert [r["variant"] for r in rows if not r["main"]] == ["trainer.ddp=True"]
+
+
+def test_run_free_keys_follow_the_trainers_resume_free_keys():
+    from dlb.trainer import RESUME_FREE_KEYS
+
+    assert set(RESUME_FREE_KEYS) - {"trainer.ddp"} <= set(report.RUN_FREE_KEYS)
+    assert "trainer.ddp" not in report.RUN_FREE_KEYS
+
+
 def test_dlb_minus_baseline_against_the_paper_range(runs_root):
     runs, skipped = collect_runs([runs_root])
     rep = build_report(runs, skipped, paper=report.load_paper(report.DEFAULT_PAPER))
@@ -365,6 +392,19 @@ def test_plots_are_png_files(plot_root, tmp_path):
         data = f.read_bytes()
         assert data[:8] == PNG_SIGNATURE and len(data) > 1000, f
     assert notes == []
+
+
+def test_plots_use_the_runs_the_table_averages(plot_root):
+    """A duplicate seed (the same run found under a second root) is counted once in the plots, as in the table."""
+    from dlb import plot
+
+    write_run(plot_root / "copy", "ce/s0", [99.0, 99.0, 99.0, 99.0], seed=0)  # same seed, a rerun elsewhere
+    runs, _ = collect_runs([plot_root])
+    cells = report.group_cells(runs)
+    [ce] = [c for c in cells if c.method == "ce" and c.noise == "none"]
+    [(_, _, used)] = list(plot._lines([ce]))
+    [row] = [r for r in report.summarize([ce], [0, 1, 2]) if r["main"]]
+    assert sorted(r.path for r in used) == sorted(row["runs"]) and len(used) == 3
 
 
 def test_dynamics_without_the_keys_is_skipped_with_a_note(tmp_path, capsys, monkeypatch):

@@ -33,6 +33,9 @@ class Method(nn.Module):
 
     name: str = "?"
     num_views: int = 1  # augmented views per image the loader must provide
+    # True when a batch's rows are [B samples; B partners of the same samples] (CS-KD): batch augmentations then
+    # treat row j and row B + j alike (CutMix pastes the same patch into both).
+    paired_rows: bool = False
     # Diagnostics of the last step (detached scalars, not part of the loss); the trainer averages and logs them
     # as train_<name>. Set them in training_step; leave empty when there are none.
     step_metrics: dict[str, torch.Tensor] = {}

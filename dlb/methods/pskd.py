@@ -2,7 +2,8 @@
 
 An N x K memory holds each training image's softmax from the last time it was seen (the previous epoch).
   alpha_t = alpha_T * (epoch + 1) / E                        -- set at the start of each epoch, epoch 0-based
-  target  = (1 - alpha_t) onehot(y) + alpha_t * p_prev(idx)  -- p_prev = onehot(y) in epoch 0
+  target  = (1 - alpha_t) onehot(y) + alpha_t * p_prev(idx)  -- p_prev = onehot(y) in epoch 0 (and for a row
+                                                               never written: see training_step)
   loss    = -sum_k target_k log softmax(z)_k, mean over the batch (Custom_CrossEntropy_PSKD)
   then memory[idx] = softmax(z).detach()
 The official order: targets are read before the forward, the memory is written with this step's (pre-update)
@@ -51,8 +52,15 @@ class PSKD(Method):
         logits = model(batch.views[0])
         onehot = onehot_targets(batch, logits.shape[1])
         # Epoch 0: the official code writes onehot(y) into the memory rows first, so the target is the one-hot
-        # (under CutMix: the mixed one-hot). The write is overwritten below in the same step.
-        prev = onehot if self.epoch == 0 else self.memory[batch.idx]
+        # (under CutMix: the mixed one-hot). The write is overwritten below in the same step. Later epochs: a row
+        # never written (a softmax row sums to 1, an empty one to 0) also falls back to the one-hot, as if it were
+        # epoch 0 for that image: under DDP the last global batch's (R mod world) leftover images sit out an epoch,
+        # which the official DistributedSampler's padding never does.
+        if self.epoch == 0:
+            prev = onehot
+        else:
+            prev = self.memory[batch.idx]
+            prev = torch.where(prev.sum(1, keepdim=True) > 0, prev, onehot)
         target = (1 - self.alpha_t) * onehot + self.alpha_t * prev
         loss = soft_target_ce(logits, target)
         idx, probs = batch.idx, F.softmax(logits.detach().float(), dim=1)
