@@ -188,14 +188,14 @@ def test_speed_settings_do_not_split_a_cell_but_ddp_does(tmp_path):
         for key, value in overrides.items():
             group, name = key.split(".")
             cfg.setdefault(group, {})[name] = value
-        write_run(tmp_path, f"dlb/seed{seed}", [9.0, 8.0, 7.0 + seed / 10, 7.0], config=cfg)
+        write_run(tmp_path, f"dlb/seed{seed}", [9.0, 8.0, 7.0 + seed / 10, 7.5], config=cfg)
     ddp = run_config(method="dlb", seed=0)
     ddp["trainer"]["ddp"] = True
     write_run(tmp_path, "ddp/seed0", [9.0, 8.0, 6.0, 6.0], config=ddp)
     rows = build_report(*collect_runs([tmp_path]))["rows"]
     [main] = [r for r in rows if r["main"]]
     assert main["n"] == 3 and main["best"]["mean"] == pytest.approx(7.1)
-    assert [r["variant"] for r in rows if not r["main"]] == ["trainer.ddp=True"]
+    assert [r["variant"] for r in rows if not r["main"]] == ["trainer.ddp=true"]
 
 
 def test_run_free_keys_follow_the_trainers_resume_free_keys():
