@@ -67,7 +67,7 @@ gpu-wheels: ## Wheels of hydra-core, omegaconf, antlr4 (pinned) into .whl/ for s
 	rm -rf .whl && $(PY) -m pip wheel -q --no-deps -w .whl hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
 	@ls .whl
 
-gpu-session: ## The prepared GPU check (tests + benchmarks, ~8 min) into results/bench/gpu_session/ (GPU_SESSION_SMOKE=1: toy, CPU)
+gpu-session: ## The prepared GPU check (tests + benchmarks, ~9 min) into results/bench/gpu_session/ (GPU_SESSION_SMOKE=1: toy, CPU)
 	bash scripts/gpu_session.sh
 
 clean-outputs: ## Remove outputs/debug (smoke runs); real runs are never deleted by make

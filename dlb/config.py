@@ -233,6 +233,11 @@ def _validate_speed(cfg: DictConfig) -> None:
         _fail("trainer.jobs_per_gpu", t.jobs_per_gpu, "must be >= 1 (runs sharing one GPU with trainer.device=slot)")
     if cfg.optim.fused not in FUSED:
         _fail("optim.fused", cfg.optim.fused, "use auto, true or false")
+    if t.compile == "reduce-overhead" and cfg.method.get("backward") == "split":
+        # split's first backward completes a CUDA-graph tree generation; the second forward then starts a new one,
+        # which frees the gradients that backward wrote into the graph pool (pytorch#169545)
+        _fail("method.backward", "split", "CUDA graphs (trainer.compile=reduce-overhead) would free the gradients of "
+              "split's first backward; use trainer.compile=default, or method.backward=joint with CUDA graphs")
     if t.ddp:
         if t.device == "slot":
             _fail("trainer.device", t.device, "trainer.ddp=true places one process per GPU itself (LOCAL_RANK); "

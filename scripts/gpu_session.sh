@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issue 5) for one call on a lent GPU: correctness on CUDA first, then the measurements the
 # targets need, in priority order, each stage under its own time limit and all under one deadline, so the call
-# returns inside its limit with whatever stages fit (a skipped stage says so in summary.txt).
+# returns inside its limit with whatever stages fit (a skipped stage says so in summary.txt). Every benchmark writes
+# its tables after each finished run (and on the SIGTERM of a time limit), and the tarball is re-packed after every
+# stage, so a stage cut short still returns what it measured.
 #
-#   1 tests      tests/test_cuda.py and the loader/augmentation no-sync tests
-#   2 fast       resnet32 b64, bf16 + channels_last + CUDA graphs: CE, DLB, DLB split; one full CIFAR epoch (782
-#                steps) timed, paired ratios vs CE and vs the PIL path, peak memory, eval img/s -> the targets table
-#   3 fp32       the default (official numerics) configuration, the same figures; fills throughput.json (dlb.sweep's
-#                GPU-hour estimate is for the default configuration)
-#   4 speed      each speed switch alone against the plain baseline (DLB)
+#   1 tests      tests/test_cuda.py and the loader/augmentation no-sync tests (not the NCCL one: stage 6)
+#   2 fast       resnet32 b64, bf16 + channels_last + CUDA graphs: CE and DLB, one CIFAR-sized epoch timed (781 full
+#                batches of 64: 49984 images, so the 16-image last batch's second graph is not compiled inside the
+#                timed loop), DLB vs the PIL path (paired), eval img/s -> pipeline efficiency, DLB vs CE (separate
+#                runs), the 240-epoch extrapolation, >= 3x PIL
+#   3 fp32       the default (official numerics, eager) configuration with CE, DLB and DLB split: paired ratios vs CE,
+#                the memory target (tensor measure, eager only), throughput.json (dlb.sweep's GPU-hour estimate)
+#   4 speed      the speed switches alone against the plain baseline (DLB), CUDA-only ones first
 #   5 jobs       1, 2 and 4 DLB runs sharing the GPU: total img/s (trainer.jobs_per_gpu)
+#   6 nccl       the one-GPU torchrun/NCCL DDP test
 #
 # Here, once:  make gpu-wheels        (hydra-core, omegaconf, antlr4 wheels the GPU image lacks, into .whl/)
 # On the GPU:  DLB_GIT_COMMIT=<git rev-parse HEAD here> bash scripts/gpu_session.sh
@@ -22,7 +27,7 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/bench/gpu_session}
-BUDGET_S=${GPU_SESSION_BUDGET_S:-500}
+BUDGET_S=${GPU_SESSION_BUDGET_S:-540}
 SMOKE=${GPU_SESSION_SMOKE:-0}
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export HF_HUB_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
@@ -47,13 +52,17 @@ command -v nvidia-smi >/dev/null && nvidia-smi > "$work/nvidia-smi.txt" 2>&1
 
 if [ "$SMOKE" = 1 ]; then  # toy sizes on the CPU: every stage's plumbing, no meaningful number
   DEV=cpu; FAST="--backbone resnet8"; SIZE="--batch-size 16 --steps 2 --warmup 1 --repeats 1 --train-size 128 --test-size 64 --pil-workers 0"
-  EPOCH_STEPS=2; JOBS=1,2; TESTS=(tests/test_cuda.py -k no_host_sync); SPEED=(--variants fused,split)
+  EPOCH="--steps 2 --train-size 128"; JOBS=1,2; TESTS=(tests/test_cuda.py -k "no_host_sync and not nccl")
+  NCCL=(tests/test_cuda.py -k nccl); SPEED=(--variants fused,split)
   export DLB_CUDA_TESTS_ON_CPU=1
 else
-  DEV=cuda; FAST="--precision bf16 --channels-last --compile reduce-overhead"; SIZE="--steps 300 --repeats 2 --pil-workers 16"
-  EPOCH_STEPS=782; JOBS=1,2,4; TESTS=(tests/test_cuda.py tests/test_loader.py tests/test_augment.py -k "cuda or sync")
-  SPEED=()
+  DEV=cuda; FAST="--precision bf16 --channels-last --compile reduce-overhead"; SIZE="--steps 300 --repeats 1 --pil-workers 16"
+  EPOCH="--steps 781 --train-size 49984"; JOBS=1,2,4
+  TESTS=(tests/test_cuda.py tests/test_loader.py tests/test_augment.py -k "(cuda or sync or graphs) and not nccl")
+  NCCL=(tests/test_cuda.py -k nccl); SPEED=(--variants "bf16,reduce-overhead,all,fused,channels_last,split,compile")
 fi
+PYTEST=($PY -m pytest -q -rs -p no:cacheprovider)
+$PY -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout 60)
 B="$PY scripts/benchmark.py --device $DEV"
 
 # stage NAME LIMIT_S MIN_S CMD...: runs CMD under min(LIMIT_S, time left); skipped when less than MIN_S is left.
@@ -66,16 +75,19 @@ stage() {
   timeout --kill-after=5 "$limit" "$@" > "$work/$name.log" 2>&1
   local rc=$?
   say "$name: rc $rc in $(( $(date +%s) - t0 ))s (limit ${limit}s)$([ $rc = 124 ] && echo ' TIMED OUT')"
-  tail -n 3 "$work/$name.log" | sed 's/^/    /' | tee -a "$summary"
+  { grep -E "passed|failed|error|XPASS|xfail|INCOMPLETE" "$work/$name.log" | tail -n 3; tail -n 2 "$work/$name.log"; } \
+    | awk '!seen[$0]++' | sed 's/^/    /' | tee -a "$summary"  # test counts, then the last lines, each once
+  tar czf "$OUT/gpu_session.tar.gz" -C "$work" .  # after every stage: a later kill loses nothing finished
 }
 
-stage tests 150 60 $PY -m pytest -q -p no:cacheprovider "${TESTS[@]}"
-stage fast 200 90 $B $FAST $SIZE --methods ce,dlb,dlb:backward=split --steps $EPOCH_STEPS --repeats 1 \
+stage tests 80 40 "${PYTEST[@]}" --junitxml "$work/tests.xml" "${TESTS[@]}"
+stage fast 180 90 $B $FAST $SIZE $EPOCH --methods ce,dlb --no-pairs --pil-methods dlb \
   --out "$work/${DEV}_resnet32_b64_fast" --throughput-file ''
-stage fp32 120 60 $B $SIZE --methods ce,dlb,dlb:backward=split --out "$work/${DEV}_resnet32_b64_throughput" \
+stage fp32 110 60 $B $SIZE --methods ce,dlb,dlb:backward=split --no-pil --out "$work/${DEV}_resnet32_b64_throughput" \
   --throughput-file "$work/throughput.json"
-stage speed 150 60 $B $SIZE --speed "${SPEED[@]}" --methods dlb --no-pil --out "$work/${DEV}_resnet32_b64_speed"
-stage jobs 90 45 $B $FAST $SIZE --jobs $JOBS --methods dlb --no-pil --out "$work/${DEV}_resnet32_b64_jobs"
+stage speed 80 45 $B $SIZE --speed "${SPEED[@]}" --methods dlb --no-pil --out "$work/${DEV}_resnet32_b64_speed"
+stage jobs 70 40 $B $FAST $SIZE --jobs $JOBS --methods dlb --no-pil --out "$work/${DEV}_resnet32_b64_jobs"
+stage nccl 40 30 "${PYTEST[@]}" --junitxml "$work/nccl.xml" "${NCCL[@]}"
 
 for f in "$work"/*_fast.md "$work"/*_throughput.md; do  # the targets tables, for reading in the reply itself
   [ -f "$f" ] && { echo; echo "== $(basename "$f")"; sed -n '/^### Targets/,$p' "$f"; } >> "$summary"

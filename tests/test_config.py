@@ -59,6 +59,14 @@ def test_out_of_range_values_name_the_key(override, key):
         validate(compose([override]))
 
 
+def test_split_backward_is_refused_under_cuda_graphs_only():
+    with pytest.raises(ConfigError, match=r"method\.backward='split': CUDA graphs .*trainer\.compile=default"):
+        validate(compose(["method.backward=split", "trainer.compile=reduce-overhead"]))
+    validate(compose(["method.backward=split", "trainer.compile=default"]))
+    validate(compose(["method.backward=joint", "trainer.compile=reduce-overhead"]))
+    validate(compose(["method=ce", "trainer.compile=reduce-overhead"]))  # no backward key: nothing to refuse
+
+
 def test_imagefolder_needs_a_root():
     with pytest.raises(ConfigError, match="dataset.root"):
         validate(compose(["dataset=imagefolder"]))

@@ -134,26 +134,44 @@ def _resnet8():
     return build_model(cfg, 10).to(DEVICE)
 
 
-@pytest.mark.parametrize("backward", ["joint", "split"])
-def test_cuda_graphs_keep_dlbs_losses_and_its_cached_target(backward):
-    """trainer.compile=reduce-overhead replays CUDA graphs whose output buffers the next replay reuses; DLB keeps last
-    step's logits as its target. Eager vs compiled: the same losses (TF32 off, so only fusion order differs), and the
-    cached target is still last step's logits when the next step starts."""
+def _eager_vs_compiled(backward: str, mode: str):
+    """Eager vs compiled DLB steps from the same initial weights: (losses eager, losses compiled, kept flags, the two
+    models). TF32 off on the GPU, so only fusion order differs; the previous TF32 settings are restored."""
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     if ON_GPU:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         eager = _resnet8()
         compiled = _resnet8()
         losses_eager, _ = _dlb_run(eager, eager, backward)
-        losses_comp, kept = _dlb_run(compile_model(compiled, "reduce-overhead" if ON_GPU else "default"), compiled,
-                                     backward)
+        losses_comp, kept = _dlb_run(compile_model(compiled, mode), compiled, backward)
     finally:
-        if ON_GPU:
-            torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    return losses_eager, losses_comp, kept, eager, compiled
+
+
+# split runs under compile=default: the config rejects split with reduce-overhead (see the test after this one).
+@pytest.mark.parametrize("backward", ["joint", "split"])
+def test_cuda_graphs_keep_dlbs_losses_and_its_cached_target(backward):
+    """trainer.compile=reduce-overhead replays CUDA graphs whose output buffers the next replay reuses; DLB keeps last
+    step's logits as its target. Eager vs compiled: the same losses, and the cached target is still last step's
+    logits when the next step starts."""
+    mode = "reduce-overhead" if ON_GPU and backward == "joint" else "default"
+    losses_eager, losses_comp, kept, eager, compiled = _eager_vs_compiled(backward, mode)
     assert all(kept), kept
     torch.testing.assert_close(losses_comp, losses_eager, rtol=1e-3, atol=1e-4)
     for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-3, msg=name)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="CUDA graphs")
+@pytest.mark.xfail(strict=False, reason="expected: split's first backward ends a CUDA-graph generation, and the next "
+                   "forward frees the gradients it wrote (pytorch#169545); dlb.config rejects the combination. An "
+                   "XPASS here means this torch handles it")
+def test_split_backward_under_cuda_graphs():
+    losses_eager, losses_comp, kept, _, _ = _eager_vs_compiled("split", "reduce-overhead")
+    assert all(kept)
+    torch.testing.assert_close(losses_comp, losses_eager, rtol=1e-3, atol=1e-4)
 
 
 def test_bf16_autocast_keeps_dlb_close_to_fp32():
@@ -176,7 +194,7 @@ def test_ddp_over_nccl_runs_dlb_split(tmp_path):
                         "-m", "dlb.train", "trainer.ddp=true", "trainer.device=cuda", "dataset=fashion_mnist",
                         f"dataset.root={tmp_path}/data", "backbone=resnet8", "method=dlb", "method.backward=split",
                         "trainer.epochs=2", "trainer.batch_size=32", "trainer.progress=false", f"hydra.run.dir={out}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+                       cwd=REPO, capture_output=True, text=True, timeout=90)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 1 and summary["steps"] == 16

@@ -4,9 +4,11 @@ measured by scripts/benchmark.py (docs/performance.md), never by tests."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -207,6 +209,41 @@ def test_benchmark_script_writes_its_tables(tmp_path):
     assert pil["loop_ratio"] > 0 and len(pil["loop_ratio_runs"]) == 1
     assert "| ce |" in out.with_suffix(".md").read_text()
     assert json.loads((tmp_path / "throughput.json").read_text())["img_per_s"].keys() == {"cifar_resnet8/ce"}
+
+
+TOY = ["--backbone", "resnet8", "--batch-size", "16", "--steps", "2", "--warmup", "1", "--repeats", "1",
+       "--train-size", "64", "--test-size", "32", "--pil-workers", "0", "--throughput-file", ""]
+
+
+def test_benchmark_stopped_by_a_time_limit_keeps_its_finished_rows(tmp_path):
+    """A time limit's SIGTERM (scripts/gpu_session.sh runs each stage under `timeout`) leaves the rows measured so
+    far on disk, marked incomplete, instead of nothing."""
+    out = tmp_path / "bench"
+    proc = subprocess.Popen([sys.executable, "scripts/benchmark.py", *TOY, "--methods", "ce,dlb,lsr", "--no-pil",
+                             "--out", str(out)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 240
+    while not out.with_suffix(".json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # after the first row was written, before the run ends
+    _, err = proc.communicate(timeout=60)
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert result["complete"] is False and result["machine"]["stopped"] == "SIGTERM"
+    assert [r["method"] for r in result["rows"]][:1] == ["ce"] and len(result["rows"]) < 3
+    assert "INCOMPLETE" in out.with_suffix(".md").read_text()
+
+
+def test_benchmark_jobs_total_is_images_over_the_joint_span(tmp_path):
+    out = tmp_path / "jobs"
+    r = subprocess.run([sys.executable, "scripts/benchmark.py", *TOY, "--jobs", "1,2", "--methods", "ce", "--out",
+                        str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [row["jobs"] for row in rows] == [1, 2] and all(row["failed"] == 0 for row in rows)
+    assert len(rows[1]["loop_img_per_s"]) == 2 and rows[1]["total_img_per_s"] > 0
+    # one job: its images over its own span, i.e. about its own img/s (the span also holds the epoch's bookkeeping)
+    assert rows[0]["total_img_per_s"] <= rows[0]["loop_img_per_s"][0] * 1.01
 
 
 def test_code_version_without_git_comes_from_the_environment(monkeypatch):
