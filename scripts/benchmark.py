@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 RESULT_TAG = "BENCH_RESULT "
 THROUGHPUT_FILE = REPO / "results" / "bench" / "throughput.json"
 PIL_METHODS = ("ce", "dlb")
+STOPPED: list[str] = []  # the signal that stopped this run (main's SIGTERM handler), named in the partial tables
 
 
 # --- the measurement (runs in a child process) ---------------------------------------------------------------------
@@ -507,6 +508,19 @@ def write_outputs(out: Path | None, md: str, payload: dict, quiet: bool = False)
         print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
 
 
+def publish(a, m: dict, command: str, title: str, body: str, payload: dict, final: bool) -> None:
+    """Write a mode's table (and print it when final). The modes call this after every finished run, so a time
+    limit's SIGTERM (which main turns into SystemExit) leaves the rows measured so far, marked INCOMPLETE."""
+    if STOPPED:
+        m["stopped"] = STOPPED[0]
+    md = (header(m, a, command, title) + ("" if final else "- INCOMPLETE: written while measuring or stopped early "
+                                          f"({m.get('stopped', 'still running')}): rows may be missing\n") + body)
+    if final:
+        print("\n" + md)
+    write_outputs(a.out, md, {"machine": m, "settings": vars(a) | {"out": str(a.out)}, "command": command, **payload,
+                              "complete": final}, quiet=not final)
+
+
 def update_throughput(path: Path, device: str, rows: list[dict], backbone_name: str, command: str, m: dict) -> None:
     """dlb.sweep's GPU-hour estimate reads {"device": ..., "img_per_s": {"<timm backbone>/<method>": img/s}}."""
     try:
@@ -541,19 +555,11 @@ def run_main(a, command: str) -> None:
     rows, pairs = [], {}
 
     def render(final: bool) -> None:
-        """The tables from what has been measured so far: written after every run, so a run stopped by a time limit
-        (SIGTERM) still leaves its finished rows, marked incomplete."""
-        incomplete = "" if final else "- INCOMPLETE: written while measuring (or stopped early): rows/pairs missing\n"
-        md = (header(m, a, command, f"Training throughput: {a.backbone}, batch {a.batch_size}") + incomplete +
-              "- paired: both configurations in one process, their timed blocks alternating (a b, b a, ...); the "
-              "figure is the median of the per-repeat ratios, robust to a machine whose load drifts\n\n"
-              + main_table(rows, pairs, m, a))
         target_md, checks = targets(rows, pairs, m, a)
-        md += target_md
-        if final:
-            print("\n" + md)
-        write_outputs(a.out, md, {"machine": m, "settings": vars(a) | {"out": str(a.out)}, "command": command,
-                                  "rows": rows, "pairs": pairs, "targets": checks, "complete": final}, quiet=not final)
+        publish(a, m, command, f"Training throughput: {a.backbone}, batch {a.batch_size}",
+                "- paired: both configurations in one process, their timed blocks alternating (a b, b a, ...); the "
+                "figure is the median of the per-repeat ratios, robust to a machine whose load drifts\n\n"
+                + main_table(rows, pairs, m, a) + target_md, {"rows": rows, "pairs": pairs, "targets": checks}, final)
 
     def got_rows(so_far):
         rows[:] = so_far
@@ -571,7 +577,6 @@ def run_main(a, command: str) -> None:
             pairs[f"{method}/pil"] = run_pair(c, {**c, "loader": "torch"}, f"{method}: device loader vs PIL")
             render(False)
     except SystemExit:  # SIGTERM (a time limit): keep what was measured
-        m["stopped"] = "SIGTERM"
         render(False)
         raise
     m["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
@@ -599,10 +604,11 @@ def speed_variants(cuda: bool) -> list[tuple[str, dict]]:
         return v + [("all (CPU): fused + channels_last + compile default",
                      {**plain, "fused": "auto", "channels_last": True, "compile": "default"})]
     # CUDA: its own switches first (a time-limited run keeps the rows that finished)
-    return v[:1] + [("bf16 autocast", {**plain, "precision": "bf16"}),
-                    ("torch.compile reduce-overhead (CUDA graphs)", {**plain, "compile": "reduce-overhead"}),
-                    ("all: fused + bf16 + channels_last + reduce-overhead",
-                     {"fused": "auto", "compile": "reduce-overhead", "precision": "bf16", "channels_last": True})] + v[1:]
+    cuda_only = [("bf16 autocast", {**plain, "precision": "bf16"}),
+                 ("torch.compile reduce-overhead (CUDA graphs)", {**plain, "compile": "reduce-overhead"}),
+                 ("all: fused + bf16 + channels_last + reduce-overhead",
+                  {"fused": "auto", "compile": "reduce-overhead", "precision": "bf16", "channels_last": True})]
+    return v[:1] + cuda_only + v[1:]
 
 
 def run_speed(a, command: str) -> None:
@@ -615,15 +621,11 @@ def run_speed(a, command: str) -> None:
     results = []
 
     def render(final: bool) -> None:
-        md = (header(m, a, command, f"Speed switches: {a.backbone}, batch {a.batch_size}") +
-              ("" if final else "- INCOMPLETE: stopped early; the rows below finished\n") +
-              "- each switch alone against the baseline (plain SGD loop, eager, fp32, contiguous), both in one "
-              "process, their timed blocks alternating (a b, b a, ...); ratio = median of the per-repeat after/before "
-              "ratios (> 1: faster); compile time is in the warm-up, not in the figures\n\n" + "\n".join(lines) + "\n")
-        if final:
-            print("\n" + md)
-        write_outputs(a.out, md, {"machine": m, "settings": vars(a) | {"out": str(a.out)}, "command": command,
-                                  "rows": results, "complete": final}, quiet=not final)
+        publish(a, m, command, f"Speed switches: {a.backbone}, batch {a.batch_size}",
+                "- each switch alone against the baseline (plain SGD loop, eager, fp32, contiguous), both in one "
+                "process, their timed blocks alternating (a b, b a, ...); ratio = median of the per-repeat "
+                "after/before ratios (> 1: faster); compile time is in the warm-up, not in the figures\n\n"
+                + "\n".join(lines) + "\n", {"rows": results}, final)
 
     try:
         for method in a.methods.split(","):
@@ -661,13 +663,9 @@ def run_jobs(a, command: str) -> None:
     results, one = [], None
 
     def render(final: bool) -> None:
-        md = (header(m, a, command, f"Runs sharing one device: {a.backbone} {method}, batch {a.batch_size}") +
-              ("" if final else "- INCOMPLETE: stopped early; the rows below finished\n") +
-              "- all jobs warm up first, then time their loops together (file barrier)\n\n" + "\n".join(lines) + "\n")
-        if final:
-            print("\n" + md)
-        write_outputs(a.out, md, {"machine": m, "settings": vars(a) | {"out": str(a.out)}, "command": command,
-                                  "rows": results, "complete": final}, quiet=not final)
+        publish(a, m, command, f"Runs sharing one device: {a.backbone} {method}, batch {a.batch_size}",
+                "- all jobs warm up first, then time their loops together (file barrier)\n\n" + "\n".join(lines)
+                + "\n", {"rows": results}, final)
 
     try:
         for n in [int(x) for x in a.jobs.split(",")]:
@@ -769,6 +767,11 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
+def _stopped_by_signal(signum, frame):
+    STOPPED.append(signal.Signals(signum).name)
+    sys.exit(128 + signum)
+
+
 def main(argv=None) -> int:
     a = parse(argv)
     if a.warmup < 1:
@@ -778,7 +781,7 @@ def main(argv=None) -> int:
         print(RESULT_TAG + json.dumps(measure_pair(*c["pair"]) if "pair" in c else measure(c)), flush=True)
         return 0
     # A time limit's SIGTERM becomes SystemExit: each mode writes the rows it has (subprocess.run kills its child).
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, _stopped_by_signal)
     command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     kind = "cuda" if a.device.startswith("cuda") else "cpu"
     mode = "speed" if a.speed else "jobs" if a.jobs else "throughput"
