@@ -446,7 +446,7 @@ def main_table(rows: list[dict], pairs: dict, m: dict, a) -> str:
     return "\n".join(lines) + "\n"
 
 
-def targets(rows: list[dict], pairs: dict, m: dict, a) -> tuple[str, list[dict]]:
+def targets(rows: list[dict], pairs: dict, a) -> tuple[str, list[dict]]:
     """The issue-5 targets this run can judge, each as the measured figure against its bound (never hard-coded):
     pipeline efficiency >= 0.9 per method; each DLB entry's epoch time <= 2.1 x CE (paired; from the separate rows
     with --no-pairs); its memory <= 1.1 x CE's + one batch (B float32 views at the dataset's size), memory being the
@@ -555,7 +555,7 @@ def run_main(a, command: str) -> None:
     rows, pairs = [], {}
 
     def render(final: bool) -> None:
-        target_md, checks = targets(rows, pairs, m, a)
+        target_md, checks = targets(rows, pairs, a)
         publish(a, m, command, f"Training throughput: {a.backbone}, batch {a.batch_size}",
                 "- paired: both configurations in one process, their timed blocks alternating (a b, b a, ...); the "
                 "figure is the median of the per-repeat ratios, robust to a machine whose load drifts\n\n"

@@ -133,9 +133,9 @@ def main(argv=None) -> int:
              "(every method takes N/B steps per epoch)\n"
              "- memory: 'saved for backward' is measured with saved-tensor hooks in one eager step (distinct "
              "storages, parameters excluded), 'peak held' is the most of it alive at once (DLB's split backward "
-             "frees the first forward's before the second runs); 'kept between steps' sums the method's tensors (teacher weights, "
-             "PS-KD memory, DLB's last batch); peak RSS is the whole process (Python, torch, the 150 MB in-memory "
-             "dataset), so differences between rows are what the methods add\n")
+             "frees the first forward's before the second runs); 'kept between steps' sums the method's tensors "
+             "(teacher weights, PS-KD memory, DLB's last batch); peak RSS is the whole process (Python, torch, the "
+             "150 MB in-memory dataset), so differences between rows are what the methods add\n")
     md = (B.header(m, bench_args, command, f"Method costs: {a.backbone}, batch {Bsz}, {a.device}") + notes + "\n"
           + "\n".join(lines) + "\n")
     print("\n" + md)

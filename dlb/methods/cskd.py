@@ -50,6 +50,7 @@ class ClassPairOrder:
 @register_method("cskd")
 class CSKD(Method):
     paired_rows = True  # [samples; partners]: CutMix gives partner j sample j's patch, box and second label
+
     @dataclass
     class Config:
         name: str = "cskd"

@@ -38,12 +38,11 @@ class PSKD(Method):
     def __init__(self, alpha_T: float = 0.8, train_size: int = 0, num_classes: int = 0):
         super().__init__()
         self.alpha_T = float(alpha_T)
-        self.epoch, self.alpha_t = 0, 0.0
+        self.alpha_t = 0.0
         # A buffer, so method.to(device) moves it; float32 like the official all_predictions.
         self.register_buffer("memory", torch.zeros(train_size, num_classes, dtype=torch.float32), persistent=False)
 
     def on_epoch_start(self, epoch, epochs):
-        self.epoch = epoch
         self.alpha_t = max(0.0, self.alpha_T * (epoch + 1) / epochs)
 
     def training_step(self, model, batch):
@@ -51,16 +50,12 @@ class PSKD(Method):
             raise ValueError("PS-KD needs the dataset row indices of each batch (Batch.idx)")
         logits = model(batch.views[0])
         onehot = onehot_targets(batch, logits.shape[1])
-        # Epoch 0: the official code writes onehot(y) into the memory rows first, so the target is the one-hot
-        # (under CutMix: the mixed one-hot). The write is overwritten below in the same step. Later epochs: a row
-        # never written (a softmax row sums to 1, an empty one to 0) also falls back to the one-hot, as if it were
-        # epoch 0 for that image: under DDP the last global batch's (R mod world) leftover images sit out an epoch,
-        # which the official DistributedSampler's padding never does.
-        if self.epoch == 0:
-            prev = onehot
-        else:
-            prev = self.memory[batch.idx]
-            prev = torch.where(prev.sum(1, keepdim=True) > 0, prev, onehot)
+        # A row not yet written (a softmax row sums to 1, an empty one to 0) gives the one-hot (under CutMix: the
+        # mixed one-hot). That is every row in epoch 0, where the official code writes onehot(y) into the memory
+        # first (overwritten below in the same step), and later the rare image that sat out an epoch: under DDP
+        # the last global batch's R mod world leftovers, which the official DistributedSampler's padding never has.
+        prev = self.memory[batch.idx]
+        prev = torch.where(prev.sum(1, keepdim=True) > 0, prev, onehot)
         target = (1 - self.alpha_t) * onehot + self.alpha_t * prev
         loss = soft_target_ce(logits, target)
         idx, probs = batch.idx, F.softmax(logits.detach().float(), dim=1)
