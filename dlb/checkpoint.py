@@ -11,6 +11,7 @@ import fcntl
 import os
 import signal
 import socket
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -127,13 +128,15 @@ class RunLock:
 
 
 class StopSignals:
-    """SIGTERM and SIGUSR1 (what SLURM sends before a time limit or a preemption) only set `received`; the trainer
-    looks at it at each step boundary, saves a checkpoint there and exits for a requeue. SIGUSR2 is left alone:
-    hydra-submitit-launcher requeues through its own handler on it. The handlers installed before ours come back
-    with `restore()`, and `chain()` calls the one for the signal received once the run has saved everything
-    (submitit's SIGTERM logger; or its requeue handler, when SUBMITIT_PREEMPT_SIGNAL=USR1 moves it to USR1)."""
+    """SIGTERM and SIGUSR1 (what SLURM sends before a time limit or a preemption) and Ctrl-C (SIGINT) only set
+    `received`; the trainer looks at it at each step boundary, saves a checkpoint there and stops (for a requeue,
+    or for the person who pressed Ctrl-C). A second Ctrl-C stops at once with KeyboardInterrupt: checkpoints are only
+    ever replaced by a rename, so the last complete one survives. SIGUSR2 is left alone: hydra-submitit-launcher
+    requeues through its own handler on it. The handlers installed before ours come back with `restore()`, and
+    `chain()` calls the one for the signal received once the run has saved everything (submitit's SIGTERM logger;
+    or its requeue handler, when SUBMITIT_PREEMPT_SIGNAL=USR1 moves it to USR1)."""
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
     def __init__(self):
         self.received: int | None = None
@@ -150,11 +153,23 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: now
+        if signum == signal.SIGINT:
+            print("\nCtrl-C: stopping at the next step and saving it (press Ctrl-C again to stop at once, from the "
+                  "last checkpoint)", file=sys.stderr, flush=True)
         self.received = signum  # nothing else here: the loop may be inside a kernel or a file write
 
     @property
+    def interrupted(self) -> bool:
+        """Stopped by Ctrl-C rather than by a scheduler."""
+        return self.received == signal.SIGINT
+
+    @property
     def name(self) -> str:
-        return signal.Signals(self.received).name if self.received is not None else ""
+        if self.received == signal.SIGINT:
+            return "Ctrl-C"
+        return signal.Signals(self.received).name if self.received is not None else "a stop signal"
 
     def chain(self) -> None:
         prev = self._previous.get(self.received)

@@ -134,15 +134,10 @@ class Config:
     resume: bool = True  # continue from checkpoints/ in the output dir when there is one
 
 
-def run_variant(augment: str, noise: str, rate: float) -> str:
-    """Suffix of the default run dir for non-default augmentation/noise, so those runs get folders of their own."""
-    tag = ("" if augment == "none" else f"+{augment}") + ("" if noise == "none" else f"+{noise}{rate:g}")
-    return tag
-
-
 def register_configs() -> None:
-    if not OmegaConf.has_resolver("dlb_variant"):
-        OmegaConf.register_new_resolver("dlb_variant", run_variant)
+    from dlb.runid import register_resolver
+
+    register_resolver()
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="schema/dataset", name="base", node=DatasetConfig)

@@ -69,6 +69,22 @@ class ArrayDataset:
                             self.mean, self.std, self.name, self.classes)
 
 
+def fingerprint(train: ArrayDataset, test: ArrayDataset) -> dict:
+    """What identifies the data a run sees, whatever folder it was read from: name, split sizes, classes and a
+    sha256 of each split's decoded images and labels (about a second for CIFAR). Recorded in the run folder and
+    checked when a run is resumed."""
+
+    def sha256(ds: ArrayDataset) -> str:
+        h = hashlib.sha256()
+        for t in (ds.images, ds.labels):
+            h.update(memoryview(t.contiguous().numpy()).cast("B"))
+        return h.hexdigest()
+
+    return {"name": train.name, "train_size": len(train), "test_size": len(test), "num_classes": train.num_classes,
+            "classes": list(train.classes) if train.classes is not None else None,
+            "train_sha256": sha256(train), "test_sha256": sha256(test)}
+
+
 def load_dataset(name: str, root: str, train: bool, *, download: bool = False, image_size: int = 32) -> ArrayDataset:
     """Read the dataset `name` from `root` fully into memory as decoded uint8 tensors. image_size applies to imagefolder only."""
     root_path = Path(root).expanduser()

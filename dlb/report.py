@@ -20,16 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from dlb import runfiles, runid
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PAPER = REPO / "results" / "paper" / "reference.yaml"
-
-# Config keys that differ between runs of one cell without changing what is computed: the trainer's
-# RESUME_FREE_KEYS (tests/test_report.py keeps the two in step) except trainer.ddp (under DDP the global batch is
-# world_size x batch_size, a different computation), plus the seed (what a cell averages over), Hydra's own
-# settings, the experiment's label (one cell may be run by several sweeps) and whether best.pt is kept.
-RUN_FREE_KEYS = ("seed", "resume", "logger", "trainer.device", "trainer.progress", "trainer.eval_batch_size",
-                 "dataset.root", "dataset.download", "dataset.num_workers", "data_root", "hydra", "experiment_name",
-                 "trainer.save_best", "trainer.compile", "trainer.jobs_per_gpu", "optim.fused", "method.backward")
 
 # Row order of the paper's tables; names not listed sort after these, alphabetically.
 ORDER = {
@@ -60,18 +54,6 @@ def _number(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) and v else {key: v})
-    return out
-
-
-def _run_free(key: str) -> bool:
-    return key.startswith("_") or any(key == f or key.startswith(f + ".") for f in RUN_FREE_KEYS)
-
-
 # --- runs -----------------------------------------------------------------------------------------------------
 @dataclass
 class Run:
@@ -97,10 +79,13 @@ class Run:
 
     @property
     def run_config(self) -> dict:
-        """The flattened config without the keys that may differ between seeds of one cell."""
-        cfg = {k: v for k, v in _flatten(self.config).items() if not _run_free(k)}
+        """What a run computes, seed aside (dlb/runid.py), and the data it saw where its summary says."""
+        cfg = {k: v for k, v in runid.identity(self.config).items() if k != "seed"}
         if self.noise == "none":  # rate 0 is clean training whatever the type (a noise sweep's clean point)
             cfg = {k: v for k, v in cfg.items() if not k.startswith("noise.")}
+        data = self.summary.get("data")
+        if isinstance(data, dict):
+            cfg.update({f"data.{k}": data.get(k) for k in ("train_sha256", "test_sha256")})
         return cfg
 
     def history(self) -> list[dict]:
@@ -113,15 +98,17 @@ class Run:
 
 def make_run(path: str, summary, config, history_fn: Callable[[], list[dict]] = list) -> Run:
     """Check a summary/config pair and build a Run, or raise SkipRun with the reason."""
-    if not isinstance(summary, dict):
-        raise SkipRun("summary is not a JSON object")
+    try:
+        fields = runfiles.Summary.from_dict(summary)
+    except (TypeError, ValueError) as e:
+        raise SkipRun(str(e)) from None
     if not isinstance(config, dict):
         raise SkipRun("config is not a mapping")
     cfg = lambda *keys: _get(config, keys)  # noqa: E731
     run = Run(path, summary, config, history_fn)
     for name, keys in (("dataset", ("dataset", "name")), ("backbone", ("backbone", "name")),
                        ("method", ("method", "name"))):
-        value = summary.get(name) or cfg(*keys)
+        value = getattr(fields, name) or cfg(*keys)
         if not isinstance(value, str) or not value:
             raise SkipRun(f"no {name} name in summary or config")
         setattr(run, name, value)
@@ -131,15 +118,15 @@ def make_run(path: str, summary, config, history_fn: Callable[[], list[dict]] = 
     run.noise_rate = 0.0 if run.noise == "none" else (rate if rate is not None else 0.0)
     if run.noise == "none" or run.noise_rate == 0:
         run.noise, run.noise_rate = "none", 0.0
-    seed = summary.get("seed", cfg("seed"))
+    seed = fields.seed if fields.seed is not None else cfg("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise SkipRun("no integer seed in summary or config")
     run.seed = seed
-    run.status = summary.get("status")
+    run.status = fields.status
     if not isinstance(run.status, str):
         raise SkipRun("no status in summary")
-    run.best_err, run.last_err = _number(summary.get("best_test_err")), _number(summary.get("last_test_err"))
-    epochs, done = summary.get("epochs"), summary.get("epochs_completed")
+    run.best_err, run.last_err = _number(fields.best_test_err), _number(fields.last_test_err)
+    epochs, done = fields.epochs, fields.epochs_completed
     if run.status == "diverged":
         run.state = DIVERGED
     elif run.status != "completed" or (isinstance(epochs, int) and isinstance(done, int) and done < epochs):
@@ -157,18 +144,6 @@ def _get(d: dict, keys: tuple):
     return d
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed process; the rows before it are still good
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
 def load_config(path: Path) -> dict:
     """The run's config as a plain dict; interpolations resolved where they can be outside Hydra."""
     from omegaconf import OmegaConf
@@ -182,12 +157,12 @@ def load_config(path: Path) -> dict:
 
 def load_run_dir(run_dir: Path) -> Run:
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / runfiles.SUMMARY).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SkipRun(f"unreadable summary.json ({type(e).__name__}: {e})") from None
     # config.json is what the trainer ran with (written after its checks); .hydra/config.yaml can belong to a
     # later command that was refused, so it is only the fallback (older runs, hand-made folders).
-    config_path = run_dir / "config.json"
+    config_path = run_dir / runfiles.CONFIG
     if not config_path.is_file():
         config_path = run_dir / ".hydra" / "config.yaml"
     if not config_path.is_file():
@@ -196,7 +171,7 @@ def load_run_dir(run_dir: Path) -> Run:
         config = json.loads(config_path.read_text()) if config_path.suffix == ".json" else load_config(config_path)
     except Exception as e:
         raise SkipRun(f"unreadable {config_path.relative_to(run_dir)} ({type(e).__name__}: {e})") from None
-    return make_run(str(run_dir), summary, config, lambda: _read_jsonl(run_dir / "metrics.jsonl"))
+    return make_run(str(run_dir), summary, config, lambda: runfiles.read_metrics(run_dir))
 
 
 def collect_runs(roots) -> tuple[list[Run], list[dict]]:

@@ -8,6 +8,8 @@ Exit codes (docs/reliability.md):
   3   training diverged (NaN/Inf loss); summary.json says "diverged", the last good checkpoint is kept
   75  stopped by SIGTERM/SIGUSR1 after saving a checkpoint (EX_TEMPFAIL, "try again"): requeue the job or run the
       same command again to continue from the saved step
+  130 stopped by Ctrl-C: at the next step, saved (a second Ctrl-C: at once, from the last checkpoint); the same
+      command continues
 Under -m (multirun) a job with exit code 2 or 3 does not stop the sweep: its line is printed, the other jobs run,
 and the sweep exits with the first such code at the end. A stop signal stops the whole sweep (exit code 75).
 """
@@ -33,7 +35,7 @@ from dlb.config import ConfigError, register_configs, to_container, validate
 
 register_configs()
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED = 2, 3, 75
+EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 2, 3, 75, 130
 
 
 class JobFailed(Exception):
@@ -148,10 +150,10 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 # --- the command ------------------------------------------------------------------------------------------------
 def _stop(code: int, e: BaseException) -> None:
-    label = {EXIT_DIVERGED: "diverged", EXIT_PREEMPTED: "stopped"}.get(code, "error")
+    label = {EXIT_DIVERGED: "diverged", EXIT_PREEMPTED: "stopped", EXIT_INTERRUPTED: "stopped"}.get(code, "error")
     line = " ".join(str(e).split())
     print(f"dlb: {label}: {line}", file=sys.stderr, flush=True)
-    if code != EXIT_PREEMPTED and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if code not in (EXIT_PREEMPTED, EXIT_INTERRUPTED) and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise JobFailed(code, line) from None  # Hydra records the job as failed and runs the sweep's other jobs
     sys.exit(code)
 
@@ -164,7 +166,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
     try:
         check(cfg)
-        summary = run(cfg, HydraConfig.get().runtime.output_dir)
+        summary = run(cfg, HydraConfig.get().runtime.output_dir, list(HydraConfig.get().overrides.task))
     except (ConfigError, DatasetError, ResumeError, OutputError) as e:
         _stop(EXIT_USER_ERROR, e)
     except OSError as e:
@@ -175,7 +177,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except Diverged as e:
         _stop(EXIT_DIVERGED, e)
     except Preempted as e:
-        _stop(EXIT_PREEMPTED, e)
+        _stop(EXIT_INTERRUPTED if e.interrupted else EXIT_PREEMPTED, e)
+    except KeyboardInterrupt:
+        _stop(EXIT_INTERRUPTED, Preempted(f"Ctrl-C: stopped at once; {HydraConfig.get().runtime.output_dir} keeps "
+                                          "its last checkpoint: run the same command again to continue from it",
+                                          interrupted=True))
     return summary["best_test_err"]  # what a Hydra sweeper would minimise
 
 

@@ -1,13 +1,11 @@
 """The method-agnostic training loop: data, model, method, SGD + MultiStepLR, evaluation, checkpoints, logs.
 
-A run's output folder holds everything needed to reproduce and audit it: .hydra/ (resolved config), metrics.jsonl,
-summary.json, environment.json, checkpoints/ (last.pt, prev.pt, best.pt) and, under label noise, noisy_labels.pt.
+A run's output folder holds everything needed to reproduce and audit it (dlb/runfiles.py lists the files).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -22,8 +20,9 @@ from dlb import augment as A
 from dlb import config as C
 from dlb import distributed
 from dlb import noise as N
+from dlb import runfiles, runid
 from dlb.checkpoint import RunLock, StopSignals, atomic_save, load_checkpoint, save_checkpoint
-from dlb.datasets import ArrayDataset, load_dataset
+from dlb.datasets import ArrayDataset, fingerprint, load_dataset
 from dlb.loader import make_loader
 from dlb.methods import Method, build_method
 from dlb.metrics import evaluate
@@ -33,21 +32,18 @@ from dlb.utils import (GpuSlot, build_optimizer, compile_model, environment_info
 
 SUBSET_SEED = 0  # train/test subsets are the same for every seed and method, so runs stay comparable
 
-# Config keys that may change between a run and its resumption without changing what is computed.
-RESUME_FREE_KEYS = ("resume", "logger", "trainer.device", "trainer.progress", "trainer.eval_batch_size",
-                    "dataset.root", "dataset.download", "dataset.num_workers", "data_root",
-                    # speed and placement only (float rounding at most, as trainer.device); a DDP run's world size
-                    # is checked by try_resume itself
-                    "trainer.compile", "trainer.jobs_per_gpu", "trainer.ddp", "optim.fused", "method.backward")
-
-
 class ResumeError(RuntimeError):
     """The output dir holds a run that this command must not continue or overwrite."""
 
 
 class Preempted(Exception):
-    """A stop signal (SIGTERM/SIGUSR1) ended the run at a step boundary after its position was saved; running the
-    same command again continues from there (dlb.train exits with EXIT_PREEMPTED for the requeue)."""
+    """A stop signal ended the run at a step boundary after its position was saved; running the same command again
+    continues from there. SIGTERM/SIGUSR1 (a scheduler's preemption or time limit): dlb.train exits with
+    EXIT_PREEMPTED for the requeue; Ctrl-C (`interrupted`): exit code 130, as for any interrupted command."""
+
+    def __init__(self, message: str, interrupted: bool = False):
+        super().__init__(message)
+        self.interrupted = interrupted
 
 
 class Diverged(FloatingPointError):
@@ -57,10 +53,7 @@ class Diverged(FloatingPointError):
 # A NaN/Inf loss is caught by reading the on-device loss sums every FINITE_CHECK_EVERY steps and at each epoch end:
 # one host sync per check, never one per step.
 FINITE_CHECK_EVERY = 50
-
-
-def cell_name(cfg) -> str:
-    return f"{cfg.dataset.name}/{cfg.backbone.name}/{cfg.method.name}"
+PROGRESS_EVERY_S = 120.0  # a progress line inside long epochs (train.log; stdout when it is not a terminal)
 
 
 def _subset_index(size: int, n: int | None) -> torch.Tensor | None:
@@ -74,20 +67,6 @@ def _subset_index(size: int, n: int | None) -> torch.Tensor | None:
 def _subset(ds: ArrayDataset, n: int | None) -> ArrayDataset:
     index = _subset_index(len(ds), n)
     return ds if index is None else ds.subset(index)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def _config_differences(saved: dict, current: dict) -> list[str]:
-    a, b = _flatten(saved), _flatten(current)
-    free = lambda k: any(k == f or k.startswith(f + ".") for f in RESUME_FREE_KEYS)  # noqa: E731
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if not free(k) and a.get(k) != b.get(k)]
 
 
 def build_model(cfg, num_classes: int) -> torch.nn.Module:
@@ -135,10 +114,11 @@ class Trainer:
     partial: dict | None = None
 
     def __init__(self, cfg: DictConfig, out_dir: str | Path,
-                 data: tuple[ArrayDataset, ArrayDataset] | None = None):
+                 data: tuple[ArrayDataset, ArrayDataset] | None = None, overrides: list[str] | None = None):
         """`data` = (train, test) in memory instead of reading dataset.name from disk (benchmarks, your own data);
-        dataset.train_subset/test_subset and label noise still apply to it."""
-        self.cfg, self.out_dir = cfg, Path(out_dir)
+        dataset.train_subset/test_subset and label noise still apply to it. `overrides`: the command line, kept in
+        .hydra/overrides.yaml."""
+        self.cfg, self.out_dir, self.overrides = cfg, Path(out_dir), overrides
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.out_dir.mkdir(parents=True, exist_ok=True)
         t = cfg.trainer
@@ -161,9 +141,10 @@ class Trainer:
         if data is None:
             data = (load_dataset(d.name, d.root, True, download=d.download, image_size=d.image_size),
                     load_dataset(d.name, d.root, False, download=d.download, image_size=d.image_size))
+        self.data_fingerprint = fingerprint(*data)
         train_ds = self._train_set(data[0])
         test_ds = _subset(data[1], d.test_subset)
-        self.train_size, self.num_classes = len(train_ds), train_ds.num_classes
+        self.train_size, self.test_size, self.num_classes = len(train_ds), len(test_ds), train_ds.num_classes
 
         self.model = build_model(cfg, self.num_classes).to(self.device)
         if t.channels_last:
@@ -237,7 +218,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "method": self.method.method_state(), "rng": rng_states(), "history": self.history,
                 "best": self.best, "train_time_s": self.time_offset, "config": self.config_dict,
-                "world_size": self.world_size, "partial": self.partial}
+                "data": self.data_fingerprint, "world_size": self.world_size, "partial": self.partial}
 
     def try_resume(self) -> bool:
         state = load_checkpoint(self.ckpt_dir)
@@ -246,14 +227,24 @@ class Trainer:
         if not self.cfg.resume:
             raise ResumeError(f"{self.out_dir} already holds a run (epoch {state['epoch']}); pass resume=true to "
                               "continue it, or pick another output dir with hydra.run.dir=<dir>")
-        diffs = _config_differences(state.get("config", {}), self.config_dict)
+        data_diffs = runid.data_differences(state.get("data"), self.data_fingerprint)
+        if data_diffs:
+            raise ResumeError(f"{self.out_dir} holds a run trained on other data ({'; '.join(data_diffs)}); its "
+                              "results belong to that data: give this data its own output dir (hydra.run.dir=<dir>), "
+                              "or point dataset.root back at the data that run used")
+        diffs = runid.differences(state.get("config", {}), self.config_dict)
         if diffs:
             raise ResumeError(f"{self.out_dir} holds a run with a different config ({'; '.join(diffs)}); "
                               "use another output dir (hydra.run.dir=<dir>) for this one")
         if state.get("world_size", 1) != self.world_size:  # DDP: the global batch is world_size x batch_size
             raise ResumeError(f"{self.out_dir} holds a run trained by {state.get('world_size', 1)} process(es); "
                               f"resume it with as many (this is {self.world_size}), or use another output dir")
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:  # a folder of an older version (no data fingerprint) trained on other data
+            why = (str(e).strip().splitlines()[1:2] or [str(e)])[0].strip()
+            raise ResumeError(f"{self.out_dir} holds a model that does not fit this run ({why}); use another output "
+                              "dir (hydra.run.dir=<dir>) for this one") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_method_state(state["method"], self.device)
@@ -277,7 +268,9 @@ class Trainer:
         self.step += 1
         return logits, loss, losses
 
-    def train_epoch(self, epoch: int) -> dict:
+    def train_epoch(self, epoch: int) -> tuple[dict, dict]:
+        """One epoch of training: (train_loss, train_acc, timing and image counts; the means of the method's loss
+        terms and diagnostics, by name)."""
         t = self.cfg.trainer
         self.model.train()
         self.method.train()
@@ -301,10 +294,15 @@ class Trainer:
             from tqdm import tqdm
 
             batches = tqdm(batches, total=n_batches, initial=first, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False)
-        start = time.perf_counter()
+        start = noted = time.perf_counter()
         for i, batch in enumerate(batches, start=first):
             if i >= n_batches:
                 break
+            if time.perf_counter() - noted >= PROGRESS_EVERY_S:  # a line for log files (and for tail -f)
+                noted = time.perf_counter()
+                done = max(i - first, 1) / (noted - start)
+                self._say(f"epoch {epoch + 1}/{t.epochs} step {i}/{n_batches} ({done * t.batch_size:.0f} img/s, "
+                          f"epoch ETA {_clock((n_batches - i) / done)})", to_stdout=not progress)
             logits, loss, losses = self.train_step(batch)
             b = logits.shape[0]  # logits are for the batch's first rows (CS-KD appends partner rows)
             seen += b
@@ -325,10 +323,10 @@ class Trainer:
             distributed.broadcast_buffers(self.model)
         values = stats.tolist()  # the epoch's one host sync
         seen = int(values.pop())
-        row = {f"train_{k}": v / seen for k, v in zip(sums, values[1:])}
-        row.update(train_acc=100 * values[0] / seen, train_time_s=elapsed, train_img_per_s=seen / elapsed,
-                   train_images=seen)
-        return row
+        means = {k: v / seen for k, v in zip(sums, values[1:])}
+        train = dict(train_loss=means.pop("loss"), train_acc=100 * values[0] / seen, train_time_s=elapsed,
+                     train_img_per_s=seen / elapsed, train_images=seen)
+        return train, means
 
     def _check_finite(self, where: str, terms: dict[str, float]) -> None:
         if not all(math.isfinite(v) for v in terms.values()):
@@ -350,12 +348,12 @@ class Trainer:
         if self.cfg.dataset.loader != "device":
             raise Preempted(f"{self._stop.name}: stopped in epoch {epoch + 1} at step {k}; dataset.loader="
                             f"{self.cfg.dataset.loader} cannot resume mid-epoch, so epoch {epoch + 1} restarts from the "
-                            "last checkpoint when the same command runs again")
+                            "last checkpoint when the same command runs again", interrupted=self._stop.interrupted)
         self.partial = {"epoch": epoch, "epoch_step": k, "seen": seen, "train_time_s": elapsed, "correct": correct.cpu(),
                         "sums": {name: v.cpu() for name, v in sums.items()}}
         save_checkpoint(self.state(), self.ckpt_dir)
         raise Preempted(f"{self._stop.name}: saved epoch {epoch + 1} step {k} of {n} to {self.ckpt_dir / 'last.pt'}; "
-                        "run the same command again to continue")
+                        "run the same command again to continue", interrupted=self._stop.interrupted)
 
     def _should_stop(self) -> bool:
         """At an epoch end: did a stop signal arrive? Under DDP the ranks agree (one tiny all-reduce per epoch)."""
@@ -370,52 +368,45 @@ class Trainer:
         resumed = self.try_resume()
         if not resumed and any(self.ckpt_dir.glob("*.pt")):
             raise ResumeError(f"{self.ckpt_dir} holds checkpoints that cannot be read; move them away to start over")
-        self._write_json("environment.json", {**environment_info(self.device), **git_info()})
-        # The resolved config of the run this folder holds. Hydra rewrites .hydra/ before any check, even for a
-        # command that is then refused (lock, config mismatch); this file is written only once those passed.
-        self._write_json("config.json", self.config_dict)
-        # Written only now: the resume checks have passed, the dir is this run's.
-        if self.noise_record is not None and self.is_main:
-            atomic_save(self.noise_record, self.out_dir / "noisy_labels.pt")
-        logger = RunLogger(self.out_dir, self.config_dict, name=f"{cell_name(cfg)}/seed{cfg.seed}",
-                           group=cell_name(cfg), resume_rows=self.history) if self.is_main else _NoLogger()
+        # Written only now: the resume checks have passed, the folder is this run's. (Hydra writes nothing into it
+        # itself: hydra.output_subdir is null, so a refused command leaves an existing run untouched.)
+        self._write_run_files()
+        cell = runid.cell_name(cfg.dataset.name, cfg.backbone.name, cfg.method.name)
+        logger = RunLogger(self.out_dir, self.config_dict, name=f"{cell}/seed{cfg.seed}", group=cell,
+                           resume_rows=self.history) if self.is_main else _NoLogger()
         status, exit_code = "running", 1
         self._stop = StopSignals().install()
+        self._say(self.startup_line(resumed))
+        started, epochs_here = time.perf_counter(), 0
         try:
             self._write_summary(status)
             for epoch in range(self.epoch, t.epochs):
-                row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **self.train_epoch(epoch)}
-                self._check_finite(f"in epoch {epoch + 1}", {k[6:]: v for k, v in row.items() if k.startswith("train_")
-                                                             and k[6:] not in ("acc", "time_s", "img_per_s", "images")})
-                start = time.perf_counter()
-                row.update(evaluate(self.model, self.test_loader, t.limit_eval_batches, self.autocast))
-                row["eval_time_s"] = time.perf_counter() - start
-                self._check_finite(f"by the end of epoch {epoch + 1}", {"test_nll": row["test_nll"]})  # NaN weights
-                self.scheduler.step()
-                self.epoch = epoch + 1
-                self.time_offset += row["train_time_s"]
-                if row["test_acc"] > self.best["test_acc"]:
-                    self.best = {"test_acc": row["test_acc"], "test_err": row["test_err"], "epoch": epoch + 1}
-                    if t.save_best and self.is_main:
-                        atomic_save({"model": self.model.state_dict(), "epoch": epoch + 1,
-                                     "test_acc": row["test_acc"], "config": self.config_dict},
-                                    self.ckpt_dir / "best.pt")
+                row = self._run_epoch(epoch)
                 self.history.append(row)
                 if self.is_main:
                     save_checkpoint(self.state(), self.ckpt_dir)
                 logger.log(row)
-                if self.is_main:
-                    print(f"epoch {epoch + 1}/{t.epochs}  loss {row['train_loss']:.4f}  "
-                          f"train acc {row['train_acc']:.2f}  test err {row['test_err']:.2f}  ({row['train_img_per_s']:.0f} img/s)", flush=True)
+                epochs_here += 1
+                wall = time.perf_counter() - started
+                eta = wall / epochs_here * (t.epochs - epoch - 1)
+                self._say(f"epoch {epoch + 1}/{t.epochs}  loss {row['train_loss']:.4f}  train acc "
+                          f"{row['train_acc']:.2f}  test err {row['test_err']:.2f}  ({row['train_img_per_s']:.0f} img/s)"
+                          f"  elapsed {_clock(wall)}  ETA {_clock(eta)}")
+                if epoch + 1 < t.epochs:
+                    self._write_summary(status)  # epochs done and best so far, readable while the run goes on
                 if epoch + 1 < t.epochs and self._should_stop():  # the epoch's checkpoint is the position
-                    raise Preempted(f"{self._stop.name or 'a stop signal'}: stopped after epoch {epoch + 1} (saved to "
-                                    f"{self.ckpt_dir / 'last.pt'}); run the same command again to continue")
+                    raise Preempted(f"{self._stop.name}: stopped after epoch {epoch + 1} (saved to "
+                                    f"{self.ckpt_dir / 'last.pt'}); run the same command again to continue",
+                                    interrupted=self._stop.interrupted)
             status, exit_code = "completed", 0
         except FloatingPointError:
             status = "diverged"
             raise
-        except Preempted:
-            status = "preempted"
+        except Preempted as e:
+            status = "stopped" if e.interrupted else "preempted"
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside a step: the last checkpoint stays as it was
+            status = "stopped"
             raise
         finally:
             if status == "running":
@@ -429,6 +420,69 @@ class Trainer:
                 self._stop.chain()
         return summary
 
+    def _run_epoch(self, epoch: int) -> dict:
+        """Train one epoch, evaluate, step the schedule and keep the best weights: the epoch's metrics row."""
+        t = self.cfg.trainer
+        lr = self.optimizer.param_groups[0]["lr"]
+        train, terms = self.train_epoch(epoch)
+        self._check_finite(f"in epoch {epoch + 1}", {"loss": train["train_loss"], **terms})
+        start = time.perf_counter()
+        test = evaluate(self.model, self.test_loader, t.limit_eval_batches, self.autocast)
+        row = runfiles.MetricsRow(epoch=epoch + 1, lr=lr, **train, **test, eval_time_s=time.perf_counter() - start,
+                                  terms=terms).to_dict()
+        self._check_finite(f"by the end of epoch {epoch + 1}", {"test_nll": row["test_nll"]})  # NaN weights
+        self.scheduler.step()
+        self.epoch = epoch + 1
+        self.time_offset += row["train_time_s"]
+        if row["test_acc"] > self.best["test_acc"]:
+            self.best = {"test_acc": row["test_acc"], "test_err": row["test_err"], "epoch": epoch + 1}
+            if t.save_best and self.is_main:
+                atomic_save({"model": self.model.state_dict(), "epoch": epoch + 1, "test_acc": row["test_acc"],
+                             "config": self.config_dict}, self.ckpt_dir / "best.pt")
+        return row
+
+    def startup_line(self, resumed: bool) -> str:
+        """One line: where the run writes, fresh or resumed, device and threads, data, backbone, method."""
+        cfg, env = self.cfg, environment_info(self.device)
+        if not resumed:
+            where = "fresh run"
+        elif self.partial is not None:
+            where = f"resumed in epoch {self.partial['epoch'] + 1} at step {self.partial['epoch_step']}"
+        else:
+            where = f"resumed after epoch {self.epoch}/{cfg.trainer.epochs}"
+        device = f"{self.device} ({env['device_name']}" + (
+            f", {env['torch_threads']} CPU thread{'s' if env['torch_threads'] > 1 else ''})" if self.device.type == "cpu" else ")")
+        method = ", ".join(f"{k}={v}" for k, v in self.config_dict["method"].items() if k != "name")
+        return (f"{self.out_dir}: {where} | {device} | {cfg.dataset.name}: {self.train_size} train / {self.test_size} "
+                f"test images, {self.num_classes} classes | {cfg.backbone.name} ({self.num_params / 1e6:.2f}M params) "
+                f"| {cfg.method.name}" + (f" ({method})" if method else "") + f" | {cfg.trainer.epochs} epochs, seed "
+                f"{cfg.seed}")
+
+    def _say(self, line: str, to_stdout: bool = True) -> None:
+        """A line for the person watching: stdout and the run's train.log (rank 0 only)."""
+        if not self.is_main:
+            return
+        if to_stdout:
+            print(line, flush=True)
+        with open(self.out_dir / runfiles.LOG, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+    def _write_run_files(self) -> None:
+        """The files that describe the run (dlb/runfiles.py), written once its checks have passed."""
+        if not self.is_main:
+            return
+        from omegaconf import OmegaConf
+
+        runfiles.write_json(self.out_dir / runfiles.ENVIRONMENT, {**environment_info(self.device), **git_info()})
+        runfiles.write_json(self.out_dir / runfiles.CONFIG, {**self.config_dict, "method_info": self.method.info()})
+        hydra_dir = self.out_dir / ".hydra"
+        hydra_dir.mkdir(exist_ok=True)
+        OmegaConf.save(self.cfg, hydra_dir / "config.yaml")
+        if self.overrides is not None:
+            OmegaConf.save(OmegaConf.create(list(self.overrides)), hydra_dir / "overrides.yaml")
+        if self.noise_record is not None:
+            atomic_save(self.noise_record, self.out_dir / "noisy_labels.pt")
+
     def close(self) -> None:
         """Release what the run holds: its GPU slot, the process group it created. Idempotent."""
         if self.slot is not None:
@@ -437,34 +491,33 @@ class Trainer:
             distributed.dist.destroy_process_group()
             self._own_group = False
 
-    def _write_json(self, name: str, obj: dict) -> None:
-        if not self.is_main:
-            return
-        tmp = self.out_dir / (name + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-        tmp.replace(self.out_dir / name)
-
     def _write_summary(self, status: str) -> dict:
         cfg, last = self.cfg, (self.history[-1] if self.history else {})
-        summary = {
-            "status": status, "cell": cell_name(cfg), "dataset": cfg.dataset.name, "backbone": cfg.backbone.name,
-            "method": cfg.method.name, "seed": cfg.seed, "epochs": cfg.trainer.epochs, "epochs_completed": self.epoch,
-            "steps": self.step,
-            "best_test_acc": self.best.get("test_acc") if self.history else None,
-            "best_test_err": self.best.get("test_err"), "best_epoch": self.best.get("epoch"),
+        summary = runfiles.Summary(
+            status=status, cell=runid.cell_name(cfg.dataset.name, cfg.backbone.name, cfg.method.name),
+            dataset=cfg.dataset.name, backbone=cfg.backbone.name, method=cfg.method.name, seed=cfg.seed,
+            epochs=cfg.trainer.epochs, epochs_completed=self.epoch, steps=self.step,
+            best_test_acc=self.best.get("test_acc") if self.history else None,
+            best_test_err=self.best.get("test_err"), best_epoch=self.best.get("epoch"),
             **{f"last_{k}": last.get(k) for k in ("test_acc", "test_err", "test_nll", "test_ece")},
-            "train_time_s": self.time_offset, "peak_memory_bytes": peak_memory_bytes(self.device),
-            "num_params": self.num_params, "train_size": self.train_size, "num_classes": self.num_classes,
-            "augment": cfg.augment.name, "noise": cfg.noise.name, "noise_rate": cfg.noise.rate,
-            "noise_seed": cfg.noise.seed, "noise_rate_realised": self.noise_rate_realised,
-            "world_size": self.world_size, "global_batch": self.world_size * cfg.trainer.batch_size,
-            "device": str(self.device),
-            **git_info(), **environment_info(self.device),
-        }
-        self._write_json("summary.json", summary)
+            train_time_s=self.time_offset, peak_memory_bytes=peak_memory_bytes(self.device),
+            num_params=self.num_params, train_size=self.train_size, num_classes=self.num_classes,
+            data=self.data_fingerprint, augment=cfg.augment.name, noise=cfg.noise.name, noise_rate=cfg.noise.rate,
+            noise_seed=cfg.noise.seed, noise_rate_realised=self.noise_rate_realised, method_info=self.method.info(),
+            world_size=self.world_size, global_batch=self.world_size * cfg.trainer.batch_size, device=str(self.device),
+            environment={**git_info(), **environment_info(self.device)},
+        ).to_dict()
+        if self.is_main:
+            runfiles.write_json(self.out_dir / runfiles.SUMMARY, summary)
         return summary
 
 
-def run(cfg: DictConfig, out_dir: str | Path) -> dict:
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds + 0.5), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
     with RunLock(out_dir):  # first of all: a second process aimed at this folder stops here, before touching it
-        return Trainer(cfg, out_dir).fit()
+        return Trainer(cfg, out_dir, overrides=overrides).fit()

@@ -172,8 +172,19 @@ def environment_info(device: torch.device) -> dict:
         info.update(device_name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                     cudnn=torch.backends.cudnn.version())
     else:
-        info["device_name"] = platform.processor() or platform.machine()
+        info["device_name"] = cpu_name()
     return info
+
+
+def cpu_name() -> str:
+    """The CPU model ("Intel(R) Xeon(R) ..."), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -355,8 +355,6 @@ def test_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_the_report_ex
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert len(rows(out)) == 1
     # The report lists it as diverged and leaves it out of the means.
-    (out / ".hydra").mkdir()
-    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
     runs, skipped = collect_runs([tmp_path / "runs"])
     report = build_report(runs, skipped)
     assert report["n_diverged"] == 1 and report["n_used"] == 0 and not skipped

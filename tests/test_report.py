@@ -198,13 +198,6 @@ def test_speed_settings_do_not_split_a_cell_but_ddp_does(tmp_path):
     assert [r["variant"] for r in rows if not r["main"]] == ["trainer.ddp=true"]
 
 
-def test_run_free_keys_follow_the_trainers_resume_free_keys():
-    from dlb.trainer import RESUME_FREE_KEYS
-
-    assert set(RESUME_FREE_KEYS) - {"trainer.ddp"} <= set(report.RUN_FREE_KEYS)
-    assert "trainer.ddp" not in report.RUN_FREE_KEYS
-
-
 def test_dlb_minus_baseline_against_the_paper_range(runs_root):
     runs, skipped = collect_runs([runs_root])
     rep = build_report(runs, skipped, paper=report.load_paper(report.DEFAULT_PAPER))

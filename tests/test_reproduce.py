@@ -33,7 +33,7 @@ def test_reproduce_table1_debug_grid(tmp_path, monkeypatch):
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
 
     n_backbones, n_seeds = (6, 3) if FULL else (1, 1)
-    summaries = list((tmp_path / "multirun").glob("table1_*/*/summary.json"))
+    summaries = list((tmp_path / "multirun").glob("table1_*/**/summary.json"))
     assert len(summaries) == 3 * n_backbones * 7 * n_seeds
     assert all(json.loads(p.read_text())["status"] == "completed" for p in summaries)
     report = json.loads((tmp_path / "results" / "table1" / "table1.json").read_text())

@@ -29,9 +29,12 @@ def test_one_epoch_smoke_writes_every_output(fake_cifar, tmp_path, method):
     summary = Trainer(tiny_cfg(fake_cifar, f"method={method}"), out).fit()
     assert summary["status"] == "completed" and summary["epochs_completed"] == 1
     assert summary["steps"] == 6  # 96 images / batch 16
-    for key in ("best_test_err", "last_test_err", "last_test_nll", "last_test_ece", "num_params", "git_commit",
-                "torch", "device_name", "peak_memory_bytes", "train_time_s", "seed", "world_size", "global_batch"):
+    for key in ("best_test_err", "last_test_err", "last_test_nll", "last_test_ece", "num_params", "data",
+                "peak_memory_bytes", "train_time_s", "seed", "world_size", "global_batch"):
         assert summary[key] is not None, key
+    for key in ("git_commit", "torch", "device_name"):
+        assert summary["environment"][key] is not None, key
+    assert summary["data"]["train_size"] == 96 and len(summary["data"]["train_sha256"]) == 64
     assert json.loads((out / "summary.json").read_text()) == summary
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["epoch"] == 1 and rows[0]["test_n"] == 40
@@ -70,7 +73,7 @@ def test_resume_equals_uninterrupted_run(fake_cifar, tmp_path, monkeypatch, meth
         with pytest.raises(KeyboardInterrupt):
             Trainer(tiny_cfg(fake_cifar, *overrides), tmp_path / "cut").fit()
     interrupted = json.loads((tmp_path / "cut" / "summary.json").read_text())
-    assert interrupted["status"] == "failed" and interrupted["epochs_completed"] == 1
+    assert interrupted["status"] == "stopped" and interrupted["epochs_completed"] == 1
 
     resumed = Trainer(tiny_cfg(fake_cifar, *overrides), tmp_path / "cut")
     summary = resumed.fit()

@@ -62,6 +62,11 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Called before each training epoch (0-based)."""
 
+    def info(self) -> dict:
+        """What the method resolved for this run and a reader of its folder should know (tfkd_self: the teacher's
+        checkpoint); recorded in config.json and summary.json as method_info."""
+        return {}
+
     def method_state(self) -> dict:
         """Everything the method carries between steps, for checkpoints."""
         return {}

@@ -211,6 +211,9 @@ class TfKDSelf(Method):
         self.teacher.eval()  # the trainer calls method.train(); the teacher stays in eval mode (official train_kd)
         return self
 
+    def info(self):
+        return {"teacher": self.teacher_path}
+
     def training_step(self, model, batch):
         x = batch.views[0]
         logits = model(x)

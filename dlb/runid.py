@@ -1,0 +1,157 @@
+"""What identifies a run: the config keys that change what is computed, and the data it was computed on.
+
+Every other config key only changes placement, speed or logging (FREE_KEYS). This one list decides
+  * whether a run folder may be resumed by a command (the trainer refuses one whose identity differs),
+  * which runs the report averages as seeds of one table cell (same identity but the seed),
+  * which CE run tfkd_self takes as its teacher (same identity but the method),
+  * the default run folder: the cell, then the identity values that differ from the defaults, then the seed
+    (`outputs/cifar100/cifar_resnet32/dlb/method.T=4,optim.lr=0.1/seed0`), so every distinct configuration has a
+    folder of its own and rerunning a command finds its run again.
+The data a run saw is identified by a fingerprint of the decoded arrays (dlb.datasets.fingerprint), kept in the
+checkpoint and in summary.json: `dataset.root` may move, the data may not change.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+# Keys (a name covers its sub-keys) that never change what a run computes, at most float rounding.
+FREE_KEYS = (
+    "hydra", "resume", "logger", "experiment_name",  # Hydra's own settings, logging, the sweep's label
+    "data_root", "dataset.root", "dataset.download", "dataset.num_workers",  # where the data is (its fingerprint counts)
+    "trainer.device", "trainer.jobs_per_gpu", "trainer.progress", "trainer.eval_batch_size", "trainer.save_best",
+    "trainer.threads", "trainer.compile", "trainer.channels_last", "optim.fused",  # placement and speed
+    "method.backward",  # DLB's split backward: the same gradient with half the activation memory
+)
+# The parts of the identity already spelled out by the cell's folder (dataset/backbone/method[+augment][+noise]).
+CELL_KEYS = ("dataset.name", "backbone.name", "method.name", "augment.name", "noise.name", "noise.rate", "seed")
+# Config groups whose choice is a run's cell or is free; any other group's non-default choice names the folder
+# (debug=step) together with the values it sets.
+NAMED_GROUPS = ("debug",)
+MAX_NAME = 120  # longer folder names end in a hash of the full name
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) and v else {key: v})
+    return out
+
+
+def is_free(key: str) -> bool:
+    return key.startswith("_") or any(key == f or key.startswith(f + ".") for f in FREE_KEYS)
+
+
+def identity(config: dict) -> dict:
+    """The flattened config keys that change what a run computes (config: the resolved config as a dict).
+    Without label noise the noise rate and seed compute nothing, so they are left out too."""
+    ident = {k: v for k, v in flatten(config).items() if not is_free(k)}
+    if ident.get("noise.name", "none") == "none":
+        ident = {k: v for k, v in ident.items() if not k.startswith("noise.")}
+    return ident
+
+
+def differences(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """'key: old -> new' for each identity key that differs between two resolved configs."""
+    a, b = identity(saved), identity(current)
+    keys = sorted(k for k in set(a) | set(b) if k not in ignore and not k.startswith(tuple(i + "." for i in ignore)))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def data_differences(saved: dict | None, current: dict | None) -> list[str]:
+    """What differs between two data fingerprints (dlb.datasets.fingerprint); [] when either is unknown."""
+    if not saved or not current:
+        return []
+    short = lambda v: v[:12] if isinstance(v, str) and len(v) == 64 else v  # noqa: E731  (a sha256)
+    return [f"{k}: {short(saved.get(k))!r} -> {short(current.get(k))!r}" for k in sorted(set(saved) | set(current))
+            if saved.get(k) != current.get(k) and k != "classes"] + \
+        (["class names differ"] if saved.get("classes") != current.get("classes") else [])
+
+
+def cell_name(dataset: str, backbone: str, method: str) -> str:
+    """A table cell's name, also the W&B group."""
+    return f"{dataset}/{backbone}/{method}"
+
+
+def cell_dir(config: dict) -> str:
+    """dataset/backbone/method[+augment][+noise<rate>]: the folders of a run's table cell."""
+    augment, noise = config["augment"]["name"], config["noise"]
+    tag = ("" if augment == "none" else f"+{augment}") + ("" if noise["name"] == "none"
+                                                          else f"+{noise['name']}{noise['rate']:g}")
+    return cell_name(config["dataset"]["name"], config["backbone"]["name"], config["method"]["name"]) + tag
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # method.T=4, not method.T=4.0
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
+    return re.sub(r"[^A-Za-z0-9._=,+\-\[\]]", "_", text)
+
+
+def variant_name(config: dict, defaults: dict, groups: dict[str, str] | None = None) -> str:
+    """The folder naming a run's configuration within its cell: the named groups chosen, then every identity value
+    that differs from `defaults` (the config composed from the same group choices alone), as key=value joined by
+    commas; "" for the defaults."""
+    ident, ref = identity(config), identity(defaults)
+    parts = [f"{g}={c}" for g, c in sorted((groups or {}).items()) if g in NAMED_GROUPS and c]
+    parts += [f"{k}={_format(v)}" for k, v in sorted(ident.items())
+              if k not in CELL_KEYS and (k not in ref or ref[k] != v)]
+    parts += [f"~{k}" for k in sorted(set(ref) - set(ident)) if k not in CELL_KEYS]  # a key the command removed
+    name = ",".join(parts)
+    if len(name) > MAX_NAME:
+        name = name[: MAX_NAME - 9].rstrip(",") + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return name
+
+
+def run_name(config: dict, defaults: dict, groups: dict[str, str] | None = None) -> str:
+    """The run's path below the results root: <cell>/[<variant>/]seed<n>."""
+    variant = variant_name(config, defaults, groups)
+    return "/".join([cell_dir(config), *([variant] if variant else []), f"seed{config['seed']}"])
+
+
+# --- the Hydra resolver -----------------------------------------------------------------------------------------
+_defaults_cache: dict[tuple, dict] = {}
+
+
+def _defaults_for(choices: dict[str, str]) -> dict:
+    """The resolved config composed from the group choices alone (no value overrides), cached per choice set."""
+    key = tuple(sorted(choices.items()))
+    if key not in _defaults_cache:
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+        from omegaconf import OmegaConf
+
+        overrides = [f"{g}={c}" for g, c in key]
+        if GlobalHydra.instance().is_initialized():  # inside a Hydra app or compose context
+            cfg = compose("config", overrides=overrides)
+        else:  # a config composed earlier, resolved now
+            with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+                cfg = compose("config", overrides=overrides)
+        _defaults_cache[key] = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
+                                else cfg[k] for k in cfg if k != "hydra"}
+    return _defaults_cache[key]
+
+
+def resolve_run_name(*, _root_) -> str:
+    """`${dlb_run_name:}` in hydra.run.dir and hydra.sweep.subdir: run_name of the job's own config, against the
+    defaults of its group choices (experiments count as value overrides, so their values name the folder)."""
+    from omegaconf import OmegaConf
+
+    choices = {g: c for g, c in _root_.hydra.runtime.choices.items()
+               if c is not None and not g.startswith(("hydra/", "schema/")) and g != "experiment"}
+    config = {k: OmegaConf.to_container(_root_[k], resolve=True) if OmegaConf.is_config(_root_[k]) else _root_[k]
+              for k in _root_ if k != "hydra"}
+    return run_name(config, _defaults_for(choices), choices)
+
+
+def register_resolver() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("dlb_run_name"):
+        OmegaConf.register_new_resolver("dlb_run_name", resolve_run_name)
