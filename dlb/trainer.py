@@ -298,17 +298,17 @@ class Trainer:
         for i, batch in enumerate(batches, start=first):
             if i >= n_batches:
                 break
-            if time.perf_counter() - noted >= PROGRESS_EVERY_S:  # a line for log files (and for tail -f)
-                noted = time.perf_counter()
-                done = max(i - first, 1) / (noted - start)
-                self._say(f"epoch {epoch + 1}/{t.epochs} step {i}/{n_batches} ({done * t.batch_size:.0f} img/s, "
-                          f"epoch ETA {_clock((n_batches - i) / done)})", to_stdout=not progress)
             logits, loss, losses = self.train_step(batch)
             b = logits.shape[0]  # logits are for the batch's first rows (CS-KD appends partner rows)
             seen += b
             for k, v in (("loss", loss), *losses.items(), *self.method.step_metrics.items()):
                 sums[k] = sums.get(k, zero) + v.detach().float() * b
             correct += (logits.detach().argmax(1) == batch.y[:b]).sum()
+            if time.perf_counter() - noted >= PROGRESS_EVERY_S:  # a line for log files (and for tail -f)
+                noted = time.perf_counter()
+                rate = (i + 1 - first) / (noted - start)  # steps/s, as queued: no host sync for it
+                self._say(f"epoch {epoch + 1}/{t.epochs} step {i + 1}/{n_batches} ({rate * t.batch_size:.0f} img/s, "
+                          f"epoch ETA {_clock((n_batches - i - 1) / rate)})", to_stdout=not progress)
             # (under DDP a signal waits for the epoch end: a rank alone must not enter _step_boundary's all-reduce)
             stop = self._stop is not None and self._stop.received is not None and self.world_size == 1
             if (i + 1) % FINITE_CHECK_EVERY == 0 or stop:

@@ -1,0 +1,231 @@
+"""Run folders: what identifies a run (dlb/runid.py), the data it saw, where it lives by default, what a refused command
+leaves behind, and what a person watching a run sees (start-up line, progress, train.log, Ctrl-C)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dlb.trainer as trainer_mod
+from conftest import REPO, compose
+from dlb import runid
+from dlb.train import EXIT_INTERRUPTED, EXIT_USER_ERROR
+from dlb.trainer import Trainer
+from fakedata import write_fake_imagefolder
+
+TRAIN = ["dataset=imagefolder", "backbone=resnet8", "method=dlb", "trainer.device=cpu"]
+
+
+def cli(args, cwd=REPO, timeout=300, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "dlb.train", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def folder_state(run_dir: Path) -> dict:
+    """Every file's bytes under run_dir, but the lock file (its holder line names the last process that asked)."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Three image folders: `a`; `b`, the same but one pixel of one training image; `c`, four classes."""
+    root = tmp_path_factory.mktemp("images")
+    for name, classes in (("a", ("cat", "dog", "emu")), ("b", ("cat", "dog", "emu")), ("c", ("cat", "dog", "emu", "fox"))):
+        write_fake_imagefolder(root / name, classes=classes, n_train_per_class=16, n_test_per_class=4, size=(12, 12))
+    first = sorted((root / "b" / "train").rglob("*.png"))[0]
+    pixels = np.array(Image.open(first))
+    pixels[0, 0] = 255 - pixels[0, 0]
+    Image.fromarray(pixels).save(first)
+    return root
+
+
+# --- data identity ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("other, what", [("b", r"train_sha256: '[0-9a-f]{12}' -> '[0-9a-f]{12}'"),
+                                         ("c", r"num_classes: 3 -> 4")])
+def test_other_data_in_a_run_folder_is_refused_in_one_line_and_the_folder_is_untouched(images, tmp_path, other, what):
+    out = tmp_path / "run"
+    args = [*TRAIN, "trainer.epochs=1", f"hydra.run.dir={out}"]
+    first = cli([*args, f"dataset.root={images / 'a'}"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = folder_state(out)
+    r = cli([*args, f"dataset.root={images / other}"])
+    assert r.returncode == EXIT_USER_ERROR, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert re.match(rf"dlb: error: {re.escape(str(out))} holds a run trained on other data \(.*{what}", lines[0])
+    assert folder_state(out) == before
+    # The data it was trained on is still welcome: the same command resumes (here: finds it complete).
+    again = cli([*args, f"dataset.root={images / 'a'}"])
+    assert again.returncode == 0 and "resumed after epoch 1/1" in again.stdout, again.stderr[-2000:]
+
+
+def test_fingerprint_names_sizes_classes_and_content(images):
+    from dlb.datasets import fingerprint, load_dataset
+
+    a = [load_dataset("imagefolder", str(images / "a"), train, image_size=12) for train in (True, False)]
+    b = [load_dataset("imagefolder", str(images / "b"), train, image_size=12) for train in (True, False)]
+    fa, fb = fingerprint(*a), fingerprint(*b)
+    assert (fa["train_size"], fa["test_size"], fa["num_classes"], fa["classes"]) == (48, 12, 3, ["cat", "dog", "emu"])
+    assert fa["test_sha256"] == fb["test_sha256"] and fa["train_sha256"] != fb["train_sha256"]
+    assert runid.data_differences(fa, fb) == [f"train_sha256: {fa['train_sha256'][:12]!r} -> "
+                                              f"{fb['train_sha256'][:12]!r}"]
+    assert runid.data_differences(fa, fingerprint(*a)) == [] and runid.data_differences(None, fa) == []
+
+
+# --- one folder per configuration -------------------------------------------------------------------------------
+def run_dir_of(*overrides) -> str:
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "configs")):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=True).hydra.run.dir
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], "outputs/cifar100/cifar_resnet32/dlb/seed0"),
+    (["method.T=3", "trainer.compile=default", "optim.fused=false", "trainer.device=cpu"],
+     "outputs/cifar100/cifar_resnet32/dlb/seed0"),  # a default value, speed and placement: the same run
+    (["method.T=4", "optim.lr=0.1", "seed=2"], "outputs/cifar100/cifar_resnet32/dlb/method.T=4,optim.lr=0.1/seed2"),
+    (["trainer.epochs=10"], "outputs/cifar100/cifar_resnet32/dlb/trainer.epochs=10/seed0"),
+    (["debug=tiny"], "outputs/debug/cifar100/cifar_resnet32/dlb/debug=tiny/seed0"),
+    (["debug=step"], "outputs/debug/cifar100/cifar_resnet32/dlb/debug=step/seed0"),
+    (["experiment=fashion_demo", "method=ce"],
+     "outputs/fashion_mnist/cifar_resnet8/ce/dataset.train_subset=10000,trainer.epochs=10/seed0"),
+    (["dataset.loader=torch", "augment=cutmix", "noise=symmetric", "noise.rate=0.4"],
+     "outputs/cifar100/cifar_resnet32/dlb+cutmix+symmetric0.4/dataset.loader=torch/seed0"),
+])
+def test_the_default_run_folder_names_what_differs_from_the_defaults(overrides, expected):
+    assert run_dir_of(*overrides) == expected
+
+
+def test_a_long_variant_name_ends_in_a_hash():
+    config = {"dataset": {"name": "d"}, "backbone": {"name": "b"}, "method": {"name": "m", "x": "y" * 300},
+              "augment": {"name": "none"}, "noise": {"name": "none"}, "seed": 0}
+    name = runid.variant_name(config, {**config, "method": {"name": "m", "x": ""}})
+    assert len(name) <= runid.MAX_NAME and re.search(r"-[0-9a-f]{8}$", name)
+
+
+def test_an_ablation_runs_in_its_own_folder_and_the_same_command_resumes_it(images, tmp_path):
+    args = [*TRAIN, f"dataset.root={images / 'a'}", "debug=step"]
+    base, ablation = cli(args, cwd=tmp_path), cli([*args, "method.T=4"], cwd=tmp_path)
+    assert base.returncode == 0 and ablation.returncode == 0, (base.stderr[-2000:], ablation.stderr[-2000:])
+    cell = tmp_path / "outputs" / "debug" / "imagefolder" / "cifar_resnet8" / "dlb"
+    assert sorted(p.name for p in cell.iterdir()) == ["debug=step", "debug=step,method.T=4"]
+    again = cli([*args, "method.T=4"], cwd=tmp_path)
+    assert again.returncode == 0 and "resumed after epoch 1/1" in again.stdout, again.stderr[-2000:]
+    assert json.loads((cell / "debug=step,method.T=4" / "seed0" / "config.json").read_text())["method"]["T"] == 4.0
+
+
+def test_a_plain_multirun_has_deterministic_folders_and_a_rerun_resumes(images, tmp_path):
+    args = ["-m", *TRAIN, f"dataset.root={images / 'a'}", "debug=step", "method=ce,dlb"]
+    first = cli(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    runs = sorted(p.parent.relative_to(tmp_path) for p in tmp_path.rglob("summary.json"))
+    assert [str(r) for r in runs] == [f"multirun/imagefolder/cifar_resnet8/{m}/debug=step/seed0" for m in ("ce", "dlb")]
+    again = cli(args, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("resumed after epoch 1/1") == 2, again.stdout[-2000:]
+
+
+# --- what a person watching sees --------------------------------------------------------------------------------
+def tiny_cfg(root, *overrides):
+    return compose(["dataset=imagefolder", f"dataset.root={root}", "backbone=resnet8", "debug=tiny",
+                    "trainer.batch_size=8", "dataset.image_size=12", *overrides])
+
+
+def test_start_up_line_progress_lines_epoch_lines_and_a_summary_after_every_epoch(images, tmp_path, monkeypatch,
+                                                                                    capsys):
+    out = tmp_path / "run"
+    monkeypatch.setattr(trainer_mod, "PROGRESS_EVERY_S", 0.0)  # a progress line at every step
+    seen = []
+
+    class Watched(Trainer):
+        def _run_epoch(self, epoch):
+            seen.append(json.loads((out / "summary.json").read_text()))
+            return super()._run_epoch(epoch)
+
+    Watched(tiny_cfg(images / "a", "trainer.epochs=2", "method=ce"), out).fit()
+    assert [(s["status"], s["epochs_completed"]) for s in seen] == [("running", 0), ("running", 1)]
+    assert seen[1]["best_test_err"] is not None
+    stdout = capsys.readouterr().out.splitlines()
+    assert re.match(rf"{re.escape(str(out))}: fresh run \| cpu \(.+, \d+ CPU threads?\) \| imagefolder: 48 train / 12 "
+                    r"test images, 3 classes \| cifar_resnet8 \(0\.08M params\) \| ce \| 2 epochs, seed 0$", stdout[0])
+    assert re.match(r"epoch 2/2 .* test err [\d.]+ .* elapsed \d:\d\d:\d\d  ETA 0:00:00$", stdout[-1])
+    log = (out / "train.log").read_text().splitlines()
+    assert len(log) == 1 + 2 * 6 + 2  # start-up, 6 steps x 2 epochs (progress), 2 epoch lines
+    assert "epoch 1/2 step 1/6" in log[1] and "img/s, epoch ETA" in log[1]
+    resumed = Trainer(tiny_cfg(images / "a", "trainer.epochs=2", "method=ce"), out)
+    assert resumed.try_resume() and "resumed after epoch 2/2" in resumed.startup_line(True)
+
+
+def test_ctrl_c_saves_at_the_next_step_says_how_to_continue_and_exits_130(images, tmp_path):
+    """Ctrl-C (SIGINT to the process) mid-epoch: one line, status stopped, exit 130; the same command continues."""
+    out = tmp_path / "run"
+    args = [*TRAIN, f"dataset.root={images / 'a'}", "trainer.epochs=50", "trainer.batch_size=4",
+            "dataset.image_size=12", f"hydra.run.dir={out}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "dlb.train", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    for line in child.stdout:  # the first epoch line: training is under way
+        if line.startswith("epoch 1/50"):
+            break
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode == EXIT_INTERRUPTED, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("dlb: ")]
+    assert len(lines) == 1 and re.match(r"dlb: stopped: Ctrl-C: (saved epoch \d+ step \d+ of 12|stopped after epoch "
+                                        r"\d+) .*run the same command again to continue", lines[0]), stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped"
+    resumed = Trainer(compose([a for a in args if not a.startswith("hydra.")]), out)
+    assert resumed.try_resume() and resumed.step > 0
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_survives(images, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    presses = []
+
+    class PressedTwice(Trainer):
+        def train_step(self, batch):
+            if self.epoch == 1 and not presses:  # during epoch 2, after epoch 1's checkpoint
+                presses.append(1)
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)  # the second press raises KeyboardInterrupt here
+            return super().train_step(batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        PressedTwice(tiny_cfg(images / "a", "trainer.epochs=3", "method=dlb"), out).fit()
+    assert json.loads((out / "summary.json").read_text())["status"] == "stopped"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    resumed = Trainer(tiny_cfg(images / "a", "trainer.epochs=3", "method=dlb"), out)
+    assert resumed.try_resume() and resumed.epoch == 1 and resumed.partial is None
+    assert resumed.fit()["status"] == "completed"
+
+
+def test_an_unwritable_existing_run_folder_is_one_line_naming_the_path(images, tmp_path, monkeypatch, capsys):
+    import dlb.checkpoint as ckpt
+    from test_reliability import run_cli
+
+    out = tmp_path / "run"
+    args = [*TRAIN, f"dataset.root={images / 'a'}", "debug=step", f"hydra.run.dir={out}"]
+    assert cli(args).returncode == 0
+
+    def read_only(path, *a, **kw):  # what a read-only folder answers (also to root, unlike chmod)
+        if str(path).startswith(str(out)) and (a[0] if a else kw.get("mode", "r")) != "r":
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, *a, **kw)
+
+    monkeypatch.setattr(ckpt, "open", read_only, raising=False)
+    code, err = run_cli(monkeypatch, capsys, *args)
+    assert code == EXIT_USER_ERROR and len(err) == 1, err
+    assert re.match(rf"dlb: error: cannot write {re.escape(str(out))}/\.lock: Permission denied; make it writable",
+                    err[0]), err
