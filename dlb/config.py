@@ -11,6 +11,8 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from dlb.errors import ConfigError
+
 DATASET_NAMES = ("cifar10", "cifar100", "tinyimagenet", "fashion_mnist", "imagefolder")
 AUGMENTS = ("crop_flip", "rrc_flip", "none")
 LOADERS = ("device", "torch")
@@ -25,10 +27,6 @@ BATCH_AUGMENTS = ("none", "cutout", "cutmix")  # dlb/augment.py
 CUTMIX_VIEWS = ("shared", "independent")
 NOISES = ("none", "symmetric", "asymmetric")  # dlb/noise.py
 WANDB_MODES = ("online", "offline", "disabled")
-
-
-class ConfigError(ValueError):
-    """A config value that is out of range or inconsistent; the message names the key and the fix."""
 
 
 @dataclass

@@ -25,6 +25,8 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
+from dlb.errors import DatasetError
+
 DATASETS = ("cifar10", "cifar100", "tinyimagenet", "fashion_mnist", "imagefolder")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +40,6 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Measured over the 60000 train images *after* zero-padding 28x28 -> 32x32. The usual
 # 28x28 values (0.2860, 0.3530) would be wrong here: the padding adds 240 black pixels per image.
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2190,) * 3, (0.3318,) * 3
-
-
-class DatasetError(Exception):
-    """Missing/corrupt/malformed data. Message names the problem AND the exact command that fixes it."""
 
 
 @dataclass

@@ -28,8 +28,9 @@ from omegaconf import DictConfig
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
                               OmegaConfBaseException)
 
-from dlb.checkpoint import WRITE_ERRNOS, OutputError
-from dlb.config import ConfigError, register_configs, to_container, validate
+from dlb.checkpoint import WRITE_ERRNOS
+from dlb.config import register_configs, to_container, validate
+from dlb.errors import ConfigError, DatasetError, Diverged, OutputError, Preempted, ResumeError
 
 register_configs()
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -159,8 +160,7 @@ def _stop(code: int, e: BaseException) -> None:
 # An absolute config path: found the same whether this runs as `python -m dlb.train`, the dlb-train script or main()
 @hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
-    from dlb.datasets import DatasetError
-    from dlb.trainer import Diverged, Preempted, ResumeError, run
+    from dlb.trainer import run
 
     try:
         check(cfg)

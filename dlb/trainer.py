@@ -24,6 +24,7 @@ from dlb import distributed
 from dlb import noise as N
 from dlb.checkpoint import RunLock, StopSignals, atomic_save, load_checkpoint, save_checkpoint
 from dlb.datasets import ArrayDataset, load_dataset
+from dlb.errors import ConfigError, Diverged, Preempted, ResumeError
 from dlb.loader import make_loader
 from dlb.methods import Method, build_method
 from dlb.metrics import evaluate
@@ -39,19 +40,6 @@ RESUME_FREE_KEYS = ("resume", "logger", "trainer.device", "trainer.progress", "t
                     # speed and placement only (float rounding at most, as trainer.device); a DDP run's world size
                     # is checked by try_resume itself
                     "trainer.compile", "trainer.jobs_per_gpu", "trainer.ddp", "optim.fused", "method.backward")
-
-
-class ResumeError(RuntimeError):
-    """The output dir holds a run that this command must not continue or overwrite."""
-
-
-class Preempted(Exception):
-    """A stop signal (SIGTERM/SIGUSR1) ended the run at a step boundary after its position was saved; running the
-    same command again continues from there (dlb.train exits with EXIT_PREEMPTED for the requeue)."""
-
-
-class Diverged(FloatingPointError):
-    """The loss (or the test NLL) became NaN/Inf. The diverged state is never saved: the last good checkpoint stays."""
 
 
 # A NaN/Inf loss is caught by reading the on-device loss sums every FINITE_CHECK_EVERY steps and at each epoch end:
@@ -95,7 +83,7 @@ def build_model(cfg, num_classes: int) -> torch.nn.Module:
         model = timm.create_model(cfg.backbone.name, num_classes=num_classes, **dict(cfg.backbone.kwargs))
     except RuntimeError as e:
         if "Unknown model" in str(e):
-            raise C.ConfigError(f"backbone.name={cfg.backbone.name!r}: not a timm model; use a backbone config "
+            raise ConfigError(f"backbone.name={cfg.backbone.name!r}: not a timm model; use a backbone config "
                                 "(resnet32, vgg16, ...) or a name from timm.list_models()") from None
         raise
     _check_input_size(model, cfg.backbone.name, cfg.dataset.image_size)
@@ -112,7 +100,7 @@ def _check_input_size(model: torch.nn.Module, name: str, size: int) -> None:
             model.eval()(torch.zeros(1, 3, size, size))
     except (RuntimeError, AssertionError, ValueError) as e:
         why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise C.ConfigError(f"backbone.name={name}: cannot take {size}x{size} images (dataset.image_size={size}): "
+        raise ConfigError(f"backbone.name={name}: cannot take {size}x{size} images (dataset.image_size={size}): "
                             f"{why}; use a backbone made for this size (the cifar_* ones take any size >= 8) or tell "
                             f"the timm model the size, e.g. +backbone.kwargs.img_size={size}") from None
     finally:
@@ -190,7 +178,7 @@ class Trainer:
         batch_order = self.method.batch_order(train_ds.labels, t.batch_size)
         if batch_order is not None:
             if d.loader != "device":
-                raise C.ConfigError(f"dataset.loader={d.loader}: method={cfg.method.name} needs its own batch order, "
+                raise ConfigError(f"dataset.loader={d.loader}: method={cfg.method.name} needs its own batch order, "
                                     "which only the device loader provides; use dataset.loader=device")
             loader_kw["batch_order"] = batch_order
         shard = dict(rank=self.rank, world_size=self.world_size) if self.world_size > 1 else {}  # DDP: this rank's part

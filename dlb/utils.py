@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dlb.errors import ConfigError
+
 
 def resolve_device(name: str) -> torch.device:
-    from dlb.config import ConfigError
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "slot":
@@ -44,8 +44,6 @@ class GpuSlot:
                  poll_s: float = 2.0):
         import fcntl
         import time
-
-        from dlb.config import ConfigError
 
         if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
             raise ConfigError("trainer.device=slot: no CUDA GPU on this machine; use trainer.device=cpu (or auto)")

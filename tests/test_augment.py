@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from conftest import compose
 from dlb import augment as A
 from dlb import loader as L
-from dlb.config import ConfigError, validate
+from dlb.config import validate
+from dlb.errors import ConfigError
 from dlb.methods.base import mixed_ce
 from dlb.trainer import Trainer
 from test_loader import DEVICES, make_ds, norm

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from dlb.config import ConfigError
+from dlb.errors import ConfigError
 from dlb.loader import Batch, DeviceLoader
 from dlb.methods import METHODS, build_method
 from dlb.methods.cskd import ClassPairOrder

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from conftest import CONFIGS, REPO, compose
-from dlb.config import ConfigError, milestones, validate
+from dlb.config import milestones, validate
+from dlb.errors import ConfigError
 
 GROUPS = ["dataset", "backbone", "method", "optim", "logger", "debug", "experiment"]
 

@@ -9,7 +9,8 @@ import torch
 import torchvision
 
 import dlb.datasets as datasets
-from dlb.datasets import DATASETS, ArrayDataset, DatasetError, load_dataset
+from dlb.datasets import DATASETS, ArrayDataset, load_dataset
+from dlb.errors import DatasetError
 from tests.fakedata import (cifar_class_names, fake_cifar_split, tinyimagenet_colour, write_fake_cifar,
                             write_fake_fashion_mnist, write_fake_imagefolder, write_fake_tinyimagenet)
 

@@ -206,7 +206,7 @@ def test_split_backward_holds_one_forward_at_a_time():
 def test_split_backward_is_validated():
     from omegaconf import OmegaConf
 
-    from dlb.config import ConfigError
+    from dlb.errors import ConfigError
 
     with pytest.raises(ConfigError, match="method.backward"):
         DLB.validate_config(OmegaConf.create({"T": 3.0, "alpha": 1.0, "backward": "halves"}))

@@ -8,7 +8,8 @@ import torch
 
 from conftest import compose
 from dlb import noise as N
-from dlb.config import ConfigError, validate
+from dlb.config import validate
+from dlb.errors import ConfigError
 from dlb.datasets import load_dataset
 from dlb.trainer import Trainer
 from test_train import tiny_cfg

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import REPO, compose
-from dlb.config import ConfigError, validate
+from dlb.config import validate
+from dlb.errors import ConfigError
 from dlb.datasets import ArrayDataset
 from dlb.loader import Batch
 from dlb.methods.dlb import DLB

@@ -27,11 +27,11 @@ from omegaconf import OmegaConf
 import dlb.checkpoint as ckpt
 import dlb.trainer as trainer_mod
 from conftest import REPO, compose
-from dlb.checkpoint import OutputError, RunLock, load_checkpoint, save_checkpoint
-from dlb.config import ConfigError
+from dlb.checkpoint import RunLock, load_checkpoint, save_checkpoint
+from dlb.errors import ConfigError, Diverged, OutputError, Preempted
 from dlb.methods.dlb import DLB
 from dlb.train import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USER_ERROR, load_config, main
-from dlb.trainer import Diverged, Trainer
+from dlb.trainer import Trainer
 from fakedata import subprocess_env_for_fake_cifar, write_fake_cifar
 
 TIMING_KEYS = {"train_time_s", "train_img_per_s", "eval_time_s"}
@@ -291,7 +291,7 @@ def test_a_signal_during_evaluation_stops_after_that_epochs_checkpoint(data, ref
         return real(*a, **kw)
 
     monkeypatch.setattr(trainer_mod, "evaluate", evaluate_and_get_preempted)
-    with pytest.raises(trainer_mod.Preempted, match=r"^SIGUSR1: stopped after epoch 1 \(saved to .*last\.pt\)"):
+    with pytest.raises(Preempted, match=r"^SIGUSR1: stopped after epoch 1 \(saved to .*last\.pt\)"):
         Trainer(cfg_for(data[0]), out).fit()
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     assert state["epoch"] == 1 and state["partial"] is None

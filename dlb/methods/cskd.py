@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dlb.errors import ConfigError
 from dlb.methods.base import Method, mixed_ce, register_method
 
 
@@ -59,8 +60,6 @@ class CSKD(Method):
 
     @classmethod
     def validate_config(cls, cfg):
-        from dlb.config import ConfigError
-
         if cfg.T <= 0:
             raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (the official code uses 4)")
         if cfg.kd_weight < 0:

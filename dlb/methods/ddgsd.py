@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dlb.errors import ConfigError
 from dlb.methods.base import Method, mixed_ce, register_method
 from dlb.methods.dlb import DLB, last_batch_kd
 
@@ -52,8 +53,6 @@ class DDGSD(Method):
 
     @classmethod
     def validate_config(cls, cfg):
-        from dlb.config import ConfigError
-
         if cfg.T <= 0:
             raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (default 4)")
         for key in ("kl_weight", "mmd_weight"):
@@ -90,8 +89,6 @@ class DDGSDWithDLB(DDGSD):
 
     @classmethod
     def validate_config(cls, cfg):
-        from dlb.config import ConfigError
-
         super().validate_config(cfg)
         if cfg.dlb_T <= 0:
             raise ConfigError(f"method.dlb_T={cfg.dlb_T}: the temperature must be > 0 (DLB uses 3)")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dlb.errors import ConfigError
 from dlb.methods.base import Method, batch_ce, mixed_ce, register_method
 
 BACKWARD_MODES = ("joint", "split")
@@ -58,8 +59,6 @@ class DLB(Method):
 
     @classmethod
     def validate_config(cls, cfg):
-        from dlb.config import ConfigError
-
         if cfg.T <= 0:
             raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (the paper uses 3)")
         if cfg.alpha < 0:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dlb.errors import ConfigError
 from dlb.methods.base import Method, onehot_targets, register_method, soft_target_ce
 
 
@@ -28,8 +29,6 @@ class LSR(Method):
 
     @classmethod
     def validate_config(cls, cfg):
-        from dlb.config import ConfigError
-
         if not 0 <= cfg.eps < 1:
             raise ConfigError(f"method.eps={cfg.eps}: the smoothing mass must be in [0, 1) "
                               "(the official code uses 0.1)")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from dlb.distributed import all_gather_rows
+from dlb.errors import ConfigError
 from dlb.methods.base import Method, onehot_targets, register_method, soft_target_ce
 
 
@@ -29,8 +30,6 @@ class PSKD(Method):
 
     @classmethod
     def validate_config(cls, cfg):
-        from dlb.config import ConfigError
-
         if not 0 <= cfg.alpha_T <= 1:
             raise ConfigError(f"method.alpha_T={cfg.alpha_T}: the final self-target share must be in [0, 1] "
                               "(the official code uses 0.8)")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlb.errors import ConfigError
 from dlb.methods.base import Method, batch_ce, onehot_targets, register_method
 
 KL_REDUCTIONS = ("official", "batchmean")
@@ -34,8 +35,6 @@ def kl_div(log_q: torch.Tensor, p: torch.Tensor, reduction: str) -> torch.Tensor
 
 
 def _check_common(cfg, alpha_default: float, T_default: float, multiplier_default: float) -> None:
-    from dlb.config import ConfigError
-
     if not 0 <= cfg.alpha <= 1:
         raise ConfigError(f"method.alpha={cfg.alpha}: the KD share must be in [0, 1] "
                           f"(official default {alpha_default})")
@@ -106,8 +105,6 @@ def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, train_size: i
     """checkpoints/best.pt of the one completed CE run under search_root(...) matching this run (see _matches)."""
     import json
 
-    from dlb.config import ConfigError
-
     root = search_root(out_dir, teacher_root)
     found = []
     for summary_path in sorted(root.glob("**/summary.json")):
@@ -132,8 +129,6 @@ def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, train_size: i
 
 def checkpoint_file(teacher: str | Path) -> Path:
     """The checkpoint a method.teacher path names: the file itself, or a run dir's checkpoints/best.pt."""
-    from dlb.config import ConfigError
-
     path = Path(teacher).expanduser()
     if path.is_dir():
         path = path / "checkpoints" / "best.pt"
@@ -147,8 +142,6 @@ def load_teacher(path: Path, run_cfg, num_classes: int) -> nn.Module:
     import timm
 
     import dlb.models  # noqa: F401  (registers the cifar_* backbones with timm)
-    from dlb.config import ConfigError
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, or not a weights file
@@ -179,8 +172,6 @@ class TfKDSelf(Method):
 
     @classmethod
     def validate_config(cls, cfg):
-        from dlb.config import ConfigError
-
         _check_common(cfg, 0.95, 6, 50)
         if not cfg.teacher:
             raise ConfigError("method.teacher='': use auto, a checkpoint path or a run dir")
@@ -244,8 +235,6 @@ class TfKDReg(Method):
 
     @classmethod
     def validate_config(cls, cfg):
-        from dlb.config import ConfigError
-
         _check_common(cfg, 0.1, 20, 100)
         if not 0 < cfg.correct_prob < 1:
             raise ConfigError(f"method.correct_prob={cfg.correct_prob}: must be in (0, 1) "
