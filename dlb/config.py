@@ -6,12 +6,16 @@ and `validate` rejects out-of-range values before any data is read or model buil
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dlb.errors import ConfigError
+from dlb.methods import METHODS
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 DATASET_NAMES = ("cifar10", "cifar100", "tinyimagenet", "fashion_mnist", "imagefolder")
 AUGMENTS = ("crop_flip", "rrc_flip", "none")
@@ -20,8 +24,6 @@ DEVICES = ("auto", "cpu", "cuda", "slot")
 PRECISIONS = ("fp32", "bf16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 FUSED = ("auto", True, False)
-# Methods that call model.forward_features (not model(x)): DDP's wrapper would not see those forwards.
-DDP_UNSUPPORTED = ("ddgsd", "ddgsd_dlb")
 LOGGERS = ("none", "wandb")
 BATCH_AUGMENTS = ("none", "cutout", "cutmix")  # dlb/augment.py
 CUTMIX_VIEWS = ("shared", "independent")
@@ -48,11 +50,6 @@ class DatasetConfig:
 class BackboneConfig:
     name: str = MISSING  # any timm model name; the paper's CIFAR nets are registered as cifar_*
     kwargs: Any = field(default_factory=dict)  # extra timm.create_model arguments
-
-
-@dataclass
-class MethodConfig:
-    name: str = MISSING
 
 
 @dataclass
@@ -148,10 +145,30 @@ def register_configs() -> None:
     cs.store(group="schema/logger", name="base", node=LoggerConfig)
     cs.store(group="schema/augment", name="base", node=AugmentConfig)
     cs.store(group="schema/noise", name="base", node=NoiseConfig)
-    from dlb.methods import METHODS  # each method file registers its own schema
+    for name, cls in METHODS.items():  # `method=<name>` is the method's Config dataclass, its defaults included
+        cs.store(group="method", name=name, node=cls.Config)
 
-    for name, cls in METHODS.items():
-        cs.store(group="schema/method", name=name, node=cls.Config)
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: its YAML files in configs/<group>/ and its entries in Hydra's ConfigStore."""
+    register_configs()
+    stored = []
+    if group.split("/")[0] != "hydra":  # Hydra's own groups are not options of this package
+        try:
+            stored = [name.removesuffix(".yaml") for name in ConfigStore.instance().list(group)]
+        except IOError:  # no such group
+            pass
+    return sorted({p.stem for p in (CONFIGS / group).glob("*.yaml")} | set(stored))
+
+
+def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
+    """The config `python -m dlb.train <overrides>` runs with, unvalidated and without Hydra's run-dir side
+    effects; `with_hydra` keeps the `hydra` node (run dir, sweeper params)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
 def _fail(key: str, value: Any, why: str) -> None:
@@ -160,8 +177,6 @@ def _fail(key: str, value: Any, why: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Reject values that are well-typed but unusable. Raises ConfigError naming the key and the fix."""
-    from dlb.methods import METHODS
-
     d, t, o = cfg.dataset, cfg.trainer, cfg.optim
     if d.name not in DATASET_NAMES:
         _fail("dataset.name", d.name, f"unknown dataset; use one of {', '.join(DATASET_NAMES)}")
@@ -243,7 +258,7 @@ def _validate_speed(cfg: DictConfig) -> None:
         if cfg.dataset.loader != "device":
             _fail("dataset.loader", cfg.dataset.loader, "trainer.ddp=true shards the device loader's batches; use "
                   "dataset.loader=device")
-        if cfg.method.name in DDP_UNSUPPORTED:
+        if not METHODS[cfg.method.name].ddp:
             _fail("trainer.ddp", t.ddp, f"method={cfg.method.name} runs model.forward_features, which "
                   "DistributedDataParallel does not wrap (gradients would not be averaged); train it on one GPU")
 

@@ -29,11 +29,10 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, Interpolatio
                               OmegaConfBaseException)
 
 from dlb.checkpoint import WRITE_ERRNOS
-from dlb.config import register_configs, to_container, validate
+from dlb.config import CONFIGS, compose, group_options, register_configs, to_container, validate
 from dlb.errors import ConfigError, DatasetError, Diverged, OutputError, Preempted, ResumeError
 
 register_configs()
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED = 2, 3, 75
 
 
@@ -47,11 +46,11 @@ class JobFailed(Exception):
 
 # --- one line per user error ----------------------------------------------------------------------------------
 def _is_group(name: str) -> bool:
-    return bool(re.fullmatch(r"\w+(/\w+)*", name)) and (CONFIGS / name).is_dir()
+    return bool(re.fullmatch(r"\w+(/\w+)*", name)) and bool(group_options(name))
 
 
 def _group_options(group: str) -> str:
-    return ", ".join(sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))) or f"the files in configs/{group}/"
+    return ", ".join(group_options(group)) or f"the files in configs/{group}/"
 
 
 def _override_key(override: str) -> str:
@@ -133,14 +132,11 @@ def check(cfg: DictConfig) -> None:
 def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The validated config `python -m dlb.train <overrides>` runs with. Anything wrong with the overrides raises
     ConfigError whose message is the one line the command prints."""
-    from hydra import compose, initialize_config_dir
-
     bad = _culprit(overrides)
     if bad is not None:
         raise ConfigError(f"{bad[0]}: {bad[1]}")
     try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-            cfg = compose("config", overrides=list(overrides))
+        cfg = compose(overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as e:  # Hydra raises ValueError for some overrides
         raise ConfigError(error_line(e, overrides)) from None
     check(cfg)

@@ -13,11 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import timm
 import torch
 from omegaconf import DictConfig
 
-import dlb.models  # noqa: F401  (registers the cifar_* backbones with timm)
 from dlb import augment as A
 from dlb import config as C
 from dlb import distributed
@@ -28,6 +26,7 @@ from dlb.errors import ConfigError, Diverged, Preempted, ResumeError
 from dlb.loader import make_loader
 from dlb.methods import Method, build_method
 from dlb.metrics import evaluate
+from dlb.models import build_model
 from dlb.loggers import RunLogger
 from dlb.utils import (GpuSlot, build_optimizer, compile_model, environment_info, git_info, peak_memory_bytes,
                        resolve_device, rng_states, seed_everything, set_rng_states)
@@ -76,35 +75,6 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
     a, b = _flatten(saved), _flatten(current)
     free = lambda k: any(k == f or k.startswith(f + ".") for f in RESUME_FREE_KEYS)  # noqa: E731
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if not free(k) and a.get(k) != b.get(k)]
-
-
-def build_model(cfg, num_classes: int) -> torch.nn.Module:
-    try:
-        model = timm.create_model(cfg.backbone.name, num_classes=num_classes, **dict(cfg.backbone.kwargs))
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            raise ConfigError(f"backbone.name={cfg.backbone.name!r}: not a timm model; use a backbone config "
-                                "(resnet32, vgg16, ...) or a name from timm.list_models()") from None
-        raise
-    _check_input_size(model, cfg.backbone.name, cfg.dataset.image_size)
-    return model
-
-
-def _check_input_size(model: torch.nn.Module, name: str, size: int) -> None:
-    """Fail before training when the backbone can't take the dataset's images at all (a ViT built for 224 px given
-    32 px, a VGG whose pooling shrinks 8 px to nothing): one forward of one blank image on the CPU, in eval mode
-    (no BatchNorm statistics change, no random numbers drawn)."""
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, size, size))
-    except (RuntimeError, AssertionError, ValueError) as e:
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"backbone.name={name}: cannot take {size}x{size} images (dataset.image_size={size}): "
-                            f"{why}; use a backbone made for this size (the cifar_* ones take any size >= 8) or tell "
-                            f"the timm model the size, e.g. +backbone.kwargs.img_size={size}") from None
-    finally:
-        model.train(was_training)
 
 
 class _NoLogger:

@@ -10,14 +10,14 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from conftest import CONFIGS, REPO, compose
-from dlb.config import milestones, validate
+from dlb.config import group_options, milestones, validate
 from dlb.errors import ConfigError
 
 GROUPS = ["dataset", "backbone", "method", "optim", "logger", "debug", "experiment"]
 
 
 def options(group):
-    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+    return group_options(group)
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -100,12 +100,5 @@ def test_cli_bad_value_is_one_line_and_exit_code_2(tmp_path):
 ])
 def test_default_run_dir_names_augment_and_noise(overrides, folder):
     """README's hydra.run.dir default: an augmented or noisy run never lands in the plain run's folder."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from dlb.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-        cfg = hydra_compose("config", overrides=["dataset=cifar100", "backbone=resnet32", "method=dlb", *overrides],
-                            return_hydra_config=True)
+    cfg = compose(["dataset=cifar100", "backbone=resnet32", "method=dlb", *overrides], with_hydra=True)
     assert cfg.hydra.run.dir == folder
