@@ -26,8 +26,6 @@ __all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "CifarDenseNet", "CifarVGG
 class _CifarNet(nn.Module):
     """timm-style API shared by all nets: features -> pooled (B, D), head -> logits (B, K)."""
 
-    default_input_size = 32  # CIFAR resolution the nets were designed for
-
     def forward_features(self, x):
         return self.features(x)
 
