@@ -25,9 +25,17 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
+from dlb.choice import Choice
 from dlb.errors import DatasetError
 
-DATASETS = ("cifar10", "cifar100", "tinyimagenet", "fashion_mnist", "imagefolder")
+
+class DatasetName(Choice):
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    tinyimagenet = "tinyimagenet"
+    fashion_mnist = "fashion_mnist"
+    imagefolder = "imagefolder"
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREPARE_TINYIMAGENET = REPO_ROOT / "scripts" / "prepare_tinyimagenet.py"
@@ -78,7 +86,7 @@ def load_dataset(name: str, root: str, train: bool, *, download: bool = False, i
         return _load_fashion_mnist(root_path, train, download)
     if name == "imagefolder":
         return _load_imagefolder(root_path, train, image_size)
-    raise DatasetError(f"unknown dataset {name!r}; set dataset.name to one of {', '.join(DATASETS)}")
+    raise DatasetError(f"unknown dataset {name!r}; set dataset.name to one of {', '.join(DatasetName)}")
 
 
 # ---------------------------------------------------------------- CIFAR

@@ -111,6 +111,9 @@ def error_line(e: BaseException, overrides: Sequence[str] = ()) -> str:
             hint = (f"did you mean {parent}{close[0]}?" if close
                     else f"{parent.rstrip('.') or 'the config'} has {', '.join(map(str, siblings))}")
             return f"{typed}: no such key; {hint} (`python -m dlb.train --cfg job` prints every key)"
+        choices = re.match(r"Invalid value .*, expected one of \[(.*)\]$", what)  # a Choice field (dlb/choice.py)
+        if choices:
+            return f"{typed}: not an option of {key}; use one of {choices.group(1)}"
         if isinstance(oc, InterpolationResolutionError):
             return f"{typed}: {what}; fix the ${{...}} it refers to, or set {key}=<value> directly"
         return f"{typed}: {what}; give a value of the key's type (`python -m dlb.train --cfg job` shows the defaults)"

@@ -184,7 +184,7 @@ class Trainer:
                              "clean_sha256": N.labels_fingerprint(full.labels),
                              "clean_used_sha256": N.labels_fingerprint(clean_used),
                              "noise_rate_realised": self.noise_rate_realised,
-                             "config": {"dataset": d.name, **C.to_container(nz)}}
+                             "config": {"dataset": str(d.name), **C.to_container(nz)}}
         # Loader and any method's batch_order (CS-KD's class pairs) see the noisy labels; the test set stays clean.
         train = dataclasses.replace(full, labels=noisy)
         return train if index is None else train.subset(index)

@@ -17,6 +17,7 @@ from dlb.methods.cskd import ClassPairOrder
 from dlb.methods.ddgsd import features_and_logits
 from dlb.methods.tfkd import TfKDSelf
 from dlb.teacher import search_root
+from dlb.train import load_config
 from dlb.trainer import Trainer
 from test_train import _interrupt_after_first_checkpoint, _strip_timing, tiny_cfg
 
@@ -441,10 +442,12 @@ def test_build_method_context_and_config_checks():
 
     m = build_method(OmegaConf.create({"name": "pskd", "alpha_T": 0.5}), num_classes=7, train_size=11)
     assert m.memory.shape == (11, 7) and m.alpha_T == 0.5
-    for name, key, bad in [("lsr", "eps", 1.0), ("tfkd_reg", "soften", "nope"), ("tfkd_self", "kl_reduction", "x"),
-                           ("cskd", "T", 0.0), ("pskd", "alpha_T", 1.5), ("ddgsd", "mmd_weight", -1.0),
-                           ("ddgsd_dlb", "dlb_T", 0.0), ("tfkd_reg", "correct_prob", 1.0)]:
+    for name, key, bad in [("lsr", "eps", 1.0), ("cskd", "T", 0.0), ("pskd", "alpha_T", 1.5),
+                           ("ddgsd", "mmd_weight", -1.0), ("ddgsd_dlb", "dlb_T", 0.0), ("tfkd_reg", "correct_prob", 1.0)]:
         cfg = OmegaConf.structured(METHODS[name].Config)
         cfg[key] = bad
         with pytest.raises(ConfigError, match=f"method.{key}"):
             METHODS[name].validate_config(cfg)
+    for name, key, bad in [("tfkd_reg", "soften", "nope"), ("tfkd_self", "kl_reduction", "x")]:  # Choice fields
+        with pytest.raises(ConfigError, match=rf"^method\.{key}={bad}: .*use one of official, "):
+            load_config([f"method={name}", f"method.{key}={bad}"])

@@ -19,10 +19,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dlb.choice import Choice
 from dlb.errors import ConfigError
 from dlb.methods.base import Cost, Method, batch_ce, mixed_ce, register_method
 
-BACKWARD_MODES = ("joint", "split")
+
+class Backward(Choice):
+    """method.backward."""
+    joint = "joint"  # one backward over both forwards, as dlb.py
+    split = "split"  # the current half's CE backpropagated before the last batch's forward (see the module doc)
 
 
 def last_batch_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -67,7 +72,7 @@ class DLB(Method):
         alpha: float = 1.0
         # joint: one backward over both forwards, as dlb.py | split: the current half's CE is backpropagated before
         # the last batch's forward (same gradient up to float rounding; peak activation memory ~ CE's instead of ~2x)
-        backward: str = "joint"
+        backward: Backward = Backward.joint
 
     @classmethod
     def validate_config(cls, cfg):
@@ -75,14 +80,9 @@ class DLB(Method):
             raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (the paper uses 3)")
         if cfg.alpha < 0:
             raise ConfigError(f"method.alpha={cfg.alpha}: the KD weight must be >= 0 (the paper uses 1)")
-        if cfg.backward not in BACKWARD_MODES:
-            raise ConfigError(f"method.backward={cfg.backward!r}: use joint (the official code's one backward) or "
-                              "split (same gradient, about half the activation memory)")
 
     def __init__(self, **options):
-        super().__init__(**options)
-        if self.backward not in BACKWARD_MODES:
-            raise ValueError(f"backward={self.backward!r}: use one of {BACKWARD_MODES}")
+        super().__init__(**options)  # ValueError for an unknown backward
         self.prev: dict[str, torch.Tensor] | None = None  # view1 images, labels and detached logits of S_{t-1}
 
     def training_step(self, model, batch):

@@ -19,12 +19,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlb.choice import Choice
 from dlb.errors import ConfigError
 from dlb.methods.base import Cost, Method, batch_ce, onehot_targets, register_method
 from dlb.teacher import checkpoint_file, find_teacher, load_teacher
 
-KL_REDUCTIONS = ("official", "batchmean")
-SOFTEN = ("official", "clean")
+
+class KLReduction(Choice):
+    """kl_reduction."""
+    official = "official"  # nn.KLDivLoss()'s element-wise mean: sum / (B*K)
+    batchmean = "batchmean"  # sum / B
+
+
+class Soften(Choice):
+    """tfkd_reg's soften."""
+    official = "official"  # softmax(u/T) vs the unscaled student
+    clean = "clean"  # softmax(log(u)/T) vs softmax(z/T), times T^2
 
 
 def kl_div(log_q: torch.Tensor, p: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -42,9 +52,6 @@ def _check_common(cfg, alpha_default: float, T_default: float, multiplier_defaul
         raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (official default {T_default})")
     if cfg.multiplier < 0:
         raise ConfigError(f"method.multiplier={cfg.multiplier}: must be >= 0 (official default {multiplier_default})")
-    if cfg.kl_reduction not in KL_REDUCTIONS:
-        raise ConfigError(f"method.kl_reduction={cfg.kl_reduction}: use official (element-wise mean, the official "
-                          "nn.KLDivLoss()) or batchmean")
 
 
 @register_method("tfkd_self")
@@ -61,7 +68,7 @@ class TfKDSelf(Method):
         alpha: float = 0.95
         T: float = 6.0
         multiplier: float = 50.0
-        kl_reduction: str = "official"  # official (element-wise mean) | batchmean
+        kl_reduction: KLReduction = KLReduction.official
         teacher: str = "auto"  # auto | a checkpoint (best.pt, or any dict with "model") | a run dir
         teacher_root: Optional[str] = None  # where auto searches; null: see search_root
 
@@ -129,8 +136,8 @@ class TfKDReg(Method):
         T: float = 20.0
         multiplier: float = 100.0
         correct_prob: float = 0.99
-        kl_reduction: str = "official"  # official (element-wise mean) | batchmean
-        soften: str = "official"  # official: softmax(u/T) vs softmax(z) | clean: softmax(log u/T) vs softmax(z/T) x T^2
+        kl_reduction: KLReduction = KLReduction.official
+        soften: Soften = Soften.official
 
     @classmethod
     def validate_config(cls, cfg):
@@ -138,9 +145,6 @@ class TfKDReg(Method):
         if not 0 < cfg.correct_prob < 1:
             raise ConfigError(f"method.correct_prob={cfg.correct_prob}: must be in (0, 1) "
                               "(the official code uses 0.99)")
-        if cfg.soften not in SOFTEN:
-            raise ConfigError(f"method.soften={cfg.soften}: use official (softmax of the probabilities / T, student "
-                              "unscaled) or clean (teacher log-probabilities and student both / T, times T^2)")
 
     def virtual_teacher(self, batch, num_classes: int) -> torch.Tensor:
         """u: correct_prob on the label, the rest spread uniformly (lam-mixed under CutMix)."""
