@@ -1,7 +1,8 @@
 """Structured-config schema (Hydra ConfigStore) and the range checks that types alone can't express.
 
-The YAML files in configs/ fill these dataclasses; Hydra rejects unknown keys and wrong types while composing,
-and `validate` rejects out-of-range values before any data is read or model built.
+The YAML files in configs/ fill these dataclasses (a method's own Config dataclass is the whole `method=<name>`
+entry); Hydra rejects unknown keys, wrong types and values outside a Choice while composing, and `validate` rejects
+out-of-range values before any data is read or model built. `compose` gives the config a command line runs with.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class DatasetConfig:
     augment: Augment = Augment.crop_flip  # crop_flip (CIFAR) | rrc_flip (TinyImageNet) | none
     padding: int = 4  # crop_flip zero padding
     cutout_size: int = 16  # augment=cutout hole size (spec: 16 px CIFAR-10, 8 px CIFAR-100)
-    loader: LoaderKind = LoaderKind.device  # device: uint8 data and batched augmentation on the device | torch: PIL + DataLoader
+    loader: LoaderKind = LoaderKind.device  # device: batched augmentation on the device | torch: PIL + DataLoader
     num_workers: int = 4  # torch loader only
 
 
@@ -72,7 +73,8 @@ class TrainerConfig:
     deterministic: bool = False
     precision: Precision = Precision.fp32  # bf16: autocast on CUDA
     channels_last: bool = False
-    compile: CompileMode = CompileMode["none"]  # none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile of the model
+    # none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile of the model
+    compile: CompileMode = CompileMode["none"]
     ddp: bool = False  # DistributedDataParallel, one process per GPU, started by torchrun (dlb/distributed.py)
     limit_train_batches: Optional[int] = None  # debugging: stop each epoch after n steps
     limit_eval_batches: Optional[int] = None
@@ -98,8 +100,9 @@ class AugmentConfig:
     size: int = 16  # cutout hole side in pixels (configs/augment/cutout.yaml takes dataset.cutout_size)
     prob: float = 0.5  # cutmix: probability that a batch is mixed
     beta: float = 1.0  # cutmix: lam ~ Beta(beta, beta)
-    views: CutMixViews = CutMixViews.shared  # cutmix with several views: shared partner, box and lam for all views | independent
-    # (independent needs per-view targets: one-view methods only)
+    # cutmix with several views: shared partner, box and lam for all views | independent (needs per-view targets:
+    # one-view methods only)
+    views: CutMixViews = CutMixViews.shared
 
 
 @dataclass

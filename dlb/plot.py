@@ -170,7 +170,8 @@ def plot_noise(cells: list[Cell], out: Path, metric: str = "best", source: str =
                 ax.errorbar([100 * x for x in xs], [s["mean"] for s in stats], yerr=[s["std"] or 0 for s in stats],
                             marker="o", capsize=3, color=method_color(method),
                             linestyle="-" if noise == noise_names[0] else "--",
-                            label=f"{method_label(method)}, {noise} (n per rate: {'/'.join(str(len(rates[x])) for x in xs)})")
+                            label=f"{method_label(method)}, {noise} "
+                                  f"(n per rate: {'/'.join(str(len(rates[x])) for x in xs)})")
             ax.set(xlabel="training-label noise rate (%)", ylabel="test error (%)",
                    title=f"{which} epoch" + (" (checked against the paper)" if which == metric else ""))
             ax.grid(alpha=0.3)

@@ -592,7 +592,8 @@ def render_latex(report: dict) -> str:
     lines += _tex_table(
         "llllrccl", ["Dataset", "Backbone", "Method", "Setting", "$n$", "Best err.", "Last err.", "Paper"],
         [[e(r["dataset"]), e(r["backbone"]),
-          e(label(r["method"]) + (f" ({r['variant']})" if r["variant"] else "")) + (r"$^\dagger$" if r["flags"] else ""),
+          e(label(r["method"]) + (f" ({r['variant']})" if r["variant"] else ""))
+          + (r"$^\dagger$" if r["flags"] else ""),
           e(r["setting"] or dash), str(r["n"]), fmt_err(r["best"], pm, dash), fmt_err(r["last"], pm, dash),
           e(fmt_paper(r["paper"], dash))] for r in rows],
         [r["dataset"] for r in rows])
@@ -604,7 +605,8 @@ def render_latex(report: dict) -> str:
         lines += _tex_table(
             "llllrrll", ["Dataset", "Backbone", "Setting", "Base $\\to$ method", r"$\Delta$ best",
                          r"$\Delta$ last", "Paper claim", "Check"],
-            [[e(d["dataset"]), e(d["backbone"]), e(d["setting"] or dash), e(label(d["base"])) + r" $\to$ " + e(label(d["method"])),
+            [[e(d["dataset"]), e(d["backbone"]), e(d["setting"] or dash),
+              e(label(d["base"])) + r" $\to$ " + e(label(d["method"])),
               fmt_delta(d["delta_best"], dash), fmt_delta(d["delta_last"], dash),
               _tex_claim(d["claim"], dash), e(d[f"check_{m}"])] for d in deltas],
             [d["dataset"] for d in deltas])

@@ -17,7 +17,6 @@ import difflib
 import os
 import re
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import hydra

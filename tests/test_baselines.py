@@ -113,7 +113,8 @@ def test_lsr_under_cutmix_mixes_the_smoothed_targets():
 def test_tfkd_self_golden(reduction, frozen):
     """(1-a) CE + a T^2 multiplier KL(teacher/T || student/T), KL / (B*K) (official nn.KLDivLoss()) or / B."""
     alpha, T, mult = 0.95, 6.0, 50.0
-    method = TfKDSelf(alpha=alpha, T=T, multiplier=mult, kl_reduction=reduction, teacher=_Replay(logits=TEACHER, feats=FEATS[:2]))
+    method = TfKDSelf(alpha=alpha, T=T, multiplier=mult, kl_reduction=reduction,
+                      teacher=_Replay(logits=TEACHER, feats=FEATS[:2]))
     _, losses = method.training_step(_Replay(), batch([[0, 1]]))
     kl = kl_sum([softmax(r, T) for r in TEACHER], [softmax(r, T) for r in LOGITS[:2]])
     kl /= len(Y) * K if reduction == "official" else len(Y)
@@ -442,8 +443,8 @@ def test_build_method_context_and_config_checks():
 
     m = build_method(OmegaConf.create({"name": "pskd", "alpha_T": 0.5}), num_classes=7, train_size=11)
     assert m.memory.shape == (11, 7) and m.alpha_T == 0.5
-    for name, key, bad in [("lsr", "eps", 1.0), ("cskd", "T", 0.0), ("pskd", "alpha_T", 1.5),
-                           ("ddgsd", "mmd_weight", -1.0), ("ddgsd_dlb", "dlb_T", 0.0), ("tfkd_reg", "correct_prob", 1.0)]:
+    for name, key, bad in [("lsr", "eps", 1.0), ("cskd", "T", 0.0), ("pskd", "alpha_T", 1.5), ("ddgsd", "mmd_weight", -1.0),
+                           ("ddgsd_dlb", "dlb_T", 0.0), ("tfkd_reg", "correct_prob", 1.0)]:
         cfg = OmegaConf.structured(METHODS[name].Config)
         cfg[key] = bad
         with pytest.raises(ConfigError, match=f"method.{key}"):

@@ -9,7 +9,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from conftest import CONFIGS, REPO, compose
+from conftest import REPO, compose
 from dlb.config import group_options, milestones, validate
 from dlb.errors import ConfigError
 from dlb.train import load_config

@@ -58,7 +58,8 @@ def _check_common(cfg, alpha_default: float, T_default: float, multiplier_defaul
 class TfKDSelf(Method):
     needs_teacher = True
     order, color = 2, "C0"
-    cost = Cost("1 + 1 teacher (no grad)", "yes: a trained CE model of the same backbone (here: random init, same cost)",
+    cost = Cost("1 + 1 teacher (no grad)",
+                "yes: a trained CE model of the same backbone (here: random init, same cost)",
                 "4P teacher weights (its no-grad activations are transient)", lambda A, P, N, K, B, img: 4 * P)
 
     @dataclass
