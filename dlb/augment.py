@@ -15,10 +15,21 @@ import math
 import numpy as np
 import torch
 
+from dlb.choice import Choice
 from dlb.loader import Batch
 
-AUGMENT_NAMES = ("none", "cutout", "cutmix")
-VIEW_MODES = ("shared", "independent")
+
+class BatchAugment(Choice):
+    """augment.name: the batch augmentation `build` returns."""
+    none = "none"
+    cutout = "cutout"
+    cutmix = "cutmix"
+
+
+class CutMixViews(Choice):
+    """augment.views: see CutMix."""
+    shared = "shared"
+    independent = "independent"
 
 
 class _Augment:
@@ -97,9 +108,8 @@ class CutMix(_Augment):
 
     def __init__(self, prob: float = 0.5, beta: float = 1.0, views: str = "shared", paired_rows: bool = False):
         super().__init__()
-        if views not in VIEW_MODES:
-            raise ValueError(f"views must be one of {VIEW_MODES}, got {views!r}")
-        self.prob, self.beta, self.views, self.paired_rows = float(prob), float(beta), views, bool(paired_rows)
+        self.prob, self.beta, self.paired_rows = float(prob), float(beta), bool(paired_rows)
+        self.views = CutMixViews(views)  # ValueError for an unknown mode
 
     def draw(self, n: int, h: int, w: int, seed: int, device):
         """(lam, box, perm) for one batch, or None when the batch stays unmixed.  The host-side decisions come from
@@ -148,4 +158,4 @@ def build(cfg, paired_rows: bool = False) -> Cutout | CutMix | None:
         return Cutout(cfg.size)
     if cfg.name == "cutmix":
         return CutMix(cfg.prob, cfg.beta, cfg.views, paired_rows=paired_rows)
-    raise ValueError(f"unknown augment {cfg.name!r}; use one of {AUGMENT_NAMES}")
+    raise ValueError(f"unknown augment {cfg.name!r}; use one of {', '.join(BatchAugment)}")

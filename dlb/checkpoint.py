@@ -18,12 +18,10 @@ from pathlib import Path
 
 import torch
 
+from dlb.errors import OutputError
+
 # Errors of the output folder that a user can fix (space, permissions, a read-only mount): one line, no traceback.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
-
-
-class OutputError(RuntimeError):
-    """The output folder can't be written (full, read-only, no permission) or is in use by another run."""
 
 
 def write_error(path: Path, e: OSError) -> OutputError:

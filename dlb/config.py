@@ -1,48 +1,46 @@
 """Structured-config schema (Hydra ConfigStore) and the range checks that types alone can't express.
 
-The YAML files in configs/ fill these dataclasses; Hydra rejects unknown keys and wrong types while composing,
-and `validate` rejects out-of-range values before any data is read or model built.
+The YAML files in configs/ fill these dataclasses (a method's own Config dataclass is the whole `method=<name>`
+entry); Hydra rejects unknown keys, wrong types and values outside a Choice while composing, and `validate` rejects
+out-of-range values before any data is read or model built. `compose` gives the config a command line runs with.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-DATASET_NAMES = ("cifar10", "cifar100", "tinyimagenet", "fashion_mnist", "imagefolder")
-AUGMENTS = ("crop_flip", "rrc_flip", "none")
-LOADERS = ("device", "torch")
+from dlb.augment import BatchAugment, CutMixViews
+from dlb.datasets import DatasetName
+from dlb.errors import ConfigError
+from dlb.loader import Augment, LoaderKind
+from dlb.loggers import LoggerName, WandbMode
+from dlb.methods import METHODS
+from dlb.noise import NoiseName
+from dlb.utils import CompileMode, Precision
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+# Options the schema can't type as a Choice: trainer.device also takes cuda:<index>, optim.fused auto or a bool.
 DEVICES = ("auto", "cpu", "cuda", "slot")
-PRECISIONS = ("fp32", "bf16")
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 FUSED = ("auto", True, False)
-# Methods that call model.forward_features (not model(x)): DDP's wrapper would not see those forwards.
-DDP_UNSUPPORTED = ("ddgsd", "ddgsd_dlb")
-LOGGERS = ("none", "wandb")
-BATCH_AUGMENTS = ("none", "cutout", "cutmix")  # dlb/augment.py
-CUTMIX_VIEWS = ("shared", "independent")
-NOISES = ("none", "symmetric", "asymmetric")  # dlb/noise.py
-WANDB_MODES = ("online", "offline", "disabled")
-
-
-class ConfigError(ValueError):
-    """A config value that is out of range or inconsistent; the message names the key and the fix."""
 
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING
+    name: DatasetName = MISSING
     root: Optional[str] = "${data_root}"  # imagefolder: null until given
     download: bool = False  # fetch missing archives (needs internet)
     train_subset: Optional[int] = None  # first n of a fixed (seed-independent) permutation; null = all
     test_subset: Optional[int] = None
     image_size: int = 32  # training resolution; imagefolder images are resized to it on load
-    augment: str = "crop_flip"  # crop_flip (CIFAR) | rrc_flip (TinyImageNet) | none
+    augment: Augment = Augment.crop_flip  # crop_flip (CIFAR) | rrc_flip (TinyImageNet) | none
     padding: int = 4  # crop_flip zero padding
     cutout_size: int = 16  # augment=cutout hole size (spec: 16 px CIFAR-10, 8 px CIFAR-100)
-    loader: str = "device"  # device: uint8 data and batched augmentation on the device | torch: PIL + DataLoader
+    loader: LoaderKind = LoaderKind.device  # device: batched augmentation on the device | torch: PIL + DataLoader
     num_workers: int = 4  # torch loader only
 
 
@@ -50,11 +48,6 @@ class DatasetConfig:
 class BackboneConfig:
     name: str = MISSING  # any timm model name; the paper's CIFAR nets are registered as cifar_*
     kwargs: Any = field(default_factory=dict)  # extra timm.create_model arguments
-
-
-@dataclass
-class MethodConfig:
-    name: str = MISSING
 
 
 @dataclass
@@ -78,9 +71,10 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:<i> | slot (a free one of num_gpus x jobs_per_gpu GPU slots)
     jobs_per_gpu: int = 1  # device=slot: how many runs share one GPU
     deterministic: bool = False
-    precision: str = "fp32"  # bf16: autocast on CUDA
+    precision: Precision = Precision.fp32  # bf16: autocast on CUDA
     channels_last: bool = False
-    compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile of the model
+    # none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile of the model
+    compile: CompileMode = CompileMode["none"]
     ddp: bool = False  # DistributedDataParallel, one process per GPU, started by torchrun (dlb/distributed.py)
     limit_train_batches: Optional[int] = None  # debugging: stop each epoch after n steps
     limit_eval_batches: Optional[int] = None
@@ -90,10 +84,10 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"
+    name: LoggerName = LoggerName.none
     project: str = "dlb-reproduction"
     entity: Optional[str] = None
-    mode: Optional[str] = None  # null: online when an API key is configured, else offline
+    mode: Optional[WandbMode] = None  # null: online when an API key is configured, else offline
     group: Optional[str] = None  # null: dataset/backbone/method cell
     tags: List[str] = field(default_factory=list)
 
@@ -102,18 +96,19 @@ class LoggerConfig:
 class AugmentConfig:
     """Batch-level augmentation on the device, after the dataset's crop/flip and normalisation (configs/augment/,
     docs/augment_and_noise.md)."""
-    name: str = "none"  # none | cutout | cutmix
+    name: BatchAugment = BatchAugment.none
     size: int = 16  # cutout hole side in pixels (configs/augment/cutout.yaml takes dataset.cutout_size)
     prob: float = 0.5  # cutmix: probability that a batch is mixed
     beta: float = 1.0  # cutmix: lam ~ Beta(beta, beta)
-    views: str = "shared"  # cutmix with several views: shared partner, box and lam for all views | independent
-    # (independent needs per-view targets: one-view methods only)
+    # cutmix with several views: shared partner, box and lam for all views | independent (needs per-view targets:
+    # one-view methods only)
+    views: CutMixViews = CutMixViews.shared
 
 
 @dataclass
 class NoiseConfig:
     """Training-label noise (configs/noise/, docs/augment_and_noise.md); the test set stays clean."""
-    name: str = "none"  # none | symmetric | asymmetric
+    name: NoiseName = NoiseName.none
     rate: float = 0.0  # in [0, 1): probability that a training label is flipped
     seed: int = 0  # the noisy labels are a pure function of (dataset, name, rate, seed), not of the run seed
 
@@ -137,7 +132,7 @@ class Config:
 def register_configs() -> None:
     from dlb.runid import register_resolver
 
-    register_resolver()
+    register_resolver(CONFIGS)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="schema/dataset", name="base", node=DatasetConfig)
@@ -145,10 +140,30 @@ def register_configs() -> None:
     cs.store(group="schema/logger", name="base", node=LoggerConfig)
     cs.store(group="schema/augment", name="base", node=AugmentConfig)
     cs.store(group="schema/noise", name="base", node=NoiseConfig)
-    from dlb.methods import METHODS  # each method file registers its own schema
+    for name, cls in METHODS.items():  # `method=<name>` is the method's Config dataclass, its defaults included
+        cs.store(group="method", name=name, node=cls.Config)
 
-    for name, cls in METHODS.items():
-        cs.store(group="schema/method", name=name, node=cls.Config)
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: its YAML files in configs/<group>/ and its entries in Hydra's ConfigStore."""
+    register_configs()
+    stored = []
+    if group.split("/")[0] != "hydra":  # Hydra's own groups are not options of this package
+        try:
+            stored = [name.removesuffix(".yaml") for name in ConfigStore.instance().list(group)]
+        except IOError:  # no such group
+            pass
+    return sorted({p.stem for p in (CONFIGS / group).glob("*.yaml")} | set(stored))
+
+
+def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
+    """The config `python -m dlb.train <overrides>` runs with, unvalidated and without Hydra's run-dir side
+    effects; `with_hydra` keeps the `hydra` node (run dir, sweeper params)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
 def _fail(key: str, value: Any, why: str) -> None:
@@ -157,18 +172,10 @@ def _fail(key: str, value: Any, why: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Reject values that are well-typed but unusable. Raises ConfigError naming the key and the fix."""
-    from dlb.methods import METHODS
-
     d, t, o = cfg.dataset, cfg.trainer, cfg.optim
-    if d.name not in DATASET_NAMES:
-        _fail("dataset.name", d.name, f"unknown dataset; use one of {', '.join(DATASET_NAMES)}")
     if not d.root:
         _fail("dataset.root", d.root, f"dataset={d.name} needs a data folder: set dataset.root=<dir>"
               + ("" if d.name == "imagefolder" else " (or the DLB_DATA environment variable)"))
-    if d.augment not in AUGMENTS:
-        _fail("dataset.augment", d.augment, f"use one of {', '.join(AUGMENTS)}")
-    if d.loader not in LOADERS:
-        _fail("dataset.loader", d.loader, f"use one of {', '.join(LOADERS)}")
     for key in ("train_subset", "test_subset"):
         if d[key] is not None and d[key] < 1:
             _fail(f"dataset.{key}", d[key], "must be >= 1, or null for the whole split")
@@ -188,8 +195,6 @@ def validate(cfg: DictConfig) -> None:
         _fail("trainer.eval_batch_size", t.eval_batch_size, "must be >= 1")
     if t.device not in DEVICES and not str(t.device).startswith("cuda:"):
         _fail("trainer.device", t.device, f"use one of {', '.join(DEVICES)} or cuda:<index>")
-    if t.precision not in PRECISIONS:
-        _fail("trainer.precision", t.precision, f"use one of {', '.join(PRECISIONS)}")
     _validate_speed(cfg)
     for key in ("limit_train_batches", "limit_eval_batches"):
         if t[key] is not None and t[key] < 1:
@@ -211,10 +216,6 @@ def validate(cfg: DictConfig) -> None:
     if any(not 0 < f < 1 for f in o.milestone_fractions):
         _fail("optim.milestone_fractions", list(o.milestone_fractions), "fractions must be in (0, 1)")
     _validate_augment_and_noise(cfg, METHODS[cfg.method.name].num_views)
-    if cfg.logger.name not in LOGGERS:
-        _fail("logger.name", cfg.logger.name, f"use one of {', '.join(LOGGERS)}")
-    if cfg.logger.mode is not None and cfg.logger.mode not in WANDB_MODES:
-        _fail("logger.mode", cfg.logger.mode, f"use one of {', '.join(WANDB_MODES)}, or null for automatic")
     if cfg.seed < 0:
         _fail("seed", cfg.seed, "must be >= 0")
 
@@ -222,8 +223,6 @@ def validate(cfg: DictConfig) -> None:
 def _validate_speed(cfg: DictConfig) -> None:
     """Speed and placement switches (docs/performance.md)."""
     t = cfg.trainer
-    if t.compile not in COMPILE_MODES:
-        _fail("trainer.compile", t.compile, f"use one of {', '.join(COMPILE_MODES)}")
     if t.jobs_per_gpu < 1:
         _fail("trainer.jobs_per_gpu", t.jobs_per_gpu, "must be >= 1 (runs sharing one GPU with trainer.device=slot)")
     if cfg.optim.fused not in FUSED:
@@ -240,15 +239,13 @@ def _validate_speed(cfg: DictConfig) -> None:
         if cfg.dataset.loader != "device":
             _fail("dataset.loader", cfg.dataset.loader, "trainer.ddp=true shards the device loader's batches; use "
                   "dataset.loader=device")
-        if cfg.method.name in DDP_UNSUPPORTED:
+        if not METHODS[cfg.method.name].ddp:
             _fail("trainer.ddp", t.ddp, f"method={cfg.method.name} runs model.forward_features, which "
                   "DistributedDataParallel does not wrap (gradients would not be averaged); train it on one GPU")
 
 
 def _validate_augment_and_noise(cfg: DictConfig, num_views: int) -> None:
     a, n = cfg.augment, cfg.noise
-    if a.name not in BATCH_AUGMENTS:
-        _fail("augment.name", a.name, f"use augment=<one of {', '.join(BATCH_AUGMENTS)}>")
     if a.name == "cutout" and not 1 <= a.size < cfg.dataset.image_size:
         _fail("augment.size", a.size, f"the CutOut hole must be >= 1 and smaller than dataset.image_size="
               f"{cfg.dataset.image_size} pixels (the paper uses 16 on CIFAR-10, 8 on CIFAR-100)")
@@ -256,13 +253,9 @@ def _validate_augment_and_noise(cfg: DictConfig, num_views: int) -> None:
         _fail("augment.prob", a.prob, "the CutMix probability must be in [0, 1] (the paper uses 0.5)")
     if a.beta <= 0:
         _fail("augment.beta", a.beta, "lam ~ Beta(beta, beta) needs beta > 0 (the paper uses 1)")
-    if a.views not in CUTMIX_VIEWS:
-        _fail("augment.views", a.views, f"use one of {', '.join(CUTMIX_VIEWS)}")
     if a.name == "cutmix" and a.views == "independent" and num_views > 1:
         _fail("augment.views", a.views, f"method={cfg.method.name} trains on {num_views} views and a batch holds one "
               "mixed target per sample, so the views must share the CutMix partner and box; use augment.views=shared")
-    if n.name not in NOISES:
-        _fail("noise.name", n.name, f"use noise=<one of {', '.join(NOISES)}>")
     if not 0 <= n.rate < 1:
         _fail("noise.rate", n.rate, "the flip probability must be in [0, 1)")
     if n.name == "none" and n.rate != 0:
@@ -306,4 +299,5 @@ def milestones(cfg: DictConfig) -> list[int]:
 
 
 def to_container(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
+    """The resolved config as plain Python values (Choice members as their strings), for json and checkpoints."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

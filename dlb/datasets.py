@@ -25,7 +25,17 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-DATASETS = ("cifar10", "cifar100", "tinyimagenet", "fashion_mnist", "imagefolder")
+from dlb.choice import Choice
+from dlb.errors import DatasetError
+
+
+class DatasetName(Choice):
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    tinyimagenet = "tinyimagenet"
+    fashion_mnist = "fashion_mnist"
+    imagefolder = "imagefolder"
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREPARE_TINYIMAGENET = REPO_ROOT / "scripts" / "prepare_tinyimagenet.py"
@@ -38,10 +48,6 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Measured over the 60000 train images *after* zero-padding 28x28 -> 32x32. The usual
 # 28x28 values (0.2860, 0.3530) would be wrong here: the padding adds 240 black pixels per image.
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2190,) * 3, (0.3318,) * 3
-
-
-class DatasetError(Exception):
-    """Missing/corrupt/malformed data. Message names the problem AND the exact command that fixes it."""
 
 
 @dataclass
@@ -96,7 +102,7 @@ def load_dataset(name: str, root: str, train: bool, *, download: bool = False, i
         return _load_fashion_mnist(root_path, train, download)
     if name == "imagefolder":
         return _load_imagefolder(root_path, train, image_size)
-    raise DatasetError(f"unknown dataset {name!r}; set dataset.name to one of {', '.join(DATASETS)}")
+    raise DatasetError(f"unknown dataset {name!r}; set dataset.name to one of {', '.join(DatasetName)}")
 
 
 # ---------------------------------------------------------------- CIFAR

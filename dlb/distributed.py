@@ -15,6 +15,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from dlb.errors import ConfigError
+
 
 def torchrun_env() -> tuple[int, int, int] | None:
     """(rank, world_size, local_rank) set by torchrun, or None outside it."""
@@ -25,8 +27,6 @@ def torchrun_env() -> tuple[int, int, int] | None:
 
 def setup(device_name: str) -> tuple[int, int, torch.device, bool]:
     """Join torchrun's process group: (rank, world_size, this process's device, whether we created the group)."""
-    from dlb.config import ConfigError
-
     env = torchrun_env()
     if env is None:
         raise ConfigError("trainer.ddp=true: start the run with torchrun, e.g. torchrun --nproc_per_node <gpus> -m "

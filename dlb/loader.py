@@ -17,11 +17,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dlb.choice import Choice
+
 if TYPE_CHECKING:
     from dlb.datasets import ArrayDataset
 
-AUGMENTS = ("crop_flip", "rrc_flip", "none")
-KINDS = ("device", "torch")
+
+class Augment(Choice):
+    """dataset.augment: the per-image augmentation of a training batch."""
+    crop_flip = "crop_flip"  # random crop with zero padding, horizontal flip (CIFAR)
+    rrc_flip = "rrc_flip"  # random resized crop, horizontal flip (TinyImageNet)
+    none = "none"
+
+
+class LoaderKind(Choice):
+    """dataset.loader: make_loader's kind."""
+    device = "device"  # DeviceLoader: uint8 data and batched augmentation on the device
+    torch = "torch"  # TorchLoader: PIL transforms in DataLoader workers
 
 
 @dataclass
@@ -157,8 +169,7 @@ class DeviceLoader:
                  shuffle: bool | None = None, drop_last: bool = False, channels_last: bool = False,
                  batch_order: Callable[[int, torch.Generator], Sequence[torch.Tensor] | torch.Tensor] | None = None,
                  batch_augment: Callable[[Batch, int], Batch] | None = None, rank: int = 0, world_size: int = 1):
-        if augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        augment = Augment(augment)  # ValueError for an unknown one
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
         self.batch_augment = batch_augment if train else None
@@ -292,8 +303,7 @@ class TorchLoader:
                  channels_last: bool = False, batch_augment: Callable[[Batch, int], Batch] | None = None):
         from torchvision import transforms as T
 
-        if augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        augment = Augment(augment)
         self.device, self.seed, self.channels_last = torch.device(device), seed, channels_last
         self.batch_augment = batch_augment if train else None
         augment = augment if train else "none"
@@ -340,4 +350,4 @@ def make_loader(ds: "ArrayDataset", *, kind: str = "device", **kw):
         return DeviceLoader(ds, **kw)
     if kind == "torch":
         return TorchLoader(ds, **kw)
-    raise ValueError(f"unknown loader kind {kind!r}; valid kinds: {KINDS}")
+    raise ValueError(f"unknown loader kind {kind!r}; valid kinds: {', '.join(LoaderKind)}")

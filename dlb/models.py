@@ -12,18 +12,19 @@ All nets end in global average pooling, so they also run on 64x64 (or larger) in
 ``forward_head`` maps it to logits and ``get_classifier()`` returns the head.
 """
 
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
 
-__all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "CifarDenseNet", "CifarVGG"]
+from dlb.errors import ConfigError
+
+__all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "CifarDenseNet", "CifarVGG", "build_model"]
 
 
 class _CifarNet(nn.Module):
     """timm-style API shared by all nets: features -> pooled (B, D), head -> logits (B, K)."""
-
-    default_input_size = 32  # CIFAR resolution the nets were designed for
 
     def forward_features(self, x):
         return self.features(x)
@@ -269,3 +270,34 @@ def cifar_vgg16(pretrained=False, **kwargs):
 def cifar_vgg19(pretrained=False, **kwargs):
     """VGG-19 with BN (~20.6M params)."""
     return _create("cifar_vgg19", lambda **kw: CifarVGG(19, **kw), pretrained, kwargs)
+
+
+def build_model(cfg, num_classes: int) -> torch.nn.Module:
+    """The run config's backbone (`cfg.backbone`) for `cfg.dataset.image_size` images and `num_classes` classes; a
+    ConfigError when timm has no such model or it cannot take that image size."""
+    try:
+        model = timm.create_model(cfg.backbone.name, num_classes=num_classes, **dict(cfg.backbone.kwargs))
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise ConfigError(f"backbone.name={cfg.backbone.name!r}: not a timm model; use a backbone config "
+                              "(resnet32, vgg16, ...) or a name from timm.list_models()") from None
+        raise
+    _check_input_size(model, cfg.backbone.name, cfg.dataset.image_size)
+    return model
+
+
+def _check_input_size(model: torch.nn.Module, name: str, size: int) -> None:
+    """Fail before training when the backbone can't take the dataset's images at all (a ViT built for 224 px given
+    32 px, a VGG whose pooling shrinks 8 px to nothing): one forward of one blank image on the CPU, in eval mode
+    (no BatchNorm statistics change, no random numbers drawn)."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    except (RuntimeError, AssertionError, ValueError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"backbone.name={name}: cannot take {size}x{size} images (dataset.image_size={size}): "
+                          f"{why}; use a backbone made for this size (the cifar_* ones take any size >= 8) or tell "
+                          f"the timm model the size, e.g. +backbone.kwargs.img_size={size}") from None
+    finally:
+        model.train(was_training)

@@ -12,7 +12,15 @@ import hashlib
 
 import torch
 
-NOISE_NAMES = ("none", "symmetric", "asymmetric")
+from dlb.choice import Choice
+
+
+class NoiseName(Choice):
+    """noise.name: how noisy_labels flips a label."""
+    none = "none"
+    symmetric = "symmetric"
+    asymmetric = "asymmetric"
+
 
 # CIFAR-10's standard asymmetric map (Patrini et al. 2017): truck->automobile, bird->airplane, deer->horse, cat<->dog.
 CIFAR10_FLIPS = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
@@ -60,8 +68,7 @@ def noisy_labels(labels: torch.Tensor, num_classes: int, dataset: str, name: str
     uniformly random other class (symmetric) or to asymmetric_map's class (asymmetric)."""
     if name == "none":
         return labels.clone()
-    if name not in NOISE_NAMES:
-        raise ValueError(f"unknown noise {name!r}; use one of {NOISE_NAMES}")
+    name = NoiseName(name)  # ValueError for an unknown one
     g = torch.Generator().manual_seed(noise_seed(dataset, name, rate, seed))
     labels = labels.cpu()
     flip = torch.rand(len(labels), generator=g) < rate

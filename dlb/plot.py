@@ -21,12 +21,16 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 
+from dlb.methods import METHODS, label as method_label  # noqa: E402
 from dlb.report import Cell, Run, collect_runs, group_cells, mean_std, one_run_per_seed  # noqa: E402
 
 ZOOM_FRACTION = 0.25  # the right panel of the curves shows the last quarter of training, where methods differ
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-METHOD_COLOR = {"ce": "0.35", "dlb": "C3", "ddgsd_dlb": "C1", "ddgsd": "C4", "lsr": "C2", "tfkd_self": "C0",
-                "tfkd_reg": "C9", "cskd": "C5", "pskd": "C6"}
+
+
+def method_color(method: str):
+    """The method's own colour (`Method.color`); None for a method without one."""
+    return METHODS[method].color if method in METHODS else None
 
 
 def _slug(text: str) -> str:
@@ -66,8 +70,8 @@ def _lines(cells: list[Cell]):
             runs = list(one_run_per_seed(variant.runs)[0].values())  # the runs the table averages
             if not runs:
                 continue
-            label = cell.method + (f" [{variant.label}]" if len(cell.variants) > 1 else "")
-            color = METHOD_COLOR.get(cell.method, COLORS[zlib.crc32(cell.method.encode()) % len(COLORS)])
+            label = method_label(cell.method) + (f" [{variant.label}]" if len(cell.variants) > 1 else "")
+            color = method_color(cell.method) or COLORS[zlib.crc32(cell.method.encode()) % len(COLORS)]
             yield label, (color if i == 0 else None), runs
 
 
@@ -164,9 +168,10 @@ def plot_noise(cells: list[Cell], out: Path, metric: str = "best", source: str =
                 xs = sorted(rates)
                 stats = [mean_std([getattr(r, f"{which}_err") for r in rates[x]]) for x in xs]
                 ax.errorbar([100 * x for x in xs], [s["mean"] for s in stats], yerr=[s["std"] or 0 for s in stats],
-                            marker="o", capsize=3, color=METHOD_COLOR.get(method),
+                            marker="o", capsize=3, color=method_color(method),
                             linestyle="-" if noise == noise_names[0] else "--",
-                            label=f"{method}, {noise} (n per rate: {'/'.join(str(len(rates[x])) for x in xs)})")
+                            label=f"{method_label(method)}, {noise} "
+                                  f"(n per rate: {'/'.join(str(len(rates[x])) for x in xs)})")
             ax.set(xlabel="training-label noise rate (%)", ylabel="test error (%)",
                    title=f"{which} epoch" + (" (checked against the paper)" if which == metric else ""))
             ax.grid(alpha=0.3)

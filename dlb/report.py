@@ -21,21 +21,18 @@ from pathlib import Path
 from typing import Callable
 
 from dlb import runfiles, runid
+from dlb.methods import METHODS, comparisons, label, ordered
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PAPER = REPO / "results" / "paper" / "reference.yaml"
 
-# Row order of the paper's tables; names not listed sort after these, alphabetically.
+# Row order of the paper's tables; names not listed sort after these, alphabetically. Methods: their `order`.
 ORDER = {
     "dataset": ("cifar10", "cifar100", "tinyimagenet"),
     "backbone": ("cifar_vgg16", "cifar_vgg19", "cifar_resnet32", "cifar_resnet110", "cifar_wrn20_8",
                  "cifar_densenet40_12"),
-    "method": ("ce", "lsr", "tfkd_self", "tfkd_reg", "cskd", "pskd", "ddgsd", "ddgsd_dlb", "dlb"),
     "augment": ("none", "cutout", "cutmix"),
 }
-# (base, method) pairs whose difference the report computes wherever both cells exist in the same setting.
-PAIRS = (("ce", "dlb"), ("ddgsd", "ddgsd_dlb"), ("tfkd_self", "dlb"), ("tfkd_reg", "dlb"), ("pskd", "dlb"),
-         ("cskd", "dlb"))
 UNFINISHED = "unfinished"
 DIVERGED = "diverged"
 OK = "ok"
@@ -46,6 +43,8 @@ class SkipRun(ValueError):
 
 
 def _sort_key(kind: str, name: str):
+    if kind == "method":
+        return ordered(METHODS).index(name) if name in METHODS else len(METHODS), name
     order = ORDER[kind]
     return (order.index(name), "") if name in order else (len(order), name)
 
@@ -424,13 +423,13 @@ def check(delta: float | None, claim: dict | None) -> str:
 
 
 def compare(rows: list[dict], paper: dict | None = None) -> list[dict]:
-    """base − method error (positive: the method is better) for each PAIRS pair present in one setting, over
-    the main variants, with the paper's claim for it."""
+    """base − method error (positive: the method is better) for each comparison (a method's `compared_with`) present
+    in one setting, over the main variants, with the paper's claim for it."""
     main = {(r["dataset"], r["backbone"], r["augment"], r["noise"], r["noise_rate"], r["method"]): r
             for r in rows if r["main"]}
-    out = []
+    out, pairs = [], comparisons()
     for key, row in main.items():
-        for base, method in PAIRS:
+        for base, method in pairs:
             if key[-1] != method or key[:-1] + (base,) not in main:
                 continue
             b = main[key[:-1] + (base,)]
@@ -443,7 +442,7 @@ def compare(rows: list[dict], paper: dict | None = None) -> list[dict]:
                         "delta_last": delta["last"], "claim": claim, "check_best": check(delta["best"], claim),
                         "check_last": check(delta["last"], claim),
                         "flagged": bool(b["flags"] or row["flags"])})
-    pair_order = {p: i for i, p in enumerate(PAIRS)}
+    pair_order = {p: i for i, p in enumerate(pairs)}
     out.sort(key=lambda d: (_sort_key("dataset", d["dataset"]), _sort_key("backbone", d["backbone"]),
                             d["setting_kind"] != "clean", d["setting"], pair_order[(d["base"], d["method"])]))
     return out
@@ -505,7 +504,7 @@ def render_markdown(report: dict) -> str:
     ]
     lines += _md_table(
         ["dataset", "backbone", "method", "setting", "variant", "n", "seeds", "best err", "last err", "paper", "flags"],
-        [[r["dataset"], r["backbone"], r["method"], r["setting"] or "—",
+        [[r["dataset"], r["backbone"], label(r["method"]), r["setting"] or "—",
           (r["variant"] + ("" if r["main"] else " (not main)")) if r["variant"] else "—", r["n"],
           ",".join(map(str, r["seeds"])) or "—", fmt_err(r["best"]), fmt_err(r["last"]), fmt_paper(r["paper"]),
           "; ".join(f.split(":")[0] for f in r["flags"]) or ""] for r in report["rows"]])
@@ -514,7 +513,7 @@ def render_markdown(report: dict) -> str:
         lines += _md_table(
             ["dataset", "backbone", "setting", "base → method", "n", "paper claim", "Δ best", "check best",
              "Δ last", "check last", "cells flagged"],
-            [[d["dataset"], d["backbone"], d["setting"] or "—", f"{d['base']} → {d['method']}",
+            [[d["dataset"], d["backbone"], d["setting"] or "—", f"{label(d['base'])} → {label(d['method'])}",
               f"{d['n_base']}/{d['n_method']}", d["claim"]["text"] if d["claim"] else "—",
               fmt_delta(d["delta_best"]), d["check_best"], fmt_delta(d["delta_last"]), d["check_last"],
               "yes" if d["flagged"] else ""] for d in report["deltas"]])
@@ -567,7 +566,8 @@ def render_latex(report: dict) -> str:
     lines += _tex_table(
         "llllrccl", ["Dataset", "Backbone", "Method", "Setting", "$n$", "Best err.", "Last err.", "Paper"],
         [[e(r["dataset"]), e(r["backbone"]),
-          e(r["method"] + (f" ({r['variant']})" if r["variant"] else "")) + (r"$^\dagger$" if r["flags"] else ""),
+          e(label(r["method"]) + (f" ({r['variant']})" if r["variant"] else ""))
+          + (r"$^\dagger$" if r["flags"] else ""),
           e(r["setting"] or dash), str(r["n"]), fmt_err(r["best"], pm, dash), fmt_err(r["last"], pm, dash),
           e(fmt_paper(r["paper"], dash))] for r in rows],
         [r["dataset"] for r in rows])
@@ -579,7 +579,8 @@ def render_latex(report: dict) -> str:
         lines += _tex_table(
             "llllrrll", ["Dataset", "Backbone", "Setting", "Base $\\to$ method", r"$\Delta$ best",
                          r"$\Delta$ last", "Paper claim", "Check"],
-            [[e(d["dataset"]), e(d["backbone"]), e(d["setting"] or dash), e(d["base"]) + r" $\to$ " + e(d["method"]),
+            [[e(d["dataset"]), e(d["backbone"]), e(d["setting"] or dash),
+              e(label(d["base"])) + r" $\to$ " + e(label(d["method"])),
               fmt_delta(d["delta_best"], dash), fmt_delta(d["delta_last"], dash),
               _tex_claim(d["claim"], dash), e(d[f"check_{m}"])] for d in deltas],
             [d["dataset"] for d in deltas])

@@ -18,8 +18,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
 # Keys (a name covers its sub-keys) that never change what a run computes, at most float rounding.
 FREE_KEYS = (
     "hydra", "resume", "logger", "experiment_name",  # Hydra's own settings, logging, the sweep's label
@@ -117,6 +115,7 @@ def run_name(config: dict, defaults: dict, groups: dict[str, str] | None = None)
 
 # --- the Hydra resolver -----------------------------------------------------------------------------------------
 _defaults_cache: dict[tuple, dict] = {}
+_config_dir: list[Path] = []  # set by register_resolver
 
 
 def _defaults_for(choices: dict[str, str]) -> dict:
@@ -131,9 +130,9 @@ def _defaults_for(choices: dict[str, str]) -> dict:
         if GlobalHydra.instance().is_initialized():  # inside a Hydra app or compose context
             cfg = compose("config", overrides=overrides)
         else:  # a config composed earlier, resolved now
-            with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+            with initialize_config_dir(version_base="1.3", config_dir=str(_config_dir[0])):
                 cfg = compose("config", overrides=overrides)
-        _defaults_cache[key] = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
+        _defaults_cache[key] = {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k])
                                 else cfg[k] for k in cfg if k != "hydra"}
     return _defaults_cache[key]
 
@@ -145,13 +144,15 @@ def resolve_run_name(*, _root_) -> str:
 
     choices = {g: c for g, c in _root_.hydra.runtime.choices.items()
                if c is not None and not g.startswith(("hydra/", "schema/")) and g != "experiment"}
-    config = {k: OmegaConf.to_container(_root_[k], resolve=True) if OmegaConf.is_config(_root_[k]) else _root_[k]
+    config = {k: OmegaConf.to_container(_root_[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(_root_[k]) else _root_[k]
               for k in _root_ if k != "hydra"}
     return run_name(config, _defaults_for(choices), choices)
 
 
-def register_resolver() -> None:
+def register_resolver(config_dir: Path) -> None:
+    """`${dlb_run_name:}` for the configs in `config_dir`."""
     from omegaconf import OmegaConf
 
+    _config_dir[:] = [config_dir]
     if not OmegaConf.has_resolver("dlb_run_name"):
         OmegaConf.register_new_resolver("dlb_run_name", resolve_run_name)

@@ -19,20 +19,11 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from dlb.config import compose
+from dlb.methods import METHODS
+
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "configs"
 THROUGHPUT_FILE = REPO / "results" / "bench" / "throughput.json"
-TEACHER_METHODS = {"tfkd_self"}  # methods that need a finished ce run of the same cell
-
-
-def compose(overrides: list[str], with_hydra: bool = False):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from dlb.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-        return hydra_compose("config", overrides=overrides, return_hydra_config=with_hydra)
 
 
 def _values(key: str, value: str) -> list[str]:
@@ -82,7 +73,7 @@ def estimate_hours(fixed: list[str], jobs: list[list[str]]) -> tuple[float | Non
 
 def stages(jobs: list[list[str]]) -> list[list[list[str]]]:
     methods = {o.split("=", 1)[1] for job in jobs for o in job if o.startswith("method=")}
-    if not methods & TEACHER_METHODS or "ce" not in methods:
+    if not any(m in METHODS and METHODS[m].needs_teacher for m in methods) or "ce" not in methods:
         return [jobs]
     first = [job for job in jobs if "method=ce" in job]
     return [first, [job for job in jobs if "method=ce" not in job]]

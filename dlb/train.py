@@ -19,7 +19,6 @@ import difflib
 import os
 import re
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import hydra
@@ -30,11 +29,11 @@ from omegaconf import DictConfig
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
                               OmegaConfBaseException)
 
-from dlb.checkpoint import WRITE_ERRNOS, OutputError
-from dlb.config import ConfigError, register_configs, to_container, validate
+from dlb.checkpoint import WRITE_ERRNOS
+from dlb.config import CONFIGS, compose, group_options, register_configs, to_container, validate
+from dlb.errors import ConfigError, DatasetError, Diverged, OutputError, Preempted, ResumeError
 
 register_configs()
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 2, 3, 75, 130
 
 
@@ -48,11 +47,11 @@ class JobFailed(Exception):
 
 # --- one line per user error ----------------------------------------------------------------------------------
 def _is_group(name: str) -> bool:
-    return bool(re.fullmatch(r"\w+(/\w+)*", name)) and (CONFIGS / name).is_dir()
+    return bool(re.fullmatch(r"\w+(/\w+)*", name)) and bool(group_options(name))
 
 
 def _group_options(group: str) -> str:
-    return ", ".join(sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))) or f"the files in configs/{group}/"
+    return ", ".join(group_options(group)) or f"the files in configs/{group}/"
 
 
 def _override_key(override: str) -> str:
@@ -113,6 +112,9 @@ def error_line(e: BaseException, overrides: Sequence[str] = ()) -> str:
             hint = (f"did you mean {parent}{close[0]}?" if close
                     else f"{parent.rstrip('.') or 'the config'} has {', '.join(map(str, siblings))}")
             return f"{typed}: no such key; {hint} (`python -m dlb.train --cfg job` prints every key)"
+        choices = re.match(r"Invalid value .*, expected one of \[(.*)\]$", what)  # a Choice field (dlb/choice.py)
+        if choices:
+            return f"{typed}: not an option of {key}; use one of {choices.group(1)}"
         if isinstance(oc, InterpolationResolutionError):
             return f"{typed}: {what}; fix the ${{...}} it refers to, or set {key}=<value> directly"
         return f"{typed}: {what}; give a value of the key's type (`python -m dlb.train --cfg job` shows the defaults)"
@@ -134,14 +136,11 @@ def check(cfg: DictConfig) -> None:
 def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The validated config `python -m dlb.train <overrides>` runs with. Anything wrong with the overrides raises
     ConfigError whose message is the one line the command prints."""
-    from hydra import compose, initialize_config_dir
-
     bad = _culprit(overrides)
     if bad is not None:
         raise ConfigError(f"{bad[0]}: {bad[1]}")
     try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-            cfg = compose("config", overrides=list(overrides))
+        cfg = compose(overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as e:  # Hydra raises ValueError for some overrides
         raise ConfigError(error_line(e, overrides)) from None
     check(cfg)
@@ -161,8 +160,7 @@ def _stop(code: int, e: BaseException) -> None:
 # An absolute config path: found the same whether this runs as `python -m dlb.train`, the dlb-train script or main()
 @hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
-    from dlb.datasets import DatasetError
-    from dlb.trainer import Diverged, Preempted, ResumeError, run
+    from dlb.trainer import run
 
     try:
         check(cfg)

@@ -11,11 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import timm
 import torch
 from omegaconf import DictConfig
 
-import dlb.models  # noqa: F401  (registers the cifar_* backbones with timm)
 from dlb import augment as A
 from dlb import config as C
 from dlb import distributed
@@ -23,31 +21,17 @@ from dlb import noise as N
 from dlb import runfiles, runid
 from dlb.checkpoint import RunLock, StopSignals, atomic_save, load_checkpoint, save_checkpoint
 from dlb.datasets import ArrayDataset, fingerprint, load_dataset
+from dlb.errors import ConfigError, Diverged, Preempted, ResumeError
 from dlb.loader import make_loader
 from dlb.methods import Method, build_method
 from dlb.metrics import evaluate
+from dlb.models import build_model
 from dlb.loggers import RunLogger
 from dlb.utils import (GpuSlot, build_optimizer, compile_model, environment_info, git_info, peak_memory_bytes,
                        resolve_device, rng_states, seed_everything, set_rng_states)
 
 SUBSET_SEED = 0  # train/test subsets are the same for every seed and method, so runs stay comparable
 
-class ResumeError(RuntimeError):
-    """The output dir holds a run that this command must not continue or overwrite."""
-
-
-class Preempted(Exception):
-    """A stop signal ended the run at a step boundary after its position was saved; running the same command again
-    continues from there. SIGTERM/SIGUSR1 (a scheduler's preemption or time limit): dlb.train exits with
-    EXIT_PREEMPTED for the requeue; Ctrl-C (`interrupted`): exit code 130, as for any interrupted command."""
-
-    def __init__(self, message: str, interrupted: bool = False):
-        super().__init__(message)
-        self.interrupted = interrupted
-
-
-class Diverged(FloatingPointError):
-    """The loss (or the test NLL) became NaN/Inf. The diverged state is never saved: the last good checkpoint stays."""
 
 
 # A NaN/Inf loss is caught by reading the on-device loss sums every FINITE_CHECK_EVERY steps and at each epoch end:
@@ -69,33 +53,6 @@ def _subset(ds: ArrayDataset, n: int | None) -> ArrayDataset:
     return ds if index is None else ds.subset(index)
 
 
-def build_model(cfg, num_classes: int) -> torch.nn.Module:
-    try:
-        model = timm.create_model(cfg.backbone.name, num_classes=num_classes, **dict(cfg.backbone.kwargs))
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            raise C.ConfigError(f"backbone.name={cfg.backbone.name!r}: not a timm model; use a backbone config "
-                                "(resnet32, vgg16, ...) or a name from timm.list_models()") from None
-        raise
-    _check_input_size(model, cfg.backbone.name, cfg.dataset.image_size)
-    return model
-
-
-def _check_input_size(model: torch.nn.Module, name: str, size: int) -> None:
-    """Fail before training when the backbone can't take the dataset's images at all (a ViT built for 224 px given
-    32 px, a VGG whose pooling shrinks 8 px to nothing): one forward of one blank image on the CPU, in eval mode
-    (no BatchNorm statistics change, no random numbers drawn)."""
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, size, size))
-    except (RuntimeError, AssertionError, ValueError) as e:
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise C.ConfigError(f"backbone.name={name}: cannot take {size}x{size} images (dataset.image_size={size}): "
-                            f"{why}; use a backbone made for this size (the cifar_* ones take any size >= 8) or tell "
-                            f"the timm model the size, e.g. +backbone.kwargs.img_size={size}") from None
-    finally:
-        model.train(was_training)
 
 
 class _NoLogger:
@@ -171,7 +128,7 @@ class Trainer:
         batch_order = self.method.batch_order(train_ds.labels, t.batch_size)
         if batch_order is not None:
             if d.loader != "device":
-                raise C.ConfigError(f"dataset.loader={d.loader}: method={cfg.method.name} needs its own batch order, "
+                raise ConfigError(f"dataset.loader={d.loader}: method={cfg.method.name} needs its own batch order, "
                                     "which only the device loader provides; use dataset.loader=device")
             loader_kw["batch_order"] = batch_order
         shard = dict(rank=self.rank, world_size=self.world_size) if self.world_size > 1 else {}  # DDP: this rank's part
@@ -207,7 +164,7 @@ class Trainer:
                              "clean_sha256": N.labels_fingerprint(full.labels),
                              "clean_used_sha256": N.labels_fingerprint(clean_used),
                              "noise_rate_realised": self.noise_rate_realised,
-                             "config": {"dataset": d.name, **C.to_container(nz)}}
+                             "config": {"dataset": str(d.name), **C.to_container(nz)}}
         # Loader and any method's batch_order (CS-KD's class pairs) see the noisy labels; the test set stays clean.
         train = dataclasses.replace(full, labels=noisy)
         return train if index is None else train.subset(index)

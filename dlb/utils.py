@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dlb.choice import Choice
+from dlb.errors import ConfigError
+
 
 def resolve_device(name: str) -> torch.device:
-    from dlb.config import ConfigError
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "slot":
@@ -44,8 +45,6 @@ class GpuSlot:
                  poll_s: float = 2.0):
         import fcntl
         import time
-
-        from dlb.config import ConfigError
 
         if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
             raise ConfigError("trainer.device=slot: no CUDA GPU on this machine; use trainer.device=cpu (or auto)")
@@ -100,6 +99,16 @@ def build_optimizer(o, params, device: torch.device) -> torch.optim.SGD:
                            **kind)
 
 
+# trainer.compile: torch.compile's modes, and none (eager).
+CompileMode = Choice("CompileMode", [(m, m) for m in ("none", "default", "reduce-overhead", "max-autotune")])
+
+
+class Precision(Choice):
+    """trainer.precision: fp32 (the official numerics) or bf16 autocast on CUDA."""
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     """trainer.compile: torch.compile of the model (never of a method's step, so DLB's two forwards stay two separate
     calls, each with its own BatchNorm statistics). dynamic=False: one static graph per batch shape, i.e. the full
@@ -108,7 +117,7 @@ def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     last step's logits, so outputs are copied out (B x K floats per call)."""
     if mode == "none":
         return model
-    net = torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
+    net = torch.compile(model, mode=None if mode == "default" else str(mode), dynamic=False)
     if mode == "reduce-overhead":
         net.register_forward_hook(lambda module, args, out: out.clone())
     return net

@@ -52,16 +52,6 @@ STOPPED: list[str] = []  # the signal that stopped this run (main's SIGTERM hand
 # --- the measurement (runs in a child process) ---------------------------------------------------------------------
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from dlb.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "configs")):
-        return hydra_compose("config", overrides=overrides)
-
-
 def synthetic_data(n_train: int, n_test: int, classes: int = 100):
     """CIFAR-shaped uint8 images and labels, in memory (the speed of a step does not depend on pixel values)."""
     import torch
@@ -126,11 +116,11 @@ def method_spec(spec: str) -> tuple[str, list[str]]:
 
 
 def make_trainer(c: dict, out_dir: str, data, loader: str = "device"):
-    import timm
     import torch
     from omegaconf import OmegaConf
 
-    from dlb.config import validate
+    from dlb.config import compose, validate
+    from dlb.models import build_model
     from dlb.trainer import Trainer
 
     method, method_settings = method_spec(c["method"])
@@ -141,11 +131,8 @@ def make_trainer(c: dict, out_dir: str, data, loader: str = "device"):
                  f"trainer.channels_last={str(c['channels_last']).lower()}", f"trainer.compile={c['compile']}",
                  f"optim.fused={c['fused']}", "trainer.progress=false", "trainer.save_best=false", *method_settings]
     if method == "tfkd_self":  # a random-init teacher of the same architecture: same cost as a trained one
-        name = compose(overrides[:6]).backbone.name
-        import dlb.models  # noqa: F401
-
         path = Path(out_dir) / "teacher.pt"
-        torch.save({"model": timm.create_model(name, num_classes=100).state_dict()}, path)
+        torch.save({"model": build_model(compose(overrides[:6]), 100).state_dict()}, path)
         overrides.append(f"method.teacher={path}")
     cfg = compose(overrides)
     validate(cfg)
@@ -543,6 +530,8 @@ def update_throughput(path: Path, device: str, rows: list[dict], backbone_name: 
 
 
 def backbone_timm_name(backbone: str) -> str:
+    from dlb.config import compose
+
     return compose([f"backbone={backbone}"]).backbone.name
 
 

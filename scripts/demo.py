@@ -17,7 +17,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dlb.datasets import DatasetError, load_dataset  # noqa: E402
+from dlb.datasets import load_dataset  # noqa: E402
+from dlb.errors import DatasetError  # noqa: E402
 
 METHODS = ("ce", "dlb")
 

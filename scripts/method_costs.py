@@ -22,30 +22,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark as B  # noqa: E402
 
-METHODS = ("ce", "lsr", "tfkd_self", "tfkd_reg", "cskd", "pskd", "ddgsd", "ddgsd_dlb", "dlb", "dlb:backward=split")
-# method: (images through the network per step, in units of B: what runs with gradient / without; needs a teacher;
-#          extra memory vs CE as a formula; its bytes from (A = CE's saved-for-backward bytes, P params, N, K, B, img)
-COSTS = {
-    "ce": ("1", "no", "0", lambda A, P, N, K, B, img: 0),
-    "lsr": ("1", "no", "0 (B·K·4 soft targets, transient)", lambda A, P, N, K, B, img: 0),
-    "tfkd_self": ("1 + 1 teacher (no grad)", "yes: a trained CE model of the same backbone (here: random init, "
-                  "same cost)", "4P teacher weights (its no-grad activations are transient)",
-                  lambda A, P, N, K, B, img: 4 * P),
-    "tfkd_reg": ("1", "no (virtual teacher)", "0 (B·K·4 virtual-teacher targets, transient)",
-                 lambda A, P, N, K, B, img: 0),
-    "cskd": ("1 + 1 partners (no grad)", "no", "B·img partner images per batch and their no-grad forward "
-             "(transient)", lambda A, P, N, K, B, img: 0),
-    "pskd": ("1", "no", "N·K·4 prediction memory", lambda A, P, N, K, B, img: N * K * 4),
-    "ddgsd": ("2 (one call on both views)", "no", "A(2B) − A(B) ≈ A: both views kept for backward",
-              lambda A, P, N, K, B, img: A),
-    "ddgsd_dlb": ("2 + 1 (last batch's view, separate call)", "no", "≈ 2A + last-batch cache B·(img + 8 + K·4)",
-                  lambda A, P, N, K, B, img: 2 * A + B * (img + 8 + 4 * K)),
-    "dlb": ("1 + 1 (last batch's view, separate call)", "no", "A (second forward kept for backward) + last-batch "
-            "cache B·(img + 8 + K·4)", lambda A, P, N, K, B, img: A + B * (img + 8 + 4 * K)),
-    "dlb:backward=split": ("1 + 1 (separate calls, current half backpropagated first)", "no",
-                           "last-batch cache B·(img + 8 + K·4): one forward held for backward at a time",
-                           lambda A, P, N, K, B, img: B * (img + 8 + 4 * K)),
-}
+
+def costs() -> dict:
+    """Row name -> the method's Cost (dlb/methods/base.py): every method in table order, each followed by the other
+    settings it names in cost_variants ("dlb:backward=split")."""
+    from dlb.methods import METHODS, ordered
+
+    rows = {}
+    for name in ordered(METHODS):
+        rows[name] = METHODS[name].cost
+        rows.update({f"{name}:{setting}": cost for setting, cost in METHODS[name].cost_variants.items()})
+    return rows
 
 
 def epoch_time_vs_ce(ce: dict, r: dict) -> float | None:
@@ -67,7 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train-size", type=int, default=50000)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (see benchmark.py)")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(costs()))
     p.add_argument("--out", type=Path, default=B.REPO / "results" / "method_costs.md")
     p.add_argument("--render", type=Path, default=None, help="rewrite the table from a saved .json (no measuring)")
     a = p.parse_args(argv)
@@ -89,14 +76,13 @@ def main(argv=None) -> int:
         rows = dict(zip(methods, runs))
         m["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
 
-    import timm
-    import torch  # noqa: F401
-
-    import dlb.models  # noqa: F401
+    from dlb.config import compose
+    from dlb.models import build_model
 
     name = B.backbone_timm_name(a.backbone)
     K, N, Bsz, img = 100, a.train_size, a.batch_size, 3 * 32 * 32 * 4
-    P = sum(q.numel() for q in timm.create_model(name, num_classes=K).parameters())
+    P = sum(q.numel() for q in build_model(compose([f"backbone={a.backbone}"]), K).parameters())
+    table = costs()
     ce = rows.get("ce", {})
     A = ce.get("saved_activation_bytes")
     A_peak = ce.get("peak_saved_activation_bytes")
@@ -109,7 +95,8 @@ def main(argv=None) -> int:
              f"step img/s | loop img/s | epoch time vs CE | {mem_name} |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, r in rows.items():
-        passes, teacher, formula, f = COSTS[method]
+        cost = table[method]
+        passes, teacher, formula, f = cost.passes, cost.teacher, cost.memory, cost.memory_bytes
         if "error" in r:
             lines.append(f"| {method} | {passes} | {teacher} | {formula} | error: {r['error'][:100]} |" + " |" * 7)
             continue

@@ -6,19 +6,10 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from dlb.config import compose  # noqa: E402,F401  (the tests' `from conftest import compose`)
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
-
-
-def compose(overrides=(), name="config"):
-    """The config `python -m dlb.train <overrides>` would run with (no Hydra run dir side effects)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from dlb.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-        return hydra_compose(name, overrides=list(overrides), return_hydra_config=False)
 
 
 @pytest.fixture

@@ -10,12 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from dlb.config import ConfigError
+from dlb.errors import ConfigError
 from dlb.loader import Batch, DeviceLoader
 from dlb.methods import METHODS, build_method
 from dlb.methods.cskd import ClassPairOrder
 from dlb.methods.ddgsd import features_and_logits
-from dlb.methods.tfkd import TfKDSelf, search_root
+from dlb.methods.tfkd import TfKDSelf
+from dlb.teacher import search_root
+from dlb.train import load_config
 from dlb.trainer import Trainer
 from test_train import _interrupt_after_first_checkpoint, _strip_timing, tiny_cfg
 
@@ -111,7 +113,8 @@ def test_lsr_under_cutmix_mixes_the_smoothed_targets():
 def test_tfkd_self_golden(reduction, frozen):
     """(1-a) CE + a T^2 multiplier KL(teacher/T || student/T), KL / (B*K) (official nn.KLDivLoss()) or / B."""
     alpha, T, mult = 0.95, 6.0, 50.0
-    method = TfKDSelf(alpha, T, mult, reduction, teacher=_Replay(logits=TEACHER, feats=FEATS[:2]))
+    method = TfKDSelf(alpha=alpha, T=T, multiplier=mult, kl_reduction=reduction,
+                      teacher=_Replay(logits=TEACHER, feats=FEATS[:2]))
     _, losses = method.training_step(_Replay(), batch([[0, 1]]))
     kl = kl_sum([softmax(r, T) for r in TEACHER], [softmax(r, T) for r in LOGITS[:2]])
     kl /= len(Y) * K if reduction == "official" else len(Y)
@@ -128,7 +131,8 @@ def test_tfkd_reg_golden(reduction, soften, frozen):
     clean: a * multiplier * T^2 * KL(softmax(log(u)/T) || softmax(z/T))."""
     alpha, T, mult, cp = 0.1, 20.0, 100.0, 0.99
     u = [[cp if k == y else (1 - cp) / (K - 1) for k in range(K)] for y in Y]
-    _, losses = METHODS["tfkd_reg"](alpha, T, mult, cp, reduction, soften).training_step(_Replay(), batch([[0, 1]]))
+    _, losses = METHODS["tfkd_reg"](alpha=alpha, T=T, multiplier=mult, correct_prob=cp,
+                                    kl_reduction=reduction, soften=soften).training_step(_Replay(), batch([[0, 1]]))
     if soften == "official":
         kl = kl_sum([softmax(r, T) for r in u], [softmax(r) for r in LOGITS[:2]])
     else:
@@ -152,7 +156,7 @@ def test_cskd_golden():
     T, w = 4.0, 1.0
     b = Batch(views=[rows(0, 1, 2, 3)], y=torch.tensor(Y + Y))
     model = _Replay()
-    logits, losses = METHODS["cskd"](T, w).training_step(model, b)
+    logits, losses = METHODS["cskd"](T=T, kd_weight=w).training_step(model, b)
     assert torch.equal(logits, torch.tensor(LOGITS[:2]))  # the first half only
     kd = w * T * T * kl_sum([softmax(r, T) for r in LOGITS[2:4]], [softmax(r, T) for r in LOGITS[:2]]) / 2
     assert losses["ce"].item() == pytest.approx(ce(LOGITS[:2], Y), abs=1e-6)
@@ -220,7 +224,7 @@ def test_ddgsd_golden():
     """CE mean over both views + w T^2 (KL(sg p_b || p_a) + KL(sg p_a || p_b)) batchmean
     + m ||mean f_a - mean f_b||^2."""
     T, w, m = 4.0, 1.0, 5e-4
-    logits, losses = METHODS["ddgsd"](T, w, m).training_step(_Replay(), batch([[0, 1], [2, 3]]))
+    logits, losses = METHODS["ddgsd"](T=T, kl_weight=w, mmd_weight=m).training_step(_Replay(), batch([[0, 1], [2, 3]]))
     assert torch.equal(logits, torch.tensor(LOGITS[:2]))
     pa, pb = [softmax(r, T) for r in LOGITS[0:2]], [softmax(r, T) for r in LOGITS[2:4]]
     mean = lambda f, d: sum(r[d] for r in f) / len(f)  # noqa: E731
@@ -233,7 +237,7 @@ def test_ddgsd_golden():
 
 def test_ddgsd_dlb_golden_two_steps():
     """Step 2 adds alpha T^2 KL(sg(view0 logits of S_1 at step 1) || f(view1 of S_1) now), batchmean, T=3."""
-    method = METHODS["ddgsd_dlb"](4.0, 1.0, 5e-4, dlb_T=3.0, dlb_alpha=0.5)
+    method = METHODS["ddgsd_dlb"](T=4.0, kl_weight=1.0, mmd_weight=5e-4, dlb_T=3.0, dlb_alpha=0.5)
     model = _Replay()
     _, first = method.training_step(model, batch([[0, 1], [2, 3]]))
     assert set(first) == {"ce", "kl", "mmd"}  # the run's first step has no previous batch
@@ -439,10 +443,12 @@ def test_build_method_context_and_config_checks():
 
     m = build_method(OmegaConf.create({"name": "pskd", "alpha_T": 0.5}), num_classes=7, train_size=11)
     assert m.memory.shape == (11, 7) and m.alpha_T == 0.5
-    for name, key, bad in [("lsr", "eps", 1.0), ("tfkd_reg", "soften", "nope"), ("tfkd_self", "kl_reduction", "x"),
-                           ("cskd", "T", 0.0), ("pskd", "alpha_T", 1.5), ("ddgsd", "mmd_weight", -1.0),
+    for name, key, bad in [("lsr", "eps", 1.0), ("cskd", "T", 0.0), ("pskd", "alpha_T", 1.5), ("ddgsd", "mmd_weight", -1.0),
                            ("ddgsd_dlb", "dlb_T", 0.0), ("tfkd_reg", "correct_prob", 1.0)]:
         cfg = OmegaConf.structured(METHODS[name].Config)
         cfg[key] = bad
         with pytest.raises(ConfigError, match=f"method.{key}"):
             METHODS[name].validate_config(cfg)
+    for name, key, bad in [("tfkd_reg", "soften", "nope"), ("tfkd_self", "kl_reduction", "x")]:  # Choice fields
+        with pytest.raises(ConfigError, match=rf"^method\.{key}={bad}: .*use one of official, "):
+            load_config([f"method={name}", f"method.{key}={bad}"])

@@ -9,14 +9,16 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from conftest import CONFIGS, REPO, compose
-from dlb.config import ConfigError, milestones, validate
+from conftest import REPO, compose
+from dlb.config import group_options, milestones, validate
+from dlb.errors import ConfigError
+from dlb.train import load_config
 
 GROUPS = ["dataset", "backbone", "method", "optim", "logger", "debug", "experiment"]
 
 
 def options(group):
-    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+    return group_options(group)
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -56,7 +58,7 @@ def test_milestones_scale_with_epochs_unless_given():
 ])
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate(compose([override]))
+        load_config([override])  # the schema (a Choice) or validate
 
 
 def test_split_backward_is_refused_under_cuda_graphs_only():
@@ -99,12 +101,5 @@ def test_cli_bad_value_is_one_line_and_exit_code_2(tmp_path):
 ])
 def test_default_run_dir_names_augment_and_noise(overrides, folder):
     """README's hydra.run.dir default: an augmented or noisy run never lands in the plain run's folder."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from dlb.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-        cfg = hydra_compose("config", overrides=["dataset=cifar100", "backbone=resnet32", "method=dlb", *overrides],
-                            return_hydra_config=True)
+    cfg = compose(["dataset=cifar100", "backbone=resnet32", "method=dlb", *overrides], with_hydra=True)
     assert cfg.hydra.run.dir == folder

@@ -21,7 +21,8 @@ from dlb.config import validate
 from dlb.datasets import ArrayDataset
 from dlb.loader import Batch
 from dlb.methods.dlb import DLB
-from dlb.trainer import Trainer, build_model
+from dlb.models import build_model
+from dlb.trainer import Trainer
 from dlb.utils import compile_model
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu" if os.environ.get("DLB_CUDA_TESTS_ON_CPU") else None

@@ -9,7 +9,8 @@ import torch
 import torchvision
 
 import dlb.datasets as datasets
-from dlb.datasets import DATASETS, ArrayDataset, DatasetError, load_dataset
+from dlb.datasets import ArrayDataset, DatasetName, load_dataset
+from dlb.errors import DatasetError
 from tests.fakedata import (cifar_class_names, fake_cifar_split, tinyimagenet_colour, write_fake_cifar,
                             write_fake_fashion_mnist, write_fake_imagefolder, write_fake_tinyimagenet)
 
@@ -346,4 +347,4 @@ def test_array_dataset_rejects_wrong_dtypes():
 def test_unknown_name_lists_valid_names(tmp_path):
     with pytest.raises(DatasetError) as err:
         load_dataset("mnist", str(tmp_path), train=True)
-    assert all(name in str(err.value) for name in DATASETS)
+    assert all(name in str(err.value) for name in DatasetName)

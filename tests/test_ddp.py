@@ -63,7 +63,8 @@ WORKER = textwrap.dedent('''
     from dlb.datasets import ArrayDataset
     from dlb.loader import DeviceLoader
     from dlb.metrics import evaluate
-    from dlb.trainer import Trainer, build_model
+    from dlb.models import build_model
+    from dlb.trainer import Trainer
 
     out = {out!r}
     dist.init_process_group("gloo")  # created here, so the trainers share it and do not tear it down

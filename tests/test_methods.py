@@ -204,11 +204,10 @@ def test_split_backward_holds_one_forward_at_a_time():
 
 
 def test_split_backward_is_validated():
-    from omegaconf import OmegaConf
+    from dlb.errors import ConfigError
+    from dlb.train import load_config
 
-    from dlb.config import ConfigError
-
-    with pytest.raises(ConfigError, match="method.backward"):
-        DLB.validate_config(OmegaConf.create({"T": 3.0, "alpha": 1.0, "backward": "halves"}))
-    with pytest.raises(ValueError, match="backward"):
+    with pytest.raises(ConfigError, match=r"^method\.backward=halves: .*use one of joint, split$"):
+        load_config(["method.backward=halves"])
+    with pytest.raises(ValueError, match="halves"):
         DLB(backward="halves")

@@ -16,10 +16,12 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import REPO, compose
-from dlb.config import ConfigError, validate
+from dlb.config import validate
+from dlb.errors import ConfigError
 from dlb.datasets import ArrayDataset
 from dlb.loader import Batch
 from dlb.methods.dlb import DLB
+from dlb.train import load_config
 from dlb.trainer import Trainer
 from dlb.utils import GpuSlot, build_optimizer, compile_model, resolve_device
 
@@ -94,7 +96,7 @@ def test_bad_speed_settings_are_config_errors(tmp_path):
     for override, key in [("trainer.compile=fast", "trainer.compile"), ("optim.fused=maybe", "optim.fused"),
                           ("trainer.jobs_per_gpu=0", "trainer.jobs_per_gpu")]:
         with pytest.raises(ConfigError, match=key):
-            validate(compose(base + [override]))
+            load_config(base + [override])
     with pytest.raises(ConfigError, match="forward_features"):
         validate(compose(base + ["trainer.ddp=true", "method=ddgsd"]))
     with pytest.raises(ConfigError, match="dataset.loader"):

@@ -27,11 +27,12 @@ from omegaconf import OmegaConf
 import dlb.checkpoint as ckpt
 import dlb.trainer as trainer_mod
 from conftest import REPO, compose
-from dlb.checkpoint import OutputError, RunLock, load_checkpoint, save_checkpoint
-from dlb.config import ConfigError
+from dlb.checkpoint import RunLock, load_checkpoint, save_checkpoint
+from dlb.errors import ConfigError, Diverged, OutputError, Preempted
 from dlb.methods.dlb import DLB
+from dlb.models import build_model
 from dlb.train import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USER_ERROR, load_config, main
-from dlb.trainer import Diverged, Trainer
+from dlb.trainer import Trainer
 from fakedata import subprocess_env_for_fake_cifar, write_fake_cifar
 
 TIMING_KEYS = {"train_time_s", "train_img_per_s", "eval_time_s"}
@@ -291,7 +292,7 @@ def test_a_signal_during_evaluation_stops_after_that_epochs_checkpoint(data, ref
         return real(*a, **kw)
 
     monkeypatch.setattr(trainer_mod, "evaluate", evaluate_and_get_preempted)
-    with pytest.raises(trainer_mod.Preempted, match=r"^SIGUSR1: stopped after epoch 1 \(saved to .*last\.pt\)"):
+    with pytest.raises(Preempted, match=r"^SIGUSR1: stopped after epoch 1 \(saved to .*last\.pt\)"):
         Trainer(cfg_for(data[0]), out).fit()
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     assert state["epoch"] == 1 and state["partial"] is None
@@ -418,10 +419,10 @@ def test_a_backbone_that_cannot_take_the_image_size_fails_before_training():
     cfg = compose(["dataset=cifar10", "backbone=timm", "backbone.name=vit_tiny_patch16_224"])
     with pytest.raises(ConfigError, match=r"^backbone\.name=vit_tiny_patch16_224: cannot take 32x32 images "
                                           r"\(dataset\.image_size=32\): .*\+backbone\.kwargs\.img_size=32$"):
-        trainer_mod.build_model(cfg, 10)
+        build_model(cfg, 10)
     fixed = compose(["dataset=cifar10", "backbone=timm", "backbone.name=vit_tiny_patch16_224",
                      "+backbone.kwargs.img_size=32"])
-    assert trainer_mod.build_model(fixed, 10)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert build_model(fixed, 10)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
 # Random override sets thrown at compose + validate: each either gives a valid config or one ConfigError line

@@ -11,7 +11,8 @@ import torch
 import dlb.trainer as trainer_mod
 from conftest import REPO, compose
 from dlb.config import validate
-from dlb.trainer import ResumeError, Trainer
+from dlb.errors import ResumeError
+from dlb.trainer import Trainer
 
 TIMING_KEYS = {"train_time_s", "train_img_per_s", "eval_time_s"}
 

@@ -1,9 +1,16 @@
 """Training methods. One file per method; each registers itself with `@register_method`.
 
-Adding a method: write `dlb/methods/<name>.py` with a `Method` subclass (its `Config` dataclass is the schema of
-`configs/method/<name>.yaml`), import it below, and add the YAML file.
+Adding a method is one new file here (docs/methods.md, "Adding a method"): every module of this package is imported
+below, so its `Config` becomes the `method=<name>` config entry and its class attributes (base.py) reach the trainer,
+the sweep planner, the report and the figures.
 """
-from dlb.methods.base import METHODS, Method, build_method, register_method
-from dlb.methods import ce, cskd, ddgsd, dlb, lsr, pskd, tfkd  # noqa: F401  (registration)
+import importlib
+import pkgutil
 
-__all__ = ["METHODS", "Method", "build_method", "register_method"]
+from dlb.methods.base import (METHODS, Cost, Method, build_method, comparisons, label, ordered,
+                              register_method)
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["METHODS", "Cost", "Method", "build_method", "comparisons", "label", "ordered", "register_method"]

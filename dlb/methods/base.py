@@ -7,6 +7,9 @@ logs each one and backpropagates, never knowing which method runs. Whatever a me
 """
 from __future__ import annotations
 
+import dataclasses
+import enum
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,20 +25,52 @@ def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice ({METHODS[name].__module__}, {cls.__module__})")
         cls.name = name
+        if "label" not in vars(cls):  # a subclass's label is its own name, not its parent's
+            cls.label = name
         METHODS[name] = cls
         return cls
 
     return add
 
 
+@dataclass(frozen=True)
+class Cost:
+    """What a method costs on top of plain CE, as the cost table (scripts/method_costs.py) states it."""
+    passes: str = "1"  # images through the network per step, in units of B (calls with gradient unless marked)
+    teacher: str = "no"  # what it needs besides the data
+    memory: str = "0"  # extra memory vs CE, as a formula of A (CE's bytes saved for backward), P, N, K, B, img
+    # that formula in bytes: (A, P, N, K, B, img) -> bytes
+    memory_bytes: Callable[..., float] = lambda A, P, N, K, B, img: 0
+
+
 class Method(nn.Module):
-    """Base class. Subclasses set `Config` (a dataclass whose fields are the constructor's keyword arguments)."""
+    """Base class. Subclasses set `Config`, a dataclass: its fields are the method's options with their defaults
+    (the `method=<name>` config group entry, and the constructor's keyword arguments), and `name` its registered name.
+
+    The class attributes below are the facts the rest of the package reads from the registry (`METHODS`), so a new
+    method states them here, in its own file, and no other file changes."""
 
     name: str = "?"
+    # --- what the trainer, the loader, the config checks and the sweep planner need to know
     num_views: int = 1  # augmented views per image the loader must provide
     # True when a batch's rows are [B samples; B partners of the same samples] (CS-KD): batch augmentations then
     # treat row j and row B + j alike (CutMix pastes the same patch into both).
     paired_rows: bool = False
+    # Needs a finished ce run of the same cell (tfkd_self's teacher): dlb.sweep runs the ce jobs in a stage before.
+    needs_teacher: bool = False
+    # False when the method runs the model other than through model(x) (model.forward_features): the
+    # DistributedDataParallel wrapper would not see those forwards, so trainer.ddp=true is refused.
+    ddp: bool = True
+    # --- how tables (dlb.report), figures (dlb.plot) and the cost table (scripts/method_costs.py) show it
+    label: str = ""  # display name; register_method sets it to the registered name unless the class gives one
+    order: int = 100  # row position in tables, ascending (the paper's order); ties and unset ones by name
+    color: str | None = None  # matplotlib colour in figures; None: one picked from the name
+    # The methods whose error the report subtracts this method's from (base - method, per setting), in this order.
+    compared_with: tuple[str, ...] = ()
+    cost: Cost = Cost()
+    # Other settings of this method that the cost table measures too: {"backward=split": Cost(...)} gives the row
+    # "<name>:backward=split".
+    cost_variants: dict[str, Cost] = {}
     # Diagnostics of the last step (detached scalars, not part of the loss); the trainer averages and logs them
     # as train_<name>. Set them in training_step; leave empty when there are none.
     step_metrics: dict[str, torch.Tensor] = {}
@@ -44,9 +79,19 @@ class Method(nn.Module):
     class Config:
         name: str = "?"
 
+    def __init__(self, **options: Any):
+        """Each Config field (but `name`) becomes an attribute: the given value, else the Config default. Numbers are
+        coerced to the field's type and Enum fields to their member, so `DLB(T=3, backward="split")` works."""
+        super().__init__()
+        cfg = self.Config(**options)  # a TypeError names an unknown option
+        types = typing.get_type_hints(self.Config)
+        for f in dataclasses.fields(cfg):
+            if f.name != "name":
+                setattr(self, f.name, _coerce(getattr(cfg, f.name), types[f.name]))
+
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
-        """Raise dlb.config.ConfigError for out-of-range values. Types are already checked by the schema."""
+        """Raise dlb.errors.ConfigError for out-of-range values. Types are already checked by the schema."""
 
     def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return (logits of the batch's first len(logits) rows, {term name: weighted loss term}).
@@ -73,6 +118,30 @@ class Method(nn.Module):
 
     def load_method_state(self, state: dict, device: torch.device | str | None = None) -> None:
         """Restore `method_state()`, moving tensors to `device`."""
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum) and not isinstance(value, kind):
+        return kind(value)  # ValueError for a value that is not one of its members
+    return value
+
+
+def ordered(names) -> list[str]:
+    """Method names in table order (`Method.order`, then name); names not registered last, by name."""
+    return sorted(names, key=lambda n: (n not in METHODS, METHODS[n].order if n in METHODS else 0, n))
+
+
+def label(name: str) -> str:
+    """A method's display name in tables and figures (`Method.label`); an unregistered name as it is."""
+    return METHODS[name].label if name in METHODS else name
+
+
+def comparisons() -> list[tuple[str, str]]:
+    """(base, method) pairs the report computes base - method error for, from each method's `compared_with`: in the
+    table order of the method, then its `compared_with` order."""
+    return [(base, name) for name in ordered(METHODS) for base in METHODS[name].compared_with]
 
 
 def mixed_ce(logits: torch.Tensor, y: torch.Tensor, y_mix: torch.Tensor | None = None,
@@ -107,7 +176,7 @@ def batch_ce(logits: torch.Tensor, batch) -> torch.Tensor:
 
 
 def build_method(method_cfg: Any, **context: Any) -> Method:
-    """Instantiate the method named by method_cfg.name with its other fields as keyword arguments.
+    """Instantiate the method named by method_cfg.name with its other fields as keyword arguments (the one factory).
 
     `context` (num_classes, train_size, run_cfg, ...) is passed to methods whose constructor asks for it.
     """

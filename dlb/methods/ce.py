@@ -8,6 +8,8 @@ from dlb.methods.base import Method, batch_ce, register_method
 
 @register_method("ce")
 class CE(Method):
+    order, color = 0, "0.35"
+
     @dataclass
     class Config:
         name: str = "ce"

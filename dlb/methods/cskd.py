@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dlb.methods.base import Method, mixed_ce, register_method
+from dlb.errors import ConfigError
+from dlb.methods.base import Cost, Method, mixed_ce, register_method
 
 
 class ClassPairOrder:
@@ -50,26 +51,24 @@ class ClassPairOrder:
 @register_method("cskd")
 class CSKD(Method):
     paired_rows = True  # [samples; partners]: CutMix gives partner j sample j's patch, box and second label
+    order, color = 4, "C5"
+    cost = Cost("1 + 1 partners (no grad)", "no",
+                "B·img partner images per batch and their no-grad forward (transient)")
 
     @dataclass
     class Config:
+        """Defaults: the official train.py (T = 4, lambda = --lamda 1)."""
         name: str = "cskd"
         T: float = 4.0
         kd_weight: float = 1.0  # lambda (the official --lamda)
 
     @classmethod
     def validate_config(cls, cfg):
-        from dlb.config import ConfigError
-
         if cfg.T <= 0:
             raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (the official code uses 4)")
         if cfg.kd_weight < 0:
             raise ConfigError(f"method.kd_weight={cfg.kd_weight}: the KD weight must be >= 0 "
                               "(the official code uses 1)")
-
-    def __init__(self, T: float = 4.0, kd_weight: float = 1.0):
-        super().__init__()
-        self.T, self.kd_weight = float(T), float(kd_weight)
 
     def batch_order(self, labels, batch_size):
         return ClassPairOrder(labels, batch_size)

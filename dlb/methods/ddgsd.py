@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dlb.methods.base import Method, mixed_ce, register_method
+from dlb.errors import ConfigError
+from dlb.methods.base import Cost, Method, mixed_ce, register_method
 from dlb.methods.dlb import DLB, last_batch_kd
 
 
@@ -42,9 +43,14 @@ def feature_mmd(f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
 @register_method("ddgsd")
 class DDGSD(Method):
     num_views = 2
+    ddp = False  # features_and_logits calls model.forward_features
+    order, color = 6, "C4"
+    cost = Cost("2 (one call on both views)", "no", "A(2B) − A(B) ≈ A: both views kept for backward",
+                lambda A, P, N, K, B, img: A)
 
     @dataclass
     class Config:
+        """No official code: the weights are our choice (docs/methods.md)."""
         name: str = "ddgsd"
         T: float = 4.0
         kl_weight: float = 1.0
@@ -52,17 +58,11 @@ class DDGSD(Method):
 
     @classmethod
     def validate_config(cls, cfg):
-        from dlb.config import ConfigError
-
         if cfg.T <= 0:
             raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (default 4)")
         for key in ("kl_weight", "mmd_weight"):
             if cfg[key] < 0:
                 raise ConfigError(f"method.{key}={cfg[key]}: the weight must be >= 0")
-
-    def __init__(self, T: float = 4.0, kl_weight: float = 1.0, mmd_weight: float = 5e-4):
-        super().__init__()
-        self.T, self.kl_weight, self.mmd_weight = float(T), float(kl_weight), float(mmd_weight)
 
     def training_step(self, model, batch):
         b = batch.views[0].shape[0]
@@ -79,8 +79,14 @@ class DDGSD(Method):
 class DDGSDWithDLB(DDGSD):
     """DDGSD on S_t plus DLB's last-batch KD; the cache is DLB's (same keys, same checkpoint state)."""
 
+    order, color = 7, "C1"
+    compared_with = ("ddgsd",)
+    cost = Cost("2 + 1 (last batch's view, separate call)", "no", "≈ 2A + last-batch cache B·(img + 8 + K·4)",
+                lambda A, P, N, K, B, img: 2 * A + B * (img + 8 + 4 * K))
+
     @dataclass
     class Config:
+        """DDGSD's fields, then DLB's term's (dlb.py: T = 3, alpha = 1)."""
         name: str = "ddgsd_dlb"
         T: float = 4.0
         kl_weight: float = 1.0
@@ -90,18 +96,14 @@ class DDGSDWithDLB(DDGSD):
 
     @classmethod
     def validate_config(cls, cfg):
-        from dlb.config import ConfigError
-
         super().validate_config(cfg)
         if cfg.dlb_T <= 0:
             raise ConfigError(f"method.dlb_T={cfg.dlb_T}: the temperature must be > 0 (DLB uses 3)")
         if cfg.dlb_alpha < 0:
             raise ConfigError(f"method.dlb_alpha={cfg.dlb_alpha}: the KD weight must be >= 0 (DLB uses 1)")
 
-    def __init__(self, T: float = 4.0, kl_weight: float = 1.0, mmd_weight: float = 5e-4, dlb_T: float = 3.0,
-                 dlb_alpha: float = 1.0):
-        super().__init__(T, kl_weight, mmd_weight)
-        self.dlb_T, self.dlb_alpha = float(dlb_T), float(dlb_alpha)
+    def __init__(self, **options):
+        super().__init__(**options)
         self.prev: dict[str, torch.Tensor] | None = None  # view1 images, labels and detached view0 logits of S_{t-1}
 
     def training_step(self, model, batch):

@@ -19,9 +19,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dlb.methods.base import Method, batch_ce, mixed_ce, register_method
+from dlb.choice import Choice
+from dlb.errors import ConfigError
+from dlb.methods.base import Cost, Method, batch_ce, mixed_ce, register_method
 
-BACKWARD_MODES = ("joint", "split")
+
+class Backward(Choice):
+    """method.backward."""
+    joint = "joint"  # one backward over both forwards, as dlb.py
+    split = "split"  # the current half's CE backpropagated before the last batch's forward (see the module doc)
 
 
 def last_batch_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -48,31 +54,35 @@ def _no_grad_sync(model):
 @register_method("dlb")
 class DLB(Method):
     num_views = 2
+    order, color = 8, "C3"
+    compared_with = ("ce", "tfkd_self", "tfkd_reg", "pskd", "cskd")
+    cost = Cost("1 + 1 (last batch's view, separate call)", "no",
+                "A (second forward kept for backward) + last-batch cache B·(img + 8 + K·4)",
+                lambda A, P, N, K, B, img: A + B * (img + 8 + 4 * K))
+    cost_variants = {"backward=split": Cost(
+        "1 + 1 (separate calls, current half backpropagated first)", "no",
+        "last-batch cache B·(img + 8 + K·4): one forward held for backward at a time",
+        lambda A, P, N, K, B, img: B * (img + 8 + 4 * K))}
 
     @dataclass
     class Config:
+        """Defaults: the paper and the official dlb.py (T = 3, alpha = 1)."""
         name: str = "dlb"
         T: float = 3.0
         alpha: float = 1.0
-        backward: str = "joint"  # joint: one backward over both forwards (official) | split: see the module doc
+        # joint: one backward over both forwards, as dlb.py | split: the current half's CE is backpropagated before
+        # the last batch's forward (same gradient up to float rounding; peak activation memory ~ CE's instead of ~2x)
+        backward: Backward = Backward.joint
 
     @classmethod
     def validate_config(cls, cfg):
-        from dlb.config import ConfigError
-
         if cfg.T <= 0:
             raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (the paper uses 3)")
         if cfg.alpha < 0:
             raise ConfigError(f"method.alpha={cfg.alpha}: the KD weight must be >= 0 (the paper uses 1)")
-        if cfg.backward not in BACKWARD_MODES:
-            raise ConfigError(f"method.backward={cfg.backward!r}: use joint (the official code's one backward) or "
-                              "split (same gradient, about half the activation memory)")
 
-    def __init__(self, T: float = 3.0, alpha: float = 1.0, backward: str = "joint"):
-        super().__init__()
-        if backward not in BACKWARD_MODES:
-            raise ValueError(f"backward={backward!r}: use one of {BACKWARD_MODES}")
-        self.T, self.alpha, self.backward = float(T), float(alpha), backward
+    def __init__(self, **options):
+        super().__init__(**options)  # ValueError for an unknown backward
         self.prev: dict[str, torch.Tensor] | None = None  # view1 images, labels and detached logits of S_{t-1}
 
     def training_step(self, model, batch):

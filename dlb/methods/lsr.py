@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dlb.methods.base import Method, onehot_targets, register_method, soft_target_ce
+from dlb.errors import ConfigError
+from dlb.methods.base import Cost, Method, onehot_targets, register_method, soft_target_ce
 
 
 def smooth(onehot: torch.Tensor, eps: float) -> torch.Tensor:
@@ -21,22 +22,20 @@ def smooth(onehot: torch.Tensor, eps: float) -> torch.Tensor:
 
 @register_method("lsr")
 class LSR(Method):
+    order, color = 1, "C2"
+    cost = Cost(memory="0 (B·K·4 soft targets, transient)")
+
     @dataclass
     class Config:
+        """Default: the Tf-KD repo's my_loss_function.py::loss_label_smoothing (alpha = 0.1)."""
         name: str = "lsr"
         eps: float = 0.1
 
     @classmethod
     def validate_config(cls, cfg):
-        from dlb.config import ConfigError
-
         if not 0 <= cfg.eps < 1:
             raise ConfigError(f"method.eps={cfg.eps}: the smoothing mass must be in [0, 1) "
                               "(the official code uses 0.1)")
-
-    def __init__(self, eps: float = 0.1):
-        super().__init__()
-        self.eps = float(eps)
 
     def training_step(self, model, batch):
         logits = model(batch.views[0])

@@ -17,27 +17,29 @@ import torch
 import torch.nn.functional as F
 
 from dlb.distributed import all_gather_rows
-from dlb.methods.base import Method, onehot_targets, register_method, soft_target_ce
+from dlb.errors import ConfigError
+from dlb.methods.base import Cost, Method, onehot_targets, register_method, soft_target_ce
 
 
 @register_method("pskd")
 class PSKD(Method):
+    order, color = 5, "C6"
+    cost = Cost(memory="N·K·4 prediction memory", memory_bytes=lambda A, P, N, K, B, img: N * K * 4)
+
     @dataclass
     class Config:
+        """Default: the official main.py (alpha_T = 0.8)."""
         name: str = "pskd"
         alpha_T: float = 0.8
 
     @classmethod
     def validate_config(cls, cfg):
-        from dlb.config import ConfigError
-
         if not 0 <= cfg.alpha_T <= 1:
             raise ConfigError(f"method.alpha_T={cfg.alpha_T}: the final self-target share must be in [0, 1] "
                               "(the official code uses 0.8)")
 
-    def __init__(self, alpha_T: float = 0.8, train_size: int = 0, num_classes: int = 0):
-        super().__init__()
-        self.alpha_T = float(alpha_T)
+    def __init__(self, train_size: int = 0, num_classes: int = 0, **options):
+        super().__init__(**options)
         self.alpha_t = 0.0
         # A buffer, so method.to(device) moves it; float32 like the official all_predictions.
         self.register_buffer("memory", torch.zeros(train_size, num_classes, dtype=torch.float32), persistent=False)

@@ -1,0 +1,115 @@
+"""tfkd_self's teacher: the completed CE run of the same cell (method.teacher=auto), or a checkpoint path.
+
+See docs/methods.md (tfkd_self) for the search rules and the command that trains a missing teacher.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dlb.errors import ConfigError
+from dlb.models import build_model
+
+
+def search_root(out_dir: Path, teacher_root: str | None) -> Path:
+    """Where method.teacher=auto looks: teacher_root if set, else the nearest ancestor of out_dir named outputs or
+    multirun or holding multirun.yaml (a Hydra sweep dir), else out_dir/../.. (out_dir/.. if that is the filesystem
+    root, which is no place to glob)."""
+    if teacher_root:
+        return Path(teacher_root).expanduser().resolve()
+    out_dir = Path(out_dir).resolve()
+    for parent in out_dir.parents:
+        if parent.name in ("outputs", "multirun") or (parent / "multirun.yaml").is_file():
+            return parent
+    root = out_dir.parent.parent
+    return out_dir.parent if root == root.parent else root
+
+
+def _matches(summary: dict, run_cfg, train_size: int | None, num_classes: int | None) -> bool:
+    """A completed CE run on the same data (dataset, training subset size, label noise), backbone and seed."""
+    want = {"method": "ce", "status": "completed", "dataset": run_cfg.dataset.name, "backbone": run_cfg.backbone.name,
+            "seed": run_cfg.seed, "train_size": train_size, "num_classes": num_classes}
+    noise = run_cfg.get("noise")
+    want["noise"] = "none" if noise is None else noise.name
+    if want["noise"] != "none":
+        want.update(noise_rate=noise.rate, noise_seed=noise.seed)
+    # Summaries written before label noise existed have no noise keys: those runs were clean.
+    return all(v is None or summary.get(k, "none" if k == "noise" else None) == v for k, v in want.items())
+
+
+def _train_command(run_cfg, root: Path) -> str:
+    """The command that trains the missing teacher into `root`."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+
+    def option(group: str, name: str) -> str:
+        # The group option whose YAML sets this name (backbone=resnet32 for cifar_resnet32), else a raw override.
+        for path in sorted((configs / group).glob("*.yaml")):
+            if f"\nname: {name}\n" in "\n" + path.read_text() + "\n":
+                return f"{group}={path.stem}"
+        return f"{group}=timm {group}.name={name}" if group == "backbone" else f"{group}={name}"
+
+    d, b = run_cfg.dataset.name, run_cfg.backbone.name
+    parts = ["python -m dlb.train", option("dataset", d), option("backbone", b), "method=ce", f"seed={run_cfg.seed}"]
+    if run_cfg.dataset.get("train_subset") is not None:
+        parts.append(f"dataset.train_subset={run_cfg.dataset.train_subset}")
+    noise = run_cfg.get("noise")
+    if noise is not None and noise.name != "none":
+        parts += [f"noise={noise.name}", f"noise.rate={noise.rate}", f"noise.seed={noise.seed}"]
+    if root != (Path.cwd() / "outputs").resolve():  # the default hydra.run.dir lives under ./outputs
+        parts.append(f"hydra.run.dir={root}/{d}/{b}/ce/seed{run_cfg.seed}")
+    return " ".join(parts)
+
+
+def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, train_size: int | None = None,
+                 num_classes: int | None = None) -> Path:
+    """checkpoints/best.pt of the one completed CE run under search_root(...) matching this run (see _matches)."""
+    root = search_root(out_dir, teacher_root)
+    found = []
+    for summary_path in sorted(root.glob("**/summary.json")):
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError):
+            continue  # a run being written right now, or not ours
+        best = summary_path.parent / "checkpoints" / "best.pt"
+        if _matches(summary, run_cfg, train_size, num_classes) and best.is_file():
+            found.append(best.resolve())
+    what = (f"a completed CE run with dataset={run_cfg.dataset.name} backbone={run_cfg.backbone.name} "
+            f"seed={run_cfg.seed}" + (f" train_size={train_size}" if train_size is not None else ""))
+    if not found:
+        raise ConfigError(f"method.teacher=auto: found no {what} (and its checkpoints/best.pt) in "
+                          f"{root}/**/summary.json; train it first: {_train_command(run_cfg, root)}  (or set "
+                          "method.teacher=<best.pt or run dir>, method.teacher_root=<dir to search>)")
+    if len(found) > 1:
+        raise ConfigError(f"method.teacher=auto: {len(found)} runs match ({what}) under {root}: "
+                          f"{', '.join(str(p) for p in found)}; pick one with method.teacher=<path>")
+    return found[0]
+
+
+def checkpoint_file(teacher: str | Path) -> Path:
+    """The checkpoint a method.teacher path names: the file itself, or a run dir's checkpoints/best.pt."""
+    path = Path(teacher).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "best.pt"
+    if not path.is_file():
+        raise ConfigError(f"method.teacher={teacher}: no checkpoint at {path}; give a best.pt, a run dir, or auto")
+    return path.resolve()
+
+
+def load_teacher(path: Path, run_cfg, num_classes: int) -> nn.Module:
+    """A frozen model of the run's backbone with the weights of a checkpoint ({"model": state_dict} or a state_dict)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, or not a weights file
+        raise ConfigError(f"method.teacher={path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    state = state.get("model", state) if isinstance(state, dict) else state
+    teacher = build_model(run_cfg, num_classes)
+    try:
+        teacher.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ConfigError(f"method.teacher={path}: not a {run_cfg.backbone.name} with {num_classes} classes "
+                          f"({str(e).splitlines()[0]})") from None
+    teacher.requires_grad_(False)
+    return teacher.eval()
