@@ -26,6 +26,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_threads(requested: int | None, jobs: int | None = None) -> int:
+    """Pick and apply torch's CPU thread count; returns it. torch's default (one thread per core) oversubscribes a
+    machine shared with other processes, and the training loop then runs 10-40x slower. In order: `requested`,
+    else $OMP_NUM_THREADS, else the cores this process may use divided by `jobs` (runs sharing this machine).
+    Always at least 1."""
+    if requested is None:
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if env.isdigit() and int(env) > 0:
+            requested = int(env)
+        else:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            requested = cores // max(1, jobs or 1)
+    threads = max(1, int(requested))
+    torch.set_num_threads(threads)
+    return threads
+
+
 SLOT_DIR_ENV = "DLB_SLOT_DIR"
 DEFAULT_SLOT_DIR = "/tmp/dlb-gpu-slots"
 
