@@ -177,6 +177,15 @@ def git_info() -> dict:
     return {"git_commit": commit or "unknown", "git_dirty": dirty}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what platform knows (often only "x86_64")."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def environment_info(device: torch.device) -> dict:
     import hydra
     import timm
@@ -189,7 +198,7 @@ def environment_info(device: torch.device) -> dict:
         info.update(device_name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                     cudnn=torch.backends.cudnn.version())
     else:
-        info["device_name"] = platform.processor() or platform.machine()
+        info["device_name"] = cpu_model()
     return info
 
 

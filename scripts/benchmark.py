@@ -302,18 +302,13 @@ def _wait_barrier(path: str, n: int, timeout_s: float = 600) -> None:
 def machine(device: str, threads: int | None = None) -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(),
+    from dlb.utils import cpu_model, git_info
+
+    info = {"host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": threads or torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
-    from dlb.utils import git_info
-
     info.update(git_info())  # the code that was measured
     if device != "cpu" and torch.cuda.is_available():
         info.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
