@@ -474,3 +474,23 @@ def test_noise_plot_shows_paper_values_only_where_known(plot_root, tmp_path, fig
     assert "paper" not in best.get_title() and "paper" in last.get_title()
     [marks] = [line for line in last.get_lines() if line.get_marker() == "x"]
     assert list(marks.get_xdata()) == [40.0] and list(marks.get_ydata()) == [25.0]
+
+
+def test_unfinished_run_shows_its_epochs(tmp_path):
+    """A run at epoch 5 of 10 reads "running 5/10", from the summary or, where that is stale (written when the run
+    started), from metrics.jsonl."""
+    root = tmp_path / "runs"
+    write_run(root, "fresh", [50.0] * 5, status="running", epochs=10, seed=0)
+    stale = write_run(root, "stale", [50.0] * 5, status="running", epochs=10, seed=1)
+    summary = json.loads((stale / "summary.json").read_text())
+    (stale / "summary.json").write_text(json.dumps({**summary, "epochs_completed": 0}))
+    runs, _ = collect_runs([root])
+    assert {Path(r.path).name: r.epochs_done for r in runs} == {"fresh": 5, "stale": 5}
+    [row] = build_report(runs, [])["rows"]
+    assert "seed 0 running 5/10 epochs; seed 1 running 5/10 epochs" in row["flags"][0]
+
+
+def test_cli_default_output_is_outside_results(runs_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert report.main([str(runs_root), "--name", "t1"]) == 0
+    assert (tmp_path / "reports" / "t1" / "t1.md").is_file()

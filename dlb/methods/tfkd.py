@@ -118,7 +118,7 @@ def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, train_size: i
         best = summary_path.parent / "checkpoints" / "best.pt"
         if _matches(summary, run_cfg, train_size, num_classes) and best.is_file():
             found.append(best.resolve())
-    what = (f"a completed CE run with dataset={run_cfg.dataset.name} backbone={run_cfg.backbone.name} "
+    what = (f"completed CE run with dataset={run_cfg.dataset.name} backbone={run_cfg.backbone.name} "
             f"seed={run_cfg.seed}" + (f" train_size={train_size}" if train_size is not None else ""))
     if not found:
         raise ConfigError(f"method.teacher=auto: found no {what} (and its checkpoints/best.pt) in "
