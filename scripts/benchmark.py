@@ -23,7 +23,7 @@ the median of --repeats timed runs of --steps steps after --warmup steps, each r
 configurations interleaved (A B A B ...), so a shared machine's drifting load hits all alike. Results: printed as
 Markdown, written to
 --out (.md and .json), and the loop img/s of each backbone/method to results/bench/throughput.json (dlb.sweep's
-GPU-hour estimate), replacing the file when it held another device's figures.
+training-time estimate), replacing the file when it held another device's figures.
 """
 from __future__ import annotations
 
@@ -442,7 +442,7 @@ def main_table(rows: list[dict], pairs: dict, m: dict, a) -> str:
 
 
 def targets(rows: list[dict], pairs: dict, a) -> tuple[str, list[dict]]:
-    """The issue-5 targets this run can judge, each as the measured figure against its bound (never hard-coded):
+    """The performance targets (docs/performance.md) this run can judge, each as the measured figure against its bound (never hard-coded):
     pipeline efficiency >= 0.9 per method; each DLB entry's epoch time <= 2.1 x CE (paired; from the separate rows
     with --no-pairs); its memory <= 1.1 x CE's + one batch (B float32 views at the dataset's size), memory being the
     peak bytes held for backward plus the bytes the method keeps between steps. That tensor measure is the training
@@ -517,7 +517,7 @@ def publish(a, m: dict, command: str, title: str, body: str, payload: dict, fina
 
 
 def update_throughput(path: Path, device: str, rows: list[dict], backbone_name: str, command: str, m: dict) -> None:
-    """dlb.sweep's GPU-hour estimate reads {"device": ..., "img_per_s": {"<timm backbone>/<method>": img/s}}."""
+    """dlb.sweep's training-time estimate reads {"device": ..., "img_per_s": {"<timm backbone>/<method>": img/s}}."""
     try:
         table = json.loads(path.read_text())
     except (OSError, ValueError):

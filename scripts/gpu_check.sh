@@ -12,7 +12,7 @@
 #                timed loop), DLB vs the PIL path (paired), eval img/s -> pipeline efficiency, DLB vs CE (separate
 #                runs), the 240-epoch extrapolation, >= 3x PIL
 #   3 fp32       the default (official numerics, eager) configuration with CE, DLB and DLB split: paired ratios vs CE,
-#                the memory target (tensor measure, eager only), throughput.json (dlb.sweep's GPU-hour estimate)
+#                the memory target (tensor measure, eager only), throughput.json (dlb.sweep's training-time estimate)
 #   4 speed      the speed switches alone against the plain baseline (DLB), CUDA-only ones first
 #   5 jobs       1, 2 and 4 DLB runs sharing the GPU: total img/s (trainer.jobs_per_gpu)
 #   6 nccl       the one-GPU torchrun/NCCL DDP test
