@@ -4,29 +4,43 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Tests and CI never talk to W&B or the Hugging Face hub; one thread per process (the tests spawn training
 # subprocesses, and on 2 cores oversubscribed threads made them ~20x slower). tests/test_cuda.py runs its logic on the
-# CPU where there is no GPU (DLB_CUDA_TESTS_ON_CPU), so it cannot rot between GPU sessions.
+# CPU where there is no GPU (DLB_CUDA_TESTS_ON_CPU), so it keeps working between runs on a GPU machine.
 TEST_ENV := WANDB_MODE=disabled HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 DLB_CUDA_TESTS_ON_CPU=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all demo train reproduce-table1 reproduce-table2 reproduce-noise reproduce-cpu report bench gpu-wheels gpu-session clean-outputs
+.PHONY: help install test test-all demo train reproduce-table1 reproduce-table2 reproduce-noise reproduce-cpu report bench gpu-wheels gpu-check clean-outputs
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's|\$$(VENV)|$(VENV)|g' \
+		| awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 
-install: ## Create $(VENV) and install the package with pinned torch/torchvision/hydra/timm/wandb and test tools
+# `make test` and `make demo` install first when $(VENV) is missing or older than pyproject.toml (the stamp file
+# records the last install), so a fresh clone needs no separate step. With PY=... given on the command line the
+# interpreter is the caller's and nothing is installed.
+INSTALLED := $(VENV)/.installed
+NEEDS_INSTALL := $(if $(filter command line,$(origin PY)),,$(INSTALLED))
+define install_venv
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
 	@$(PY) -c "import torch, torchvision, hydra, timm, wandb; print('installed: torch', torch.__version__, '| torchvision', torchvision.__version__, '| hydra', hydra.__version__, '| timm', timm.__version__, '| wandb', wandb.__version__)"
+	@touch $(INSTALLED)
+endef
 
-test: ## Run the test suite (CPU, a few minutes; slow tests at reduced size)
+install: ## Create $(VENV) and install the package with pinned torch/torchvision/hydra/timm/wandb and test tools
+	$(install_venv)
+
+$(INSTALLED): pyproject.toml
+	$(install_venv)
+
+test: $(NEEDS_INSTALL) ## Run the test suite (CPU, a few minutes; slow tests at reduced size; installs on first use)
 	$(TEST_ENV) $(PY) -m pytest -q
 
-test-all: ## Run the test suite including full-size slow tests
+test-all: $(NEEDS_INSTALL) ## Run the test suite including full-size slow tests
 	$(TEST_ENV) DLB_SLOW_FULL=1 $(PY) -m pytest -q
 
-demo: ## CE vs DLB on Fashion-MNIST (10k train images, resnet8), ~10 min on 2 CPU cores, prints a table
-	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py
+demo: $(NEEDS_INSTALL) ## CE vs DLB on Fashion-MNIST (10k train images, resnet8), ~10 min on 2 CPU cores (ARGS="seed=1 ...")
+	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py $(ARGS)
 
 train: ## The paper's default run on a GPU: CIFAR-100, ResNet-32, DLB (ARGS="..." adds overrides)
 	$(PY) -m dlb.train dataset=cifar100 backbone=resnet32 method=dlb $(ARGS)
@@ -55,6 +69,13 @@ reproduce-noise: ## Label-noise robustness (symmetric 0/20/40/60%) on CIFAR-10/1
 	$(call sweep,noise_cifar100)
 	$(call report,noise,noise_cifar10 noise_cifar100)
 
+# Tables and plots of any roots, outside the committed results/ (reports/ is gitignored).
+ROOTS ?=
+OUT ?= reports/$(notdir $(firstword $(ROOTS)))
+report: ## Tables + plots of run folders into reports/: make report ROOTS="multirun/x outputs" [OUT=reports/x]
+	@test -n "$(ROOTS)" || { echo 'usage: make report ROOTS="multirun/<experiment> ..." [OUT=reports/<name>]'; exit 2; }
+	$(PY) -m dlb.report $(ROOTS) --name report --out $(OUT) && $(PY) -m dlb.plot $(ROOTS) --out $(OUT)
+
 reproduce-cpu: ## The CPU-scale reproduction committed in results/cpu_repro (Fashion-MNIST, ~1-2 h on 2 cores)
 	$(call sweep,cpu_repro)
 	$(call report,cpu_repro,cpu_repro)
@@ -62,13 +83,13 @@ reproduce-cpu: ## The CPU-scale reproduction committed in results/cpu_repro (Fas
 bench: ## Training-speed benchmark: resnet32 CE vs DLB, batch 64, CPU, into results/bench/ (ARGS="--device cuda ...")
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) scripts/benchmark.py $(ARGS)
 
-# The lent GPU machine has torch, timm and pytest but not hydra/omegaconf: their pure-Python wheels travel in .whl/.
-gpu-wheels: ## Wheels of hydra-core, omegaconf, antlr4 (pinned) into .whl/ for scripts/gpu_session.sh on a bare GPU image
+# A bare GPU image may have torch, timm and pytest but not hydra/omegaconf: their pure-Python wheels travel in .whl/.
+gpu-wheels: ## Wheels of hydra-core, omegaconf, antlr4 (pinned) into .whl/ for scripts/gpu_check.sh on a bare GPU image
 	rm -rf .whl && $(PY) -m pip wheel -q --no-deps -w .whl hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
 	@ls .whl
 
-gpu-session: ## The prepared GPU check (tests + benchmarks, ~9 min) into results/bench/gpu_session/ (GPU_SESSION_SMOKE=1: toy, CPU)
-	bash scripts/gpu_session.sh
+gpu-check: ## The GPU check: tests + benchmark on a GPU machine without internet (~9 min), into results/bench/gpu_check/ (GPU_CHECK_SMOKE=1: toy, CPU)
+	bash scripts/gpu_check.sh
 
 clean-outputs: ## Remove outputs/debug (smoke runs); real runs are never deleted by make
 	rm -rf outputs/debug

@@ -22,10 +22,16 @@ matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dlb.methods import METHODS, label as method_label  # noqa: E402
-from dlb.report import Cell, Run, collect_runs, group_cells, mean_std, one_run_per_seed  # noqa: E402
+from dlb.report import (DEFAULT_PAPER, Cell, Run, collect_runs, group_cells, load_paper, mean_std,  # noqa: E402
+                        one_run_per_seed, paper_value)
 
 ZOOM_FRACTION = 0.25  # the right panel of the curves shows the last quarter of training, where methods differ
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+# Line style and marker per setting (clean, noise rate, augmentation) where one panel shows several settings of a
+# method, so that two series never look alike. Markers also make runs of one or a few epochs visible at all.
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+MAX_MARKERS = 20  # per line; longer runs get a marker every n epochs
 
 
 def method_color(method: str):
@@ -75,13 +81,26 @@ def _lines(cells: list[Cell]):
             yield label, (color if i == 0 else None), runs
 
 
-def _band(ax, series: dict[int, list[float]], label: str, color, linestyle="-"):
+def _band(ax, series: dict[int, list[float]], label: str, color, linestyle="-", marker="o"):
     epochs = list(series)
     mean = [sum(v) / len(v) for v in series.values()]
-    (line,) = ax.plot(epochs, mean, label=label, color=color, linestyle=linestyle, linewidth=1.4)
+    (line,) = ax.plot(epochs, mean, label=label, color=color, linestyle=linestyle, linewidth=1.4, marker=marker,
+                      markersize=4, markevery=max(1, len(epochs) // MAX_MARKERS))
     ax.fill_between(epochs, [min(v) for v in series.values()], [max(v) for v in series.values()],
                     color=line.get_color(), alpha=0.18, linewidth=0)
     return epochs, mean
+
+
+def _legend_below(fig, axes) -> None:
+    """One legend for all panels, below them: long labels never cover the data, and every panel's lines are named
+    (the panels of a figure show the same series)."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=2 if len(entries) > 1 else 1, fontsize=8, frameon=False)
 
 
 def _finish(fig, title: str, subtitle: str, path: Path) -> Path:
@@ -89,7 +108,7 @@ def _finish(fig, title: str, subtitle: str, path: Path) -> Path:
     fig.text(0.5, 0.94, subtitle, ha="center", va="top", fontsize=8, color="0.3", wrap=True)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight" grows the image to hold the legend below the panels
     plt.close(fig)
     return path
 
@@ -128,7 +147,7 @@ def plot_curves(cells: list[Cell], out: Path, hist: Histories, source: str = "")
             ax_zoom.set_ylim(lo - pad, hi + pad)
         for ax in (ax_all, ax_zoom):
             ax.grid(alpha=0.3)
-        ax_zoom.legend(fontsize=8, loc="upper right")
+        _legend_below(fig, (ax_all, ax_zoom))
         setting = group[0].setting
         n = sum(len(runs) for _, _, runs, _ in lines)
         name = f"curves_{dataset}_{backbone}" + (f"_{_slug(setting)}" if setting else "") + ".png"
@@ -139,9 +158,10 @@ def plot_curves(cells: list[Cell], out: Path, hist: Histories, source: str = "")
     return files
 
 
-def plot_noise(cells: list[Cell], out: Path, metric: str = "best", source: str = "") -> list[Path]:
+def plot_noise(cells: list[Cell], out: Path, metric: str = "best", source: str = "", paper: dict | None = None
+               ) -> list[Path]:
     """Error vs training-label noise rate per method (rate 0 = the clean runs), where a dataset/backbone has runs
-    at two or more rates."""
+    at two or more rates. The paper's values, where the reference file has numbers, are drawn on the `metric` panel."""
     files = []
     groups: dict[tuple, list[Cell]] = {}
     for cell in cells:
@@ -151,6 +171,7 @@ def plot_noise(cells: list[Cell], out: Path, metric: str = "best", source: str =
         if not any(c.noise != "none" for c in group):
             continue
         points: dict[tuple, dict[float, list[Run]]] = {}  # (method, noise name) -> rate -> usable runs
+        paper_points: dict[str, dict[float, float]] = {}  # method -> rate -> the paper's error
         noise_names = sorted({c.noise for c in group if c.noise != "none"})
         for cell in group:
             runs = list(one_run_per_seed(cell.variants[0].runs)[0].values())  # main variant, as the table
@@ -158,6 +179,9 @@ def plot_noise(cells: list[Cell], out: Path, metric: str = "best", source: str =
                 continue
             for noise in ([cell.noise] if cell.noise != "none" else noise_names):
                 points.setdefault((cell.method, noise), {})[cell.noise_rate] = runs
+            known = paper_value(paper, cell)
+            if known["status"] == "value":
+                paper_points.setdefault(cell.method, {})[cell.noise_rate] = known["value"]
         points = {k: v for k, v in points.items() if len(v) >= 2}
         if not points:
             continue
@@ -172,10 +196,15 @@ def plot_noise(cells: list[Cell], out: Path, metric: str = "best", source: str =
                             linestyle="-" if noise == noise_names[0] else "--",
                             label=f"{method_label(method)}, {noise} "
                                   f"(n per rate: {'/'.join(str(len(rates[x])) for x in xs)})")
+            if which == metric and paper_points:
+                for method, rates in sorted(paper_points.items()):
+                    ax.plot([100 * x for x in sorted(rates)], [rates[x] for x in sorted(rates)], linestyle="none",
+                            marker="x", markersize=8, color=method_color(method),
+                            label=f"{method_label(method)}, paper")
             ax.set(xlabel="training-label noise rate (%)", ylabel="test error (%)",
-                   title=f"{which} epoch" + (" (checked against the paper)" if which == metric else ""))
+                   title=f"{which} epoch" + (" (× = the paper's value)" if which == metric and paper_points else ""))
             ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=8)
+        _legend_below(fig, axes)
         files.append(_finish(fig, f"{dataset} / {backbone}: test error vs label noise",
                              f"{n_runs} runs; mean ± std over seeds; rate 0 = clean runs"
                              + (f"; from {source}" if source else ""), out / f"noise_{dataset}_{backbone}.png"))
@@ -192,13 +221,15 @@ def plot_dlb_dynamics(cells: list[Cell], out: Path, hist: Histories, notes: list
     for (dataset, backbone), group in groups.items():
         panels = {"train_consistency": [], "train_kd": []}
         n_runs = 0
+        settings = sorted({cell.setting for cell in group})  # one line style and marker each
         for cell in group:
+            style = settings.index(cell.setting)
             for label, color, runs in _lines([cell]):
                 label += f" [{cell.setting}]" if cell.setting else ""
                 found = {key: hist.series(runs, key) for key in panels}
                 for key, series in found.items():
                     if series:
-                        panels[key].append((f"{label} (n={len(runs)}, seeds {_seeds(runs)})", color, series))
+                        panels[key].append((f"{label} (n={len(runs)}, seeds {_seeds(runs)})", color, series, style))
                 n_runs += len(runs) if any(found.values()) else 0
         if not any(panels.values()):
             notes.append(f"dlb_dynamics_{dataset}_{backbone}: skipped, the runs log neither train_consistency "
@@ -210,30 +241,29 @@ def plot_dlb_dynamics(cells: list[Cell], out: Path, hist: Histories, notes: list
         ylabels = {"train_consistency": "fraction of samples whose prediction\nagrees with the last step's",
                    "train_kd": "KD term (α · T² · KL to the last batch)"}
         for ax, (key, lines) in zip(axes, panels.items()):
-            for i, (label, color, series) in enumerate(lines):
-                _band(ax, series, label, color, linestyle=("-", "--", ":", "-.")[i // 4 % 4])
+            for label, color, series, style in lines:
+                _band(ax, series, label, color, LINESTYLES[style % len(LINESTYLES)], MARKERS[style % len(MARKERS)])
             if not lines:
                 ax.text(0.5, 0.5, f"{key} not logged by these runs", ha="center", va="center",
                         transform=ax.transAxes, color="0.4")
             ax.set(xlabel="epoch", ylabel=ylabels[key], title=key)
             ax.grid(alpha=0.3)
-            if lines:
-                ax.legend(fontsize=8)
+        _legend_below(fig, axes)
         files.append(_finish(fig, f"{dataset} / {backbone}: DLB training dynamics",
                              f"{n_runs} runs; line = mean over seeds, band = min-max"
                              + (f"; from {source}" if source else ""), out / f"dlb_dynamics_{dataset}_{backbone}.png"))
     return files
 
 
-def plot_all(runs: list[Run], out, *, metric: str = "best", source: str = "", notes: list[str] | None = None
-             ) -> list[Path]:
+def plot_all(runs: list[Run], out, *, metric: str = "best", source: str = "", notes: list[str] | None = None,
+             paper: dict | None = None) -> list[Path]:
     """Every figure the runs allow; returns the files written. Reasons for figures not drawn go to `notes`."""
     out = Path(out)
     notes = [] if notes is None else notes
     cells = group_cells(runs)
     hist = Histories()
     files = plot_curves(cells, out, hist, source)
-    files += plot_noise(cells, out, metric, source)
+    files += plot_noise(cells, out, metric, source, paper)
     files += plot_dlb_dynamics(cells, out, hist, notes, source)
     return files
 
@@ -260,7 +290,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m dlb.plot", description=__doc__.split("\n\n")[0])
     p.add_argument("roots", nargs="+", help="folders with run folders, or wandb:ENTITY/PROJECT")
     p.add_argument("--out", required=True, help="folder for the PNG files")
-    p.add_argument("--metric", choices=("best", "last"), default="best", help="the epoch the noise plot highlights")
+    p.add_argument("--metric", choices=("best", "last"), default="best",
+                   help="the noise plot's panel that shows the paper's values, where it has any")
+    p.add_argument("--paper", default=str(DEFAULT_PAPER), help="the paper's reference values (YAML)")
     p.add_argument("--wandb", action="store_true", help="also log the figures to W&B (best effort)")
     p.add_argument("--wandb-project", default=None, metavar="ENTITY/PROJECT",
                    help="where --wandb logs (default: $WANDB_PROJECT)")
@@ -272,7 +304,8 @@ def main(argv=None) -> int:
         print(f"dlb.plot: no runs found in {', '.join(args.roots)}", file=sys.stderr)
         return 2
     notes: list[str] = []
-    files = plot_all(runs, args.out, metric=args.metric, source=", ".join(args.roots), notes=notes)
+    files = plot_all(runs, args.out, metric=args.metric, source=", ".join(args.roots), notes=notes,
+                     paper=load_paper(args.paper))
     for note in notes:
         print(f"note: {note}")
     for f in files:

@@ -1,9 +1,9 @@
 """Aggregate finished runs into the paper's tables: mean ± std over seeds per cell, the paper's value beside ours,
 DLB − baseline deltas checked against the paper's claims, and every reason a number might not be trustworthy.
 
-    python -m dlb.report outputs multirun [--wandb ENTITY/PROJECT] [--seeds 0,1,2] [--out results] [--name report]
+    python -m dlb.report outputs multirun [--wandb ENTITY/PROJECT] [--seeds 0,1,2] [--out reports/x] [--name report]
 
-Writes <out>/<name>.md, .tex and .json and prints the Markdown. A run is a folder with summary.json and
+Writes <out>/<name>.md, .tex and .json (default out: reports/<name>/) and prints the Markdown. A run is a folder with summary.json and
 .hydra/config.yaml (written by dlb/trainer.py and Hydra), found anywhere under the roots, or a W&B run.
 Nothing is averaged silently: runs of one cell whose configs differ become separate variants, unfinished and
 diverged runs are left out of the means and flagged, and files that can't be read are listed as skipped.
@@ -86,6 +86,18 @@ class Run:
         if isinstance(data, dict):
             cfg.update({f"data.{k}": data.get(k) for k in ("train_sha256", "test_sha256")})
         return cfg
+
+    @property
+    def epochs_done(self) -> int | None:
+        """Finished epochs: the summary's count, or more where metrics.jsonl already holds later epochs (a summary
+        written at the start of a run, or by a trainer that updates it only at the end)."""
+        done = self.summary.get("epochs_completed")
+        done = done if isinstance(done, int) and not isinstance(done, bool) else None
+        if self.state == UNFINISHED:
+            logged = [row["epoch"] for row in self.history() if isinstance(row.get("epoch"), int)]
+            if logged and (done is None or max(logged) > done):
+                done = max(logged)
+        return done
 
     def history(self) -> list[dict]:
         """metrics.jsonl rows (one per epoch); [] when they can't be read."""
@@ -370,7 +382,7 @@ def summarize(cells: list[Cell], expected_seeds: list[int], paper: dict | None =
                 flags.append(f"missing seeds: {', '.join(map(str, missing))}")
             if unfinished:
                 flags.append(f"unfinished: {len(unfinished)} (" + "; ".join(
-                    f"seed {r.seed} {r.status} {r.summary.get('epochs_completed', '?')}/{r.summary.get('epochs', '?')}"
+                    f"seed {r.seed} {r.status} {'?' if r.epochs_done is None else r.epochs_done}/{r.summary.get('epochs', '?')}"
                     " epochs" for r in unfinished) + ")")
             if diverged:
                 flags.append(f"diverged: {len(diverged)} (seed {', '.join(str(r.seed) for r in diverged)})")
@@ -600,7 +612,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m dlb.report", description=__doc__.split("\n\n")[0])
     p.add_argument("roots", nargs="*", help="folders searched recursively for run folders (summary.json)")
     p.add_argument("--wandb", action="append", default=[], metavar="ENTITY/PROJECT", help="also read this W&B project")
-    p.add_argument("--out", default="results", help="output folder (default: results)")
+    p.add_argument("--out", default=None, help="output folder (default: reports/<name>; results/ holds the "
+                   "committed tables)")
     p.add_argument("--name", default="report", help="output file stem (default: report)")
     p.add_argument("--paper", default=str(DEFAULT_PAPER), help="the paper's reference values (YAML)")
     p.add_argument("--seeds", type=parse_seeds, default=None, help="expected seeds, e.g. 0,1,2 (default: all seen)")
@@ -627,7 +640,7 @@ def main(argv=None) -> int:
         skipped.append({"path": args.paper, "reason": "paper reference file missing or unreadable; no paper column"})
     report = build_report(runs, skipped, seeds=args.seeds, paper=paper, metric=args.metric, sources=sources,
                           command=shlex.join(["python", "-m", "dlb.report", *argv]))
-    out = Path(args.out)
+    out = Path(args.out or Path("reports") / args.name)
     out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(report)
     (out / f"{args.name}.md").write_text(markdown)

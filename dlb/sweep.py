@@ -1,6 +1,6 @@
 """Plan or run an experiment's grid.
 
-    python -m dlb.sweep experiment=table1_cifar100                 # dry run: job list, count, GPU-hour estimate
+    python -m dlb.sweep experiment=table1_cifar100                 # dry run: job list, count, training time
     python -m dlb.sweep experiment=table1_cifar100 --run [launcher=slurm ...]
 
 The grid is the experiment config's `hydra.sweeper.params`, with command-line values taking precedence (as in
@@ -55,7 +55,7 @@ def _throughputs() -> dict:
 
 
 def estimate_hours(fixed: list[str], jobs: list[list[str]]) -> tuple[float | None, list[str]]:
-    """GPU-hours from measured training throughput (results/bench/throughput.json: {"<backbone>/<method>": img/s,
+    """Training hours on the measured device from its training throughput (results/bench/throughput.json: {"<backbone>/<method>": img/s,
     "device": ...}); None and the missing cells when a job's cell was never measured."""
     table, total, missing = _throughputs(), 0.0, set()
     for job in jobs:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides, at least experiment=<name>")
     p.add_argument("--run", action="store_true", help="launch the grid (default: print the plan only)")
-    p.add_argument("--no-estimate", action="store_true", help="skip the GPU-hour estimate")
+    p.add_argument("--no-estimate", action="store_true", help="skip the training-time estimate")
     args = p.parse_intermixed_args(argv)
     if not any(o.startswith("experiment=") for o in args.overrides):
         p.error("name the experiment: experiment=<name> (see configs/experiment/)")
@@ -108,13 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(jobs)} jobs; fixed overrides: {' '.join(fixed)}")
     if not args.no_estimate:
         hours, missing = estimate_hours(fixed, jobs)
-        device = _throughputs().get("device", "?")
+        device = _throughputs().get("device")  # "cpu: <model> (<n> threads)" or the GPU's name (scripts/benchmark.py)
+        kind = "device" if not device else "CPU" if device.startswith("cpu") else "GPU"
+        device = device or "an unnamed device"
         if hours is None:
-            print(f"GPU-hour estimate: unknown; no measured throughput for {', '.join(missing)} in "
-                  f"{THROUGHPUT_FILE.relative_to(REPO)} (measure with scripts/benchmark.py on the target GPU)")
+            print(f"Training-time estimate: unknown; no throughput measured for {', '.join(missing)} in "
+                  f"{THROUGHPUT_FILE.relative_to(REPO)} (its figures are for {device}; measure on the target "
+                  "machine with scripts/benchmark.py, e.g. --device cuda)")
         else:
-            print(f"GPU-hour estimate: {hours:.1f} h of training on {device} (measured img/s x images x epochs; "
-                  "evaluation and start-up not included)")
+            print(f"Training-time estimate: {hours:.1f} {kind} hours on {device} (measured img/s x images x epochs; "
+                  "evaluation and start-up not included)" + ("; not a GPU figure: measure on the GPU with "
+                  "scripts/benchmark.py --device cuda" if kind == "CPU" else ""))
     if not args.run:
         return 0
     for stage in parts:

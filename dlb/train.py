@@ -25,7 +25,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
                               OmegaConfBaseException)
 
@@ -52,6 +52,15 @@ def _is_group(name: str) -> bool:
 
 def _group_options(group: str) -> str:
     return ", ".join(group_options(group)) or f"the files in configs/{group}/"
+
+
+def _config_groups() -> str:
+    """The user-facing config groups and their options, one line each, for `--help` (configs/hydra/help/dlb.yaml)."""
+    groups = sorted(str(d.relative_to(CONFIGS)) for d in CONFIGS.rglob("*") if d.is_dir() and any(d.glob("*.yaml")))
+    return "\n".join(f"{g}: {_group_options(g)}" for g in groups if g != "hydra" and not g.startswith("hydra/"))
+
+
+OmegaConf.register_new_resolver("dlb_config_groups", _config_groups, replace=True)
 
 
 def _override_key(override: str) -> str:

@@ -23,7 +23,7 @@ the median of --repeats timed runs of --steps steps after --warmup steps, each r
 configurations interleaved (A B A B ...), so a shared machine's drifting load hits all alike. Results: printed as
 Markdown, written to
 --out (.md and .json), and the loop img/s of each backbone/method to results/bench/throughput.json (dlb.sweep's
-GPU-hour estimate), replacing the file when it held another device's figures.
+training-time estimate), replacing the file when it held another device's figures.
 """
 from __future__ import annotations
 
@@ -289,18 +289,13 @@ def _wait_barrier(path: str, n: int, timeout_s: float = 600) -> None:
 def machine(device: str, threads: int | None = None) -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(),
+    from dlb.utils import cpu_model, git_info
+
+    info = {"host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": threads or torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
-    from dlb.utils import git_info
-
     info.update(git_info())  # the code that was measured
     if device != "cpu" and torch.cuda.is_available():
         info.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
@@ -434,7 +429,7 @@ def main_table(rows: list[dict], pairs: dict, m: dict, a) -> str:
 
 
 def targets(rows: list[dict], pairs: dict, a) -> tuple[str, list[dict]]:
-    """The issue-5 targets this run can judge, each as the measured figure against its bound (never hard-coded):
+    """The performance targets (docs/performance.md) this run can judge, each as the measured figure against its bound (never hard-coded):
     pipeline efficiency >= 0.9 per method; each DLB entry's epoch time <= 2.1 x CE (paired; from the separate rows
     with --no-pairs); its memory <= 1.1 x CE's + one batch (B float32 views at the dataset's size), memory being the
     peak bytes held for backward plus the bytes the method keeps between steps. That tensor measure is the training
@@ -509,7 +504,7 @@ def publish(a, m: dict, command: str, title: str, body: str, payload: dict, fina
 
 
 def update_throughput(path: Path, device: str, rows: list[dict], backbone_name: str, command: str, m: dict) -> None:
-    """dlb.sweep's GPU-hour estimate reads {"device": ..., "img_per_s": {"<timm backbone>/<method>": img/s}}."""
+    """dlb.sweep's training-time estimate reads {"device": ..., "img_per_s": {"<timm backbone>/<method>": img/s}}."""
     try:
         table = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -3,12 +3,14 @@
 
 Gets the data itself where it can (already on disk; torchvision's download with internet; Debian's
 dataset-fashion-mnist package when running as root), otherwise prints the one command to run.
-Extra arguments are passed to every training run as Hydra overrides, e.g. `scripts/demo.py seed=1`.
+Extra arguments are passed to every training run as Hydra overrides, e.g. `scripts/demo.py seed=1` (`make demo
+ARGS="seed=1"`); each command's runs go to outputs/demo/<method>/<its overrides>/.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,24 +55,35 @@ def ensure_data(root: str) -> None:
              "or `python -m dlb.train experiment=fashion_demo dataset.download=true` on a machine with internet.")
 
 
+def run_dir(method: str, overrides: list[str]) -> str:
+    """outputs/demo/<method>/<the overrides>, e.g. outputs/demo/dlb/seed=1,trainer.epochs=2 (outputs/demo/<method>/
+    seed0 without overrides), relative to the repo: only [A-Za-z0-9._=,-] in the name, so that Hydra's override
+    parser takes it quoted, and one folder per command, so rerunning a command resumes its runs."""
+    name = ",".join(re.sub(r"[^A-Za-z0-9._=-]+", "_", o) for o in overrides) or "seed0"
+    return f"outputs/demo/{method}/{name}"
+
+
 def main(overrides: list[str]) -> None:
     root = os.environ.get("DLB_DATA", str(REPO / "data"))
     ensure_data(root)
     rows = []
     for method in METHODS:
-        out = REPO / "outputs" / "demo" / method / "-".join(["seed0", *overrides]).replace("/", "_")
-        cmd = [sys.executable, "-m", "dlb.train", "experiment=fashion_demo", f"method={method}",
-               f"hydra.run.dir={out}", *overrides]
+        out = run_dir(method, overrides)
+        cmd = [sys.executable, "-m", "dlb.train", "experiment=fashion_demo", f"method={method}", *overrides,
+               f"hydra.run.dir='{out}'"]  # last: the folder this script reads the summary from
         print("demo:", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True)
-        rows.append(json.loads((out / "summary.json").read_text()))
-    print(f"\nFashion-MNIST, {rows[0]['backbone']}, {rows[0]['train_size']} train images, full 10k test set, "
-          f"{rows[0]['epochs']} epochs, seed {rows[0]['seed']}, {rows[0]['device_name']} ({rows[0]['device']})")
-    print(f"| method | best test err % | last test err % | last NLL | last ECE | train time s |")
-    print(f"|---|---|---|---|---|---|")
+        rows.append(json.loads((REPO / out / "summary.json").read_text()))
+    r0 = rows[0]
+    print(f"\nFashion-MNIST, {r0['backbone']}, {r0['train_size']} train images, {r0['epochs']} epochs, "
+          f"seed {r0['seed']}, on {r0['device_name']} ({r0['device']})")
+    print("| method | best test err % | last test err % | last NLL | last ECE | train time s |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['best_test_err']:.2f} | {r['last_test_err']:.2f} | {r['last_test_nll']:.3f} | "
               f"{r['last_test_ece']:.3f} | {r['train_time_s']:.0f} |")
+    print("Train time is wall-clock on this machine: it varies with whatever else the machine runs. Runs: "
+          + ", ".join(run_dir(m, overrides) for m in METHODS))
 
 
 if __name__ == "__main__":

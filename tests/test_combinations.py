@@ -1,5 +1,5 @@
-"""Every method trains with every batch augmentation, under label noise (issue 3's 'any method composes with
-any augmentation'): one epoch of two steps each, on tiny CIFAR-format data."""
+"""Every method trains with every batch augmentation, under label noise (any method composes with any
+augmentation): one epoch of two steps each, on tiny CIFAR-format data."""
 from __future__ import annotations
 
 import json

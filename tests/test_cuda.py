@@ -1,4 +1,4 @@
-"""GPU checks, skipped without CUDA (scripts/gpu_session.sh runs them on a lent GPU): the training step makes no host
+"""GPU checks, skipped without CUDA (scripts/gpu_check.sh runs them on a GPU machine): the training step makes no host
 sync, the epoch's syncs do not grow with its steps, CUDA graphs (trainer.compile=reduce-overhead) and bf16 keep DLB's
 numbers and its cached target intact, in both backward modes, DDP runs over NCCL, and GPU slots hand out distinct
 slots. `DLB_CUDA_TESTS_ON_CPU=1` runs the same tests on the CPU (their logic, not the GPU's behaviour), for working on

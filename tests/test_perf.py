@@ -218,7 +218,7 @@ TOY = ["--backbone", "resnet8", "--batch-size", "16", "--steps", "2", "--warmup"
 
 
 def test_benchmark_stopped_by_a_time_limit_keeps_its_finished_rows(tmp_path):
-    """A time limit's SIGTERM (scripts/gpu_session.sh runs each stage under `timeout`) leaves the rows measured so
+    """A time limit's SIGTERM (scripts/gpu_check.sh runs each stage under `timeout`) leaves the rows measured so
     far on disk, marked incomplete, instead of nothing."""
     out = tmp_path / "bench"
     proc = subprocess.Popen([sys.executable, "scripts/benchmark.py", *TOY, "--methods", "ce,dlb,lsr", "--no-pil",

@@ -412,3 +412,78 @@ def test_dynamics_without_the_keys_is_skipped_with_a_note(tmp_path, capsys, monk
     assert "dlb_dynamics_cifar10_cifar_resnet32: skipped" in out
     assert "no project configured" in out  # --wandb without a project: a note, not a failure
     assert [p.name for p in (tmp_path / "fig").iterdir()] == ["curves_cifar10_cifar_resnet32.png"]
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figure objects dlb.plot draws (kept open instead of closed after saving)."""
+    from dlb import plot
+
+    kept = []
+    monkeypatch.setattr(plot.plt, "close", kept.append)
+    return kept
+
+
+def _series_lines(ax) -> list:
+    """The panel's named series (an errorbar's data line; not its caps and bars)."""
+    return [h[0] if isinstance(h, tuple) else h for h in ax.get_legend_handles_labels()[0]]
+
+
+def _series_looks(ax) -> list[tuple]:
+    return [(str(line.get_color()), line.get_linestyle(), line.get_marker()) for line in _series_lines(ax)]
+
+
+def test_figures_readable(plot_root, tmp_path, figures):
+    """Legends below the panels (never over the data, none missing), markers on every line, every series of a
+    panel distinct (DLB clean vs noisy), and no 'paper' panel without paper values."""
+    from dlb import plot
+
+    write_run(plot_root, "short/s0", [50.0], epochs=1, dataset="cifar100", seed=0)  # a one-epoch run
+    files = plot.plot_all(collect_runs([plot_root])[0], tmp_path / "fig", paper={})
+    assert len(figures) == len(files) == 6  # curves: clean, 20%, 40%, cifar100; noise; dynamics
+    for fig in figures:
+        renderer = fig.canvas.get_renderer()
+        assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+        legend_top = fig.legends[0].get_window_extent(renderer).y1
+        assert all(legend_top <= ax.get_tightbbox(renderer).y0 + 1 for ax in fig.axes)  # below the panels
+        for ax in fig.axes:
+            assert all(line.get_marker() not in (None, "None", "") for line in _series_lines(ax))
+            looks = _series_looks(ax)
+            assert len(set(looks)) == len(looks), looks
+            assert "paper" not in ax.get_title()
+    dynamics = next(f for f, path in zip(figures, files) if path.name.startswith("dlb_dynamics"))
+    assert len(dynamics.axes[0].get_lines()) == 3  # clean, 20% and 40% noise
+    short = next(f for f, path in zip(figures, files) if path.name == "curves_cifar100_cifar_resnet32.png")
+    assert [len(line.get_xdata()) for line in short.axes[0].get_lines()] == [1]
+
+
+def test_noise_plot_shows_paper_values_only_where_known(plot_root, tmp_path, figures):
+    from dlb import plot
+
+    paper = {"tables": {"noise": {"cells": {"cifar10": {"*": {"symmetric@0.4+dlb": {"value": 25.0},
+                                                              "symmetric@0.2+ce": "unknown"}}}}}}
+    [path] = plot.plot_noise(report.group_cells(collect_runs([plot_root])[0]), tmp_path, "last", paper=paper)
+    best, last = figures[0].axes
+    assert "paper" not in best.get_title() and "paper" in last.get_title()
+    [marks] = [line for line in last.get_lines() if line.get_marker() == "x"]
+    assert list(marks.get_xdata()) == [40.0] and list(marks.get_ydata()) == [25.0]
+
+
+def test_unfinished_run_shows_its_epochs(tmp_path):
+    """A run at epoch 5 of 10 reads "running 5/10", from the summary or, where that is stale (written when the run
+    started), from metrics.jsonl."""
+    root = tmp_path / "runs"
+    write_run(root, "fresh", [50.0] * 5, status="running", epochs=10, seed=0)
+    stale = write_run(root, "stale", [50.0] * 5, status="running", epochs=10, seed=1)
+    summary = json.loads((stale / "summary.json").read_text())
+    (stale / "summary.json").write_text(json.dumps({**summary, "epochs_completed": 0}))
+    runs, _ = collect_runs([root])
+    assert {Path(r.path).name: r.epochs_done for r in runs} == {"fresh": 5, "stale": 5}
+    [row] = build_report(runs, [])["rows"]
+    assert "seed 0 running 5/10 epochs; seed 1 running 5/10 epochs" in row["flags"][0]
+
+
+def test_cli_default_output_is_outside_results(runs_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert report.main([str(runs_root), "--name", "t1"]) == 0
+    assert (tmp_path / "reports" / "t1" / "t1.md").is_file()

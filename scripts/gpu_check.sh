@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 5) for one call on a lent GPU: correctness on CUDA first, then the measurements the
-# targets need, in priority order, each stage under its own time limit and all under one deadline, so the call
-# returns inside its limit with whatever stages fit (a skipped stage says so in summary.txt). Every benchmark writes
-# its tables after each finished run (and on the SIGTERM of a time limit), and the tarball is re-packed after every
-# stage, so a stage cut short still returns what it measured.
+# The GPU check: runs the tests and the benchmark on a GPU machine without internet, in one call of at most ~10
+# minutes. Correctness on CUDA first, then the measurements the performance targets (docs/performance.md) need, in
+# priority order, each stage under its own time limit and all under one deadline, so the call returns inside its
+# limit with whatever stages fit (a skipped stage says so in summary.txt). Every benchmark writes its tables after
+# each finished run (and on the SIGTERM of a time limit), and the tarball is re-packed after every stage, so a stage
+# cut short still returns what it measured.
 #
 #   1 tests      tests/test_cuda.py and the loader/augmentation no-sync tests (not the NCCL one: stage 6)
 #   2 fast       resnet32 b64, bf16 + channels_last + CUDA graphs: CE and DLB, one CIFAR-sized epoch timed (781 full
@@ -11,24 +12,23 @@
 #                timed loop), DLB vs the PIL path (paired), eval img/s -> pipeline efficiency, DLB vs CE (separate
 #                runs), the 240-epoch extrapolation, >= 3x PIL
 #   3 fp32       the default (official numerics, eager) configuration with CE, DLB and DLB split: paired ratios vs CE,
-#                the memory target (tensor measure, eager only), throughput.json (dlb.sweep's GPU-hour estimate)
+#                the memory target (tensor measure, eager only), throughput.json (dlb.sweep's training-time estimate)
 #   4 speed      the speed switches alone against the plain baseline (DLB), CUDA-only ones first
 #   5 jobs       1, 2 and 4 DLB runs sharing the GPU: total img/s (trainer.jobs_per_gpu)
 #   6 nccl       the one-GPU torchrun/NCCL DDP test
 #
 # Here, once:  make gpu-wheels        (hydra-core, omegaconf, antlr4 wheels the GPU image lacks, into .whl/)
-# On the GPU:  DLB_GIT_COMMIT=<git rev-parse HEAD here> bash scripts/gpu_session.sh
-#              (device tool: carry [".whl"], timeout_s 600; the copy sent there has no .git, so the tables take the
-#              commit from DLB_GIT_COMMIT)
-# Check it:    GPU_SESSION_SMOKE=1 bash scripts/gpu_session.sh   (toy sizes on this machine's CPU)
+# On the GPU:  DLB_GIT_COMMIT=<git rev-parse HEAD here> bash scripts/gpu_check.sh
+#              (copy the working tree and .whl/ there; a copy without .git takes the commit from DLB_GIT_COMMIT)
+# Check it:    GPU_CHECK_SMOKE=1 bash scripts/gpu_check.sh   (toy sizes on this machine's CPU)
 #
-# Output: $OUT (default results/bench/gpu_session) gets summary.txt and gpu_session.tar.gz (every stage's log and
+# Output: $OUT (default results/bench/gpu_check) gets summary.txt and gpu_check.tar.gz (every stage's log and
 # table); unpack the tarball into results/bench/ and commit the tables.
 set -u
 cd "$(dirname "$0")/.."
-OUT=${OUT:-results/bench/gpu_session}
-BUDGET_S=${GPU_SESSION_BUDGET_S:-540}
-SMOKE=${GPU_SESSION_SMOKE:-0}
+OUT=${OUT:-results/bench/gpu_check}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-540}
+SMOKE=${GPU_CHECK_SMOKE:-0}
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export HF_HUB_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/dlb-inductor-cache}  # later processes reuse kernels
@@ -44,10 +44,10 @@ if ! $PY -c "import hydra, omegaconf" 2>/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/dlb-site .whl/*.whl \
       && export PYTHONPATH=/tmp/dlb-site${PYTHONPATH:+:$PYTHONPATH}
   else
-    say "gpu_session: hydra/omegaconf missing and no .whl/ (run 'make gpu-wheels' here and carry .whl)"; exit 2
+    say "gpu_check: hydra/omegaconf missing and no .whl/ (run 'make gpu-wheels' here and carry .whl)"; exit 2
   fi
 fi
-say "gpu_session: $(date -u +%FT%TZ), python $($PY -c 'import sys; print(sys.version.split()[0])'), $($PY -c 'import torch; print("torch", torch.__version__, "| cuda", torch.cuda.is_available() and torch.cuda.get_device_name(0))'), code $(git rev-parse --short HEAD 2>/dev/null || echo "${DLB_GIT_COMMIT:-unknown}"), budget ${BUDGET_S}s, smoke $SMOKE"
+say "gpu_check: $(date -u +%FT%TZ), python $($PY -c 'import sys; print(sys.version.split()[0])'), $($PY -c 'import torch; print("torch", torch.__version__, "| cuda", torch.cuda.is_available() and torch.cuda.get_device_name(0))'), code $(git rev-parse --short HEAD 2>/dev/null || echo "${DLB_GIT_COMMIT:-unknown}"), budget ${BUDGET_S}s, smoke $SMOKE"
 command -v nvidia-smi >/dev/null && nvidia-smi > "$work/nvidia-smi.txt" 2>&1
 
 if [ "$SMOKE" = 1 ]; then  # toy sizes on the CPU: every stage's plumbing, no meaningful number
@@ -77,7 +77,7 @@ stage() {
   say "$name: rc $rc in $(( $(date +%s) - t0 ))s (limit ${limit}s)$([ $rc = 124 ] && echo ' TIMED OUT')"
   { grep -E "passed|failed|error|XPASS|xfail|INCOMPLETE" "$work/$name.log" | tail -n 3; tail -n 2 "$work/$name.log"; } \
     | awk '!seen[$0]++' | sed 's/^/    /' | tee -a "$summary"  # test counts, then the last lines, each once
-  tar czf "$OUT/gpu_session.tar.gz" -C "$work" .  # after every stage: a later kill loses nothing finished
+  tar czf "$OUT/gpu_check.tar.gz" -C "$work" .  # after every stage: a later kill loses nothing finished
 }
 
 stage tests 80 40 "${PYTEST[@]}" --junitxml "$work/tests.xml" "${TESTS[@]}"
@@ -92,4 +92,4 @@ stage nccl 40 30 "${PYTEST[@]}" --junitxml "$work/nccl.xml" "${NCCL[@]}"
 for f in "$work"/*_fast.md "$work"/*_throughput.md; do  # the targets tables, for reading in the reply itself
   [ -f "$f" ] && { echo; echo "== $(basename "$f")"; sed -n '/^### Targets/,$p' "$f"; } >> "$summary"
 done
-tar czf "$OUT/gpu_session.tar.gz" -C "$work" . && say "packed $(ls "$work" | wc -l) files into $OUT/gpu_session.tar.gz"
+tar czf "$OUT/gpu_check.tar.gz" -C "$work" . && say "packed $(ls "$work" | wc -l) files into $OUT/gpu_check.tar.gz"
