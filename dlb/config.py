@@ -80,6 +80,7 @@ class TrainerConfig:
     limit_eval_batches: Optional[int] = None
     progress: Optional[bool] = None  # null: on when stderr is a terminal
     save_best: bool = True  # keep checkpoints/best.pt (model weights at the best test accuracy)
+    threads: Optional[int] = None  # CPU threads (dlb.utils.set_threads); null: $OMP_NUM_THREADS, else the usable cores
 
 
 @dataclass
@@ -196,6 +197,8 @@ def validate(cfg: DictConfig) -> None:
     if t.device not in DEVICES and not str(t.device).startswith("cuda:"):
         _fail("trainer.device", t.device, f"use one of {', '.join(DEVICES)} or cuda:<index>")
     _validate_speed(cfg)
+    if t.threads is not None and t.threads < 1:
+        _fail("trainer.threads", t.threads, "must be >= 1, or null for $OMP_NUM_THREADS or every usable core")
     for key in ("limit_train_batches", "limit_eval_batches"):
         if t[key] is not None and t[key] < 1:
             _fail(f"trainer.{key}", t[key], "must be >= 1, or null for no limit")

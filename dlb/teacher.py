@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dlb import runfiles, runid
 from dlb.errors import ConfigError
 from dlb.models import build_model
 
@@ -28,16 +29,23 @@ def search_root(out_dir: Path, teacher_root: str | None) -> Path:
     return out_dir.parent if root == root.parent else root
 
 
-def _matches(summary: dict, run_cfg, train_size: int | None, num_classes: int | None) -> bool:
-    """A completed CE run on the same data (dataset, training subset size, label noise), backbone and seed."""
-    want = {"method": "ce", "status": "completed", "dataset": run_cfg.dataset.name, "backbone": run_cfg.backbone.name,
-            "seed": run_cfg.seed, "train_size": train_size, "num_classes": num_classes}
-    noise = run_cfg.get("noise")
-    want["noise"] = "none" if noise is None else noise.name
-    if want["noise"] != "none":
-        want.update(noise_rate=noise.rate, noise_seed=noise.seed)
-    # Summaries written before label noise existed have no noise keys: those runs were clean.
-    return all(v is None or summary.get(k, "none" if k == "noise" else None) == v for k, v in want.items())
+def _matches(run_dir: Path, identity: dict, data: dict | None) -> bool:
+    """A completed CE run whose config computes what this run's does but for the method (dlb/runid.py: the same data
+    and subset, recipe, augmentation, label noise, backbone and seed), trained on the same data where both know it."""
+    try:
+        summary = runfiles.Summary.read(run_dir)
+        config = json.loads((run_dir / runfiles.CONFIG).read_text())
+    except (OSError, ValueError, TypeError):
+        return False  # a run being written right now, or not ours
+    if summary.method != "ce" or summary.status != "completed":
+        return False
+    if runid.data_differences(summary.data, data):
+        return False
+    return _without_method(runid.identity(config)) == identity
+
+
+def _without_method(identity: dict) -> dict:
+    return {k: v for k, v in identity.items() if not k.startswith("method.")}
 
 
 def _train_command(run_cfg, root: Path) -> str:
@@ -63,21 +71,18 @@ def _train_command(run_cfg, root: Path) -> str:
     return " ".join(parts)
 
 
-def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, train_size: int | None = None,
-                 num_classes: int | None = None) -> Path:
-    """checkpoints/best.pt of the one completed CE run under search_root(...) matching this run (see _matches)."""
+def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, data: dict | None = None) -> Path:
+    """checkpoints/best.pt of the one completed CE run under search_root(...) matching this run (see _matches);
+    `data`: this run's data fingerprint."""
+    from omegaconf import OmegaConf
+
     root = search_root(out_dir, teacher_root)
-    found = []
-    for summary_path in sorted(root.glob("**/summary.json")):
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (OSError, ValueError):
-            continue  # a run being written right now, or not ours
-        best = summary_path.parent / "checkpoints" / "best.pt"
-        if _matches(summary, run_cfg, train_size, num_classes) and best.is_file():
-            found.append(best.resolve())
-    what = (f"a completed CE run with dataset={run_cfg.dataset.name} backbone={run_cfg.backbone.name} "
-            f"seed={run_cfg.seed}" + (f" train_size={train_size}" if train_size is not None else ""))
+    identity = _without_method(runid.identity(OmegaConf.to_container(run_cfg, resolve=True, enum_to_str=True)))
+    found = [run_dir / "checkpoints" / "best.pt" for run_dir in sorted(p.parent for p in root.glob("**/summary.json"))
+             if (run_dir / "checkpoints" / "best.pt").is_file() and _matches(run_dir, identity, data)]
+    found = [p.resolve() for p in found]
+    what = (f"completed CE run with dataset={run_cfg.dataset.name} backbone={run_cfg.backbone.name} "
+            f"seed={run_cfg.seed} and this run's other settings")
     if not found:
         raise ConfigError(f"method.teacher=auto: found no {what} (and its checkpoints/best.pt) in "
                           f"{root}/**/summary.json; train it first: {_train_command(run_cfg, root)}  (or set "

@@ -28,7 +28,7 @@ from dlb.metrics import evaluate
 from dlb.models import build_model
 from dlb.loggers import RunLogger
 from dlb.utils import (GpuSlot, build_optimizer, compile_model, environment_info, git_info, peak_memory_bytes,
-                       resolve_device, rng_states, seed_everything, set_rng_states)
+                       resolve_device, rng_states, seed_everything, set_rng_states, set_threads)
 
 SUBSET_SEED = 0  # train/test subsets are the same for every seed and method, so runs stay comparable
 
@@ -93,6 +93,7 @@ class Trainer:
             torch.cuda.set_device(self.device)  # stray allocations (e.g. by libraries) go to this run's GPU
         self.is_main = self.rank == 0  # only rank 0 writes files
         seed_everything(cfg.seed, t.deterministic)
+        set_threads(t.threads)  # deliberately: torch's one-per-core default crawls on a shared machine
 
         d = cfg.dataset
         if data is None:
@@ -107,7 +108,8 @@ class Trainer:
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.num_params = sum(p.numel() for p in self.model.parameters())
-        self.method: Method = build_method(cfg.method, num_classes=self.num_classes, train_size=self.train_size,
+        self.method: Method = build_method(cfg.method, num_classes=self.num_classes, data=self.data_fingerprint,
+                                           train_size=self.train_size,
                                            run_cfg=cfg, out_dir=self.out_dir).to(self.device)
         # self.net runs the training forwards: the model, under DDP and/or compiled. self.model stays the plain
         # module: checkpoints, evaluation and teachers see its state_dict keys whatever the wrapping.

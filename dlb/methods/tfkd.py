@@ -79,7 +79,7 @@ class TfKDSelf(Method):
         if not cfg.teacher:
             raise ConfigError("method.teacher='': use auto, a checkpoint path or a run dir")
 
-    def __init__(self, num_classes: int | None = None, train_size: int | None = None, run_cfg=None, out_dir=None,
+    def __init__(self, num_classes: int | None = None, data: dict | None = None, run_cfg=None, out_dir=None,
                  **options):
         """`teacher` may also be a ready nn.Module (your own loop, tests); the trainer always passes a string."""
         super().__init__(**options)
@@ -90,7 +90,7 @@ class TfKDSelf(Method):
             raise ValueError("tfkd_self builds its teacher from the run config: pass run_cfg (the trainer does), or "
                              "pass teacher=<an nn.Module>")
         else:
-            path = (find_teacher(run_cfg, out_dir, self.teacher_root, train_size, num_classes) if teacher == "auto"
+            path = (find_teacher(run_cfg, out_dir, self.teacher_root, data) if teacher == "auto"
                     else checkpoint_file(teacher))
             self.teacher_path = str(path)
             teacher = load_teacher(path, run_cfg, num_classes)
