@@ -25,6 +25,7 @@ FREE_KEYS = (
     "trainer.device", "trainer.jobs_per_gpu", "trainer.progress", "trainer.eval_batch_size", "trainer.save_best",
     "trainer.threads", "trainer.compile", "trainer.channels_last", "optim.fused",  # placement and speed
     "method.backward",  # DLB's split backward: the same gradient with half the activation memory
+    "method_info",  # config.json: what the method resolved itself (tfkd_self's teacher, found by identity)
 )
 # The parts of the identity already spelled out by the cell's folder (dataset/backbone/method[+augment][+noise]).
 CELL_KEYS = ("dataset.name", "backbone.name", "method.name", "augment.name", "noise.name", "noise.rate", "seed")

@@ -191,7 +191,7 @@ def measure_pair(ca: dict, cb: dict) -> dict:
                 if (ca, cb)[i].get("loader", "device") == "device":  # the PIL path has no model-only figure of its own
                     res["step"][i].append(runs[i][1]())
             for i in order:
-                res["loop"][i].append(runs[i][0].train_epoch(1 + r)["train_img_per_s"])
+                res["loop"][i].append(runs[i][0].train_epoch(1 + r)[0]["train_img_per_s"])
     for key in ("step", "loop"):
         a, b = res[key]
         if a and b:
@@ -242,7 +242,7 @@ def measure(c: dict) -> dict:
         trainer.train_epoch(0)
         OmegaConf.update(cfg, "trainer.limit_train_batches", c["steps"])
         wall_start = time.time()
-        epochs = [trainer.train_epoch(1 + r) for r in range(c["repeats"])]
+        epochs = [trainer.train_epoch(1 + r)[0] for r in range(c["repeats"])]
         # Wall-clock span and images of the timed loops: --jobs sums the images of all jobs over their joint span.
         res["loop_wall_s"], res["loop_images"] = [wall_start, time.time()], sum(e["train_images"] for e in epochs)
         loops = [e["train_img_per_s"] for e in epochs]

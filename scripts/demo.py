@@ -8,7 +8,6 @@ ARGS="seed=1"`); each command's runs go to outputs/demo/<method>/<its overrides>
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from dlb.runfiles import Summary  # noqa: E402
 from dlb.datasets import load_dataset  # noqa: E402
 from dlb.errors import DatasetError  # noqa: E402
 
@@ -73,15 +73,15 @@ def main(overrides: list[str]) -> None:
                f"hydra.run.dir='{out}'"]  # last: the folder this script reads the summary from
         print("demo:", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True)
-        rows.append(json.loads((REPO / out / "summary.json").read_text()))
+        rows.append(Summary.read(REPO / out))
     r0 = rows[0]
-    print(f"\nFashion-MNIST, {r0['backbone']}, {r0['train_size']} train images, {r0['epochs']} epochs, "
-          f"seed {r0['seed']}, on {r0['device_name']} ({r0['device']})")
+    print(f"\nFashion-MNIST, {r0.backbone}, {r0.train_size} train images, {r0.epochs} epochs, "
+          f"seed {r0.seed}, on {r0.environment.get('device_name')} ({r0.device})")
     print("| method | best test err % | last test err % | last NLL | last ECE | train time s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['best_test_err']:.2f} | {r['last_test_err']:.2f} | {r['last_test_nll']:.3f} | "
-              f"{r['last_test_ece']:.3f} | {r['train_time_s']:.0f} |")
+        print(f"| {r.method} | {r.best_test_err:.2f} | {r.last_test_err:.2f} | {r.last_test_nll:.3f} | "
+              f"{r.last_test_ece:.3f} | {r.train_time_s:.0f} |")
     print("Train time is wall-clock on this machine: it varies with whatever else the machine runs. Runs: "
           + ", ".join(run_dir(m, overrides) for m in METHODS))
 
