@@ -15,6 +15,7 @@ import subprocess
 import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,57 @@ def fingerprint(train: ArrayDataset, test: ArrayDataset) -> dict:
     return {"name": train.name, "train_size": len(train), "test_size": len(test), "num_classes": train.num_classes,
             "classes": list(train.classes) if train.classes is not None else None,
             "train_sha256": sha256(train), "test_sha256": sha256(test)}
+
+
+SUBSET_SEED = 0  # train/test subsets are the same for every seed and method, so runs stay comparable
+
+
+def subset_index(size: int, n: int | None) -> torch.Tensor | None:
+    """Rows of the fixed subset of n out of size (None: all rows)."""
+    if n is None or n >= size:
+        return None
+    g = torch.Generator().manual_seed(SUBSET_SEED)
+    return torch.randperm(size, generator=g)[:n].sort().values
+
+
+@dataclass
+class RunData:
+    """The data a run trains and tests on, as prepared by `prepare`."""
+    train: ArrayDataset  # the subset trained on, with noisy labels under label noise
+    test: ArrayDataset
+    fingerprint: dict  # of the full splits as read (see fingerprint)
+    noise_rate_realised: float = 0.0
+    noise_record: dict | None = None  # under label noise: what the run saves as noisy_labels.pt
+
+
+def prepare(train: ArrayDataset, test: ArrayDataset, dataset_cfg, noise_cfg) -> RunData:
+    """The run's data from the full splits: fingerprint first, then label noise drawn on the full training set (so a
+    subset's labels agree with the full set's), then the fixed dataset.train_subset / test_subset."""
+    from dlb import noise as N
+
+    d, nz = dataset_cfg, noise_cfg
+    data = RunData(train, _subset(test, d.test_subset), fingerprint(train, test))
+    index = subset_index(len(train), d.train_subset)
+    if nz.name == "none":
+        data.train = train if index is None else train.subset(index)
+        return data
+    noisy = N.noisy_labels(train.labels, train.num_classes, d.name, nz.name, nz.rate, nz.seed)
+    clean_used, noisy_used = (train.labels, noisy) if index is None else (train.labels[index], noisy[index])
+    data.noise_rate_realised = (noisy_used != clean_used).float().mean().item()  # once, before training
+    data.noise_record = {"noisy_labels": noisy_used, "index": index,
+                         "clean_sha256": N.labels_fingerprint(train.labels),
+                         "clean_used_sha256": N.labels_fingerprint(clean_used),
+                         "noise_rate_realised": data.noise_rate_realised,
+                         "config": {"dataset": str(d.name), "name": str(nz.name), "rate": nz.rate, "seed": nz.seed}}
+    # Loader and any method's batch_order (CS-KD's class pairs) see the noisy labels; the test set stays clean.
+    noisy_train = dataclasses.replace(train, labels=noisy)
+    data.train = noisy_train if index is None else noisy_train.subset(index)
+    return data
+
+
+def _subset(ds: ArrayDataset, n: int | None) -> ArrayDataset:
+    index = subset_index(len(ds), n)
+    return ds if index is None else ds.subset(index)
 
 
 def load_dataset(name: str, root: str, train: bool, *, download: bool = False, image_size: int = 32) -> ArrayDataset:

@@ -5,7 +5,6 @@ A run's output folder holds everything needed to reproduce and audit it (dlb/run
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import sys
 import time
@@ -17,10 +16,9 @@ from omegaconf import DictConfig
 from dlb import augment as A
 from dlb import config as C
 from dlb import distributed
-from dlb import noise as N
 from dlb import runfiles, runid
 from dlb.checkpoint import RunLock, StopSignals, atomic_save, load_checkpoint, save_checkpoint
-from dlb.datasets import ArrayDataset, fingerprint, load_dataset
+from dlb.datasets import ArrayDataset, load_dataset, prepare
 from dlb.errors import ConfigError, Diverged, Preempted, ResumeError
 from dlb.loader import make_loader
 from dlb.methods import Method, build_method
@@ -30,29 +28,12 @@ from dlb.loggers import RunLogger
 from dlb.utils import (GpuSlot, build_optimizer, compile_model, environment_info, git_info, peak_memory_bytes,
                        resolve_device, rng_states, seed_everything, set_rng_states, set_threads)
 
-SUBSET_SEED = 0  # train/test subsets are the same for every seed and method, so runs stay comparable
-
 
 
 # A NaN/Inf loss is caught by reading the on-device loss sums every FINITE_CHECK_EVERY steps and at each epoch end:
 # one host sync per check, never one per step.
 FINITE_CHECK_EVERY = 50
 PROGRESS_EVERY_S = 120.0  # a progress line inside long epochs (train.log; stdout when it is not a terminal)
-
-
-def _subset_index(size: int, n: int | None) -> torch.Tensor | None:
-    """Rows of the fixed subset of n out of size (None: all rows)."""
-    if n is None or n >= size:
-        return None
-    g = torch.Generator().manual_seed(SUBSET_SEED)
-    return torch.randperm(size, generator=g)[:n].sort().values
-
-
-def _subset(ds: ArrayDataset, n: int | None) -> ArrayDataset:
-    index = _subset_index(len(ds), n)
-    return ds if index is None else ds.subset(index)
-
-
 
 
 class _NoLogger:
@@ -99,9 +80,10 @@ class Trainer:
         if data is None:
             data = (load_dataset(d.name, d.root, True, download=d.download, image_size=d.image_size),
                     load_dataset(d.name, d.root, False, download=d.download, image_size=d.image_size))
-        self.data_fingerprint = fingerprint(*data)
-        train_ds = self._train_set(data[0])
-        test_ds = _subset(data[1], d.test_subset)
+        prepared = prepare(*data, d, cfg.noise)
+        self.data_fingerprint, self.noise_record = prepared.fingerprint, prepared.noise_record
+        self.noise_rate_realised = prepared.noise_rate_realised
+        train_ds, test_ds = prepared.train, prepared.test
         self.train_size, self.test_size, self.num_classes = len(train_ds), len(test_ds), train_ds.num_classes
 
         self.model = build_model(cfg, self.num_classes).to(self.device)
@@ -149,27 +131,6 @@ class Trainer:
         self.best = {"test_acc": -1.0}
         self.time_offset = 0.0  # training time of earlier processes of this run (resumed)
         self.config_dict = C.to_container(cfg)
-
-    def _train_set(self, full: ArrayDataset) -> ArrayDataset:
-        """The training set actually used: label noise drawn on the full set first (so a subset's labels agree with
-        the full set's), then dataset.train_subset.  Under noise, fit() records the labels in noisy_labels.pt."""
-        d, nz = self.cfg.dataset, self.cfg.noise
-        index = _subset_index(len(full), d.train_subset)
-        self.noise_rate_realised, self.noise_record = 0.0, None
-        if nz.name == "none":
-            return full if index is None else full.subset(index)
-        noisy = N.noisy_labels(full.labels, full.num_classes, d.name, nz.name, nz.rate, nz.seed)
-        clean_used, noisy_used = (full.labels, noisy) if index is None else (full.labels[index], noisy[index])
-        # Host sync here is fine: once, before training.
-        self.noise_rate_realised = (noisy_used != clean_used).float().mean().item()
-        self.noise_record = {"noisy_labels": noisy_used, "index": index,
-                             "clean_sha256": N.labels_fingerprint(full.labels),
-                             "clean_used_sha256": N.labels_fingerprint(clean_used),
-                             "noise_rate_realised": self.noise_rate_realised,
-                             "config": {"dataset": str(d.name), **C.to_container(nz)}}
-        # Loader and any method's batch_order (CS-KD's class pairs) see the noisy labels; the test set stays clean.
-        train = dataclasses.replace(full, labels=noisy)
-        return train if index is None else train.subset(index)
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def state(self) -> dict:

@@ -391,7 +391,10 @@ def test_tfkd_self_finds_the_ce_teacher_or_says_how_to_train_it(fake_cifar, tmp_
         assert torch.equal(v, teacher_weights[k]), k
     summary = t.fit()
     assert summary["status"] == "completed" and t.history[0]["train_kd"] > 0
-    assert json.loads((cell / "tfkd_self" / "seed0" / "summary.json").read_text())["method"] == "tfkd_self"
+    written = json.loads((cell / "tfkd_self" / "seed0" / "summary.json").read_text())
+    assert written["method"] == "tfkd_self" and written["method_info"]["teacher"] == t.method.teacher_path
+    config = json.loads((cell / "tfkd_self" / "seed0" / "config.json").read_text())
+    assert config["method"]["teacher"] == "auto" and config["method_info"]["teacher"] == t.method.teacher_path
     # Another seed has no teacher yet.
     with pytest.raises(ConfigError, match="seed=1"):
         Trainer(tiny_cfg(fake_cifar, "method=tfkd_self", "seed=1", *FAST), cell / "tfkd_self" / "seed1")

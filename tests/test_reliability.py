@@ -22,7 +22,6 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
 
 import dlb.checkpoint as ckpt
 import dlb.trainer as trainer_mod
