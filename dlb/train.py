@@ -99,8 +99,7 @@ def error_line(e: BaseException, overrides: Sequence[str] = ()) -> str:
     if isinstance(e, ConfigError):
         return " ".join(text.split())
     if isinstance(e, MissingConfigException):
-        m = re.search(r"Could not (?:find|load) '([^']+)'", text)
-        parts = m.group(1).split("/") if m else []
+        parts = (e.missing_cfg_file or "").split("/")
         # The longest leading part that is a config group folder: option names may hold slashes (noise=/tmp/x).
         n = next((i for i in range(len(parts) - 1, 0, -1) if _is_group("/".join(parts[:i]))), 0)
         if n:
