@@ -84,10 +84,7 @@ def test_fingerprint_names_sizes_classes_and_content(images):
 
 # --- one folder per configuration -------------------------------------------------------------------------------
 def run_dir_of(*overrides) -> str:
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "configs")):
-        return hydra_compose("config", overrides=list(overrides), return_hydra_config=True).hydra.run.dir
+    return compose(list(overrides), with_hydra=True).hydra.run.dir
 
 
 @pytest.mark.parametrize("overrides, expected", [
