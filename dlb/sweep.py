@@ -19,11 +19,11 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from dlb.bench import THROUGHPUT_FILE
 from dlb.config import compose
 from dlb.methods import METHODS
 
 REPO = Path(__file__).resolve().parent.parent
-THROUGHPUT_FILE = REPO / "results" / "bench" / "throughput.json"
 
 
 def _values(key: str, value: str) -> list[str]:

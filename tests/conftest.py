@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +11,13 @@ from dlb.config import compose  # noqa: E402,F401  (the tests' `from conftest im
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
+TIMING_KEYS = {"train_time_s", "train_img_per_s", "eval_time_s"}  # wall-clock: differ between equal runs
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    """A run's metrics.jsonl rows without their timings: what an equal run must reproduce exactly."""
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The baselines (LSR, Tf-KD self/reg, CS-KD, PS-KD, DDGSD, DDGSD+DLB): golden losses on fixed tensors computed by
 hand from each official formula (quirks included), CS-KD's batch order, PS-KD's memory, training smoke runs,
-Tf-KD's teacher lookup and exact resume."""
+Tf-KD's teacher lookup (exact resume: tests/test_train.py)."""
 from __future__ import annotations
 
 import json
@@ -19,7 +19,7 @@ from dlb.methods.tfkd import TfKDSelf
 from dlb.teacher import search_root
 from dlb.train import load_config
 from dlb.trainer import Trainer
-from test_train import _interrupt_after_first_checkpoint, _strip_timing, tiny_cfg
+from test_train import tiny_cfg
 
 # Two samples, three classes. Every "model" below replays rows of these tables: row r of FEATS/LOGITS is what the
 # model gives an input whose pixels all hold the value r.
@@ -406,26 +406,6 @@ def test_tfkd_self_teacher_as_a_path(fake_cifar, tmp_path):
     assert t.method.teacher_path.endswith("best.pt")
     with pytest.raises(ConfigError, match="method.teacher"):
         Trainer(tiny_cfg(fake_cifar, "method=tfkd_self", f"method.teacher={tmp_path / 'nope.pt'}"), tmp_path / "x")
-
-
-@pytest.mark.parametrize("method", ["pskd", "cskd"])
-def test_resume_equals_uninterrupted_run(fake_cifar, tmp_path, monkeypatch, method):
-    """PS-KD's memory and CS-KD's class-paired order survive an interruption exactly."""
-    overrides = [f"method={method}", "trainer.epochs=2", "trainer.deterministic=true", *FAST]
-    full = Trainer(tiny_cfg(fake_cifar, *overrides), tmp_path / "full")
-    full.fit()
-    with monkeypatch.context() as m:
-        _interrupt_after_first_checkpoint(m)
-        with pytest.raises(KeyboardInterrupt):
-            Trainer(tiny_cfg(fake_cifar, *overrides), tmp_path / "cut").fit()
-    resumed = Trainer(tiny_cfg(fake_cifar, *overrides), tmp_path / "cut")
-    resumed.fit()
-    for k, v in full.model.state_dict().items():
-        assert torch.equal(v, resumed.model.state_dict()[k]), k
-    if method == "pskd":
-        assert torch.equal(full.method.memory, resumed.method.memory)
-    read = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert _strip_timing(read(tmp_path / "cut")) == _strip_timing(read(tmp_path / "full"))
 
 
 def test_features_and_logits_of_a_cifar_net_and_a_timm_net():

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dlb import augment as A
 from dlb import loader as L
 
 try:
@@ -101,10 +102,13 @@ def test_crop_flip_matches_reference(device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("augment", ["crop_flip", "rrc_flip", "none"])
-def test_no_host_sync_per_batch(augment):
+@pytest.mark.parametrize("augment,batch_augment", [("crop_flip", None), ("rrc_flip", None), ("none", None),
+                                                   ("crop_flip", A.Cutout(16)), ("crop_flip", A.CutMix(prob=0.5))],
+                         ids=["crop_flip", "rrc_flip", "none", "cutout", "cutmix"])
+def test_no_host_sync_per_batch(augment, batch_augment):
     ds = make_ds(300, size=64 if augment == "rrc_flip" else 32)
-    dl = L.DeviceLoader(ds, batch_size=64, train=True, device="cuda", augment=augment, num_views=2)
+    dl = L.DeviceLoader(ds, batch_size=64, train=True, device="cuda", augment=augment, num_views=2,
+                        batch_augment=batch_augment)
     torch.cuda.set_sync_debug_mode("error")  # any device->host sync on the hot path raises
     try:
         for _ in dl:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import dlb.checkpoint as ckpt
 import dlb.trainer as trainer_mod
-from conftest import REPO, compose
+from conftest import REPO, compose, metric_rows
 from dlb.checkpoint import RunLock, load_checkpoint, save_checkpoint
 from dlb.errors import ConfigError, Diverged, OutputError, Preempted
 from dlb.methods.dlb import DLB
@@ -34,7 +34,6 @@ from dlb.train import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USER_ERROR, load_confi
 from dlb.trainer import Trainer
 from fakedata import subprocess_env_for_fake_cifar, write_fake_cifar
 
-TIMING_KEYS = {"train_time_s", "train_img_per_s", "eval_time_s"}
 N_TRAIN, BATCH, EPOCHS = 192, 8, 3
 STEPS = N_TRAIN // BATCH  # per epoch
 RUN_ARGS = ["dataset=cifar10", "backbone=resnet8", "method=dlb", "debug=tiny", f"trainer.batch_size={BATCH}",
@@ -66,11 +65,6 @@ def cfg_for(root, *overrides):
     return load_config([*RUN_ARGS, f"dataset.root={root}", *overrides])
 
 
-def rows(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
     """The uninterrupted run every interrupted one must reproduce exactly: (run dir, final weights)."""
@@ -93,7 +87,7 @@ def finish_in_process_and_compare(data, reference, out: Path) -> dict:
     assert summary["status"] == "completed" and summary["steps"] == EPOCHS * STEPS
     for k, v in ref_weights.items():
         assert torch.equal(v, t.model.state_dict()[k]), k
-    assert rows(out) == rows(ref_dir)
+    assert metric_rows(out) == metric_rows(ref_dir)
     return summary
 
 
@@ -353,7 +347,7 @@ def test_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_the_report_ex
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     assert state["epoch"] == 1 and state["partial"] is None  # epoch 1's checkpoint; the NaN state was never saved
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
-    assert len(rows(out)) == 1
+    assert len(metric_rows(out)) == 1
     # The report lists it as diverged and leaves it out of the means.
     runs, skipped = collect_runs([tmp_path / "runs"])
     report = build_report(runs, skipped)
@@ -543,7 +537,7 @@ def test_wandb_failures_never_stop_training_or_lose_local_metrics(fail, data, tm
     with pytest.warns(UserWarning, match=r"W&B .*(could not start|failed)"):
         summary = Trainer(cfg, out).fit()
     assert summary["status"] == "completed"
-    assert [r["epoch"] for r in rows(out)] == [1, 2]
+    assert [r["epoch"] for r in metric_rows(out)] == [1, 2]
 
 
 def test_no_api_key_means_offline(monkeypatch, tmp_path):

@@ -1,0 +1,828 @@
+"""The training-speed benchmark: measuring (in child processes), tables, results files.
+
+scripts/benchmark.py and scripts/method_costs.py are its command lines; docs/performance.md says what each figure
+means. Each measurement runs in a fresh child process, `python -m dlb.bench <configuration as JSON>`, which prints
+one result line (so a method's peak memory is its own).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULT_TAG = "BENCH_RESULT "
+THROUGHPUT_FILE = REPO / "results" / "bench" / "throughput.json"
+PIL_METHODS = ("ce", "dlb")
+STOPPED: list[str] = []  # the signal that stopped this run (stop_on_sigterm), named in the partial tables
+
+
+# --- the measurement (runs in a child process) ---------------------------------------------------------------------
+
+
+def synthetic_data(n_train: int, n_test: int, classes: int = 100):
+    """CIFAR-shaped uint8 images and labels, in memory (the speed of a step does not depend on pixel values)."""
+    import torch
+
+    from dlb.datasets import CIFAR100_MEAN, CIFAR100_STD, ArrayDataset
+
+    g = torch.Generator().manual_seed(0)
+
+    def ds(n):
+        return ArrayDataset(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                            torch.randint(0, classes, (n,), generator=g), classes, CIFAR100_MEAN, CIFAR100_STD,
+                            "cifar100")
+
+    return ds(n_train), ds(n_test)
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def method_state_bytes(method) -> int:
+    """Bytes of the tensors a method keeps between steps: its parameters/buffers (a teacher, PS-KD's memory) and the
+    tensors in its attributes (DLB's last batch), each storage counted once."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def add(x):
+        if isinstance(x, torch.Tensor):
+            seen[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        elif isinstance(x, dict):
+            for v in x.values():
+                add(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                add(v)
+
+    for t in list(method.parameters()) + list(method.buffers()):
+        add(t)
+    for k, v in vars(method).items():
+        if not k.startswith("_"):
+            add(v)
+    return sum(seen.values())
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def method_spec(spec: str) -> tuple[str, list[str]]:
+    """'dlb:backward=split:alpha=0.5' -> ('dlb', ['method.backward=split', 'method.alpha=0.5']): a --methods entry
+    is a method name, optionally with its own settings (the entry is also the row's label)."""
+    name, *settings = spec.split(":")
+    return name, [f"method.{kv}" for kv in settings]
+
+
+def make_trainer(c: dict, out_dir: str, data, loader: str = "device"):
+    import torch
+    from omegaconf import OmegaConf
+
+    from dlb.config import compose, validate
+    from dlb.models import build_model
+    from dlb.trainer import Trainer
+
+    method, method_settings = method_spec(c["method"])
+    overrides = ["dataset=cifar100", "dataset.root=unused", f"dataset.loader={loader}",
+                 f"dataset.num_workers={c['pil_workers']}", f"backbone={c['backbone']}", f"method={method}",
+                 f"trainer.batch_size={c['batch_size']}", f"trainer.eval_batch_size={c['eval_batch_size']}",
+                 f"trainer.device={c['device']}", f"trainer.precision={c['precision']}",
+                 f"trainer.channels_last={str(c['channels_last']).lower()}", f"trainer.compile={c['compile']}",
+                 f"optim.fused={c['fused']}", "trainer.progress=false", "trainer.save_best=false", *method_settings]
+    if method == "tfkd_self":  # a random-init teacher of the same architecture: same cost as a trained one
+        path = Path(out_dir) / "teacher.pt"
+        torch.save({"model": build_model(compose(overrides[:6]), 100).state_dict()}, path)
+        overrides.append(f"method.teacher={path}")
+    cfg = compose(overrides)
+    validate(cfg)
+    OmegaConf.set_struct(cfg, False)
+    return Trainer(cfg, out_dir, data=data), cfg
+
+
+def make_step(trainer, c: dict):
+    """(step, timed_steps): Trainer.train_step on one fixed batch made once by the trainer's loader (what
+    Trainer.train_epoch does per batch, minus the loader and the metrics), and c["steps"] of them timed -> img/s."""
+    batch = next(iter(trainer.train_loader))
+    trainer.model.train()
+    trainer.method.train()
+    trainer.method.on_epoch_start(1, 240)  # PS-KD: past epoch 0, so its memory is read
+
+    def step() -> int:
+        logits, loss, _ = trainer.train_step(batch)
+        if c["sync_per_step"]:
+            loss.item()  # what a per-step host sync (printing or logging a float each step) costs
+        return logits.shape[0]
+
+    def timed_steps() -> float:
+        t0 = time.perf_counter()
+        rows = sum(step() for _ in range(c["steps"]))
+        _sync(trainer.device)
+        return rows / (time.perf_counter() - t0)
+
+    return step, timed_steps
+
+
+def measure_pair(ca: dict, cb: dict) -> dict:
+    """Configuration a and b in one process, their timed blocks alternating (a b, b a, a b, ...), so each repeat's b/a
+    ratio compares two measurements seconds apart: the before/after of one switch, robust to a drifting load."""
+    import torch
+    from omegaconf import OmegaConf
+
+    if ca.get("threads"):
+        torch.set_num_threads(ca["threads"])
+    data = synthetic_data(ca["train_size"], ca["test_size"])
+    res: dict = {"a": ca, "b": cb, "step": [[], []], "loop": [[], []]}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = []
+        for i, c in enumerate((ca, cb)):
+            torch.manual_seed(0)  # same initial weights
+            trainer, cfg = make_trainer(c, f"{tmp}/{i}", data, loader=c.get("loader", "device"))
+            step, timed = make_step(trainer, c)
+            for _ in range(c["warmup"]):
+                step()
+            OmegaConf.update(cfg, "trainer.limit_train_batches", c["warmup"])
+            trainer.train_epoch(0)
+            OmegaConf.update(cfg, "trainer.limit_train_batches", c["steps"])
+            runs.append((trainer, timed))
+        for r in range(ca["repeats"]):
+            order = (0, 1) if r % 2 == 0 else (1, 0)
+            for i in order:
+                if (ca, cb)[i].get("loader", "device") == "device":  # the PIL path has no model-only figure of its own
+                    res["step"][i].append(runs[i][1]())
+            for i in order:
+                res["loop"][i].append(runs[i][0].train_epoch(1 + r)[0]["train_img_per_s"])
+    for key in ("step", "loop"):
+        a, b = res[key]
+        if a and b:
+            res[f"{key}_img_per_s"] = [statistics.median(a), statistics.median(b)]
+            res[f"{key}_ratio_runs"] = [y / x for x, y in zip(a, b)]
+            res[f"{key}_ratio"] = statistics.median(res[f"{key}_ratio_runs"])
+    res["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return res
+
+
+def measure(c: dict) -> dict:
+    import torch
+    from omegaconf import OmegaConf
+
+    from dlb.metrics import evaluate
+    from dlb.utils import saved_for_backward_bytes
+
+    if c.get("threads"):
+        torch.set_num_threads(c["threads"])
+    torch.manual_seed(0)
+    data = synthetic_data(c["train_size"], c["test_size"])
+    res: dict = {"method": c["method"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, cfg = make_trainer(c, tmp, data)
+        dev = trainer.device
+        res["device"] = str(dev)
+        rss_before = _rss_bytes()
+        step, timed_steps = make_step(trainer, c)
+        # (a) the model-only step
+        for _ in range(c["warmup"]):
+            step()
+        _sync(dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+
+        # Step, loop, step again (A B A): the loop is compared with the steps around it, so a drift in the machine's
+        # load during the run cancels to first order.
+        res["step_img_per_s_runs"] = [timed_steps() for _ in range(c["repeats"])]
+        if c["compile"] == "none":
+            saved = saved_for_backward_bytes(step, exclude=trainer.model.parameters())
+            res["saved_activation_bytes"], res["peak_saved_activation_bytes"] = saved["total"], saved["peak"]
+        res["method_state_bytes"] = method_state_bytes(trainer.method)
+
+        # (b) the full loop: Trainer.train_epoch, each repeat a new epoch of `steps` steps
+        if c.get("barrier"):
+            _wait_barrier(*c["barrier"])
+        OmegaConf.update(cfg, "trainer.limit_train_batches", c["warmup"])
+        trainer.train_epoch(0)
+        OmegaConf.update(cfg, "trainer.limit_train_batches", c["steps"])
+        wall_start = time.time()
+        epochs = [trainer.train_epoch(1 + r)[0] for r in range(c["repeats"])]  # (stats, loss terms)
+        # Wall-clock span and images of the timed loops: --jobs sums the images of all jobs over their joint span.
+        res["loop_wall_s"], res["loop_images"] = [wall_start, time.time()], sum(e["train_images"] for e in epochs)
+        loops = [e["train_img_per_s"] for e in epochs]
+        res["loop_img_per_s_runs"], res["loop_img_per_s"] = loops, statistics.median(loops)
+        res["step_img_per_s_runs"] += [timed_steps() for _ in range(c["repeats"])]
+        res["step_img_per_s"] = statistics.median(res["step_img_per_s_runs"])
+        res["pipeline_efficiency"] = res["loop_img_per_s"] / res["step_img_per_s"]
+        # Peak memory of training alone: read before evaluation (batch 1000) and the PIL path (a numpy copy of the
+        # images) can raise it.
+        if dev.type == "cuda":
+            res["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
+        res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        res["rss_growth_bytes"] = res["peak_rss_bytes"] - rss_before
+
+        # (f) evaluation throughput
+        if c["eval"]:
+            evaluate(trainer.model, trainer.test_loader, 1, trainer.autocast)  # warm-up
+            evals = []
+            for _ in range(c["repeats"]):
+                _sync(dev)
+                t0 = time.perf_counter()
+                n = evaluate(trainer.model, trainer.test_loader, c["eval_batches"], trainer.autocast)["test_n"]
+                _sync(dev)
+                evals.append(n / (time.perf_counter() - t0))
+            res["eval_img_per_s_runs"], res["eval_img_per_s"] = evals, statistics.median(evals)
+
+        res["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return res
+
+
+def _wait_barrier(path: str, n: int, timeout_s: float = 600) -> None:
+    """--jobs: every job finishes its set-up and warm-up before any starts timing, so the timed loops overlap. The
+    parent marks a job that died as ready, so the others never wait for it; timeout_s bounds the rest."""
+    d = Path(path)
+    (d / f"ready-{os.getpid()}").touch()
+    start = time.monotonic()
+    while len(list(d.glob("ready-*"))) < n and time.monotonic() - start < timeout_s:
+        time.sleep(0.05)
+
+
+# --- the parent: configurations, subprocesses, tables ----------------------------------------------------------------
+
+
+def machine(device: str, threads: int | None = None) -> dict:
+    import torch
+
+    from dlb.utils import cpu_model, git_info
+
+    info = {"host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "torch_threads": threads or torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
+    info.update(git_info())  # the code that was measured
+    if device != "cpu" and torch.cuda.is_available():
+        info.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
+    return info
+
+
+def device_label(m: dict, device: str) -> str:
+    if device != "cpu" and m.get("gpu"):
+        return m["gpu"]
+    return f"cpu: {m['cpu']} ({m['torch_threads']} threads)"
+
+
+def child_command(c: dict) -> list[str]:
+    return [sys.executable, "-m", "dlb.bench", json.dumps(c)]
+
+
+def child_env(c: dict) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    if c.get("threads"):  # before torch starts its thread pool
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(c["threads"])
+    return env
+
+
+def run_child(c: dict) -> dict:
+    r = subprocess.run(child_command(c), cwd=REPO, env=child_env(c), capture_output=True, text=True)
+    for line in r.stdout.splitlines()[::-1]:
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+    print(f"benchmark: {c['method']} failed: {' | '.join(tail)}", file=sys.stderr)
+    return {"method": c["method"], "error": " | ".join(tail)[-500:]}
+
+
+def combine(runs: list[dict]) -> dict:
+    """One configuration's runs (one timed run each) -> medians; pipeline efficiency as the median of each run's own
+    loop/step ratio (the two phases of one run are close in time); memory as the largest seen."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    out = dict(ok[0])
+    for key in ("step", "loop", "pil_loop", "eval"):
+        vals = [v for r in ok for v in r.get(f"{key}_img_per_s_runs", [])]
+        if vals:
+            out[f"{key}_img_per_s_runs"], out[f"{key}_img_per_s"] = vals, statistics.median(vals)
+    out["pipeline_efficiency_runs"] = [r["pipeline_efficiency"] for r in ok]  # each run's loop / its own steps
+    out["pipeline_efficiency"] = statistics.median(out["pipeline_efficiency_runs"])
+    for key in ("peak_rss_bytes", "peak_cuda_allocated_bytes", "rss_growth_bytes", "saved_activation_bytes",
+                "peak_saved_activation_bytes",
+                "method_state_bytes"):
+        vals = [r[key] for r in ok if r.get(key) is not None]
+        if vals:
+            out[key] = max(vals)
+    out["load_avg_1m"] = [r.get("load_avg_1m") for r in ok]
+    out["failed_runs"] = len(runs) - len(ok)
+    return out
+
+
+def run_interleaved(configs: list[dict], repeats: int, label=lambda c: c["method"], on_result=None) -> list[dict]:
+    """Each configuration `repeats` times, one timed run per fresh subprocess, in round-robin order (A B C A B C ...):
+    a shared machine's load drifts over minutes, and interleaving spreads that drift over every configuration alike,
+    so the ratios between them stay fair. on_result(rows so far) is called after each run (partial tables)."""
+    got: list[list[dict]] = [[] for _ in configs]
+    for r in range(repeats):
+        for i, c in enumerate(configs):
+            print(f"benchmark: {label(c)} (run {r + 1}/{repeats}) ...", flush=True)
+            got[i].append(run_child({**c, "repeats": 1}))
+            if on_result:
+                on_result([combine(runs) for runs in got if runs])
+    return [combine(runs) for runs in got]
+
+
+def base_config(a) -> dict:
+    return {"backbone": a.backbone, "batch_size": a.batch_size, "device": a.device, "precision": a.precision,
+            "channels_last": a.channels_last, "compile": a.compile, "fused": a.fused, "steps": a.steps,
+            "warmup": a.warmup, "repeats": a.repeats, "train_size": a.train_size, "test_size": a.test_size,
+            "eval_batch_size": 1000, "eval_batches": a.eval_batches, "pil_workers": a.pil_workers, "eval": False,
+            "sync_per_step": False, "threads": a.threads}
+
+
+def fmt(x, digits: int = 0) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.{digits}f}" if isinstance(x, (int, float)) else str(x)
+
+
+def mb(x) -> str:
+    return "–" if x is None else f"{x / 2**20:,.1f}"
+
+
+def header(m: dict, a, command: str, title: str) -> str:
+    dev = device_label(m, a.device)
+    busy = (f"; load average {m['load_avg_1m_at_start']} at start on {m['cpu_count']} cores (other jobs were running: "
+            "absolute CPU figures are pessimistic, ratios within one run are the comparable numbers)"
+            if m["load_avg_1m_at_start"] >= 0.5 * (m["cpu_count"] or 1) else "")
+    return (f"## {title}\n\n"
+            f"- command: `{command}`\n- machine: {m['host']}, {m['cpu']} ({m['cpu_count']} cores, torch threads "
+            f"{m['torch_threads']}){', GPU ' + m['gpu'] if m.get('gpu') else ''}{busy}\n"
+            f"- device: {dev}; torch {m['torch']}{', CUDA ' + m['cuda'] if m.get('cuda') else ''}; {m['date']}; "
+            f"code {m.get('git_commit', 'unknown')[:10]}{' (uncommitted changes)' if m.get('git_dirty') else ''}\n"
+            f"- settings: {a.backbone}, batch {a.batch_size}, synthetic CIFAR-shaped data ({a.train_size} train / "
+            f"{a.test_size} test images, 100 classes), {a.steps} timed steps after {a.warmup} warm-up, median of "
+            f"{a.repeats} interleaved runs (a fresh process each); precision {a.precision}, channels_last "
+            f"{a.channels_last}, compile {a.compile}, optim.fused {a.fused}; PIL path: {a.pil_workers} DataLoader "
+            "workers\n")
+
+
+def run_pair(ca: dict, cb: dict, label: str) -> dict:
+    print(f"benchmark: {label} (paired, one process) ...", flush=True)
+    return run_child({"pair": [ca, cb], "method": label, "threads": ca.get("threads")})
+
+
+def main_table(rows: list[dict], pairs: dict, m: dict, a) -> str:
+    """Absolute figures from each method's own processes; the ratios between configurations from paired runs."""
+    cuda = m.get("gpu") and a.device != "cpu"
+    mem_head = "peak CUDA alloc MB" if cuda else "peak RSS MB (process)"
+    lines = ["| method | step img/s | loop img/s | pipeline efficiency | epoch time vs CE (paired) | PIL loop img/s "
+             f"(paired) | device loop / PIL loop (paired) | eval img/s | {mem_head} | saved for backward MB | "
+             "peak held for backward MB | method state MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | error: {r['error'][:80]} |" + " |" * 11)
+            continue
+        vs_ce = pairs.get(f"ce/{r['method']}", {}).get("loop_ratio")
+        pil = pairs.get(f"{r['method']}/pil", {})
+        mem = r.get("peak_cuda_allocated_bytes") if cuda else r.get("peak_rss_bytes")
+        lines.append(f"| {r['method']} | {fmt(r['step_img_per_s'])} | {fmt(r['loop_img_per_s'])} | "
+                     f"{fmt(r['pipeline_efficiency'], 3)} | {fmt(1 / vs_ce if vs_ce else None, 2)} | "
+                     f"{fmt(pil.get('loop_img_per_s', [None, None])[1])} | "
+                     f"{fmt(1 / pil['loop_ratio'] if 'loop_ratio' in pil else None, 2)} | "
+                     f"{fmt(r.get('eval_img_per_s'))} | {mb(mem)} | {mb(r.get('saved_activation_bytes'))} | "
+                     f"{mb(r.get('peak_saved_activation_bytes'))} | {mb(r.get('method_state_bytes'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def targets(rows: list[dict], pairs: dict, a) -> tuple[str, list[dict]]:
+    """The performance targets (docs/performance.md) this run can judge, each as the measured figure against its
+    bound (never hard-coded): pipeline efficiency >= 0.9 per method; each DLB entry's epoch time <= 2.1 x CE
+    (paired; from the separate rows with --no-pairs); its memory <= 1.1 x CE's + one batch (B float32 views at the
+    dataset's size), memory being the peak bytes held for backward plus the bytes the method keeps between steps.
+    That tensor measure is the training memory on any device (the CUDA peak allocation also holds the
+    device-resident dataset, and misses what CUDA graphs use inside their private pools); it needs an eager model,
+    so compiled runs leave the memory target to an eager run."""
+    ok_rows = {r["method"]: r for r in rows if "error" not in r}
+    checks = [{"target": f"{name}: pipeline efficiency >= 0.9", "measured": r["pipeline_efficiency"],
+               "bound": 0.9, "met": r["pipeline_efficiency"] >= 0.9} for name, r in ok_rows.items()]
+    ce = ok_rows.get("ce")
+    batch_bytes = a.batch_size * 3 * 32 * 32 * 4  # one float32 view of the benchmark's 32x32 synthetic batch
+
+    def memory(r):
+        held = r.get("peak_saved_activation_bytes")
+        return None if held is None else held + r.get("method_state_bytes", 0)
+
+    for name, r in ok_rows.items():
+        if method_spec(name)[0] != "dlb" or ce is None:
+            continue
+        ratio, how = pairs.get(f"ce/{name}", {}).get("loop_ratio"), ""
+        if not ratio and a.no_pairs:
+            ratio, how = r["loop_img_per_s"] / ce["loop_img_per_s"], " (separate runs, not paired)"
+        if ratio:
+            checks.append({"target": f"{name}: epoch time <= 2.1 x CE{how}", "measured": 1 / ratio, "bound": 2.1,
+                           "met": 1 / ratio <= 2.1})
+        pil = pairs.get(f"{name}/pil", {}).get("loop_ratio")
+        if pil:
+            checks.append({"target": f"{name}: device loop >= 3 x the PIL path (GPU target)", "measured": 1 / pil,
+                           "bound": 3.0, "met": 1 / pil >= 3.0})
+        if ce.get("eval_img_per_s"):  # evaluation is the same forward for every method: measured on the first
+            full_run_s = 240 * (50000 / r["loop_img_per_s"] + 10000 / ce["eval_img_per_s"])
+            checks.append({"target": f"{name}: 240 CIFAR epochs (50k train + 10k eval each) <= 10 min, extrapolated "
+                           f"from {a.steps} measured steps (GPU target)", "measured": full_run_s / 60, "bound": 10.0,
+                           "met": full_run_s <= 600, "unit": "min"})
+        mine, base = memory(r), memory(ce)
+        if mine is not None and base is not None:
+            bound = 1.1 * base + batch_bytes
+            checks.append({"target": f"{name}: memory (peak held for backward + method state) <= 1.1 x CE + one "
+                           "batch", "measured": mine,
+                           "bound": bound, "met": mine <= bound, "unit": "bytes"})
+    lines = ["| target | measured | bound | met |", "|---|---|---|---|"]
+    for c in checks:
+        num = {"bytes": lambda x: f"{x / 2**20:,.1f} MB", "min": lambda x: f"{x:,.1f} min"}.get(
+            c.get("unit"), lambda x: f"{x:.3f}")
+        lines.append(f"| {c['target']} | {num(c['measured'])} | {num(c['bound'])} | {'yes' if c['met'] else 'NO'} |")
+    if a.compile != "none":
+        lines.append("\nMemory target: not judged here (a compiled model hides its saved tensors); see an eager run.")
+    return "\n### Targets (measured in this run)\n\n" + "\n".join(lines) + "\n", checks
+
+
+def write_outputs(out: Path | None, md: str, payload: dict, quiet: bool = False) -> None:
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(md)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    if not quiet:
+        print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+
+
+def publish(a, m: dict, command: str, title: str, body: str, payload: dict, final: bool) -> None:
+    """Write a mode's table (and print it when final). The modes call this after every finished run, so a time
+    limit's SIGTERM (stop_on_sigterm turns it into SystemExit) leaves the rows measured so far, marked INCOMPLETE."""
+    if STOPPED:
+        m["stopped"] = STOPPED[0]
+    md = (header(m, a, command, title) + ("" if final else "- INCOMPLETE: written while measuring or stopped early "
+                                          f"({m.get('stopped', 'still running')}): rows may be missing\n") + body)
+    if final:
+        print("\n" + md)
+    write_outputs(a.out, md, {"machine": m, "settings": vars(a) | {"out": str(a.out)}, "command": command, **payload,
+                              "complete": final}, quiet=not final)
+
+
+def update_throughput(path: Path, device: str, rows: list[dict], backbone_name: str, command: str, m: dict) -> None:
+    """dlb.sweep's training-time estimate reads {"device": ..., "img_per_s": {"<timm backbone>/<method>": img/s}}."""
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if table.get("device") != device:
+        if table:
+            print(f"{path}: held figures of {table.get('device')!r}; replaced by this device's")
+        table = {"device": device, "img_per_s": {}}
+    for r in rows:
+        if "error" not in r:
+            table["img_per_s"][f"{backbone_name}/{r['method']}"] = round(r["loop_img_per_s"], 1)
+    table.setdefault("measured", {})
+    table["measured"][backbone_name] = {"date": m["date"], "command": command,
+                                        "what": "Trainer.train_epoch img/s, synthetic in-memory CIFAR-shaped data"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    print(f"updated {path}")
+
+
+def backbone_timm_name(backbone: str) -> str:
+    from dlb.config import compose
+
+    return compose([f"backbone={backbone}"]).backbone.name
+
+
+def run_throughput(a, command: str) -> None:
+    """Each method's rows (interleaved runs), then the paired ratios: CE vs each method, device loader vs PIL."""
+    m = machine(a.device, a.threads)
+    methods = a.methods.split(",")
+    base = base_config(a)
+    configs = [{**base, "method": method, "eval": method == methods[0]}  # evaluation is the method's: measured once
+               for method in methods]
+    rows, pairs = [], {}
+
+    def render(final: bool) -> None:
+        target_md, checks = targets(rows, pairs, a)
+        publish(a, m, command, f"Training throughput: {a.backbone}, batch {a.batch_size}",
+                "- paired: both configurations in one process, their timed blocks alternating (a b, b a, ...); the "
+                "figure is the median of the per-repeat ratios, robust to a machine whose load drifts\n\n"
+                + main_table(rows, pairs, m, a) + target_md, {"rows": rows, "pairs": pairs, "targets": checks}, final)
+
+    def got_rows(so_far):
+        rows[:] = so_far
+        render(False)
+
+    try:
+        got_rows(run_interleaved(configs, a.repeats, on_result=got_rows))
+        # Ratios from paired runs: both configurations in one process, timed blocks alternating seconds apart.
+        for method in methods[1:] if methods[0] == "ce" and not a.no_pairs else []:
+            pairs[f"ce/{method}"] = run_pair({**base, "method": "ce"}, {**base, "method": method}, f"ce vs {method}")
+            render(False)
+        # PIL pairs for plain ce/dlb entries only (an entry with settings, dlb:backward=split, loads data the same way)
+        for method in [] if a.no_pil else [x for x in methods if x in a.pil_methods.split(",")]:
+            c = {**base, "method": method}
+            pairs[f"{method}/pil"] = run_pair(c, {**c, "loader": "torch"}, f"{method}: device loader vs PIL")
+            render(False)
+    except SystemExit:  # SIGTERM (a time limit): keep what was measured
+        render(False)
+        raise
+    m["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    render(True)
+    if a.throughput_file and any("error" not in r for r in rows):
+        update_throughput(Path(a.throughput_file), device_label(m, a.device), rows, backbone_timm_name(a.backbone),
+                          command, m)
+
+
+# --- speed switches, each alone against the plain baseline, in one run --------------------------------------------
+
+SPLIT_VARIANT = "DLB split backward (method.backward=split; DLB only)"
+
+
+def speed_variants(cuda: bool) -> list[tuple[str, dict]]:
+    plain = {"fused": "false", "compile": "none", "precision": "fp32", "channels_last": False,
+             "sync_per_step": False}
+    v = [("baseline: plain SGD loop, eager, fp32", plain),
+         ("fused SGD (optim.fused=auto)", {**plain, "fused": "auto"}),
+         ("torch.compile default", {**plain, "compile": "default"}),
+         ("host sync per step (loss.item(); the trainer has none)", {**plain, "sync_per_step": True}),
+         ("channels_last", {**plain, "channels_last": True}),
+         (SPLIT_VARIANT, {**plain, "method": "dlb:backward=split"})]
+    if not cuda:
+        return v + [("all (CPU): fused + channels_last + compile default",
+                     {**plain, "fused": "auto", "channels_last": True, "compile": "default"})]
+    # CUDA: its own switches first (a time-limited run keeps the rows that finished)
+    cuda_only = [("bf16 autocast", {**plain, "precision": "bf16"}),
+                 ("torch.compile reduce-overhead (CUDA graphs)", {**plain, "compile": "reduce-overhead"}),
+                 ("all: fused + bf16 + channels_last + reduce-overhead",
+                  {"fused": "auto", "compile": "reduce-overhead", "precision": "bf16", "channels_last": True})]
+    return v[:1] + cuda_only + v[1:]
+
+
+def run_speed(a, command: str) -> None:
+    m = machine(a.device, a.threads)
+    cuda = bool(m.get("gpu")) and a.device != "cpu"
+    (_, plain), *variants = speed_variants(cuda)
+    lines = ["| method | switch | step img/s before → after | step ratio | loop img/s before → after | "
+             "loop ratio |",
+             "|---|---|---|---|---|---|"]
+    results = []
+
+    def render(final: bool) -> None:
+        publish(a, m, command, f"Speed switches: {a.backbone}, batch {a.batch_size}",
+                "- each switch alone against the baseline (plain SGD loop, eager, fp32, contiguous), both in one "
+                "process, their timed blocks alternating (a b, b a, ...); ratio = median of the per-repeat "
+                "after/before ratios (> 1: faster); compile time is in the warm-up, not in the figures\n\n"
+                + "\n".join(lines) + "\n", {"rows": results}, final)
+
+    try:
+        for method in a.methods.split(","):
+            base = {**base_config(a), "method": method, **plain}
+            for name, change in variants:
+                if a.variants and not any(x in name for x in a.variants.split(",")):
+                    continue
+                if name == SPLIT_VARIANT and method != "dlb":
+                    continue
+                r = run_pair(base, {**base, **change}, f"{method}: {name}")
+                results.append({"method": method, "variant": name, **r})
+                if "error" in r:
+                    lines.append(f"| {method} | {name} | error: {r['error'][:80]} | | | |")
+                else:
+                    st, lo = r["step_img_per_s"], r["loop_img_per_s"]
+                    lines.append(f"| {method} | {name} | {fmt(st[0])} → {fmt(st[1])} | {fmt(r['step_ratio'], 3)} | "
+                                 f"{fmt(lo[0])} → {fmt(lo[1])} | {fmt(r['loop_ratio'], 3)} |")
+                render(False)
+    except SystemExit:
+        render(False)
+        raise
+    m["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    render(True)
+
+
+# --- several runs sharing one device (sweep throughput per GPU) ---------------------------------------------------
+
+def run_jobs(a, command: str) -> None:
+    """N concurrent runs of one method on the device, for each N in --jobs. Total img/s = all jobs' timed images over
+    the wall-clock span from the first job's loop start to the last one's end (each job's own img/s is also shown;
+    their sum would overstate the total when the loops do not fully overlap)."""
+    m = machine(a.device, a.threads)
+    method = a.methods.split(",")[0]
+    lines = ["| jobs on the device | loop img/s per job (each) | total img/s | total vs 1 job |", "|---|---|---|---|"]
+    results, one = [], None
+
+    def render(final: bool) -> None:
+        publish(a, m, command, f"Runs sharing one device: {a.backbone} {method}, batch {a.batch_size}",
+                "- all jobs warm up first, then time their loops together (file barrier)\n\n" + "\n".join(lines)
+                + "\n", {"rows": results}, final)
+
+    try:
+        for n in [int(x) for x in a.jobs.split(",")]:
+            got = _run_concurrent(a, method, n)
+            ok = [g for g in got if "error" not in g]
+            rates = [g["loop_img_per_s"] for g in ok]
+            total = None
+            if ok:
+                span = max(g["loop_wall_s"][1] for g in ok) - min(g["loop_wall_s"][0] for g in ok)
+                total = sum(g["loop_images"] for g in ok) / span
+            if one is None and total:
+                one = total
+            failed = len(got) - len(ok)
+            results.append({"jobs": n, "failed": failed, "loop_img_per_s": rates, "total_img_per_s": total})
+            lines.append(f"| {n}{f' ({failed} failed)' if failed else ''} | {', '.join(fmt(x) for x in rates)} | "
+                         f"{fmt(total)} | {fmt(total / one if total and one else None, 2)} |")
+            render(False)
+    except SystemExit:
+        render(False)
+        raise
+    render(True)
+
+
+def _run_concurrent(a, method: str, n: int) -> list[dict]:
+    """n child processes of one configuration, released together by a file barrier. Their output goes to files (a
+    chatty child can't block on a full pipe while the others wait), and a child that dies is marked ready at once."""
+    with tempfile.TemporaryDirectory() as tmp:
+        barrier = Path(tmp) / "barrier"
+        barrier.mkdir()
+        c = {**base_config(a), "method": method, "barrier": [str(barrier), n]}
+        print(f"benchmark --jobs: {n} concurrent {method} runs ...", flush=True)
+        procs = []
+        for k in range(n):
+            out, err = open(Path(tmp) / f"out{k}", "w+"), open(Path(tmp) / f"err{k}", "w+")
+            procs.append((subprocess.Popen(child_command(c), cwd=REPO, env=child_env(c), stdout=out, stderr=err,
+                                           text=True), out, err))
+        try:
+            while any(p.poll() is None for p, _, _ in procs):
+                for p, _, _ in procs:
+                    if p.poll() is not None:
+                        (barrier / f"ready-{p.pid}").touch()
+                time.sleep(0.2)
+        finally:
+            for p, _, _ in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        got = []
+        for p, out, err in procs:
+            out.seek(0)
+            err.seek(0)
+            found = [json.loads(x[len(RESULT_TAG):]) for x in out.read().splitlines() if x.startswith(RESULT_TAG)]
+            if found:
+                got.append(found[0])
+            else:
+                tail = err.read().strip().splitlines()[-3:]
+                print(f"benchmark --jobs: a job failed: {' | '.join(tail)}", file=sys.stderr)
+                got.append({"method": method, "error": " | ".join(tail)[-500:]})
+            out.close()
+            err.close()
+        return got
+
+
+# --- the method-cost table (scripts/method_costs.py) ---------------------------------------------------------------
+
+def costs() -> dict:
+    """Row name -> the method's Cost (dlb/methods/base.py): every method in table order, each followed by the other
+    settings it names in cost_variants ("dlb:backward=split")."""
+    from dlb.methods import METHODS, ordered
+
+    rows = {}
+    for name in ordered(METHODS):
+        rows[name] = METHODS[name].cost
+        rows.update({f"{name}:{setting}": cost for setting, cost in METHODS[name].cost_variants.items()})
+    return rows
+
+
+def epoch_time_vs_ce(ce: dict, r: dict) -> float | None:
+    """Median over rounds of CE's loop img/s / the method's in the same round (the runs are interleaved, one round
+    after another, so a round's runs are minutes apart while the rounds may be hours apart)."""
+    a, b = ce.get("loop_img_per_s_runs", []), r.get("loop_img_per_s_runs", [])
+    if not a or len(a) != len(b):  # a failed run breaks the pairing: fall back to the medians
+        return ce["loop_img_per_s"] / r["loop_img_per_s"] if "loop_img_per_s" in ce else None
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def method_costs_table(rows: dict, m: dict, a, command: str) -> tuple[str, dict]:
+    """(Markdown, symbols) of the method-cost table: each method's cost by formula (its Cost) beside the measured
+    rows (method -> combined run, run_interleaved), for benchmark settings `a`."""
+    from dlb.config import compose
+    from dlb.models import build_model
+
+    name = backbone_timm_name(a.backbone)
+    K, N, Bsz, img = 100, a.train_size, a.batch_size, 3 * 32 * 32 * 4
+    P = sum(q.numel() for q in build_model(compose([f"backbone={a.backbone}"]), K).parameters())
+    table = costs()
+    ce = rows.get("ce", {})
+    A = ce.get("saved_activation_bytes")
+    A_peak = ce.get("peak_saved_activation_bytes")
+    cuda = bool(m.get("gpu")) and a.device != "cpu"
+    mem_key, mem_name = ("peak_cuda_allocated_bytes", "peak CUDA alloc MB") if cuda else ("peak_rss_bytes",
+                                                                                        "peak RSS MB (process)")
+    lines = [f"| method | images through the net per step (× B) | needs a teacher | extra memory vs CE (formula) | "
+             f"formula, MB | measured: saved for backward MB (vs CE) | measured: peak held for backward MB (vs CE) | "
+             f"measured: kept between steps MB | "
+             f"step img/s | loop img/s | epoch time vs CE | {mem_name} |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for method, r in rows.items():
+        cost = table[method]
+        passes, teacher, formula, f = cost.passes, cost.teacher, cost.memory, cost.memory_bytes
+        if "error" in r:
+            lines.append(f"| {method} | {passes} | {teacher} | {formula} | error: {r['error'][:100]} |" + " |" * 7)
+            continue
+        fb = f(A, P, N, K, Bsz, img) if A is not None else None
+        saved = r.get("saved_activation_bytes")
+        held = r.get("peak_saved_activation_bytes")
+        delta = f" ({(saved - A) / 2**20:+,.1f})" if saved is not None and A is not None else ""
+        held_delta = f" ({(held - A_peak) / 2**20:+,.1f})" if held is not None and A_peak is not None else ""
+        vs_ce = epoch_time_vs_ce(ce, r)
+        lines.append(f"| {method} | {passes} | {teacher} | {formula} | {mb(fb)} | {mb(saved)}{delta} | "
+                     f"{mb(held)}{held_delta} | {mb(r.get('method_state_bytes'))} | {fmt(r['step_img_per_s'])} | "
+                     f"{fmt(r['loop_img_per_s'])} | {fmt(vs_ce, 2)} | {mb(r.get(mem_key))} |")
+    notes = (f"- symbols: B = {Bsz} (batch), K = {K} classes, N = {N} training images, img = 3·32·32·4 = {img} "
+             "bytes "
+             f"(one float32 view), P = {P:,} parameters of {name}, A = CE's bytes saved for backward in one step "
+             f"(measured: {mb(A)} MB)\n"
+             "- images through the net: calls with gradient unless marked; DLB's two forwards are separate calls "
+             "(BatchNorm statistics per half), DDGSD's two views are one call\n"
+             "- img/s: training images consumed per second (B per step), so extra forwards show up as lower img/s; "
+             "epoch time vs CE = CE loop img/s / the method's in the same round of runs, median over the rounds "
+             "(every method takes N/B steps per epoch)\n"
+             "- memory: 'saved for backward' is measured with saved-tensor hooks in one eager step (distinct "
+             "storages, parameters excluded), 'peak held' is the most of it alive at once (DLB's split backward "
+             "frees the first forward's before the second runs); 'kept between steps' sums the method's tensors "
+             "(teacher weights, PS-KD memory, DLB's last batch); peak RSS is the whole process (Python, torch, the "
+             "150 MB in-memory dataset), so differences between rows are what the methods add\n")
+    md = (header(m, a, command, f"Method costs: {a.backbone}, batch {Bsz}, {a.device}") + notes + "\n"
+          + "\n".join(lines) + "\n")
+    return md, {"A": A, "P": P, "N": N, "K": K, "B": Bsz, "img": img}
+
+
+def parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The benchmark's settings as scripts/benchmark.py takes them (scripts/method_costs.py parses its own into
+    these)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="resnet32", help="a configs/backbone name")
+    p.add_argument("--methods", default="ce,dlb",
+                   help="comma-separated; ce first gives the epoch-time ratios; an entry may carry method settings, "
+                   "e.g. dlb:backward=split")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:<i>")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"])
+    p.add_argument("--fused", default="auto", choices=["auto", "true", "false"])
+    p.add_argument("--steps", type=int, default=20, help="timed steps per repeat (use >= 200 on a GPU)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per run (default: torch's); 1 is steadier on a machine shared with "
+                   "other jobs")
+    p.add_argument("--train-size", type=int, default=50000)
+    p.add_argument("--test-size", type=int, default=10000)
+    p.add_argument("--eval-batches", type=int, default=2, help="eval batches of 1000 per timed repeat")
+    p.add_argument("--pil-workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader workers of the PIL path (0: in the main process)")
+    p.add_argument("--no-pil", action="store_true", help="skip the PIL/DataLoader comparison")
+    p.add_argument("--pil-methods", default=",".join(PIL_METHODS),
+                   help="the entries that get a device-loader vs PIL pair (default: ce,dlb)")
+    p.add_argument("--no-pairs", action="store_true",
+                   help="skip the paired CE-vs-method runs: epoch time vs CE then comes from the separate rows")
+    p.add_argument("--speed", action="store_true", help="before/after ratio of each speed switch")
+    p.add_argument("--variants", default=None, help="--speed: only the switches whose name contains one of these")
+    p.add_argument("--jobs", default=None, help="e.g. 1,2,4: that many concurrent runs on the device, total img/s")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write <out>.md and <out>.json (default under results/bench/)")
+    p.add_argument("--throughput-file", default=str(THROUGHPUT_FILE), help="'' to leave it alone")
+    return p
+
+
+def stop_on_sigterm() -> None:
+    """A time limit's SIGTERM becomes SystemExit: each mode writes the rows it has (subprocess.run kills its child)
+    and names the signal in its tables."""
+    def stopped(signum, frame):
+        STOPPED.append(signal.Signals(signum).name)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stopped)
+
+
+if __name__ == "__main__":  # a child process of run_child: one configuration, or a pair, measured -> one result line
+    c = json.loads(sys.argv[1])
+    print(RESULT_TAG + json.dumps(measure_pair(*c["pair"]) if "pair" in c else measure(c)), flush=True)
+
+
