@@ -25,8 +25,8 @@ from dlb.methods import Method, build_method
 from dlb.metrics import evaluate
 from dlb.models import build_model
 from dlb.loggers import RunLogger
-from dlb.utils import (GpuSlot, build_optimizer, compile_model, environment_info, git_info, peak_memory_bytes,
-                       resolve_device, rng_states, seed_everything, set_rng_states, set_threads)
+from dlb.utils import (GpuSlot, build_optimizer, busy_cpu_note, compile_model, environment_info, git_info,
+                       peak_memory_bytes, resolve_device, rng_states, seed_everything, set_rng_states, set_threads)
 
 
 
@@ -297,6 +297,9 @@ class Trainer:
         status, exit_code = "running", 1
         self._stop = StopSignals().install()
         self._say(self.startup_line(resumed))
+        note = busy_cpu_note(torch.get_num_threads()) if self.device.type == "cpu" else None
+        if note:
+            self._say(note)
         started, epochs_here = time.perf_counter(), 0
         try:
             self._write_summary(status)

@@ -44,6 +44,19 @@ def set_threads(requested: int | None, jobs: int | None = None) -> int:
     return threads
 
 
+def busy_cpu_note(threads: int) -> str | None:
+    """A hint when other processes already keep this process's cores busy: `threads` more threads then make every
+    step wait (10-40x slower on a 2-core machine). None when the cores are free or the load can't be read."""
+    try:
+        load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    if load + threads <= cores + 0.5:
+        return None
+    return (f"note: the CPU is busy (load {load:.1f} on {cores} cores) and this run uses {threads} thread"
+            f"{'s' if threads > 1 else ''}; if it crawls, give it fewer with trainer.threads=<n> (docs/performance.md)")
+
+
 SLOT_DIR_ENV = "DLB_SLOT_DIR"
 DEFAULT_SLOT_DIR = "/tmp/dlb-gpu-slots"
 

@@ -36,3 +36,13 @@ def test_joblib_launcher_gives_each_job_one_thread():
     from dlb.sweep import compose
 
     assert compose(["launcher=gpus"], with_hydra=True).hydra.job.env_set.OMP_NUM_THREADS == "1"
+
+
+def test_a_busy_cpu_gets_a_note_naming_the_knob(monkeypatch):
+    from dlb.utils import busy_cpu_note
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 2.0, 2.0))
+    assert "load 2.0 on 2 cores" in busy_cpu_note(2) and "trainer.threads=<n>" in busy_cpu_note(2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert busy_cpu_note(2) is None
