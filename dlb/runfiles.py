@@ -20,9 +20,6 @@ from typing import Any, Optional
 
 CONFIG, SUMMARY, METRICS, ENVIRONMENT, LOG = "config.json", "summary.json", "metrics.jsonl", "environment.json", \
     "train.log"
-# Summary.status values: `running` while training, `stopped` by Ctrl-C, `preempted` by SIGTERM/SIGUSR1 (the same
-# command continues both), `completed`, `diverged` (NaN/Inf loss), `failed` (a bug).
-STATUSES = ("running", "stopped", "preempted", "completed", "diverged", "failed")
 
 
 @dataclass
@@ -48,16 +45,12 @@ class MetricsRow:
         row = {k: v for k, v in dataclasses.asdict(self).items() if k != "terms"}
         return {**row, **{f"train_{k}": v for k, v in self.terms.items()}}
 
-    @classmethod
-    def from_dict(cls, row: dict) -> "MetricsRow":
-        names = {f.name for f in dataclasses.fields(cls)} - {"terms"}
-        terms = {k[6:]: v for k, v in row.items() if k.startswith("train_") and k not in names}
-        return cls(**{k: row.get(k) for k in names}, terms=terms)
-
 
 @dataclass
 class Summary:
     """summary.json. Every field may be missing in folders of older versions (read as None)."""
+    # `running` while training, `stopped` by Ctrl-C, `preempted` by SIGTERM/SIGUSR1 (the same command continues
+    # both), `completed`, `diverged` (NaN/Inf loss), `failed` (a bug)
     status: str
     cell: str
     dataset: str

@@ -131,6 +131,8 @@ class Trainer:
         self.best = {"test_acc": -1.0}
         self.time_offset = 0.0  # training time of earlier processes of this run (resumed)
         self.config_dict = C.to_container(cfg)
+        # Versions, device and threads, code commit: read once (git runs a subprocess), written with every summary.
+        self.environment = {**environment_info(self.device), **git_info()}
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -366,7 +368,7 @@ class Trainer:
 
     def startup_line(self, resumed: bool) -> str:
         """One line: where the run writes, fresh or resumed, device and threads, data, backbone, method."""
-        cfg, env = self.cfg, environment_info(self.device)
+        cfg, env = self.cfg, self.environment
         if not resumed:
             where = "fresh run"
         elif self.partial is not None:
@@ -396,7 +398,7 @@ class Trainer:
             return
         from omegaconf import OmegaConf
 
-        runfiles.write_json(self.out_dir / runfiles.ENVIRONMENT, {**environment_info(self.device), **git_info()})
+        runfiles.write_json(self.out_dir / runfiles.ENVIRONMENT, self.environment)
         runfiles.write_json(self.out_dir / runfiles.CONFIG, {**self.config_dict, "method_info": self.method.info()})
         hydra_dir = self.out_dir / ".hydra"
         hydra_dir.mkdir(exist_ok=True)
@@ -428,7 +430,7 @@ class Trainer:
             data=self.data_fingerprint, augment=cfg.augment.name, noise=cfg.noise.name, noise_rate=cfg.noise.rate,
             noise_seed=cfg.noise.seed, noise_rate_realised=self.noise_rate_realised, method_info=self.method.info(),
             world_size=self.world_size, global_batch=self.world_size * cfg.trainer.batch_size, device=str(self.device),
-            environment={**git_info(), **environment_info(self.device)},
+            environment=self.environment,
         ).to_dict()
         if self.is_main:
             runfiles.write_json(self.out_dir / runfiles.SUMMARY, summary)
