@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dlb.methods import METHODS, label as method_label  # noqa: E402
 from dlb.report import (DEFAULT_PAPER, Cell, Run, collect_runs, group_cells, load_paper, mean_std,  # noqa: E402
@@ -141,6 +142,8 @@ def plot_curves(cells: list[Cell], out: Path, hist: Histories, source: str = "")
                 zoom_values += [x for v in zoomed.values() for x in v]
         ax_all.set(xlabel="epoch", ylabel="test error (%)", title="all epochs")
         ax_zoom.set(xlabel="epoch", ylabel="test error (%)", title=f"epochs {zoom_from}-{last_epoch} (zoom)")
+        for ax in (ax_all, ax_zoom):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         if zoom_values:
             lo, hi = min(zoom_values), max(zoom_values)
             pad = max(0.1, 0.1 * (hi - lo))
@@ -247,6 +250,7 @@ def plot_dlb_dynamics(cells: list[Cell], out: Path, hist: Histories, notes: list
                 ax.text(0.5, 0.5, f"{key} not logged by these runs", ha="center", va="center",
                         transform=ax.transAxes, color="0.4")
             ax.set(xlabel="epoch", ylabel=ylabels[key], title=key)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         _legend_below(fig, axes)
         files.append(_finish(fig, f"{dataset} / {backbone}: DLB training dynamics",
