@@ -56,11 +56,10 @@ def identity(config: dict) -> dict:
     return ident
 
 
-def differences(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+def differences(saved: dict, current: dict) -> list[str]:
     """'key: old -> new' for each identity key that differs between two resolved configs."""
     a, b = identity(saved), identity(current)
-    keys = sorted(k for k in set(a) | set(b) if k not in ignore and not k.startswith(tuple(i + "." for i in ignore)))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def data_differences(saved: dict | None, current: dict | None) -> list[str]:
