@@ -47,11 +47,16 @@ def is_free(key: str) -> bool:
     return key.startswith("_") or any(key == f or key.startswith(f + ".") for f in FREE_KEYS)
 
 
+def has_noise(name: str, rate: float) -> bool:
+    return name != "none" and rate > 0
+
+
 def identity(config: dict) -> dict:
     """The flattened config keys that change what a run computes (config: the resolved config as a dict).
-    Without label noise the noise rate and seed compute nothing, so they are left out too."""
+    Without label noise (noise=none, or a rate of 0, which flips no label) the noise keys compute nothing, so they
+    are left out too: a noise sweep's 0% runs are the clean runs of other grids."""
     ident = {k: v for k, v in flatten(config).items() if not is_free(k)}
-    if ident.get("noise.name", "none") == "none":
+    if not has_noise(ident.get("noise.name", "none"), ident.get("noise.rate", 0)):
         ident = {k: v for k, v in ident.items() if not k.startswith("noise.")}
     return ident
 
@@ -80,8 +85,8 @@ def cell_name(dataset: str, backbone: str, method: str) -> str:
 def cell_dir(config: dict) -> str:
     """dataset/backbone/method[+augment][+noise<rate>]: the folders of a run's table cell."""
     augment, noise = config["augment"]["name"], config["noise"]
-    tag = ("" if augment == "none" else f"+{augment}") + ("" if noise["name"] == "none"
-                                                          else f"+{noise['name']}{noise['rate']:g}")
+    tag = ("" if augment == "none" else f"+{augment}") + (f"+{noise['name']}{noise['rate']:g}"
+                                                          if has_noise(noise["name"], noise["rate"]) else "")
     return cell_name(config["dataset"]["name"], config["backbone"]["name"], config["method"]["name"]) + tag
 
 
@@ -100,7 +105,8 @@ def variant_name(config: dict, defaults: dict, groups: dict[str, str] | None = N
     parts = [f"{g}={c}" for g, c in sorted((groups or {}).items()) if g in NAMED_GROUPS and c]
     parts += [f"{k}={_format(v)}" for k, v in sorted(ident.items())
               if k not in CELL_KEYS and (k not in ref or ref[k] != v)]
-    parts += [f"~{k}" for k in sorted(set(ref) - set(ident)) if k not in CELL_KEYS]  # a key the command removed
+    parts += [f"~{k}" for k in sorted(set(ref) - set(ident))  # a key the command removed (no noise: the cell says so)
+              if k not in CELL_KEYS and not k.startswith("noise.")]
     name = ",".join(parts)
     if len(name) > MAX_NAME:
         name = name[: MAX_NAME - 9].rstrip(",") + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
