@@ -294,6 +294,8 @@ def child_env(c: dict) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     if c.get("threads"):  # before torch starts its thread pool
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(c["threads"])
+    if c.get("compile_cost"):  # a cold compile, as a first run pays it: no kernels cached by earlier runs
+        env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="dlb-inductor-")
     return env
 
 
@@ -363,21 +365,25 @@ def mb(x) -> str:
     return "–" if x is None else f"{x / 2**20:,.1f}"
 
 
-def header(m: dict, a, command: str, title: str) -> str:
+def header(m: dict, a, command: str, title: str, settings: str | None = None) -> str:
+    """The table's first lines: command, machine and its load at start, code; `settings` replaces the line describing
+    the in-memory step/loop measurement."""
     dev = device_label(m, a.device)
-    busy = (f"; load average {m['load_avg_1m_at_start']} at start on {m['cpu_count']} cores (other jobs were running: "
-            "absolute CPU figures are pessimistic, ratios within one run are the comparable numbers)"
-            if m["load_avg_1m_at_start"] >= 0.5 * (m["cpu_count"] or 1) else "")
+    busy = (" (other jobs were running: absolute CPU figures are pessimistic, ratios within one run are the "
+            "comparable numbers)" if m["load_avg_1m_at_start"] >= 0.5 * (m["cpu_count"] or 1) else "")
+    if settings is None:
+        settings = (f"{a.backbone}, batch {a.batch_size}, synthetic CIFAR-shaped data ({a.train_size} train / "
+                    f"{a.test_size} test images, 100 classes), {a.steps} timed steps after {a.warmup} warm-up, median "
+                    f"of {a.repeats} interleaved runs (a fresh process each); precision {a.precision}, channels_last "
+                    f"{a.channels_last}, compile {a.compile}, optim.fused {a.fused}; PIL path: {a.pil_workers} "
+                    "DataLoader workers")
     return (f"## {title}\n\n"
             f"- command: `{command}`\n- machine: {m['host']}, {m['cpu']} ({m['cpu_count']} cores, torch threads "
-            f"{m['torch_threads']}){', GPU ' + m['gpu'] if m.get('gpu') else ''}{busy}\n"
+            f"{m['torch_threads']}){', GPU ' + m['gpu'] if m.get('gpu') else ''}; load average "
+            f"{m['load_avg_1m_at_start']} at start{busy}\n"
             f"- device: {dev}; torch {m['torch']}{', CUDA ' + m['cuda'] if m.get('cuda') else ''}; {m['date']}; "
             f"code {m.get('git_commit', 'unknown')[:10]}{' (uncommitted changes)' if m.get('git_dirty') else ''}\n"
-            f"- settings: {a.backbone}, batch {a.batch_size}, synthetic CIFAR-shaped data ({a.train_size} train / "
-            f"{a.test_size} test images, 100 classes), {a.steps} timed steps after {a.warmup} warm-up, median of "
-            f"{a.repeats} interleaved runs (a fresh process each); precision {a.precision}, channels_last "
-            f"{a.channels_last}, compile {a.compile}, optim.fused {a.fused}; PIL path: {a.pil_workers} DataLoader "
-            "workers\n")
+            f"- settings: {settings}\n")
 
 
 def run_pair(ca: dict, cb: dict, label: str) -> dict:
@@ -470,12 +476,13 @@ def write_outputs(out: Path | None, md: str, payload: dict, quiet: bool = False)
         print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
 
 
-def publish(a, m: dict, command: str, title: str, body: str, payload: dict, final: bool) -> None:
+def publish(a, m: dict, command: str, title: str, body: str, payload: dict, final: bool,
+            settings: str | None = None) -> None:
     """Write a mode's table (and print it when final). The modes call this after every finished run, so a time
     limit's SIGTERM (stop_on_sigterm turns it into SystemExit) leaves the rows measured so far, marked INCOMPLETE."""
     if STOPPED:
         m["stopped"] = STOPPED[0]
-    md = (header(m, a, command, title) + ("" if final else "- INCOMPLETE: written while measuring or stopped early "
+    md = (header(m, a, command, title, settings) + ("" if final else "- INCOMPLETE: written while measuring or stopped early "
                                           f"({m.get('stopped', 'still running')}): rows may be missing\n") + body)
     if final:
         print("\n" + md)
@@ -772,6 +779,159 @@ def method_costs_table(rows: dict, m: dict, a, command: str) -> tuple[str, dict]
     return md, {"A": A, "P": P, "N": N, "K": K, "B": Bsz, "img": img}
 
 
+# --- compile cost: when torch.compile repays itself (trainer.compile=auto's rule) -------------------------------------
+
+
+def measure_compile_cost(c: dict) -> dict:
+    """Child: Trainer.train_epoch on c["train_size"] images, epoch 0 (compiles) then epoch 1 (compiled), eager and
+    compiled (compile default; both with c's channels_last and fused). compile_s = the compiled run's extra first-epoch
+    time over the eager run's; saved_s_per_step = the steady per-step time eager minus compiled; their ratio = the
+    optimizer steps after which compiling has paid for itself."""
+    import torch
+
+    if c.get("threads"):
+        torch.set_num_threads(c["threads"])
+    data = synthetic_data(c["train_size"], c["test_size"])
+    res: dict = {"method": c["method"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("none", "default"):
+            torch.manual_seed(0)
+            trainer, _ = make_trainer({**c, "compile": mode}, f"{tmp}/{mode}", data)
+            walls = []
+            for epoch in range(2):
+                t0 = time.perf_counter()
+                trainer.train_epoch(epoch)
+                walls.append(time.perf_counter() - t0)
+            res[mode] = {"epoch_s": walls, "steps": trainer.step // 2}
+    steps = res["none"]["steps"]
+    res["compile_s"] = (res["default"]["epoch_s"][0] - res["default"]["epoch_s"][1]) - (
+        res["none"]["epoch_s"][0] - res["none"]["epoch_s"][1])
+    res["eager_s_per_step"] = res["none"]["epoch_s"][1] / steps
+    res["compiled_s_per_step"] = res["default"]["epoch_s"][1] / steps
+    saved = res["eager_s_per_step"] - res["compiled_s_per_step"]
+    res["repaid_after_steps"] = res["compile_s"] / saved if saved > 0 else None
+    res["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return res
+
+
+def run_compile_cost(a, command: str) -> None:
+    from dlb.utils import CPU_COMPILE_MIN_STEPS
+
+    m = machine(a.device, a.threads)
+    base = {**base_config(a), "channels_last": True, "fused": "true", "compile_cost": True}
+    rows = [run_child({**base, "method": method}) for method in a.methods.split(",")]
+    lines = ["| method | compile s | eager s/step | compiled s/step | step ratio | repaid after steps |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | failed: {r['error']} |||||")
+            continue
+        lines.append(f"| {r['method']} | {r['compile_s']:.1f} | {r['eager_s_per_step']:.3f} | "
+                     f"{r['compiled_s_per_step']:.3f} | {r['eager_s_per_step'] / r['compiled_s_per_step']:.2f} | "
+                     f"{fmt(r['repaid_after_steps'])} |")
+    body = (f"- Trainer.train_epoch on {a.train_size} images ({a.train_size // a.batch_size} steps per epoch), "
+            "channels_last and fused SGD, eager vs compile default; compile s = (epoch 0 - epoch 1) compiled minus the "
+            "same difference eager (a cold compile: an empty inductor cache; later runs reuse cached kernels and compile "
+            "faster); s/step from epoch 1; one run per method (a fresh process)\n"
+            f"- trainer.compile=auto compiles on CPU from {CPU_COMPILE_MIN_STEPS} optimizer steps per run\n\n"
+            + "\n".join(lines) + "\n")
+    publish(a, m, command, f"Compile cost on CPU: {a.backbone}, batch {a.batch_size}", body, {"rows": rows}, True,
+            settings=f"{a.backbone}, batch {a.batch_size}, synthetic CIFAR-shaped data in memory, torch threads "
+            f"{a.threads or 'default'}")
+
+
+# --- this repo's training command vs the official code, whole processes ------------------------------------------
+
+
+def write_synthetic_cifar100(root: Path, n_train: int, n_test: int) -> dict:
+    """CIFAR-100 python-pickle files of random images under root (tests/fakedata.py writes them), and the
+    environment a child needs so that torchvision's md5 check accepts them (tests/subproc/sitecustomize.py)."""
+    sys.path.insert(0, str(REPO))
+    from tests.fakedata import subprocess_env_for_fake_cifar, write_fake_cifar
+
+    md5s = write_fake_cifar(root, "cifar100", n_train=n_train, n_test=n_test)
+    return subprocess_env_for_fake_cifar({"cifar100": md5s}, root)
+
+
+def vs_official_commands(official: Path, root: Path, method: str, epochs: int, workers: int) -> dict:
+    """The command of each contender for `epochs` epochs: the official script with its README's settings, and ours
+    (python -m dlb.train) at its defaults and with trainer.faithful=true."""
+    py = sys.executable
+    if method == "dlb":
+        off = [py, str(official / "dlb.py"), "--dataset", "cifar100", "--root", str(root), "--model_names", "resnet32",
+               "--classes_num", "100", "--T", "3", "--alpha", "1", "--batch_size", "64", "--epoch", str(epochs),
+               "--lr", "0.05", "--milestones", "150", "180", "210", "--num_workers", str(workers)]
+    else:  # base.py trains each --model_names entry (default two resnet20s); one resnet32 = CE
+        off = [py, str(official / "base.py"), "--dataset", "cifar100", "--root", str(root), "--model_names",
+               "resnet32", "--classes_num", "100", "--batch_size", "64", "--epoch", str(epochs),
+               "--num_workers", str(workers)]
+    ours = [py, "-m", "dlb.train", "dataset=cifar100", f"dataset.root={root}", "backbone=resnet32", f"method={method}",
+            f"trainer.epochs={epochs}", "trainer.progress=false"]
+    return {"official": off, "ours": ours, "ours faithful": [*ours, "trainer.faithful=true"]}
+
+
+def run_vs_official(a, command: str) -> None:
+    """Wall time of whole training processes, E=1 and E=3 epochs, interleaved; per-epoch = (wall(3) - wall(1)) / 2,
+    so start-up, data loading and compiling (if any) cancel; the median over repeats."""
+    official = Path(a.vs_official).resolve()
+    if not (official / "dlb.py").is_file() or not (official / "base.py").is_file():
+        sys.exit(f"benchmark: {official} holds no dlb.py/base.py of github.com/Meta-knowledge-Lab/DLB")
+    m = machine("cpu")
+    m["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS", "unset")
+    methods = a.methods.split(",")
+    workers = a.pil_workers
+    walls: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.data:
+            root, env = Path(a.data).resolve(), dict(os.environ)
+            data_note = f"CIFAR-100 at {a.data}"
+        else:
+            root = Path(tmp) / "data"
+            env = write_synthetic_cifar100(root, a.train_size, a.test_size)
+            data_note = (f"synthetic CIFAR-100 (python-pickle format, random images: speed does not depend on pixel "
+                         f"values), {a.train_size} train / {a.test_size} test images")
+        env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled")
+        for r in range(a.repeats):
+            for method in methods:
+                for epochs in ((1, 3) if r % 2 == 0 else (3, 1)):
+                    for who, cmd in vs_official_commands(official, root, method, epochs, workers).items():
+                        if who != "official":
+                            cmd = [*cmd, f"hydra.run.dir={tmp}/runs/{method}-{who.replace(' ', '_')}-{epochs}-{r}"]
+                        cwd = Path(tmp) / "cwd" if who == "official" else REPO  # the official writes under ./
+                        cwd.mkdir(exist_ok=True)
+                        print(f"benchmark: {method} {who} {epochs} epoch(s) (repeat {r + 1}/{a.repeats}) ...",
+                              flush=True)
+                        t0 = time.perf_counter()
+                        p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+                        wall = time.perf_counter() - t0
+                        if p.returncode != 0:
+                            sys.exit(f"benchmark: {' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
+                        walls.setdefault((method, who), {}).setdefault(epochs, []).append(wall)
+    rows = []
+    for (method, who), w in walls.items():
+        per_epoch = [(w3 - w1) / 2 for w1, w3 in zip(w[1], w[3])]
+        rows.append({"method": method, "who": who, "wall_1": w[1], "wall_3": w[3], "epoch_s_runs": per_epoch,
+                     "epoch_s": statistics.median(per_epoch)})
+    official_s = {r["method"]: r["epoch_s"] for r in rows if r["who"] == "official"}
+    lines = ["| method | loop | wall 1 epoch s | wall 3 epochs s | s per epoch | vs official (> 1: faster) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        r["speedup_vs_official"] = official_s[r["method"]] / r["epoch_s"]
+        lines.append(f"| {r['method']} | {r['who']} | {statistics.median(r['wall_1']):.1f} | "
+                     f"{statistics.median(r['wall_3']):.1f} | {r['epoch_s']:.1f} | {r['speedup_vs_official']:.2f} |")
+    examples = vs_official_commands(Path("<DLB checkout>"), Path("<root>"), methods[-1], 3, workers)
+    body = (f"- data: {data_note}; resnet32, batch 64, CIFAR-100 recipe\n"
+            f"- official: github.com/Meta-knowledge-Lab/DLB (dlb.py for DLB, base.py with one resnet32 for CE), its "
+            f"`torch._six.string_classes` replaced by `str`; --num_workers {workers} (its default 16 oversubscribes "
+            f"this machine); e.g. `{' '.join(examples['official'][1:])}`\n"
+            f"- ours: `{' '.join(examples['ours'][1:])}` at defaults, and with trainer.faithful=true\n"
+            f"- per epoch = (wall(3 epochs) - wall(1 epoch)) / 2 of whole processes (start-up and data loading cancel; "
+            f"each epoch includes its evaluation), median of {a.repeats} interleaved repeat(s); OMP_NUM_THREADS "
+            f"{m['omp_num_threads']} (each process picks its own threads)\n\n" + "\n".join(lines) + "\n")
+    publish(a, m, command, "This repo vs the official DLB code: resnet32, batch 64, CPU", body, {"rows": rows}, True,
+            settings="whole training processes, each with its own defaults (below)")
+
+
 def parser(description: str | None = None) -> argparse.ArgumentParser:
     """The benchmark's settings as scripts/benchmark.py takes them (scripts/method_costs.py parses its own into
     these)."""
@@ -805,6 +965,11 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--speed", action="store_true", help="before/after ratio of each speed switch")
     p.add_argument("--variants", default=None, help="--speed: only the switches whose name contains one of these")
     p.add_argument("--jobs", default=None, help="e.g. 1,2,4: that many concurrent runs on the device, total img/s")
+    p.add_argument("--compile-cost", action="store_true",
+                   help="the one-off cost of torch.compile and the steps that repay it (trainer.compile=auto's rule)")
+    p.add_argument("--vs-official", default=None, metavar="DLB_CHECKOUT",
+                   help="time whole training processes against the official code checked out there")
+    p.add_argument("--data", default=None, help="--vs-official: a real CIFAR-100 root (default: synthetic files)")
     p.add_argument("--out", type=Path, default=None,
                    help="write <out>.md and <out>.json (default under results/bench/)")
     p.add_argument("--throughput-file", default=str(THROUGHPUT_FILE), help="'' to leave it alone")
@@ -823,6 +988,8 @@ def stop_on_sigterm() -> None:
 
 if __name__ == "__main__":  # a child process of run_child: one configuration, or a pair, measured -> one result line
     c = json.loads(sys.argv[1])
-    print(RESULT_TAG + json.dumps(measure_pair(*c["pair"]) if "pair" in c else measure(c)), flush=True)
+    result = (measure_pair(*c["pair"]) if "pair" in c else measure_compile_cost(c) if c.get("compile_cost")
+              else measure(c))
+    print(RESULT_TAG + json.dumps(result), flush=True)
 
 

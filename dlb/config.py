@@ -24,9 +24,10 @@ from dlb.utils import CompileMode, Precision
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
-# Options the schema can't type as a Choice: trainer.device also takes cuda:<index>, optim.fused auto or a bool.
+# Options the schema can't type as a Choice: trainer.device also takes cuda:<index>; optim.fused and
+# trainer.channels_last take auto or a bool.
 DEVICES = ("auto", "cpu", "cuda", "slot")
-FUSED = ("auto", True, False)
+AUTO_OR_BOOL = ("auto", True, False)
 
 
 @dataclass
@@ -72,9 +73,11 @@ class TrainerConfig:
     jobs_per_gpu: int = 1  # device=slot: how many runs share one GPU
     deterministic: bool = False
     precision: Precision = Precision.fp32  # bf16: autocast on CUDA
-    channels_last: bool = False
-    # none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile of the model
-    compile: CompileMode = CompileMode["none"]
+    # Speed (docs/performance.md); auto: per device (dlb.utils.resolve_speed). channels_last: auto | true | false
+    channels_last: Any = "auto"
+    # auto | none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile of the model
+    compile: CompileMode = CompileMode["auto"]
+    faithful: bool = False  # the official code's numerics: fp32, eager, contiguous, plain SGD loop
     ddp: bool = False  # DistributedDataParallel, one process per GPU, started by torchrun (dlb/distributed.py)
     limit_train_batches: Optional[int] = None  # debugging: stop each epoch after n steps
     limit_eval_batches: Optional[int] = None
@@ -228,8 +231,17 @@ def _validate_speed(cfg: DictConfig) -> None:
     t = cfg.trainer
     if t.jobs_per_gpu < 1:
         _fail("trainer.jobs_per_gpu", t.jobs_per_gpu, "must be >= 1 (runs sharing one GPU with trainer.device=slot)")
-    if cfg.optim.fused not in FUSED:
+    if cfg.optim.fused not in AUTO_OR_BOOL:
         _fail("optim.fused", cfg.optim.fused, "use auto, true or false")
+    if t.channels_last not in AUTO_OR_BOOL:
+        _fail("trainer.channels_last", t.channels_last, "use auto, true or false")
+    if t.faithful:
+        for key, value, faithful in (("trainer.channels_last", t.channels_last, False),
+                                     ("trainer.compile", t.compile, "none"), ("optim.fused", cfg.optim.fused, False),
+                                     ("trainer.precision", t.precision, "fp32")):
+            if value not in ("auto", faithful):
+                _fail(key, value, f"conflicts with trainer.faithful=true (which means {key}={str(faithful).lower()});"
+                      " drop one of the two")
     if t.compile == "reduce-overhead" and cfg.method.get("backward") == "split":
         # split's first backward completes a CUDA-graph tree generation; the second forward then starts a new one,
         # which frees the gradients that backward wrote into the graph pool (pytorch#169545)

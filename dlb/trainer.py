@@ -26,7 +26,8 @@ from dlb.metrics import evaluate
 from dlb.models import build_model
 from dlb.loggers import RunLogger
 from dlb.utils import (GpuSlot, build_optimizer, busy_cpu_note, compile_model, environment_info, git_info,
-                       peak_memory_bytes, resolve_device, rng_states, seed_everything, set_rng_states, set_threads)
+                       peak_memory_bytes, resolve_device, resolve_speed, rng_states, seed_everything, set_rng_states,
+                       set_threads)
 
 
 
@@ -86,13 +87,22 @@ class Trainer:
         train_ds, test_ds = prepared.train, prepared.test
         self.train_size, self.test_size, self.num_classes = len(train_ds), len(test_ds), train_ds.num_classes
 
+        # Speed settings, resolved once for this device and run length (trainer.compile=auto needs the steps).
+        steps_per_epoch = math.ceil(self.train_size / (t.batch_size * self.world_size))
+        if t.limit_train_batches is not None:
+            steps_per_epoch = min(steps_per_epoch, t.limit_train_batches)
+        self.speed = resolve_speed(t, cfg.optim, self.device, steps_per_epoch * t.epochs,
+                                   split_backward=cfg.method.get("backward") == "split")
+
         self.model = build_model(cfg, self.num_classes).to(self.device)
-        if t.channels_last:
+        if self.speed.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.num_params = sum(p.numel() for p in self.model.parameters())
         self.method: Method = build_method(cfg.method, num_classes=self.num_classes, data=self.data_fingerprint,
                                            train_size=self.train_size,
                                            run_cfg=cfg, out_dir=self.out_dir).to(self.device)
+        if self.speed.channels_last:  # a teacher's weights (tfkd_self) in the model's memory format
+            self.method = self.method.to(memory_format=torch.channels_last)
         # self.net runs the training forwards: the model, under DDP and/or compiled. self.model stays the plain
         # module: checkpoints, evaluation and teachers see its state_dict keys whatever the wrapping.
         self.net = self.model
@@ -101,13 +111,13 @@ class Trainer:
 
             self.net = DistributedDataParallel(self.model,
                                                device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.net = compile_model(self.net, t.compile)
+        self.net = compile_model(self.net, self.speed.compile)
 
         o = cfg.optim
-        self.optimizer = build_optimizer(o, self.model.parameters(), self.device)
+        self.optimizer = build_optimizer(o, self.model.parameters(), self.device, fused=self.speed.fused)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, C.milestones(cfg), gamma=o.gamma)
 
-        common = dict(device=self.device, channels_last=t.channels_last, crop_size=d.image_size)
+        common = dict(device=self.device, channels_last=self.speed.channels_last, crop_size=d.image_size)
         loader_kw = dict(num_workers=d.num_workers) if d.loader == "torch" else {}
         batch_order = self.method.batch_order(train_ds.labels, t.batch_size)
         if batch_order is not None:
@@ -123,7 +133,7 @@ class Trainer:
         self.test_loader = make_loader(test_ds, kind="device", batch_size=t.eval_batch_size, train=False,
                                        seed=cfg.seed, **common, **shard)
         self.autocast = None
-        if t.precision == "bf16" and self.device.type == "cuda":
+        if self.speed.bf16:
             self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
 
         self.epoch, self.step = 0, 0  # epochs completed, optimizer steps taken
@@ -367,7 +377,8 @@ class Trainer:
         return row
 
     def startup_line(self, resumed: bool) -> str:
-        """One line: where the run writes, fresh or resumed, device and threads, data, backbone, method."""
+        """One line: where the run writes, fresh or resumed, device and threads, data, backbone, method, run length
+        and seed, and the speed settings in force."""
         cfg, env = self.cfg, self.environment
         if not resumed:
             where = "fresh run"
@@ -381,7 +392,7 @@ class Trainer:
         return (f"{self.out_dir}: {where} | {device} | {cfg.dataset.name}: {self.train_size} train / {self.test_size} "
                 f"test images, {self.num_classes} classes | {cfg.backbone.name} ({self.num_params / 1e6:.2f}M params) "
                 f"| {cfg.method.name}" + (f" ({method})" if method else "") + f" | {cfg.trainer.epochs} epochs, seed "
-                f"{cfg.seed}")
+                f"{cfg.seed} | speed: {self.speed.describe()}")
 
     def _say(self, line: str, to_stdout: bool = True) -> None:
         """A line for the person watching: stdout and the run's train.log (rank 0 only)."""

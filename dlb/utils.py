@@ -6,6 +6,7 @@ import platform
 import random
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -117,20 +118,64 @@ class GpuSlot:
         self.close()
 
 
-def build_optimizer(o, params, device: torch.device) -> torch.optim.SGD:
-    """SGD of the official recipe. optim.fused: auto = torch's fused kernel (one kernel for all parameters; CUDA and
-    CPU have one in torch 2.14; on CPU its weights equal the loop's up to a rare 1-ulp rounding: tests/test_perf.py),
-    true = fused (torch raises where it has none), false = the plain per-parameter loop (torch's reference)."""
-    fused = o.fused
-    if fused == "auto":
-        fused = device.type in ("cuda", "cpu")
+def build_optimizer(o, params, device: torch.device, fused: bool | None = None) -> torch.optim.SGD:
+    """SGD of the official recipe. fused (default: optim.fused, auto resolved by resolve_speed): torch's fused kernel
+    (one kernel for all parameters; CUDA and CPU have one in torch 2.14; on CPU its weights equal the loop's up to a
+    rare 1-ulp rounding: tests/test_perf.py; torch raises where it has none), else the plain per-parameter loop
+    (torch's reference, what the official code runs on CPU)."""
+    if fused is None:
+        fused = o.fused if o.fused != "auto" else device.type in ("cuda", "cpu")
     kind = dict(fused=True) if fused else dict(foreach=False, fused=False)
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
                            **kind)
 
 
-# trainer.compile: torch.compile's modes, and none (eager).
-CompileMode = Choice("CompileMode", [(m, m) for m in ("none", "default", "reduce-overhead", "max-autotune")])
+# trainer.compile: torch.compile's modes, none (eager), and auto (resolve_speed picks one for the device).
+CompileMode = Choice("CompileMode", [(m, m) for m in ("auto", "none", "default", "reduce-overhead", "max-autotune")])
+
+# trainer.compile=auto on CPU compiles only runs of at least this many optimizer steps. Measured on a 2-core Xeon
+# (results/bench/cpu_resnet32_b64_compile_cost.md): a cold compile of resnet32 costs about 29 s (CE and DLB) and
+# saves 0.004 s (CE) / 0.038 s (DLB) per step, repaid after about 6,100 / 760 steps. Tests, debug runs and the demo
+# stay below it (eager).
+CPU_COMPILE_MIN_STEPS = 10_000
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The speed settings a run uses, resolved once at start from trainer.*/optim.fused and the device."""
+    channels_last: bool
+    fused: bool
+    compile: str  # a CompileMode other than auto
+    bf16: bool = False
+    faithful: bool = False
+
+    def describe(self) -> str:
+        if self.faithful:
+            return "faithful (fp32, eager, contiguous, plain SGD)"
+        return ", ".join(["bf16" if self.bf16 else "fp32", "channels_last" if self.channels_last else "contiguous",
+                          "fused SGD" if self.fused else "plain SGD",
+                          "eager" if self.compile == "none" else f"compile {self.compile}"])
+
+
+def resolve_speed(t, o, device: torch.device, steps: int, split_backward: bool = False) -> Speed:
+    """trainer.faithful/channels_last/compile/precision and optim.fused for this device; `steps`: the run's optimizer
+    steps. auto: on CPU what the repo's benchmark measured faster (results/bench/cpu_resnet32_b64_speed.md:
+    channels_last, fused SGD, compile default once the run is long enough to repay compiling); on CUDA what its
+    structure predicts, not yet measured (channels_last, fused, CUDA graphs, or compile default with DLB's split
+    backward, which CUDA graphs would break). faithful: the official code's numerics (config.validate refuses an
+    explicit conflicting switch)."""
+    if t.get("faithful"):
+        return Speed(channels_last=False, fused=False, compile="none", faithful=True)
+    cuda = device.type == "cuda"
+    channels_last = (cuda or device.type == "cpu") if t.channels_last == "auto" else bool(t.channels_last)
+    fused = (cuda or device.type == "cpu") if o.fused == "auto" else bool(o.fused)
+    compile = str(t.compile)
+    if compile == "auto":
+        if cuda:
+            compile = "default" if split_backward else "reduce-overhead"
+        else:
+            compile = "default" if device.type == "cpu" and steps >= CPU_COMPILE_MIN_STEPS else "none"
+    return Speed(channels_last=channels_last, fused=fused, compile=compile, bf16=t.precision == "bf16" and cuda)
 
 
 class Precision(Choice):

@@ -5,6 +5,9 @@
     python scripts/benchmark.py --device cuda --precision bf16 --compile reduce-overhead --steps 300
     python scripts/benchmark.py --speed                          # each speed switch alone: before/after ratios
     python scripts/benchmark.py --jobs 1,2,4 --device cuda       # sweep throughput, N runs sharing one GPU
+    python scripts/benchmark.py --compile-cost --train-size 3200 # what torch.compile costs and when it repays
+    python scripts/benchmark.py --vs-official /tmp/DLB --train-size 3200 --test-size 1000 --repeats 1
+                                # whole runs vs the official code (git clone github.com/Meta-knowledge-Lab/DLB)
 
 For each method (one fresh subprocess each, so peak memory is its own):
   step  the model-only training step: the method's training_step on one fixed, pre-made batch on the device (the
@@ -41,10 +44,16 @@ def main(argv=None) -> int:
     bench.stop_on_sigterm()
     command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     kind = "cuda" if a.device.startswith("cuda") else "cpu"
-    mode = "speed" if a.speed else "jobs" if a.jobs else "throughput"
+    mode = ("speed" if a.speed else "jobs" if a.jobs else "compile_cost" if a.compile_cost
+            else "vs_official" if a.vs_official else "throughput")
     if a.out is None:
-        a.out = bench.REPO / "results" / "bench" / f"{kind}_{a.backbone}_b{a.batch_size}_{mode}"
-    if a.speed:
+        a.out = bench.REPO / "results" / "bench" / (f"{kind}_vs_official" if a.vs_official
+                                                    else f"{kind}_{a.backbone}_b{a.batch_size}_{mode}")
+    if a.vs_official:
+        bench.run_vs_official(a, command)
+    elif a.compile_cost:
+        bench.run_compile_cost(a, command)
+    elif a.speed:
         bench.run_speed(a, command)
     elif a.jobs:
         bench.run_jobs(a, command)

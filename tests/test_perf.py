@@ -23,7 +23,7 @@ from dlb.loader import Batch
 from dlb.methods.dlb import DLB
 from dlb.train import load_config
 from dlb.trainer import Trainer
-from dlb.utils import GpuSlot, build_optimizer, compile_model, resolve_device
+from dlb.utils import CPU_COMPILE_MIN_STEPS, GpuSlot, build_optimizer, compile_model, resolve_device, resolve_speed
 
 
 def small_net(classes: int = 10) -> nn.Module:
@@ -183,6 +183,102 @@ def fake_data(n_train: int = 48, n_test: int = 20):
                             torch.randint(0, 10, (n,), generator=g), 10, (0.5,) * 3, (0.25,) * 3, "cifar10")
 
     return ds(n_train), ds(n_test)
+
+
+def resolved(device: str, steps: int, *overrides: str):
+    cfg = compose(["dataset=cifar10", "backbone=resnet8", *overrides])
+    validate(cfg)
+    return resolve_speed(cfg.trainer, cfg.optim, torch.device(device), steps,
+                         split_backward=cfg.method.get("backward") == "split")
+
+
+def test_auto_speed_settings_per_device_and_run_length():
+    short, long = resolved("cpu", 100), resolved("cpu", CPU_COMPILE_MIN_STEPS)
+    assert (short.channels_last, short.fused, short.compile) == (True, True, "none")  # tests and debug runs: eager
+    assert long.compile == "default"
+    assert resolved("cuda", 100).compile == "reduce-overhead"  # predicted for CUDA, not measured
+    assert resolved("cuda", 100, "method=dlb", "method.backward=split").compile == "default"  # CUDA graphs refused
+    assert resolved("cuda", 100, "trainer.precision=bf16").bf16 and not resolved("cpu", 100, "trainer.precision=bf16").bf16
+    explicit = resolved("cpu", 10**6, "trainer.channels_last=false", "optim.fused=false", "trainer.compile=none")
+    assert (explicit.channels_last, explicit.fused, explicit.compile) == (False, False, "none")
+    assert explicit.describe() == "fp32, contiguous, plain SGD, eager"
+    faithful = resolved("cuda", 10**6, "trainer.faithful=true")
+    assert (faithful.channels_last, faithful.fused, faithful.compile) == (False, False, "none")
+    assert faithful.describe() == "faithful (fp32, eager, contiguous, plain SGD)"
+
+
+@pytest.mark.parametrize("override,key", [("trainer.channels_last=true", "trainer.channels_last"),
+                                          ("trainer.compile=default", "trainer.compile"),
+                                          ("optim.fused=true", "optim.fused"),
+                                          ("trainer.precision=bf16", "trainer.precision")])
+def test_faithful_with_a_conflicting_switch_is_one_line_naming_both(override, key):
+    with pytest.raises(ConfigError) as e:
+        validate(compose(["dataset=cifar10", "backbone=resnet8", "trainer.faithful=true", override]))
+    assert str(e.value).startswith(f"{key}=") and "trainer.faithful=true" in str(e.value)
+    assert "\n" not in str(e.value)
+    validate(compose(["dataset=cifar10", "backbone=resnet8", "trainer.faithful=true", "trainer.channels_last=false",
+                      "trainer.compile=none", "optim.fused=false"]))  # agreeing switches are fine
+
+
+def test_faithful_trainer_is_contiguous_eager_and_plain_sgd(tmp_path):
+    cfg = compose(["dataset=cifar10", "dataset.root=/nonexistent", "backbone=resnet8", "method=dlb", "debug=tiny",
+                   "trainer.batch_size=16", "trainer.faithful=true"])
+    t = Trainer(cfg, tmp_path, data=fake_data())
+    conv = next(p for p in t.model.parameters() if p.ndim == 4)
+    assert t.net is t.model and conv.is_contiguous()  # no compile wrapper, NCHW
+    assert t.optimizer.defaults["foreach"] is False and not t.optimizer.defaults["fused"]
+    assert t.startup_line(False).endswith("| speed: faithful (fp32, eager, contiguous, plain SGD)")
+    fast = Trainer(compose(["dataset=cifar10", "dataset.root=/nonexistent", "backbone=resnet8", "method=dlb",
+                            "debug=tiny", "trainer.batch_size=16"]), tmp_path / "fast", data=fake_data())
+    conv = next(p for p in fast.model.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and fast.optimizer.defaults["fused"]
+
+
+def test_faithful_dlb_equals_the_official_loop_bit_for_bit(tmp_path):
+    """trainer.faithful=true, 2 epochs of DLB (the last batch carried across the epoch boundary, the lr milestone in
+    between): the weights equal those of the official dlb.py loop (model(current view 0), then model(last batch's
+    view 1), CE over both + T^2 KL, plain per-parameter SGD with nesterov, MultiStepLR per epoch) on the same
+    batches, exactly."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from dlb.config import milestones
+
+    cfg = compose(["dataset=cifar10", "dataset.root=/nonexistent", "backbone=resnet8", "method=dlb", "debug=tiny",
+                   "trainer.batch_size=16", "trainer.epochs=2", "trainer.faithful=true"])
+    t = Trainer(cfg, tmp_path, data=fake_data())
+    model = copy.deepcopy(t.model)
+    batches = []
+    for epoch in range(2):
+        t.train_loader.set_epoch(epoch)
+        batches.append(list(t.train_loader))
+    t.fit()
+
+    o, T, alpha = cfg.optim, cfg.method.T, cfg.method.alpha
+    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=True,
+                          weight_decay=o.weight_decay)  # the official call: on CPU torch's per-parameter loop
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones(cfg), o.gamma)
+    pre = None
+    for epoch_batches in batches:
+        model.train()
+        for b in epoch_batches:
+            out = model(b.views[0])
+            if pre is None:
+                loss = F.cross_entropy(out, b.y)
+            else:
+                out_pre = model(pre[0].views[1])
+                ce = F.cross_entropy(torch.cat((out_pre, out)), torch.cat((pre[0].y, b.y)))
+                kd = F.kl_div(F.log_softmax(out_pre / T, dim=1), F.softmax(pre[1].detach() / T, dim=1),
+                              reduction="batchmean") * T * T
+                loss = ce + alpha * kd
+            pre = (b, out)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, t.model.state_dict()[k]), k
 
 
 def test_trainer_takes_in_memory_data(tmp_path):

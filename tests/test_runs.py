@@ -154,7 +154,8 @@ def test_start_up_line_progress_lines_epoch_lines_and_a_summary_after_every_epoc
     assert seen[1]["best_test_err"] is not None
     stdout = capsys.readouterr().out.splitlines()
     assert re.match(rf"{re.escape(str(out))}: fresh run \| cpu \(.+, \d+ CPU threads?\) \| imagefolder: 48 train / 12 "
-                    r"test images, 3 classes \| cifar_resnet8 \(0\.08M params\) \| ce \| 2 epochs, seed 0$", stdout[0])
+                    r"test images, 3 classes \| cifar_resnet8 \(0\.08M params\) \| ce \| 2 epochs, seed 0 \| speed: fp32, "
+                    r"channels_last, fused SGD, eager$", stdout[0])  # a 12-step run stays eager
     assert re.match(r"epoch 2/2 .* test err [\d.]+ .* elapsed \d:\d\d:\d\d  ETA 0:00:00$", stdout[-1])
     log = (out / "train.log").read_text().splitlines()
     assert len(log) == 1 + 2 * 6 + 2  # start-up, 6 steps x 2 epochs (progress), 2 epoch lines

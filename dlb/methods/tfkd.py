@@ -94,8 +94,6 @@ class TfKDSelf(Method):
                     else checkpoint_file(teacher))
             self.teacher_path = str(path)
             teacher = load_teacher(path, run_cfg, num_classes)
-            if run_cfg.trainer.get("channels_last"):
-                teacher = teacher.to(memory_format=torch.channels_last)
         teacher.requires_grad_(False)
         self.teacher = teacher.eval()  # a submodule: method.to(device) moves it; not method state (fixed weights)
 
