@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from dlb import runfiles, runid
+from dlb import claims as claims_view, runfiles, runid
 from dlb.methods import METHODS, comparisons, label, ordered
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +33,8 @@ ORDER = {
                  "cifar_densenet40_12"),
     "augment": ("none", "cutout", "cutmix"),
 }
+# Summary fields a cost claim can name (results/paper/reference.yaml, claims: limits).
+CLAIM_COSTS = ("num_params", "train_time_s", "peak_memory_bytes")
 UNFINISHED = "unfinished"
 DIVERGED = "diverged"
 OK = "ok"
@@ -402,6 +404,9 @@ def summarize(cells: list[Cell], expected_seeds: list[int], paper: dict | None =
                 "paper": paper_value(paper, cell), "flags": flags, "missing_seeds": missing,
                 "unfinished": [r.path for r in unfinished], "diverged": [r.path for r in diverged],
                 "runs": [r.path for r in runs], "all_runs": [r.path for r in variant.runs],
+                # what the claims view pairs by seed (dlb/claims.py)
+                "per_seed": {r.seed: {"best": r.best_err, "last": r.last_err,
+                                      **{k: r.summary.get(k) for k in CLAIM_COSTS}} for r in runs},
             })
     return rows
 
@@ -414,7 +419,7 @@ def _claim_for(paper: dict | None, dataset: str, base: str, method: str, kind: s
         return {"kind": "range", "min": r["min"], "max": r["max"], "source": r.get("source"),
                 "text": f"{r['min']:.2f} to {r['max']:.2f}"}
     for name, claim in claims.items():
-        if name == "dlb_error_reduction" or not isinstance(claim, dict):
+        if name == "dlb_error_reduction" or not isinstance(claim, dict) or claim.get("kind") == "cost":
             continue
         if dataset in (claim.get("datasets") or []) and any(
                 p.get("base") == base and p.get("method") == method and p.get("setting") == kind
@@ -470,6 +475,7 @@ def build_report(runs: list[Run], skipped: list[dict], *, seeds: list[int] | Non
             "n_unfinished": sum(r.state == UNFINISHED for r in runs),
             "n_diverged": sum(r.state == DIVERGED for r in runs),
             "paper_units": (paper or {}).get("units"), "rows": rows, "deltas": compare(rows, paper),
+            "claims": claims_view.judge(paper, rows, metric),
             "skipped": skipped}
 
 
@@ -512,8 +518,9 @@ def render_markdown(report: dict) -> str:
         "diverged runs are not in the means. Paper: the reference file's value "
         "(unknown = the paper has the cell but the number is not available offline; — = not in the paper). "
         f"The LaTeX table's check column uses the {m} epoch.", "",
-        "## Cells", "",
     ]
+    lines += claims_view.render_markdown(report["claims"], m, label)
+    lines += ["## Cells", ""]
     lines += _md_table(
         ["dataset", "backbone", "method", "setting", "variant", "n", "seeds", "best err", "last err", "paper", "flags"],
         [[r["dataset"], r["backbone"], label(r["method"]), r["setting"] or "—",

@@ -55,7 +55,7 @@ def _no_grad_sync(model):
 class DLB(Method):
     num_views = 2
     order, color = 8, "C3"
-    compared_with = ("ce", "tfkd_self", "tfkd_reg", "pskd", "cskd")
+    compared_with = ("ce", "lsr", "tfkd_self", "tfkd_reg", "pskd", "cskd")
     cost = Cost("1 + 1 (last batch's view, separate call)", "no",
                 "A (second forward kept for backward) + last-batch cache B·(img + 8 + K·4)",
                 lambda A, P, N, K, B, img: A + B * (img + 8 + 4 * K))
