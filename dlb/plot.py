@@ -1,4 +1,5 @@
-"""Figures from finished runs: test-error curves per cell, error vs label-noise rate, DLB training dynamics.
+"""Figures from finished runs: test-error curves per cell, error vs label-noise rate, DLB training dynamics, and a
+method's sensitivity to two of its hyper-parameters (a cell whose variants differ only in those).
 
     python -m dlb.plot outputs multirun --out results/figures [--wandb [--wandb-project ENTITY/PROJECT]]
 
@@ -33,6 +34,7 @@ COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 MAX_MARKERS = 20  # per line; longer runs get a marker every n epochs
+MAX_CURVE_VARIANTS = 4  # a cell with more variants (a hyper-parameter sweep) shows its main one in the curves
 
 
 def method_color(method: str):
@@ -71,13 +73,15 @@ class Histories:
 
 
 def _lines(cells: list[Cell]):
-    """(label, color, usable runs) per cell variant with runs; variant labels only where a cell has several."""
+    """(label, color, usable runs) per cell variant with runs; variant labels only where a cell has several. A cell
+    with more than MAX_CURVE_VARIANTS variants gives its main one only (the sensitivity plot shows the others)."""
     for cell in cells:
-        for i, variant in enumerate(cell.variants):
+        variants = cell.variants if len(cell.variants) <= MAX_CURVE_VARIANTS else cell.variants[:1]
+        for i, variant in enumerate(variants):
             runs = list(one_run_per_seed(variant.runs)[0].values())  # the runs the table averages
             if not runs:
                 continue
-            label = method_label(cell.method) + (f" [{variant.label}]" if len(cell.variants) > 1 else "")
+            label = method_label(cell.method) + (f" [{variant.label}]" if len(variants) > 1 else "")
             color = method_color(cell.method) or COLORS[zlib.crc32(cell.method.encode()) % len(COLORS)]
             yield label, (color if i == 0 else None), runs
 
@@ -259,6 +263,50 @@ def plot_dlb_dynamics(cells: list[Cell], out: Path, hist: Histories, notes: list
     return files
 
 
+def plot_sensitivity(cells: list[Cell], out: Path, source: str = "") -> list[Path]:
+    """Heat maps of mean test error over a grid of two method hyper-parameters, for each cell whose variants differ
+    in exactly those two method keys (e.g. experiment=cpu_dlb_sensitivity: DLB's T x alpha)."""
+    files = []
+    for cell in cells:
+        keys = cell.diff_keys
+        if len(keys) != 2 or not all(k.startswith("method.") for k in keys) or len(cell.variants) < 4:
+            continue
+        grid: dict[tuple, list[Run]] = {}
+        for variant in cell.variants:
+            runs = list(one_run_per_seed(variant.runs)[0].values())
+            if runs:
+                cfg = runs[0].run_config
+                grid[(cfg.get(keys[0]), cfg.get(keys[1]))] = runs
+        rows = sorted({a for a, _ in grid}, key=float)
+        cols = sorted({b for _, b in grid}, key=float)
+        fig, axes = plt.subplots(1, 2, figsize=(4 + 1.3 * len(cols) * 2, 1.5 + 0.7 * len(rows)))
+        n_runs = sum(len(r) for r in grid.values())
+        for ax, which in zip(axes, ("best", "last")):
+            means = [[mean_std([getattr(r, f"{which}_err") for r in grid[(a, b)]])["mean"] if (a, b) in grid
+                      else float("nan") for b in cols] for a in rows]
+            image = ax.imshow(means, cmap="viridis_r", aspect="auto")
+            finite = [v for row in means for v in row if v == v]
+            middle = (min(finite) + max(finite)) / 2  # dark (high-error) squares get white text
+            for i, a in enumerate(rows):
+                for j, b in enumerate(cols):
+                    if (a, b) in grid:
+                        n = len(grid[(a, b)])
+                        ax.text(j, i, f"{means[i][j]:.2f}" + (f"\n(n={n})" if n > 1 else ""), ha="center",
+                                va="center", fontsize=8, color="w" if means[i][j] > middle else "k")
+            ax.set_xticks(range(len(cols)), [f"{c:g}" for c in cols])
+            ax.set_yticks(range(len(rows)), [f"{r:g}" for r in rows])
+            ax.set(xlabel=keys[1], ylabel=keys[0], title=f"{which}-epoch test error (%)")
+            fig.colorbar(image, ax=ax, shrink=0.85)
+        seeds = sorted({r.seed for runs in grid.values() for r in runs})
+        files.append(_finish(fig, f"{cell.dataset} / {cell.backbone} / {method_label(cell.method)}"
+                             f"{' [' + cell.setting + ']' if cell.setting else ''}: sensitivity to "
+                             f"{keys[0]} x {keys[1]}",
+                             f"{n_runs} runs, seeds {','.join(map(str, seeds))}; mean over seeds where n > 1"
+                             + (f"; from {source}" if source else ""),
+                             out / f"sensitivity_{_slug(cell.name + '_' + cell.setting)}.png"))
+    return files
+
+
 def plot_all(runs: list[Run], out, *, metric: str = "best", source: str = "", notes: list[str] | None = None,
              paper: dict | None = None) -> list[Path]:
     """Every figure the runs allow; returns the files written. Reasons for figures not drawn go to `notes`."""
@@ -269,6 +317,7 @@ def plot_all(runs: list[Run], out, *, metric: str = "best", source: str = "", no
     files = plot_curves(cells, out, hist, source)
     files += plot_noise(cells, out, metric, source, paper)
     files += plot_dlb_dynamics(cells, out, hist, notes, source)
+    files += plot_sensitivity(cells, out, source)
     return files
 
 

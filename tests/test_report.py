@@ -487,3 +487,24 @@ def test_cli_default_output_is_outside_results(runs_root, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     assert report.main([str(runs_root), "--name", "t1"]) == 0
     assert (tmp_path / "reports" / "t1" / "t1.md").is_file()
+
+
+def test_sensitivity_heat_map_and_curves_keep_the_main_variant(tmp_path, figures):
+    """A DLB T x alpha sweep: one heat map with each grid point's mean error; the curves show the main variant only."""
+    from dlb import plot
+
+    root = tmp_path / "runs"
+    errs = {(3.0, 1.0): [10.0, 10.4], (1.0, 1.0): [12.0], (3.0, 2.0): [11.0], (1.0, 2.0): [13.0], (6.0, 1.0): [14.0]}
+    for (T, alpha), per_seed in errs.items():
+        for seed, err in enumerate(per_seed):
+            write_run(root, f"dlb/T{T}a{alpha}/s{seed}", [err + 5, err], epochs=2, method="dlb", seed=seed,
+                      T=T, alpha=alpha)
+    write_run(root, "ce/s0", [20.0, 15.0], epochs=2, seed=0)
+    files = plot.plot_all(collect_runs([root])[0], tmp_path / "fig")
+    [heat] = [f for f, path in zip(figures, files) if path.name.startswith("sensitivity_")]
+    best_panel = heat.axes[0]
+    assert best_panel.get_ylabel() == "method.T" and best_panel.get_xlabel() == "method.alpha"
+    texts = {t.get_text() for t in best_panel.texts}
+    assert {"10.20\n(n=2)", "12.00", "11.00", "13.00", "14.00"} == texts  # (6, 2) was not run: no number
+    [curves] = [f for f, path in zip(figures, files) if path.name.startswith("curves_")]
+    assert len(curves.axes[0].get_lines()) == 2  # CE and DLB's main variant (T=3, alpha=1: most runs)
