@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TEST_ENV := WANDB_MODE=disabled HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 DLB_CUDA_TESTS_ON_CPU=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all demo train reproduce-table1 reproduce-table2 reproduce-noise reproduce-cpu report bench gpu-wheels gpu-check clean-outputs
+.PHONY: help install test test-all demo train reproduce-table1 reproduce-table2 reproduce-noise reproduce-cpu reproduce-claims-cpu report bench gpu-wheels gpu-check clean-outputs
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's|\$$(VENV)|$(VENV)|g' \
@@ -79,6 +79,19 @@ report: ## Tables + plots of run folders into reports/: make report ROOTS="multi
 reproduce-cpu: ## The CPU-scale reproduction committed in results/cpu_repro (Fashion-MNIST, ~1-2 h on 2 cores)
 	$(call sweep,cpu_repro)
 	$(call report,cpu_repro,cpu_repro)
+
+# The paper's five claims at CPU scale: the cpu_claim* experiments (plus DLB's T x alpha sensitivity, one seed) share
+# one sweep folder, so a configuration two claims need is trained once. Each run uses one thread; seed 0 (and the
+# sensitivity grid) and seeds 1-2 run as two processes side by side, one per core.
+CLAIMS := $(basename $(notdir $(sort $(wildcard configs/experiment/cpu_claim[0-9]*.yaml))))
+comma := ,
+claims_sweeps = for e in $(CLAIMS) $(2); do $(PY) -m dlb.sweep experiment=$$e hydra.sweep.dir=$(SWEEP_ROOT)/cpu_claims $(1) \
+	--run --no-estimate $(ARGS) || exit 1; done
+reproduce-claims-cpu: ## The paper's claims at CPU scale, into results/cpu_claims (Fashion-MNIST, 77 runs, ~1.5 h on 2 cores)
+	( $(call claims_sweeps,seed=0,cpu_dlb_sensitivity) ) & first=$$!; \
+	( $(call claims_sweeps,seed=1$(comma)2) ); rest=$$?; wait $$first && [ $$rest -eq 0 ]
+	$(PY) -m dlb.report $(SWEEP_ROOT)/cpu_claims --seeds 0,1,2 --name cpu_claims --out $(RESULTS)/cpu_claims && \
+	$(PY) -m dlb.plot $(SWEEP_ROOT)/cpu_claims --out $(RESULTS)/cpu_claims
 
 bench: ## Training-speed benchmark: resnet32 CE vs DLB, batch 64, CPU, into results/bench/ (ARGS="--device cuda ...")
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) scripts/benchmark.py $(ARGS)

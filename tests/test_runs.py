@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 import dlb.trainer as trainer_mod
@@ -99,9 +100,19 @@ def run_dir_of(*overrides) -> str:
      "outputs/fashion_mnist/cifar_resnet8/ce/dataset.train_subset=10000,trainer.epochs=10/seed0"),
     (["dataset.loader=torch", "augment=cutmix", "noise=symmetric", "noise.rate=0.4"],
      "outputs/cifar100/cifar_resnet32/dlb+cutmix+symmetric0.4/dataset.loader=torch/seed0"),
+    (["noise=symmetric", "noise.rate=0", "noise.seed=3"], "outputs/cifar100/cifar_resnet32/dlb/seed0"),  # no flip: clean
 ])
 def test_the_default_run_folder_names_what_differs_from_the_defaults(overrides, expected):
     assert run_dir_of(*overrides) == expected
+
+
+def test_a_noise_rate_of_zero_is_the_clean_run():
+    """A noise sweep's 0% point flips no label, so it is the clean run: same identity, same folder, resumable."""
+    clean = OmegaConf.to_container(compose([]), resolve=True)
+    zero = OmegaConf.to_container(compose(["noise=symmetric", "noise.rate=0.0"]), resolve=True)
+    assert runid.identity(zero) == runid.identity(clean) and runid.differences(clean, zero) == []
+    noisy = OmegaConf.to_container(compose(["noise=symmetric", "noise.rate=0.2"]), resolve=True)
+    assert runid.differences(clean, noisy)
 
 
 def test_a_long_variant_name_ends_in_a_hash():
