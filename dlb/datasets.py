@@ -38,6 +38,12 @@ class DatasetName(Choice):
     imagefolder = "imagefolder"
 
 
+# Training-set sizes of the named datasets, for plans made before any data is read (sweep estimates, the benchmark's
+# full-run speed settings); an image folder's size is only known once read.
+TRAIN_SIZES = {DatasetName.cifar10: 50000, DatasetName.cifar100: 50000, DatasetName.tinyimagenet: 100000,
+               DatasetName.fashion_mnist: 60000}
+
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREPARE_TINYIMAGENET = REPO_ROOT / "scripts" / "prepare_tinyimagenet.py"
 # Where Debian's `dataset-fashion-mnist` package puts the idx files (a module constant so tests can move it).

@@ -21,6 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from dlb.bench import THROUGHPUT_FILE
 from dlb.config import compose
+from dlb.datasets import TRAIN_SIZES
 from dlb.methods import METHODS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,8 +66,7 @@ def estimate_hours(fixed: list[str], jobs: list[list[str]]) -> tuple[float | Non
         if not rate:
             missing.add(key)
             continue
-        n = cfg.dataset.train_subset or {"cifar10": 50000, "cifar100": 50000, "tinyimagenet": 100000,
-                                          "fashion_mnist": 60000}.get(cfg.dataset.name, 50000)
+        n = cfg.dataset.train_subset or TRAIN_SIZES.get(cfg.dataset.name, 50000)
         total += cfg.trainer.epochs * n / rate / 3600
     return (None if missing else total), sorted(missing)
 
