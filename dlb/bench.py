@@ -853,27 +853,34 @@ def write_synthetic_cifar100(root: Path, n_train: int, n_test: int) -> dict:
     return subprocess_env_for_fake_cifar({"cifar100": md5s}, root)
 
 
-def vs_official_commands(official: Path, root: Path, method: str, epochs: int, workers: int) -> dict:
-    """The command of each contender for `epochs` epochs: the official script with its README's settings, and ours
-    (python -m dlb.train) at its defaults and with trainer.faithful=true."""
+OFFICIAL_WORKERS = 16  # the official scripts' --num_workers default (dlb.py/base.py L22)
+CONTENDERS = ("official", "official-workers", "ours", "ours-full", "faithful")  # --contenders: every row by default
+
+
+def vs_official_commands(official: Path, root: Path, method: str, epochs: int, workers: int,
+                         contenders=CONTENDERS) -> dict:
+    """{row name: command} for `epochs` epochs: the official script with its README's settings, at its own defaults
+    (16 DataLoader workers) and with `workers` workers, and ours (python -m dlb.train) at its defaults, at the settings
+    its full-length run resolves, and with trainer.faithful=true."""
     py = sys.executable
     if method == "dlb":
         off = [py, str(official / "dlb.py"), "--dataset", "cifar100", "--root", str(root), "--model_names", "resnet32",
                "--classes_num", "100", "--T", "3", "--alpha", "1", "--batch_size", "64", "--epoch", str(epochs),
-               "--lr", "0.05", "--milestones", "150", "180", "210", "--num_workers", str(workers)]
+               "--lr", "0.05", "--milestones", "150", "180", "210"]
     else:  # base.py trains each --model_names entry (default two resnet20s); one resnet32 = CE
         off = [py, str(official / "base.py"), "--dataset", "cifar100", "--root", str(root), "--model_names",
-               "resnet32", "--classes_num", "100", "--batch_size", "64", "--epoch", str(epochs),
-               "--num_workers", str(workers)]
+               "resnet32", "--classes_num", "100", "--batch_size", "64", "--epoch", str(epochs)]
     ours = [py, "-m", "dlb.train", "dataset=cifar100", f"dataset.root={root}", "backbone=resnet32", f"method={method}",
             f"trainer.epochs={epochs}", "trainer.progress=false"]
     # A short run stays eager (trainer.compile=auto compiles CPU runs long enough to repay it); the full-length run
     # the same command starts without trainer.epochs gets the settings below, measured here per epoch.
     full = full_run_speed(method)
-    return {"official": off, "ours": ours,
-            **({f"ours, full-run settings (compile {full.compile})": [*ours, f"trainer.compile={full.compile}"]}
-               if full.compile != "none" else {}),
-            "ours faithful": [*ours, "trainer.faithful=true"]}
+    rows = {"official": (f"official ({OFFICIAL_WORKERS} workers, its default)", off),
+            "official-workers": (f"official, {workers} workers", [*off, "--num_workers", str(workers)]),
+            "ours": ("ours, defaults", ours),
+            "ours-full": (f"ours, full-run settings ({full.describe()})", [*ours, f"trainer.compile={full.compile}"]),
+            "faithful": ("ours, trainer.faithful=true", [*ours, "trainer.faithful=true"])}
+    return {name: cmd for key, (name, cmd) in rows.items() if key in contenders}
 
 
 def full_run_speed(method: str):
@@ -902,6 +909,10 @@ def run_vs_official(a, command: str) -> None:
     m["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS", "unset")
     methods = a.methods.split(",")
     workers = a.pil_workers
+    contenders = a.contenders.split(",")
+    if "official" not in contenders or set(contenders) - set(CONTENDERS):
+        sys.exit(f"benchmark: --contenders {a.contenders}: choose from {','.join(CONTENDERS)}, official included "
+                 "(the ratios are against it)")
     walls: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         if a.data:
@@ -916,10 +927,12 @@ def run_vs_official(a, command: str) -> None:
         for r in range(a.repeats):
             for method in methods:
                 for epochs in ((1, 3) if r % 2 == 0 else (3, 1)):
-                    for who, cmd in vs_official_commands(official, root, method, epochs, workers).items():
-                        if who != "official":
-                            cmd = [*cmd, f"hydra.run.dir={tmp}/runs/{method}-{who.replace(' ', '_')}-{epochs}-{r}"]
-                        cwd = Path(tmp) / "cwd" if who == "official" else REPO  # the official writes under ./
+                    for n, (who, cmd) in enumerate(vs_official_commands(official, root, method, epochs, workers,
+                                                                        contenders).items()):
+                        is_official = who.startswith("official")
+                        if not is_official:
+                            cmd = [*cmd, f"hydra.run.dir={tmp}/runs/{method}-{n}-{epochs}-{r}"]
+                        cwd = Path(tmp) / "cwd" if is_official else REPO  # the official writes under ./
                         cwd.mkdir(exist_ok=True)
                         print(f"benchmark: {method} {who} {epochs} epoch(s) (repeat {r + 1}/{a.repeats}) ...",
                               flush=True)
@@ -934,22 +947,27 @@ def run_vs_official(a, command: str) -> None:
         per_epoch = [(w3 - w1) / 2 for w1, w3 in zip(w[1], w[3])]
         rows.append({"method": method, "who": who, "wall_1": w[1], "wall_3": w[3], "epoch_s_runs": per_epoch,
                      "epoch_s": statistics.median(per_epoch)})
-    official_s = {r["method"]: r["epoch_s"] for r in rows if r["who"] == "official"}
-    lines = ["| method | loop | wall 1 epoch s | wall 3 epochs s | s per epoch | vs official (> 1: faster) |",
-             "|---|---|---|---|---|---|"]
+    names = vs_official_commands(Path("."), Path("."), methods[-1], 3, workers)  # row name of each contender
+    base = {key: name for key, name in zip(CONTENDERS, names)}
+    official_s = {r["method"]: r["epoch_s"] for r in rows if r["who"] == base["official"]}
+    few_s = {r["method"]: r["epoch_s"] for r in rows if r["who"] == base["official-workers"]}
+    lines = ["| method | loop | wall 1 epoch s | wall 3 epochs s | s per epoch | vs official defaults (> 1: faster) "
+             f"| vs official, {workers} workers |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         r["speedup_vs_official"] = official_s[r["method"]] / r["epoch_s"]
+        r["speedup_vs_official_few_workers"] = few_s[r["method"]] / r["epoch_s"] if r["method"] in few_s else None
         lines.append(f"| {r['method']} | {r['who']} | {statistics.median(r['wall_1']):.1f} | "
-                     f"{statistics.median(r['wall_3']):.1f} | {r['epoch_s']:.1f} | {r['speedup_vs_official']:.2f} |")
+                     f"{statistics.median(r['wall_3']):.1f} | {r['epoch_s']:.1f} | {r['speedup_vs_official']:.2f} | "
+                     f"{fmt(r['speedup_vs_official_few_workers'], 2)} |")
     examples = vs_official_commands(Path("<DLB checkout>"), Path("<root>"), methods[-1], 3, workers)
     body = (f"- data: {data_note}; resnet32, batch 64, CIFAR-100 recipe\n"
             f"- official: github.com/Meta-knowledge-Lab/DLB (dlb.py for DLB, base.py with one resnet32 for CE), its "
-            f"`torch._six.string_classes` replaced by `str`; --num_workers {workers} (its default 16 oversubscribes "
-            f"this machine); e.g. `{' '.join(examples['official'][1:])}`\n"
-            f"- ours: `{' '.join(examples['ours'][1:])}` at defaults (eager: a 3-epoch run is too short to repay "
-            f"compiling), at the settings the full-length run of the same command resolves "
-            f"({full_run_speed(methods[-1]).describe()}; compile time falls in the first epoch and cancels), and "
-            f"with trainer.faithful=true\n"
+            f"`torch._six.string_classes` replaced by `str`, at its defaults ({OFFICIAL_WORKERS} DataLoader workers) "
+            f"and with --num_workers {workers} (fewer workers than its default suit this machine better); e.g. "
+            f"`{' '.join(examples[base['official']][1:])}`\n"
+            f"- ours: `{' '.join(examples[base['ours']][1:])}` at defaults (eager: a 3-epoch run is too short to repay "
+            f"compiling), at the settings the full-length run of the same command resolves (compile time falls in "
+            f"the first epoch and cancels), and with trainer.faithful=true\n"
             f"- per epoch = (wall(3 epochs) - wall(1 epoch)) / 2 of whole processes (start-up and data loading cancel; "
             f"each epoch includes its evaluation), median of {a.repeats} interleaved repeat(s); OMP_NUM_THREADS "
             f"{m['omp_num_threads']} (each process picks its own threads)\n\n" + "\n".join(lines) + "\n")
@@ -995,6 +1013,8 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--vs-official", default=None, metavar="DLB_CHECKOUT",
                    help="time whole training processes against the official code checked out there")
     p.add_argument("--data", default=None, help="--vs-official: a real CIFAR-100 root (default: synthetic files)")
+    p.add_argument("--contenders", default=",".join(CONTENDERS),
+                   help="--vs-official: the rows to time, official first (default: all)")
     p.add_argument("--out", type=Path, default=None,
                    help="write <out>.md and <out>.json (default under results/bench/)")
     p.add_argument("--throughput-file", default=str(THROUGHPUT_FILE), help="'' to leave it alone")
