@@ -32,6 +32,9 @@ CELL_KEYS = ("dataset.name", "backbone.name", "method.name", "augment.name", "no
 # Config groups whose choice is a run's cell or is free; any other group's non-default choice names the folder
 # (debug=step) together with the values it sets.
 NAMED_GROUPS = ("debug",)
+# Identity keys added after runs existed, with the value that computes what those runs computed (no warm-up, no
+# rotation): at that value a key is left out of the identity, so the older runs keep theirs (resume, seeds, teachers).
+NEUTRAL = {"optim.warmup_epochs": 0, "dataset.rotation": 0}
 MAX_NAME = 120  # longer folder names end in a hash of the full name
 
 
@@ -55,7 +58,7 @@ def identity(config: dict) -> dict:
     """The flattened config keys that change what a run computes (config: the resolved config as a dict).
     Without label noise (noise=none, or a rate of 0, which flips no label) the noise keys compute nothing, so they
     are left out too: a noise sweep's 0% runs are the clean runs of other grids."""
-    ident = {k: v for k, v in flatten(config).items() if not is_free(k)}
+    ident = {k: v for k, v in flatten(config).items() if not is_free(k) and not (k in NEUTRAL and v == NEUTRAL[k])}
     if not has_noise(ident.get("noise.name", "none"), ident.get("noise.rate", 0)):
         ident = {k: v for k, v in ident.items() if not k.startswith("noise.")}
     return ident
@@ -105,8 +108,9 @@ def variant_name(config: dict, defaults: dict, groups: dict[str, str] | None = N
     parts = [f"{g}={c}" for g, c in sorted((groups or {}).items()) if g in NAMED_GROUPS and c]
     parts += [f"{k}={_format(v)}" for k, v in sorted(ident.items())
               if k not in CELL_KEYS and (k not in ref or ref[k] != v)]
-    parts += [f"~{k}" for k in sorted(set(ref) - set(ident))  # a key the command removed (no noise: the cell says so)
-              if k not in CELL_KEYS and not k.startswith("noise.")]
+    parts += [f"{k}={_format(NEUTRAL[k])}" if k in NEUTRAL else f"~{k}"  # set back to neutral, or removed
+              for k in sorted(set(ref) - set(ident))
+              if k not in CELL_KEYS and not k.startswith("noise.")]  # (no noise: the cell says so)
     name = ",".join(parts)
     if len(name) > MAX_NAME:
         name = name[: MAX_NAME - 9].rstrip(",") + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
