@@ -140,7 +140,7 @@ def register_configs() -> None:
     from dlb.runid import register_resolver
 
     register_resolver(CONFIGS)
-    if not OmegaConf.has_resolver("dlb_scale"):  # a recipe's lr per batch size: ${dlb_scale:0.1,${trainer.batch_size},128}
+    if not OmegaConf.has_resolver("dlb_scale"):  # a recipe's lr per batch: ${dlb_scale:0.1,${trainer.batch_size},128}
         OmegaConf.register_new_resolver("dlb_scale", scale)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)

@@ -203,7 +203,8 @@ class DeviceLoader:
     def __init__(self, ds: "ArrayDataset", *, batch_size: int, train: bool, device, seed: int = 0,
                  num_views: int = 1, augment: str = "crop_flip", crop_size: int = 32, padding: int = 4,
                  rotation: float = 0.0, shuffle: bool | None = None, drop_last: bool = False,
-                 channels_last: bool = False, batch_order: Callable[[int, torch.Generator], Sequence[torch.Tensor] | torch.Tensor] | None = None,
+                 channels_last: bool = False,
+                 batch_order: Callable[[int, torch.Generator], Sequence[torch.Tensor] | torch.Tensor] | None = None,
                  batch_augment: Callable[[Batch, int], Batch] | None = None, rank: int = 0, world_size: int = 1):
         augment = Augment(augment)  # ValueError for an unknown one
         self.device = torch.device(device)
