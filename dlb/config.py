@@ -40,6 +40,9 @@ class DatasetConfig:
     image_size: int = 32  # training resolution; imagefolder images are resized to it on load
     augment: Augment = Augment.crop_flip  # crop_flip (CIFAR) | rrc_flip (TinyImageNet) | none
     padding: int = 4  # crop_flip zero padding
+    # degrees: after the crop/flip, rotate each training view by an angle uniform in [-rotation, rotation] (nearest
+    # neighbour, zero fill: torchvision's RandomRotation, as Tf-KD's recipe uses it); 0 = none
+    rotation: float = 0.0
     cutout_size: int = 16  # augment=cutout hole size (spec: 16 px CIFAR-10, 8 px CIFAR-100)
     loader: LoaderKind = LoaderKind.device  # device: batched augmentation on the device | torch: PIL + DataLoader
     num_workers: int = 4  # torch loader only
@@ -62,6 +65,9 @@ class OptimConfig:
     milestones: Optional[List[int]] = None  # null: milestone_fractions x trainer.epochs
     milestone_fractions: List[float] = field(default_factory=lambda: [0.625, 0.75, 0.875])  # 150/180/210 of 240
     fused: Any = "auto"  # auto | true | false: torch's fused SGD kernel (auto: on CUDA and CPU) or the plain loop
+    # the first warmup_epochs epochs' optimizer steps ramp the lr linearly: step k of K runs at k/K of the scheduled
+    # lr (Tf-KD's WarmUpLR); 0 = none
+    warmup_epochs: int = 0
 
 
 @dataclass
@@ -137,6 +143,8 @@ def register_configs() -> None:
     from dlb.runid import register_resolver
 
     register_resolver(CONFIGS)
+    if not OmegaConf.has_resolver("dlb_scale"):  # a recipe's lr per batch: ${dlb_scale:0.1,${trainer.batch_size},128}
+        OmegaConf.register_new_resolver("dlb_scale", scale)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="schema/dataset", name="base", node=DatasetConfig)
@@ -146,6 +154,11 @@ def register_configs() -> None:
     cs.store(group="schema/noise", name="base", node=NoiseConfig)
     for name, cls in METHODS.items():  # `method=<name>` is the method's Config dataclass, its defaults included
         cs.store(group="method", name=name, node=cls.Config)
+
+
+def scale(x: float, num: float, den: float) -> float:
+    """`${dlb_scale:x,num,den}` = x * (num / den), in that order (Tf-KD's lr * (batch_size / 128))."""
+    return x * (num / den)
 
 
 def group_options(group: str) -> list[str]:
@@ -187,6 +200,9 @@ def validate(cfg: DictConfig) -> None:
         _fail("dataset.image_size", d.image_size, "must be >= 8 pixels")
     if d.padding < 0:
         _fail("dataset.padding", d.padding, "must be >= 0")
+    if not 0 <= d.rotation <= 180:
+        _fail("dataset.rotation", d.rotation, "the rotation range in degrees must be in [0, 180] (0: none; Tf-KD's "
+              "recipe uses 15)")
     if cfg.method.name not in METHODS:
         _fail("method.name", cfg.method.name, f"unknown method; use one of {', '.join(sorted(METHODS))}")
     _check_keys_and_numbers(cfg, METHODS[cfg.method.name].Config)
@@ -217,6 +233,9 @@ def validate(cfg: DictConfig) -> None:
         _fail("optim.weight_decay", o.weight_decay, "must be >= 0")
     if not 0 < o.gamma <= 1:
         _fail("optim.gamma", o.gamma, "must be in (0, 1]")
+    if not 0 <= o.warmup_epochs <= t.epochs:
+        _fail("optim.warmup_epochs", o.warmup_epochs, f"must be in [0, trainer.epochs={t.epochs}] (0: no warm-up; "
+              "Tf-KD's recipe uses 1)")
     if o.milestones is not None and any(m < 1 for m in o.milestones):
         _fail("optim.milestones", list(o.milestones), "epochs must be >= 1")
     if any(not 0 < f < 1 for f in o.milestone_fractions):

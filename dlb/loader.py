@@ -139,6 +139,42 @@ def apply_rrc_flip(x: torch.Tensor, top, left, bh, bw, flip, size: int) -> torch
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
+def rotation_params(n: int, degrees: float, g: torch.Generator, device) -> torch.Tensor:
+    """RandomRotation(degrees).get_params per sample: angles (degrees) uniform in [-degrees, degrees], float32."""
+    return torch.empty(n, device=device).uniform_(-degrees, degrees, generator=g)
+
+
+def apply_rotation(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotate each image counter-clockwise by its angle about the image centre, nearest neighbour, zero outside:
+    torchvision's RandomRotation on a PIL image, i.e. PIL's Image.rotate, pixel for pixel. PIL maps every output
+    pixel back to the input with the inverse rotation in 16.16 fixed point (the NEAREST affine transform of its
+    Geometry.c: input column = (A2 + x*A0 + y*A1) >> 16, row alike), which is computed here for the whole batch
+    and applied as one gather. Any dtype (uint8 crops, float random-resized crops)."""
+    n, c, h, w = x.shape
+    dev = x.device
+    # PIL Image.rotate: the angle modulo 360, negated, in radians; the inverse matrix (a b c; d e f) about (w/2, h/2)
+    r = -(torch.remainder(angle.to(torch.float64), 360.0) * (math.pi / 180.0))
+    a, b = torch.cos(r), torch.sin(r)
+    d, e = -b, a
+    cx, cy = w / 2, h / 2
+    c0 = a * -cx + b * -cy + cx
+    f0 = d * -cx + e * -cy + cy
+
+    def fix(v):  # 16.16 fixed point, rounded as PIL's FIX: floor(v * 65536 + 0.5)
+        return torch.floor(v * 65536.0 + 0.5).to(torch.int64)[:, None, None]
+
+    # sampled at pixel centres: the +0.5 terms
+    a0, a1, a3, a4, a2, a5 = fix(a), fix(b), fix(d), fix(e), fix(c0 + b * 0.5 + a * 0.5), fix(f0 + e * 0.5 + d * 0.5)
+    xs = torch.arange(w, device=dev)[None, None, :]
+    ys = torch.arange(h, device=dev)[None, :, None]
+    col = (a2 + xs * a0 + ys * a1) >> 16  # (n, h, w); >> floors, as in C on the negative values too
+    row = (a5 + xs * a3 + ys * a4) >> 16
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    src = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1)).view(n, 1, h * w).expand(n, c, h * w)
+    out = x.reshape(n, c, h * w).gather(2, src).view(n, c, h, w)
+    return torch.where(inside[:, None], out, torch.zeros((), dtype=x.dtype, device=dev))
+
+
 def resize_uint8(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
     """torchvision Resize on uint8 tensors: bilinear + antialias in float, rounded back to uint8.
     Chunked so a large eval set never materialises as one float copy."""
@@ -166,7 +202,8 @@ class DeviceLoader:
 
     def __init__(self, ds: "ArrayDataset", *, batch_size: int, train: bool, device, seed: int = 0,
                  num_views: int = 1, augment: str = "crop_flip", crop_size: int = 32, padding: int = 4,
-                 shuffle: bool | None = None, drop_last: bool = False, channels_last: bool = False,
+                 rotation: float = 0.0, shuffle: bool | None = None, drop_last: bool = False,
+                 channels_last: bool = False,
                  batch_order: Callable[[int, torch.Generator], Sequence[torch.Tensor] | torch.Tensor] | None = None,
                  batch_augment: Callable[[Batch, int], Batch] | None = None, rank: int = 0, world_size: int = 1):
         augment = Augment(augment)  # ValueError for an unknown one
@@ -176,6 +213,7 @@ class DeviceLoader:
         self.batch_size, self.train, self.seed, self.num_views = batch_size, train, seed, num_views
         self.augment = augment if train else "none"
         self.crop_size, self.padding = crop_size, padding
+        self.rotation = rotation if train else 0.0
         self.shuffle = train if shuffle is None else shuffle
         self.drop_last, self.channels_last, self.batch_order = drop_last, channels_last, batch_order
         images = ds.images.to(self.device)
@@ -233,9 +271,11 @@ class DeviceLoader:
         n, _, h, w = x.shape
         g, dev, s = self.gen, self.device, self.crop_size
         if self.augment == "crop_flip":
-            return apply_crop_flip(x, *crop_flip_params(n, h, w, s, self.padding, g, dev), s, self.padding)
-        if self.augment == "rrc_flip":
-            return apply_rrc_flip(x, *rrc_params(n, h, w, g, dev), s)
+            x = apply_crop_flip(x, *crop_flip_params(n, h, w, s, self.padding, g, dev), s, self.padding)
+        elif self.augment == "rrc_flip":
+            x = apply_rrc_flip(x, *rrc_params(n, h, w, g, dev), s)
+        if self.rotation:  # after the crop and flip, as in Tf-KD's transform
+            x = apply_rotation(x, rotation_params(n, self.rotation, g, dev))
         return x
 
     def make_batch(self, epoch: int, step: int, idx: torch.Tensor) -> Batch:
@@ -243,7 +283,7 @@ class DeviceLoader:
         # it, so they get independent parameters.
         self.gen.manual_seed(_aug_seed(self.seed, epoch, step, self.rank, self.world_size))
         x = self.images.index_select(0, idx)
-        if self.augment == "none":
+        if self.augment == "none" and not self.rotation:
             v = self._normalise(x)
             views = [v] + [v.clone() for _ in range(self.num_views - 1)]
         else:
@@ -299,7 +339,7 @@ class TorchLoader:
 
     def __init__(self, ds: "ArrayDataset", *, batch_size: int, train: bool, device, seed: int = 0,
                  num_views: int = 1, augment: str = "crop_flip", crop_size: int = 32, padding: int = 4,
-                 num_workers: int = 2, shuffle: bool | None = None, drop_last: bool = False,
+                 rotation: float = 0.0, num_workers: int = 2, shuffle: bool | None = None, drop_last: bool = False,
                  channels_last: bool = False, batch_augment: Callable[[Batch, int], Batch] | None = None):
         from torchvision import transforms as T
 
@@ -311,6 +351,8 @@ class TorchLoader:
         aug = {"crop_flip": [T.RandomCrop(crop_size, padding=padding), T.RandomHorizontalFlip()],
                "rrc_flip": [T.RandomResizedCrop(crop_size), T.RandomHorizontalFlip()],
                "none": [T.Resize(crop_size)] if h != crop_size else []}[augment]
+        if rotation and train:
+            aug.append(T.RandomRotation(rotation))  # Tf-KD: RandomCrop, RandomHorizontalFlip, RandomRotation
         tf = T.Compose(aug + [T.ToTensor(), T.Normalize(ds.mean, ds.std)])
         self.gen = torch.Generator()
         self.set_epoch(0)

@@ -29,9 +29,14 @@ FREE_KEYS = (
 )
 # The parts of the identity already spelled out by the cell's folder (dataset/backbone/method[+augment][+noise]).
 CELL_KEYS = ("dataset.name", "backbone.name", "method.name", "augment.name", "noise.name", "noise.rate", "seed")
-# Config groups whose choice is a run's cell or is free; any other group's non-default choice names the folder
-# (debug=step) together with the values it sets.
-NAMED_GROUPS = ("debug",)
+# Config groups, with their default choice (configs/config.yaml), whose other choices name the folder (debug=step,
+# recipe=cskd) together with the values they set: the defaults a folder name is measured against are composed from
+# the same choices, so without the group's name its values would not show, and recipe=dlb and recipe=cskd runs of
+# one method would share a folder.
+NAMED_GROUPS = {"debug": None, "recipe": "dlb"}
+# Identity keys added after runs existed, with the value that computes what those runs computed (no warm-up, no
+# rotation): at that value a key is left out of the identity, so the older runs keep theirs (resume, seeds, teachers).
+NEUTRAL = {"optim.warmup_epochs": 0, "dataset.rotation": 0}
 MAX_NAME = 120  # longer folder names end in a hash of the full name
 
 
@@ -55,7 +60,7 @@ def identity(config: dict) -> dict:
     """The flattened config keys that change what a run computes (config: the resolved config as a dict).
     Without label noise (noise=none, or a rate of 0, which flips no label) the noise keys compute nothing, so they
     are left out too: a noise sweep's 0% runs are the clean runs of other grids."""
-    ident = {k: v for k, v in flatten(config).items() if not is_free(k)}
+    ident = {k: v for k, v in flatten(config).items() if not is_free(k) and not (k in NEUTRAL and v == NEUTRAL[k])}
     if not has_noise(ident.get("noise.name", "none"), ident.get("noise.rate", 0)):
         ident = {k: v for k, v in ident.items() if not k.startswith("noise.")}
     return ident
@@ -102,11 +107,13 @@ def variant_name(config: dict, defaults: dict, groups: dict[str, str] | None = N
     that differs from `defaults` (the config composed from the same group choices alone), as key=value joined by
     commas; "" for the defaults."""
     ident, ref = identity(config), identity(defaults)
-    parts = [f"{g}={c}" for g, c in sorted((groups or {}).items()) if g in NAMED_GROUPS and c]
+    parts = [f"{g}={c}" for g, c in sorted((groups or {}).items())
+             if g in NAMED_GROUPS and c not in (None, NAMED_GROUPS[g])]
     parts += [f"{k}={_format(v)}" for k, v in sorted(ident.items())
               if k not in CELL_KEYS and (k not in ref or ref[k] != v)]
-    parts += [f"~{k}" for k in sorted(set(ref) - set(ident))  # a key the command removed (no noise: the cell says so)
-              if k not in CELL_KEYS and not k.startswith("noise.")]
+    parts += [f"{k}={_format(NEUTRAL[k])}" if k in NEUTRAL else f"~{k}"  # set back to neutral, or removed
+              for k in sorted(set(ref) - set(ident))
+              if k not in CELL_KEYS and not k.startswith("noise.")]  # (no noise: the cell says so)
     name = ",".join(parts)
     if len(name) > MAX_NAME:
         name = name[: MAX_NAME - 9].rstrip(",") + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]

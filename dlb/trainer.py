@@ -4,6 +4,7 @@ A run's output folder holds everything needed to reproduce and audit it (dlb/run
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 import sys
@@ -116,6 +117,7 @@ class Trainer:
         o = cfg.optim
         self.optimizer = build_optimizer(o, self.model.parameters(), self.device, fused=self.speed.fused)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, C.milestones(cfg), gamma=o.gamma)
+        self.milestones = sorted(C.milestones(cfg))
 
         common = dict(device=self.device, channels_last=self.speed.channels_last, crop_size=d.image_size)
         loader_kw = dict(num_workers=d.num_workers) if d.loader == "torch" else {}
@@ -128,10 +130,16 @@ class Trainer:
         shard = dict(rank=self.rank, world_size=self.world_size) if self.world_size > 1 else {}  # DDP: this rank's part
         self.train_loader = make_loader(train_ds, kind=d.loader, batch_size=t.batch_size, train=True, seed=cfg.seed,
                                         num_views=self.method.num_views, augment=d.augment, padding=d.padding,
+                                        rotation=d.rotation,
                                         batch_augment=A.build(cfg.augment, self.method.paired_rows), **common,
                                         **loader_kw, **shard)
         self.test_loader = make_loader(test_ds, kind="device", batch_size=t.eval_batch_size, train=False,
                                        seed=cfg.seed, **common, **shard)
+        self.warmup_steps = 0  # optim.warmup_epochs x the optimizer steps of an epoch
+        if o.warmup_epochs:
+            steps = len(self.train_loader)
+            self.warmup_steps = o.warmup_epochs * (steps if t.limit_train_batches is None
+                                                   else min(steps, t.limit_train_batches))
         self.autocast = None
         if self.speed.bf16:
             self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
@@ -192,6 +200,8 @@ class Trainer:
         Gradients are zeroed before the method's step: a method may backpropagate part of its loss itself (DLB's
         method.backward=split)."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.step < self.warmup_steps:
+            self._warmup_lr()
         with self.autocast() if self.autocast else contextlib.nullcontext():
             logits, losses = self.method.training_step(self.net, batch)
         loss = sum(losses.values())
@@ -199,6 +209,15 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         return logits, loss, losses
+
+    def _warmup_lr(self) -> None:
+        """optim.warmup_epochs, as Tf-KD's WarmUpLR (its utils.py, stepped before each of the first epoch's steps):
+        optimizer step k of the K warm-up steps runs at k/K of the scheduled lr, so the first at lr/K and the last
+        at the lr itself, from which the epoch schedule goes on. Set from the step count: exact after a resume."""
+        o, k = self.cfg.optim, self.step + 1
+        scheduled = o.lr * o.gamma ** bisect.bisect_right(self.milestones, self.epoch)  # MultiStepLR's value
+        for group in self.optimizer.param_groups:
+            group["lr"] = scheduled * k / self.warmup_steps if k < self.warmup_steps else scheduled
 
     def train_epoch(self, epoch: int) -> tuple[dict, dict]:
         """One epoch of training: (train_loss, train_acc, timing and image counts; the means of the method's loss

@@ -64,7 +64,8 @@ class TfKDSelf(Method):
 
     @dataclass
     class Config:
-        """Defaults: the Tf-KD repo's CIFAR-100 ResNet-18 self-teacher (resnet18_self_teacher/params.json)."""
+        """Defaults: the Tf-KD repo's CIFAR-100 ResNet-18 self-teacher (resnet18_self_teacher/params.json). Tf-KD
+        tuned these for that one network; here they are used for every backbone (its recipe too: docs/recipes.md)."""
         name: str = "tfkd_self"
         alpha: float = 0.95
         T: float = 6.0
@@ -132,7 +133,8 @@ class TfKDReg(Method):
     @dataclass
     class Config:
         """Defaults: the Tf-KD repo's CIFAR-100 base_resnet18/params.json and correct_prob = 0.99 in
-        my_loss_function.py."""
+        my_loss_function.py. Tf-KD tuned these for its ResNet-18; here they are used for every backbone (its recipe
+        too: docs/recipes.md)."""
         name: str = "tfkd_reg"
         alpha: float = 0.1
         T: float = 20.0
