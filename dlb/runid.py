@@ -131,7 +131,7 @@ _defaults_cache: dict[tuple, dict] = {}
 _config_dir: list[Path] = []  # set by register_resolver
 
 
-def _defaults_for(choices: dict[str, str]) -> dict:
+def defaults_for(choices: dict[str, str]) -> dict:
     """The resolved config composed from the group choices alone (no value overrides), cached per choice set."""
     key = tuple(sorted(choices.items()))
     if key not in _defaults_cache:
@@ -159,7 +159,7 @@ def resolve_run_name(*, _root_) -> str:
                if c is not None and not g.startswith(("hydra/", "schema/")) and g != "experiment"}
     config = {k: OmegaConf.to_container(_root_[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(_root_[k]) else _root_[k]
               for k in _root_ if k != "hydra"}
-    return run_name(config, _defaults_for(choices), choices)
+    return run_name(config, defaults_for(choices), choices)
 
 
 def register_resolver(config_dir: Path) -> None:

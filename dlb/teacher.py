@@ -48,8 +48,17 @@ def _without_method(identity: dict) -> dict:
     return {k: v for k, v in identity.items() if not k.startswith("method.")}
 
 
+def _override_value(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+
+
 def _train_command(run_cfg, root: Path) -> str:
-    """The command that trains the missing teacher into `root`."""
+    """The command that trains the missing teacher into `root`: the run's group choices with method=ce, then every
+    value of its identity (dlb/runid.py) that differs from those groups' defaults (subset, recipe, epochs, ...)."""
+    from omegaconf import OmegaConf
+
     configs = Path(__file__).resolve().parents[1] / "configs"
 
     def option(group: str, name: str) -> str:
@@ -59,15 +68,19 @@ def _train_command(run_cfg, root: Path) -> str:
                 return f"{group}={path.stem}"
         return f"{group}=timm {group}.name={name}" if group == "backbone" else f"{group}={name}"
 
-    d, b = run_cfg.dataset.name, run_cfg.backbone.name
-    parts = ["python -m dlb.train", option("dataset", d), option("backbone", b), "method=ce", f"seed={run_cfg.seed}"]
-    if run_cfg.dataset.get("train_subset") is not None:
-        parts.append(f"dataset.train_subset={run_cfg.dataset.train_subset}")
-    noise = run_cfg.get("noise")
-    if noise is not None and noise.name != "none":
-        parts += [f"noise={noise.name}", f"noise.rate={noise.rate}", f"noise.seed={noise.seed}"]
+    config = OmegaConf.to_container(run_cfg, resolve=True, enum_to_str=True)
+    groups = [option("dataset", config["dataset"]["name"]), option("backbone", config["backbone"]["name"]),
+              "method=ce"]
+    ident = runid.identity(config)
+    groups += [f"{g}={ident[g + '.name']}" for g in ("augment", "noise") if ident.get(g + ".name", "none") != "none"]
+    choices = dict(o.split(" ")[0].split("=", 1) for o in groups)
+    defaults = runid.identity(runid.defaults_for(choices))
+    named = {f"{g}.name" for g in ("dataset", "backbone", "augment", "noise")} | {"seed"}
+    values = [f"{k}={_override_value(v)}" for k, v in sorted(ident.items())
+              if not k.startswith("method.") and k not in named and defaults.get(k) != v]
+    parts = ["python -m dlb.train", *groups, f"seed={run_cfg.seed}", *values]
     if root != (Path.cwd() / "outputs").resolve():  # the default hydra.run.dir lives under ./outputs
-        parts.append(f"hydra.run.dir={root}/{d}/{b}/ce/seed{run_cfg.seed}")
+        parts.append(f"hydra.run.dir={root}/{runid.cell_dir({**config, 'method': {'name': 'ce'}})}/seed{run_cfg.seed}")
     return " ".join(parts)
 
 

@@ -381,8 +381,10 @@ def test_tfkd_self_finds_the_ce_teacher_or_says_how_to_train_it(fake_cifar, tmp_
     root = tmp_path / "outputs"
     cell = root / "cifar10" / "cifar_resnet8"
     with pytest.raises(ConfigError, match=r"(?s)found no .*python -m dlb\.train dataset=cifar10 backbone=resnet8 "
-                                          r"method=ce seed=0 .*hydra\.run\.dir="):
+                                          r"method=ce seed=0 .*hydra\.run\.dir=") as refused:
         Trainer(tiny_cfg(fake_cifar, "method=tfkd_self", *FAST), cell / "tfkd_self" / "seed0")
+    # every value that sets this run apart from the defaults, so that the printed command trains the teacher it finds
+    assert all(o in str(refused.value) for o in FAST if "eval_batch_size" not in o), str(refused.value)  # (free key)
     Trainer(tiny_cfg(fake_cifar, "method=ce", *FAST), cell / "ce" / "seed0").fit()
     t = Trainer(tiny_cfg(fake_cifar, "method=tfkd_self", *FAST), cell / "tfkd_self" / "seed0")
     assert t.method.teacher_path == str((cell / "ce" / "seed0" / "checkpoints" / "best.pt").resolve())
