@@ -50,11 +50,19 @@ def _stats(values: list[float]) -> dict:
             "std": statistics.stdev(values) if len(values) >= 2 else None}
 
 
+# On the CPU, summary.json's peak_memory_bytes is the process's peak RSS (data, libraries and all), not what training
+# holds: not a measure of a method's memory, so cost claims leave it out there (results/method_costs.md measures
+# the activation memory on any device).
+NOT_ON_CPU = ("peak_memory_bytes",)
+
+
 def _paired(base: dict, method: dict, key: str) -> dict[int, tuple[float, float]]:
     """{seed: (base value, method value)} over the seeds both rows have a number for."""
     out = {}
     for seed in sorted(set(base["per_seed"]) & set(method["per_seed"])):
         b, m = base["per_seed"][seed].get(key), method["per_seed"][seed].get(key)
+        if key in NOT_ON_CPU and "cpu" in (base["per_seed"][seed].get("device"), method["per_seed"][seed].get("device")):
+            continue
         if isinstance(b, (int, float)) and isinstance(m, (int, float)):
             out[seed] = (float(b), float(m))
     return out

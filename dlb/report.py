@@ -405,7 +405,7 @@ def summarize(cells: list[Cell], expected_seeds: list[int], paper: dict | None =
                 "unfinished": [r.path for r in unfinished], "diverged": [r.path for r in diverged],
                 "runs": [r.path for r in runs], "all_runs": [r.path for r in variant.runs],
                 # what the claims view pairs by seed (dlb/claims.py)
-                "per_seed": {r.seed: {"best": r.best_err, "last": r.last_err,
+                "per_seed": {r.seed: {"best": r.best_err, "last": r.last_err, "device": r.summary.get("device"),
                                       **{k: r.summary.get(k) for k in CLAIM_COSTS}} for r in runs},
             })
     return rows

@@ -112,18 +112,24 @@ def test_cost_claim(tmp_path):
     for seed in range(3):
         write_run(root, f"c/r/ce/seed{seed}", [10.0], method="ce", seed=seed)
         write_run(root, f"c/r/dlb/seed{seed}", [9.0], method="dlb", seed=seed)
-    for d in root.rglob("summary.json"):  # DLB: same parameters, 1.9x the training time
+    for d in root.rglob("summary.json"):  # DLB: same parameters, 1.9x the training time, 1.2x the process memory
         s = json.loads(d.read_text())
         s["train_time_s"] = 19.0 if s["method"] == "dlb" else 10.0
+        s["peak_memory_bytes"], s["device"] = (1.2e9 if s["method"] == "dlb" else 1e9), "cpu"
         d.write_text(json.dumps(s))
     c5 = claim(build(root), 5)
     by_cost = {c["cost"]: c for c in c5["comparisons"]}
     assert by_cost["num_params"]["verdict"] == Verdict.holds and by_cost["num_params"]["ratio"]["mean"] == 1.0
     assert by_cost["train_time_s"]["verdict"] == Verdict.fails
     assert by_cost["train_time_s"]["ratio"]["values"] == pytest.approx([1.9] * 3)
-    assert by_cost["peak_memory_bytes"]["seeds"] == []  # not recorded on CPU: inconclusive, not held
+    assert by_cost["peak_memory_bytes"]["seeds"] == []  # a CPU run's RSS is not training memory: not judged
     assert by_cost["peak_memory_bytes"]["verdict"] == Verdict.inconclusive
     assert "| ≤ 1.5 | DOES NOT HOLD |" in report.render_markdown(build(root))
+    for d in root.rglob("summary.json"):  # the same on a GPU: max allocated memory, judged
+        s = json.loads(d.read_text())
+        d.write_text(json.dumps({**s, "device": "cuda"}))
+    memory = next(c for c in claim(build(root), 5)["comparisons"] if c["cost"] == "peak_memory_bytes")
+    assert memory["ratio"]["values"] == pytest.approx([1.2] * 3) and memory["verdict"] == Verdict.holds
 
 
 def test_claims_skip_other_variants(tmp_path):
