@@ -779,6 +779,50 @@ def method_costs_table(rows: dict, m: dict, a, command: str) -> tuple[str, dict]
     return md, {"A": A, "P": P, "N": N, "K": K, "B": Bsz, "img": img}
 
 
+# --- eval batch size: what trainer.eval_batch_size=auto picks per device ------------------------------------------------
+def run_eval_batch(a, command: str) -> None:
+    """Forward-only img/s of each backbone at each eval batch size (no grad, eval mode, channels_last as the speed
+    defaults), in this process, the sizes interleaved over --repeats rounds, the best round each (the least disturbed
+    by other load)."""
+    import torch
+
+    from dlb.config import compose
+    from dlb.models import build_model
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    m = machine(a.device, a.threads)
+    sizes = [int(x) for x in a.eval_batch_sizes.split(",")]
+    n = max(sizes) * 2
+    rows = []
+    for backbone in a.backbone.split(","):
+        model = build_model(compose([f"backbone={backbone}", "dataset=cifar100"]), 100).to(device)
+        model = model.to(memory_format=torch.channels_last).eval()
+        x = torch.randn(n, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+        best = {bs: float("inf") for bs in sizes}
+        with torch.no_grad():
+            model(x[:sizes[0]])  # warm-up
+            for _ in range(a.repeats):
+                for bs in sizes:
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    for i in range(0, n, bs):
+                        model(x[i:i + bs])
+                    _sync(device)
+                    best[bs] = min(best[bs], time.perf_counter() - t0)
+        rows.append({"backbone": backbone, "img_per_s": {bs: n / t for bs, t in best.items()}})
+    top = [max(r["img_per_s"].values()) for r in rows]
+    lines = ["| backbone | " + " | ".join(f"batch {bs}" for bs in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    lines += [f"| {r['backbone']} | " + " | ".join(f"{r['img_per_s'][bs]:,.0f} ({r['img_per_s'][bs] / t:.2f})"
+                                                     for bs in sizes) + " |" for r, t in zip(rows, top)]
+    body = (f"- forward-only img/s over {n} images per round, eval mode, no grad, channels_last, best of {a.repeats} "
+            "interleaved rounds; in brackets: the fraction of the backbone's fastest size\n"
+            "- trainer.eval_batch_size=auto uses dlb.utils.EVAL_BATCH per device kind\n\n" + "\n".join(lines) + "\n")
+    publish(a, m, command, f"Evaluation speed by eval batch size, {a.device}", body, {"rows": rows}, True,
+            settings=f"torch threads {m['torch_threads']}")
+
+
 # --- compile cost: when torch.compile repays itself (trainer.compile=auto's rule) -------------------------------------
 
 
@@ -1008,6 +1052,8 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--speed", action="store_true", help="before/after ratio of each speed switch")
     p.add_argument("--variants", default=None, help="--speed: only the switches whose name contains one of these")
     p.add_argument("--jobs", default=None, help="e.g. 1,2,4: that many concurrent runs on the device, total img/s")
+    p.add_argument("--eval-batch-sizes", default=None, metavar="64,128,...",
+                   help="evaluation img/s of each --backbone (comma-separated) at these eval batch sizes")
     p.add_argument("--compile-cost", action="store_true",
                    help="the one-off cost of torch.compile and the steps that repay it (trainer.compile=auto's rule)")
     p.add_argument("--vs-official", default=None, metavar="DLB_CHECKOUT",

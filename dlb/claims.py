@@ -97,12 +97,17 @@ def error_comparisons(claim: dict, rows: list[dict], metric: str) -> list[dict]:
     return out
 
 
+def _key(c: dict) -> tuple:
+    """A comparison's place but for its noise rate."""
+    return c["dataset"], c["backbone"], c["augment"], c["base"], c["method"]
+
+
 def growth_comparisons(comparisons: list[dict]) -> list[dict]:
     """Per (dataset, backbone, base, method): does the advantage at the highest noise rate exceed the one at the lowest
     (a clean comparison is rate 0), seed by seed?"""
     by_key: dict[tuple, dict[float, dict]] = {}
     for c in comparisons:
-        by_key.setdefault((c["dataset"], c["backbone"], c["augment"], c["base"], c["method"]), {})[c["noise_rate"]] = c
+        by_key.setdefault(_key(c), {})[c["noise_rate"]] = c
     out = []
     for (dataset, backbone, _, base, method), by_rate in by_key.items():
         if len(by_rate) < 2:
@@ -144,7 +149,10 @@ def judge(paper: dict | None, rows: list[dict], metric: str = "best") -> list[di
         else:
             entry["comparisons"] = error_comparisons(claim, rows, metric)
             verdicts = [c["verdict"] for c in entry["comparisons"]]
-            if claim.get("grows") == "noise_rate":  # clean comparisons count as rate 0
+            if claim.get("grows") == "noise_rate":  # clean comparisons count as rate 0 where there are noisy ones
+                noisy = {_key(c) for c in entry["comparisons"] if c["noise_rate"] > 0}
+                entry["comparisons"] = [c for c in entry["comparisons"] if _key(c) in noisy]
+                verdicts = [c["verdict"] for c in entry["comparisons"]]
                 entry["growth"] = growth_comparisons(entry["comparisons"])
                 verdicts += [g["verdict"] for g in entry["growth"]]
         entry["verdict"] = overall(verdicts)

@@ -277,6 +277,10 @@ def plot_sensitivity(cells: list[Cell], out: Path, source: str = "") -> list[Pat
             if runs:
                 cfg = runs[0].run_config
                 grid[(cfg.get(keys[0]), cfg.get(keys[1]))] = runs
+        # Every point from the same seeds (those all points have), so no point is a mean of more runs than another.
+        common = set.intersection(*({r.seed for r in runs} for runs in grid.values()))
+        if common:
+            grid = {k: [r for r in runs if r.seed in common] for k, runs in grid.items()}
         rows = sorted({a for a, _ in grid}, key=float)
         cols = sorted({b for _, b in grid}, key=float)
         fig, axes = plt.subplots(1, 2, figsize=(4 + 1.3 * len(cols) * 2, 1.5 + 0.7 * len(rows)))
@@ -301,7 +305,8 @@ def plot_sensitivity(cells: list[Cell], out: Path, source: str = "") -> list[Pat
         files.append(_finish(fig, f"{cell.dataset} / {cell.backbone} / {method_label(cell.method)}"
                              f"{' [' + cell.setting + ']' if cell.setting else ''}: sensitivity to "
                              f"{keys[0]} x {keys[1]}",
-                             f"{n_runs} runs, seeds {','.join(map(str, seeds))}; mean over seeds where n > 1"
+                             f"{n_runs} runs, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+                             + (" (the seeds every point has)" if common else "; mean over seeds where n > 1")
                              + (f"; from {source}" if source else ""),
                              out / f"sensitivity_{_slug(cell.name + '_' + cell.setting)}.png"))
     return files

@@ -133,7 +133,7 @@ class Trainer:
                                         rotation=d.rotation,
                                         batch_augment=A.build(cfg.augment, self.method.paired_rows), **common,
                                         **loader_kw, **shard)
-        self.test_loader = make_loader(test_ds, kind="device", batch_size=t.eval_batch_size, train=False,
+        self.test_loader = make_loader(test_ds, kind="device", batch_size=self.speed.eval_batch_size, train=False,
                                        seed=cfg.seed, **common, **shard)
         self.warmup_steps = 0  # optim.warmup_epochs x the optimizer steps of an epoch
         if o.warmup_epochs:

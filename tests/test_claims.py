@@ -141,3 +141,19 @@ def test_claims_skip_other_variants(tmp_path):
     write_run(root, "c/r/dlb/T6/seed0", [12.0], method="dlb", seed=0, T=6.0)
     (cmp,) = claim(build(root), 1)["comparisons"]
     assert cmp["diff"]["values"] == pytest.approx([1.0, 1.0]) and cmp["verdict"] == Verdict.holds
+
+
+def test_noise_claim_leaves_out_clean_comparisons_without_noisy_runs(tmp_path):
+    """Claim 4 is about noise: a backbone trained clean only is claim 1's, not a noise comparison."""
+    root = tmp_path / "runs"
+    for seed in range(2):
+        for backbone, rates in (("cifar_resnet8", (0.0, 0.4)), ("cifar_resnet20", (0.0,))):
+            for rate in rates:
+                noise, tag = ("none", "") if rate == 0 else ("symmetric", f"+symmetric{rate:g}")
+                for method, err in (("ce", 20.0), ("dlb", 19.0)):
+                    write_run(root, f"c/{backbone}/{method}{tag}/seed{seed}", [err], method=method, seed=seed,
+                              backbone=backbone, noise=noise, rate=rate)
+    c4 = claim(build(root), 4)
+    assert {(c["backbone"], c["noise_rate"]) for c in c4["comparisons"]} == {("cifar_resnet8", 0.0),
+                                                                              ("cifar_resnet8", 0.4)}
+    assert len(claim(build(root), 1)["comparisons"]) == 2

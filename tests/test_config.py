@@ -51,7 +51,8 @@ def test_milestones_scale_with_epochs_unless_given():
 
 @pytest.mark.parametrize("override,key", [
     ("method.T=0", "method.T"), ("method.T=-1", "method.T"), ("method.alpha=-0.1", "method.alpha"),
-    ("optim.lr=0", "optim.lr"), ("trainer.batch_size=0", "trainer.batch_size"), ("trainer.epochs=0", "trainer.epochs"),
+    ("optim.lr=0", "optim.lr"), ("trainer.batch_size=0", "trainer.batch_size"), ("trainer.eval_batch_size=0", "trainer.eval_batch_size"),
+    ("trainer.eval_batch_size=big", "trainer.eval_batch_size"), ("trainer.epochs=0", "trainer.epochs"),
     ("dataset.train_subset=0", "dataset.train_subset"), ("trainer.device=tpu", "trainer.device"),
     ("dataset.augment=mixup", "dataset.augment"), ("trainer.precision=fp8", "trainer.precision"),
     ("optim.momentum=1.5", "optim.momentum"), ("dataset.root=", "dataset.root"), ("logger.mode=sometimes", "logger.mode"),

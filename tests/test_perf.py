@@ -201,10 +201,13 @@ def test_auto_speed_settings_per_device_and_run_length():
     assert resolved("cuda", 100, "trainer.precision=bf16").bf16 and not resolved("cpu", 100, "trainer.precision=bf16").bf16
     explicit = resolved("cpu", 10**6, "trainer.channels_last=false", "optim.fused=false", "trainer.compile=none")
     assert (explicit.channels_last, explicit.fused, explicit.compile) == (False, False, "none")
-    assert explicit.describe() == "fp32, contiguous, plain SGD, eager"
+    assert explicit.describe() == "fp32, contiguous, plain SGD, eager, eval batch 128"
     faithful = resolved("cuda", 10**6, "trainer.faithful=true")
     assert (faithful.channels_last, faithful.fused, faithful.compile) == (False, False, "none")
-    assert faithful.describe() == "faithful (fp32, eager, contiguous, plain SGD)"
+    assert faithful.describe() == "faithful (fp32, eager, contiguous, plain SGD), eval batch 1000"
+    # evaluation: cache-sized batches on CPU, large ones on CUDA; an explicit size wins
+    assert (short.eval_batch_size, resolved("cuda", 100).eval_batch_size) == (128, 1000)
+    assert resolved("cpu", 100, "trainer.eval_batch_size=500").eval_batch_size == 500
 
 
 @pytest.mark.parametrize("override,key", [("trainer.channels_last=true", "trainer.channels_last"),
