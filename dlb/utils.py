@@ -139,7 +139,7 @@ CompileMode = Choice("CompileMode", [(m, m) for m in ("auto", "none", "default",
 # stay below it (eager).
 CPU_COMPILE_MIN_STEPS = 10_000
 # trainer.eval_batch_size=auto: on CPU, batches that stay in cache (results/bench/cpu_eval_batch.md: 128 evaluates
-# resnet8/resnet32 ~1.8-1.9x faster than 1000); on CUDA, large batches keep the GPU busy.
+# resnet8/resnet32 about 2x faster than 1000); on CUDA, large batches keep the GPU busy.
 EVAL_BATCH = {"cpu": 128, "cuda": 1000}
 
 

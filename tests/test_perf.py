@@ -363,3 +363,14 @@ def test_code_version_without_git_comes_from_the_environment(monkeypatch):
     assert U.git_info() == {"git_commit": "unknown", "git_dirty": False}
     monkeypatch.setenv("DLB_GIT_COMMIT", "abc123")
     assert U.git_info() == {"git_commit": "abc123", "git_dirty": None}
+
+
+def test_benchmark_eval_batch_sizes_table(tmp_path):
+    """--eval-batch-sizes: one row per backbone, img/s per size (the figures behind trainer.eval_batch_size=auto)."""
+    out = tmp_path / "eval"
+    r = subprocess.run([sys.executable, "scripts/benchmark.py", "--eval-batch-sizes", "8,16", "--backbone", "resnet8",
+                        "--repeats", "1", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    [row] = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert row["backbone"] == "resnet8" and set(row["img_per_s"]) == {"8", "16"}
+    assert all(v > 0 for v in row["img_per_s"].values()) and "| resnet8 |" in out.with_suffix(".md").read_text()
