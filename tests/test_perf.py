@@ -4,6 +4,7 @@ measured by scripts/benchmark.py (docs/performance.md), never by tests."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -230,7 +231,7 @@ def test_faithful_trainer_is_contiguous_eager_and_plain_sgd(tmp_path):
     conv = next(p for p in t.model.parameters() if p.ndim == 4)
     assert t.net is t.model and conv.is_contiguous()  # no compile wrapper, NCHW
     assert t.optimizer.defaults["foreach"] is False and not t.optimizer.defaults["fused"]
-    assert t.startup_line(False).endswith("| speed: faithful (fp32, eager, contiguous, plain SGD)")
+    assert re.search(r"\| speed: faithful \(fp32, eager, contiguous, plain SGD\), eval batch \d+$", t.startup_line(False))
     fast = Trainer(compose(["dataset=cifar10", "dataset.root=/nonexistent", "backbone=resnet8", "method=dlb",
                             "debug=tiny", "trainer.batch_size=16"]), tmp_path / "fast", data=fake_data())
     conv = next(p for p in fast.model.parameters() if p.ndim == 4)
