@@ -903,7 +903,7 @@ CONTENDERS = ("official", "official-workers", "ours", "ours-full", "faithful")  
 
 def vs_official_commands(official: Path, root: Path, method: str, epochs: int, workers: int,
                          contenders=CONTENDERS) -> dict:
-    """{row name: command} for `epochs` epochs: the official script with its README's settings, at its own defaults
+    """{contender: (row name, command)} for `epochs` epochs: the official script with its README's settings, at its own defaults
     (16 DataLoader workers) and with `workers` workers, and ours (python -m dlb.train) at its defaults, at the settings
     its full-length run resolves, and with trainer.faithful=true."""
     py = sys.executable
@@ -924,7 +924,7 @@ def vs_official_commands(official: Path, root: Path, method: str, epochs: int, w
             "ours": ("ours, defaults", ours),
             "ours-full": (f"ours, full-run settings ({full.describe()})", [*ours, f"trainer.compile={full.compile}"]),
             "faithful": ("ours, trainer.faithful=true", [*ours, "trainer.faithful=true"])}
-    return {name: cmd for key, (name, cmd) in rows.items() if key in contenders}
+    return {key: row for key, row in rows.items() if key in contenders}
 
 
 def full_run_speed(method: str):
@@ -971,11 +971,11 @@ def run_vs_official(a, command: str) -> None:
         for r in range(a.repeats):
             for method in methods:
                 for epochs in ((1, 3) if r % 2 == 0 else (3, 1)):
-                    for n, (who, cmd) in enumerate(vs_official_commands(official, root, method, epochs, workers,
-                                                                        contenders).items()):
-                        is_official = who.startswith("official")
+                    for key, (who, cmd) in vs_official_commands(official, root, method, epochs, workers,
+                                                                contenders).items():
+                        is_official = key.startswith("official")
                         if not is_official:
-                            cmd = [*cmd, f"hydra.run.dir={tmp}/runs/{method}-{n}-{epochs}-{r}"]
+                            cmd = [*cmd, f"hydra.run.dir={tmp}/runs/{method}-{key}-{epochs}-{r}"]
                         cwd = Path(tmp) / "cwd" if is_official else REPO  # the official writes under ./
                         cwd.mkdir(exist_ok=True)
                         print(f"benchmark: {method} {who} {epochs} epoch(s) (repeat {r + 1}/{a.repeats}) ...",
@@ -985,16 +985,14 @@ def run_vs_official(a, command: str) -> None:
                         wall = time.perf_counter() - t0
                         if p.returncode != 0:
                             sys.exit(f"benchmark: {' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
-                        walls.setdefault((method, who), {}).setdefault(epochs, []).append(wall)
+                        walls.setdefault((method, key, who), {}).setdefault(epochs, []).append(wall)
     rows = []
-    for (method, who), w in walls.items():
+    for (method, key, who), w in walls.items():
         per_epoch = [(w3 - w1) / 2 for w1, w3 in zip(w[1], w[3])]
-        rows.append({"method": method, "who": who, "wall_1": w[1], "wall_3": w[3], "epoch_s_runs": per_epoch,
+        rows.append({"method": method, "contender": key, "who": who, "wall_1": w[1], "wall_3": w[3], "epoch_s_runs": per_epoch,
                      "epoch_s": statistics.median(per_epoch)})
-    names = vs_official_commands(Path("."), Path("."), methods[-1], 3, workers)  # row name of each contender
-    base = {key: name for key, name in zip(CONTENDERS, names)}
-    official_s = {r["method"]: r["epoch_s"] for r in rows if r["who"] == base["official"]}
-    few_s = {r["method"]: r["epoch_s"] for r in rows if r["who"] == base["official-workers"]}
+    official_s = {r["method"]: r["epoch_s"] for r in rows if r["contender"] == "official"}
+    few_s = {r["method"]: r["epoch_s"] for r in rows if r["contender"] == "official-workers"}
     lines = ["| method | loop | wall 1 epoch s | wall 3 epochs s | s per epoch | vs official defaults (> 1: faster) "
              f"| vs official, {workers} workers |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -1008,8 +1006,8 @@ def run_vs_official(a, command: str) -> None:
             f"- official: github.com/Meta-knowledge-Lab/DLB (dlb.py for DLB, base.py with one resnet32 for CE), its "
             f"`torch._six.string_classes` replaced by `str`, at its defaults ({OFFICIAL_WORKERS} DataLoader workers) "
             f"and with --num_workers {workers} (fewer workers than its default suit this machine better); e.g. "
-            f"`{' '.join(examples[base['official']][1:])}`\n"
-            f"- ours: `{' '.join(examples[base['ours']][1:])}` at defaults (eager: a 3-epoch run is too short to repay "
+            f"`{' '.join(examples['official'][1][1:])}`\n"
+            f"- ours: `{' '.join(examples['ours'][1][1:])}` at defaults (eager: a 3-epoch run is too short to repay "
             f"compiling), at the settings the full-length run of the same command resolves (compile time falls in "
             f"the first epoch and cancels), and with trainer.faithful=true\n"
             f"- per epoch = (wall(3 epochs) - wall(1 epoch)) / 2 of whole processes (start-up and data loading cancel; "

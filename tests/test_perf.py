@@ -375,3 +375,24 @@ def test_benchmark_eval_batch_sizes_table(tmp_path):
     [row] = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert row["backbone"] == "resnet8" and set(row["img_per_s"]) == {"8", "16"}
     assert all(v > 0 for v in row["img_per_s"].values()) and "| resnet8 |" in out.with_suffix(".md").read_text()
+
+
+def test_benchmark_vs_official_plumbing(tmp_path):
+    """--vs-official end to end with a stand-in for the official scripts (the official code is not in this repo):
+    every contender runs for 1 and 3 epochs and gets a row, with its ratios against the official rows."""
+    official = tmp_path / "official"
+    official.mkdir()
+    for script in ("dlb.py", "base.py"):  # accepts the official command line, trains nothing
+        (official / script).write_text("import sys, time\nassert '--epoch' in sys.argv\ntime.sleep(0.05 * int(sys.argv[sys.argv.index('--epoch') + 1]))\n")
+    out = tmp_path / "vs"
+    r = subprocess.run([sys.executable, "scripts/benchmark.py", "--vs-official", str(official), "--methods", "ce",
+                        "--train-size", "32", "--test-size", "16", "--repeats", "1", "--pil-workers", "0",
+                        "--contenders", "official,official-workers,ours", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [row["contender"] for row in rows] == ["official", "official-workers", "ours"]
+    assert rows[0]["speedup_vs_official"] == 1.0 and all(row["speedup_vs_official_few_workers"] for row in rows)
+    bad = subprocess.run([sys.executable, "scripts/benchmark.py", "--vs-official", str(official), "--contenders", "ours"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "official included" in bad.stderr
