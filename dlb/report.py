@@ -81,9 +81,7 @@ class Run:
     @property
     def run_config(self) -> dict:
         """What a run computes, seed aside (dlb/runid.py), and the data it saw where its summary says."""
-        cfg = {k: v for k, v in runid.identity(self.config).items() if k != "seed"}
-        if self.noise == "none":  # rate 0 is clean training whatever the type (a noise sweep's clean point)
-            cfg = {k: v for k, v in cfg.items() if not k.startswith("noise.")}
+        cfg = {k: v for k, v in runid.identity(self.config).items() if k != "seed"}  # (rate 0: no noise keys)
         data = self.summary.get("data")
         if isinstance(data, dict):
             cfg.update({f"data.{k}": data.get(k) for k in ("train_sha256", "test_sha256")})
@@ -129,7 +127,7 @@ def make_run(path: str, summary, config, history_fn: Callable[[], list[dict]] = 
     run.noise = str(cfg("noise", "name") or "none")
     rate = _number(cfg("noise", "rate"))
     run.noise_rate = 0.0 if run.noise == "none" else (rate if rate is not None else 0.0)
-    if run.noise == "none" or run.noise_rate == 0:
+    if not runid.has_noise(run.noise, run.noise_rate):  # a rate of 0 is clean training
         run.noise, run.noise_rate = "none", 0.0
     seed = fields.seed if fields.seed is not None else cfg("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
