@@ -183,6 +183,7 @@ def test_ctrl_c_saves_at_the_next_step_says_how_to_continue_and_exits_130(images
             "dataset.image_size=12", f"hydra.run.dir={out}"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     child = subprocess.Popen([sys.executable, "-m", "dlb.train", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             preexec_fn=default_sigint,
                              stderr=subprocess.PIPE, text=True)
     for line in child.stdout:  # the first epoch line: training is under way
         if line.startswith("epoch 1/50"):
@@ -200,7 +201,20 @@ def test_ctrl_c_saves_at_the_next_step_says_how_to_continue_and_exits_130(images
     assert resumed.try_resume() and resumed.step > 0
 
 
-def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_survives(images, tmp_path, monkeypatch):
+def default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it. A test suite started in the background of a non-interactive shell inherits
+    SIGINT ignored, and the trainer rightly leaves an ignored signal alone."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture
+def sigint_default():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # (see default_sigint)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_survives(images, tmp_path, sigint_default):
     out = tmp_path / "run"
     presses = []
 
