@@ -62,22 +62,22 @@ def _train_command(run_cfg, root: Path) -> str:
     configs = Path(__file__).resolve().parents[1] / "configs"
 
     def option(group: str, name: str) -> str:
-        # The group option whose YAML sets this name (backbone=resnet32 for cifar_resnet32), else a raw override.
+        # The group option whose YAML sets this name (backbone=resnet32 for cifar_resnet32); a backbone without one
+        # is timm's (its backbone.name then differs from the defaults and follows as a value).
         for path in sorted((configs / group).glob("*.yaml")):
             if f"\nname: {name}\n" in "\n" + path.read_text() + "\n":
-                return f"{group}={path.stem}"
-        return f"{group}=timm {group}.name={name}" if group == "backbone" else f"{group}={name}"
+                return path.stem
+        return "timm" if group == "backbone" else name
 
     config = OmegaConf.to_container(run_cfg, resolve=True, enum_to_str=True)
-    groups = [option("dataset", config["dataset"]["name"]), option("backbone", config["backbone"]["name"]),
-              "method=ce"]
     ident = runid.identity(config)
-    groups += [f"{g}={ident[g + '.name']}" for g in ("augment", "noise") if ident.get(g + ".name", "none") != "none"]
-    choices = dict(o.split(" ")[0].split("=", 1) for o in groups)
+    choices = {"dataset": option("dataset", config["dataset"]["name"]),
+               "backbone": option("backbone", config["backbone"]["name"]), "method": "ce",
+               **{g: ident[g + ".name"] for g in ("augment", "noise") if ident.get(g + ".name", "none") != "none"}}
     defaults = runid.identity(runid.defaults_for(choices))
-    named = {f"{g}.name" for g in ("dataset", "backbone", "augment", "noise")} | {"seed"}
     values = [f"{k}={_override_value(v)}" for k, v in sorted(ident.items())
-              if not k.startswith("method.") and k not in named and defaults.get(k) != v]
+              if not k.startswith("method.") and k != "seed" and defaults.get(k) != v]
+    groups = [f"{g}={c}" for g, c in choices.items()]
     parts = ["python -m dlb.train", *groups, f"seed={run_cfg.seed}", *values]
     if root != (Path.cwd() / "outputs").resolve():  # the default hydra.run.dir lives under ./outputs
         parts.append(f"hydra.run.dir={root}/{runid.cell_dir({**config, 'method': {'name': 'ce'}})}/seed{run_cfg.seed}")

@@ -4,7 +4,6 @@ A run's output folder holds everything needed to reproduce and audit it (dlb/run
 """
 from __future__ import annotations
 
-import bisect
 import contextlib
 import math
 import sys
@@ -92,6 +91,7 @@ class Trainer:
         steps_per_epoch = math.ceil(self.train_size / (t.batch_size * self.world_size))
         if t.limit_train_batches is not None:
             steps_per_epoch = min(steps_per_epoch, t.limit_train_batches)
+        self.warmup_steps = cfg.optim.warmup_epochs * steps_per_epoch  # optim.warmup_epochs in optimizer steps
         self.speed = resolve_speed(t, cfg.optim, self.device, steps_per_epoch * t.epochs,
                                    split_backward=cfg.method.get("backward") == "split")
 
@@ -115,9 +115,8 @@ class Trainer:
         self.net = compile_model(self.net, self.speed.compile)
 
         o = cfg.optim
-        self.optimizer = build_optimizer(o, self.model.parameters(), self.device, fused=self.speed.fused)
+        self.optimizer = build_optimizer(o, self.model.parameters(), fused=self.speed.fused)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, C.milestones(cfg), gamma=o.gamma)
-        self.milestones = sorted(C.milestones(cfg))
 
         common = dict(device=self.device, channels_last=self.speed.channels_last, crop_size=d.image_size)
         loader_kw = dict(num_workers=d.num_workers) if d.loader == "torch" else {}
@@ -135,11 +134,6 @@ class Trainer:
                                         **loader_kw, **shard)
         self.test_loader = make_loader(test_ds, kind="device", batch_size=self.speed.eval_batch_size, train=False,
                                        seed=cfg.seed, **common, **shard)
-        self.warmup_steps = 0  # optim.warmup_epochs x the optimizer steps of an epoch
-        if o.warmup_epochs:
-            steps = len(self.train_loader)
-            self.warmup_steps = o.warmup_epochs * (steps if t.limit_train_batches is None
-                                                   else min(steps, t.limit_train_batches))
         self.autocast = None
         if self.speed.bf16:
             self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
@@ -214,8 +208,7 @@ class Trainer:
         """optim.warmup_epochs, as Tf-KD's WarmUpLR (its utils.py, stepped before each of the first epoch's steps):
         optimizer step k of the K warm-up steps runs at k/K of the scheduled lr, so the first at lr/K and the last
         at the lr itself, from which the epoch schedule goes on. Set from the step count: exact after a resume."""
-        o, k = self.cfg.optim, self.step + 1
-        scheduled = o.lr * o.gamma ** bisect.bisect_right(self.milestones, self.epoch)  # MultiStepLR's value
+        k, scheduled = self.step + 1, self.scheduler.get_last_lr()[0]  # the epoch's lr (also after a resume)
         for group in self.optimizer.param_groups:
             group["lr"] = scheduled * k / self.warmup_steps if k < self.warmup_steps else scheduled
 

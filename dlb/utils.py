@@ -118,13 +118,11 @@ class GpuSlot:
         self.close()
 
 
-def build_optimizer(o, params, device: torch.device, fused: bool | None = None) -> torch.optim.SGD:
-    """SGD of the official recipe. fused (default: optim.fused, auto resolved by resolve_speed): torch's fused kernel
+def build_optimizer(o, params, fused: bool) -> torch.optim.SGD:
+    """SGD of the official recipe. fused (Speed.fused: optim.fused resolved for the device): torch's fused kernel
     (one kernel for all parameters; CUDA and CPU have one in torch 2.14; on CPU its weights equal the loop's up to a
     rare 1-ulp rounding: tests/test_perf.py; torch raises where it has none), else the plain per-parameter loop
     (torch's reference, what the official code runs on CPU)."""
-    if fused is None:
-        fused = o.fused if o.fused != "auto" else device.type in ("cuda", "cpu")
     kind = dict(fused=True) if fused else dict(foreach=False, fused=False)
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
                            **kind)
