@@ -564,6 +564,10 @@ SPLIT_VARIANT = "DLB split backward (method.backward=split; DLB only)"
 
 
 def speed_variants(cuda: bool) -> list[tuple[str, dict]]:
+    import torch
+
+    from dlb.utils import native_bf16
+
     plain = {"fused": "false", "compile": "none", "precision": "fp32", "channels_last": False,
              "sync_per_step": False}
     v = [("baseline: plain SGD loop, eager, fp32", plain),
@@ -573,8 +577,11 @@ def speed_variants(cuda: bool) -> list[tuple[str, dict]]:
          ("channels_last", {**plain, "channels_last": True}),
          (SPLIT_VARIANT, {**plain, "method": "dlb:backward=split"})]
     if not cuda:
-        return v + [("all (CPU): fused + channels_last + compile default",
-                     {**plain, "fused": "auto", "channels_last": True, "compile": "default"})]
+        everything = {**plain, "fused": "auto", "channels_last": True, "compile": "default"}
+        bf16 = [("bf16 autocast (trainer.precision=bf16: opt-in, changes the numerics)", {**plain, "precision": "bf16"}),
+                ("all (CPU) + bf16 autocast", {**everything, "precision": "bf16"})]
+        return v + [("all (CPU): fused + channels_last + compile default", everything)] + (
+            bf16 if native_bf16(torch.device("cpu")) else [])
     # CUDA: its own switches first (a time-limited run keeps the rows that finished)
     cuda_only = [("bf16 autocast", {**plain, "precision": "bf16"}),
                  ("torch.compile reduce-overhead (CUDA graphs)", {**plain, "compile": "reduce-overhead"}),
@@ -898,14 +905,16 @@ def write_synthetic_cifar100(root: Path, n_train: int, n_test: int) -> dict:
 
 
 OFFICIAL_WORKERS = 16  # the official scripts' --num_workers default (dlb.py/base.py L22)
-CONTENDERS = ("official", "official-workers", "ours", "ours-full", "faithful")  # --contenders: every row by default
+# --contenders: every row by default
+CONTENDERS = ("official", "official-workers", "ours", "ours-full", "ours-heap-off", "faithful", "ours-bf16")
 
 
 def vs_official_commands(official: Path, root: Path, method: str, epochs: int, workers: int,
                          contenders=CONTENDERS) -> dict:
     """{contender: (row name, command)} for `epochs` epochs: the official script with its README's settings, at its own defaults
     (16 DataLoader workers) and with `workers` workers, and ours (python -m dlb.train) at its defaults, at the settings
-    its full-length run resolves, and with trainer.faithful=true."""
+    its full-length run resolves, those with glibc's default heap trimming, with trainer.faithful=true, and with bf16
+    autocast added to the full-run settings."""
     py = sys.executable
     if method == "dlb":
         off = [py, str(official / "dlb.py"), "--dataset", "cifar100", "--root", str(root), "--model_names", "resnet32",
@@ -923,7 +932,11 @@ def vs_official_commands(official: Path, root: Path, method: str, epochs: int, w
             "official-workers": (f"official, {workers} workers", [*off, "--num_workers", str(workers)]),
             "ours": ("ours, defaults", ours),
             "ours-full": (f"ours, full-run settings ({full.describe()})", [*ours, f"trainer.compile={full.compile}"]),
-            "faithful": ("ours, trainer.faithful=true", [*ours, "trainer.faithful=true"])}
+            "faithful": ("ours, trainer.faithful=true", [*ours, "trainer.faithful=true"]),
+            "ours-heap-off": ("ours, full-run settings, glibc's heap trimming on (trainer.keep_heap=false)",
+                              [*ours, f"trainer.compile={full.compile}", "trainer.keep_heap=false"]),
+            "ours-bf16": ("ours, full-run settings + bf16 autocast (trainer.precision=bf16, opt-in)",
+                          [*ours, f"trainer.compile={full.compile}", "trainer.precision=bf16"])}
     return {key: row for key, row in rows.items() if key in contenders}
 
 
@@ -1009,7 +1022,8 @@ def run_vs_official(a, command: str) -> None:
             f"`{' '.join(examples['official'][1][1:])}`\n"
             f"- ours: `{' '.join(examples['ours'][1][1:])}` at defaults (eager: a 3-epoch run is too short to repay "
             f"compiling), at the settings the full-length run of the same command resolves (compile time falls in "
-            f"the first epoch and cancels), and with trainer.faithful=true\n"
+            f"the first epoch and cancels), those with trainer.keep_heap=false, with trainer.faithful=true, and with "
+            f"bf16 autocast added to the full-run settings (opt-in: it changes the numerics)\n"
             f"- per epoch = (wall(3 epochs) - wall(1 epoch)) / 2 of whole processes (start-up and data loading cancel; "
             f"each epoch includes its evaluation), median of {a.repeats} interleaved repeat(s); OMP_NUM_THREADS "
             f"{m['omp_num_threads']} (each process picks its own threads)\n\n" + "\n".join(lines) + "\n")

@@ -80,12 +80,14 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:<i> | slot (a free one of num_gpus x jobs_per_gpu GPU slots)
     jobs_per_gpu: int = 1  # device=slot: how many runs share one GPU
     deterministic: bool = False
-    precision: Precision = Precision.fp32  # bf16: autocast on CUDA
+    precision: Precision = Precision.fp32  # bf16: autocast (CUDA; a CPU with AMX/AVX512-BF16), docs/performance.md
     # Speed (docs/performance.md); auto: per device (dlb.utils.resolve_speed). channels_last: auto | true | false
     channels_last: Any = "auto"
     # auto | none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile of the model
     compile: CompileMode = CompileMode["auto"]
     faithful: bool = False  # the official code's numerics: fp32, eager, contiguous, plain SGD loop
+    # auto | true | false: glibc keeps the heap a step frees for the next (dlb.utils.keep_heap); auto: on CPU runs
+    keep_heap: Any = "auto"
     ddp: bool = False  # DistributedDataParallel, one process per GPU, started by torchrun (dlb/distributed.py)
     limit_train_batches: Optional[int] = None  # debugging: stop each epoch after n steps
     limit_eval_batches: Optional[int] = None
@@ -257,6 +259,8 @@ def _validate_speed(cfg: DictConfig) -> None:
         _fail("optim.fused", cfg.optim.fused, "use auto, true or false")
     if t.channels_last not in AUTO_OR_BOOL:
         _fail("trainer.channels_last", t.channels_last, "use auto, true or false")
+    if t.keep_heap not in AUTO_OR_BOOL:
+        _fail("trainer.keep_heap", t.keep_heap, "use auto, true or false")
     if t.faithful:
         for key, value, faithful in (("trainer.channels_last", t.channels_last, False),
                                      ("trainer.compile", t.compile, "none"), ("optim.fused", cfg.optim.fused, False),

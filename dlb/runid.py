@@ -24,6 +24,7 @@ FREE_KEYS = (
     "data_root", "dataset.root", "dataset.download", "dataset.num_workers",  # where the data is (its fingerprint counts)
     "trainer.device", "trainer.jobs_per_gpu", "trainer.progress", "trainer.eval_batch_size", "trainer.save_best",
     "trainer.threads", "trainer.compile", "trainer.channels_last", "optim.fused", "trainer.faithful",  # speed
+    "trainer.keep_heap",
     "method.backward",  # DLB's split backward: the same gradient with half the activation memory
     "method_info",  # config.json: what the method resolved itself (tfkd_self's teacher, found by identity)
 )

@@ -5,6 +5,7 @@ A run's output folder holds everything needed to reproduce and audit it (dlb/run
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -26,8 +27,8 @@ from dlb.metrics import evaluate
 from dlb.models import build_model
 from dlb.loggers import RunLogger
 from dlb.utils import (GpuSlot, build_optimizer, busy_cpu_note, compile_model, environment_info, git_info,
-                       peak_memory_bytes, resolve_device, resolve_speed, rng_states, seed_everything, set_rng_states,
-                       set_threads)
+                       keep_heap, native_bf16, peak_memory_bytes, resolve_device, resolve_speed, rng_states, seed_everything,
+                       set_rng_states, set_threads)
 
 
 
@@ -94,6 +95,8 @@ class Trainer:
         self.warmup_steps = cfg.optim.warmup_epochs * steps_per_epoch  # optim.warmup_epochs in optimizer steps
         self.speed = resolve_speed(t, cfg.optim, self.device, steps_per_epoch * t.epochs,
                                    split_backward=cfg.method.get("backward") == "split")
+        if self.speed.keep_heap and not keep_heap():  # (a C library without glibc's mallopt)
+            self.speed = dataclasses.replace(self.speed, keep_heap=False)
 
         self.model = build_model(cfg, self.num_classes).to(self.device)
         if self.speed.channels_last:
@@ -136,7 +139,7 @@ class Trainer:
                                        seed=cfg.seed, **common, **shard)
         self.autocast = None
         if self.speed.bf16:
-            self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+            self.autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
 
         self.epoch, self.step = 0, 0  # epochs completed, optimizer steps taken
         self.history: list[dict] = []
@@ -321,8 +324,11 @@ class Trainer:
         status, exit_code = "running", 1
         self._stop = StopSignals().install()
         self._say(self.startup_line(resumed))
-        note = busy_cpu_note(torch.get_num_threads()) if self.device.type == "cpu" else None
-        if note:
+        notes = [busy_cpu_note(torch.get_num_threads()) if self.device.type == "cpu" else None,
+                 None if not self.speed.bf16 or native_bf16(self.device) else
+                 f"note: {self.environment['device_name']} has no native bf16 (AMX or AVX512-BF16 on a CPU), so "
+                 "trainer.precision=bf16 is emulated here and slower than fp32; use trainer.precision=fp32"]
+        for note in filter(None, notes):
             self._say(note)
         started, epochs_here = time.perf_counter(), 0
         try:

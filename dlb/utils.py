@@ -45,6 +45,27 @@ def set_threads(requested: int | None, jobs: int | None = None) -> int:
     return threads
 
 
+# glibc's mallopt parameters (malloc.h) and the values keep_heap sets: keep up to 1 GiB of freed heap and grow it
+# 256 MiB at a time; blocks above 32 MiB (glibc's largest mmap threshold) are still mapped and unmapped one by one.
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+KEEP_HEAP = ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20))
+
+
+def keep_heap() -> bool:
+    """trainer.keep_heap: make glibc's malloc keep the memory a training step frees for the next step. By default it
+    hands freed heap back to the OS and the next step's activations fault it in again as zeroed pages: up to ~70,000
+    page faults per resnet32 DLB step on CPU, ~15 % of the step (docs/performance.md). Process-wide, numerics
+    unchanged; the process keeps its peak heap. False where the C library has no mallopt (macOS, musl)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(key, value) == 1 for key, value in KEEP_HEAP)
+
+
 def busy_cpu_note(threads: int) -> str | None:
     """A hint when other processes already keep this process's cores busy: `threads` more threads then make every
     step wait (10-40x slower on a 2-core machine). None when the cores are free or the load can't be read."""
@@ -150,27 +171,32 @@ class Speed:
     bf16: bool = False
     faithful: bool = False
     eval_batch_size: int = EVAL_BATCH["cuda"]
+    keep_heap: bool = False
 
     def describe(self) -> str:
+        heap = ", heap kept" if self.keep_heap else ""
         if self.faithful:
-            return f"faithful (fp32, eager, contiguous, plain SGD), eval batch {self.eval_batch_size}"
-        return ", ".join(["bf16" if self.bf16 else "fp32", "channels_last" if self.channels_last else "contiguous",
+            return f"faithful (fp32, eager, contiguous, plain SGD), eval batch {self.eval_batch_size}{heap}"
+        return ", ".join(["bf16 autocast" if self.bf16 else "fp32", "channels_last" if self.channels_last else "contiguous",
                           "fused SGD" if self.fused else "plain SGD",
                           "eager" if self.compile == "none" else f"compile {self.compile}",
-                          f"eval batch {self.eval_batch_size}"])
+                          f"eval batch {self.eval_batch_size}"]) + heap
 
 
 def resolve_speed(t, o, device: torch.device, steps: int, split_backward: bool = False) -> Speed:
-    """trainer.faithful/channels_last/compile/precision and optim.fused for this device; `steps`: the run's optimizer
-    steps. auto: on CPU what the repo's benchmark measured faster (results/bench/cpu_resnet32_b64_speed.md:
-    channels_last, fused SGD, compile default once the run is long enough to repay compiling); on CUDA what its
+    """trainer.faithful/channels_last/compile/precision/keep_heap and optim.fused for this device; `steps`: the run's
+    optimizer steps. auto: on CPU what the repo's benchmark measured faster (results/bench/cpu_resnet32_b64_speed.md:
+    channels_last, fused SGD, compile default once the run is long enough to repay compiling, the kept heap); on CUDA what its
     structure predicts, not yet measured (channels_last, fused, CUDA graphs, or compile default with DLB's split
     backward, which CUDA graphs would break). faithful: the official code's numerics (config.validate refuses an
     explicit conflicting switch)."""
     cuda = device.type == "cuda"
     eval_batch = t.eval_batch_size if t.eval_batch_size != "auto" else EVAL_BATCH["cuda" if cuda else "cpu"]
-    if t.get("faithful"):  # (evaluation computes the same at any batch size, up to float rounding)
-        return Speed(channels_last=False, fused=False, compile="none", faithful=True, eval_batch_size=eval_batch)
+    # (the heap and the evaluation batch change no number: faithful keeps them; eval rounding aside)
+    heap = device.type == "cpu" if t.get("keep_heap", "auto") == "auto" else bool(t.keep_heap)
+    if t.get("faithful"):
+        return Speed(channels_last=False, fused=False, compile="none", faithful=True, eval_batch_size=eval_batch,
+                     keep_heap=heap)
     channels_last = (cuda or device.type == "cpu") if t.channels_last == "auto" else bool(t.channels_last)
     fused = (cuda or device.type == "cpu") if o.fused == "auto" else bool(o.fused)
     compile = str(t.compile)
@@ -179,12 +205,21 @@ def resolve_speed(t, o, device: torch.device, steps: int, split_backward: bool =
             compile = "default" if split_backward else "reduce-overhead"
         else:
             compile = "default" if device.type == "cpu" and steps >= CPU_COMPILE_MIN_STEPS else "none"
-    return Speed(channels_last=channels_last, fused=fused, compile=compile, bf16=t.precision == "bf16" and cuda,
-                 eval_batch_size=eval_batch)
+    return Speed(channels_last=channels_last, fused=fused, compile=compile, bf16=t.precision == "bf16",
+                 eval_batch_size=eval_batch, keep_heap=heap)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix maths runs in hardware here: a CUDA GPU that supports it, or a CPU with AMX or
+    AVX512-BF16 (oneDNN's test). Elsewhere bf16 autocast is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class Precision(Choice):
-    """trainer.precision: fp32 (the official numerics) or bf16 autocast on CUDA."""
+    """trainer.precision: fp32 (the official numerics) or bf16 autocast of the forwards (CUDA, or a CPU with native
+    bf16: dlb.utils.native_bf16); losses and metrics are computed from fp32 logits either way."""
     fp32 = "fp32"
     bf16 = "bf16"
 

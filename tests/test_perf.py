@@ -198,13 +198,16 @@ def test_auto_speed_settings_per_device_and_run_length():
     assert long.compile == "default"
     assert resolved("cuda", 100).compile == "reduce-overhead"  # predicted for CUDA, not measured
     assert resolved("cuda", 100, "method=dlb", "method.backward=split").compile == "default"  # CUDA graphs refused
-    assert resolved("cuda", 100, "trainer.precision=bf16").bf16 and not resolved("cpu", 100, "trainer.precision=bf16").bf16
+    assert resolved("cuda", 100, "trainer.precision=bf16").bf16 and resolved("cpu", 100, "trainer.precision=bf16").bf16
+    assert not short.bf16 and resolved("cpu", 100, "trainer.precision=bf16").describe().startswith("bf16 autocast, ")
     explicit = resolved("cpu", 10**6, "trainer.channels_last=false", "optim.fused=false", "trainer.compile=none")
     assert (explicit.channels_last, explicit.fused, explicit.compile) == (False, False, "none")
-    assert explicit.describe() == "fp32, contiguous, plain SGD, eager, eval batch 128"
+    assert explicit.describe() == "fp32, contiguous, plain SGD, eager, eval batch 128, heap kept"
+    assert not resolved("cuda", 100).keep_heap and not resolved("cpu", 100, "trainer.keep_heap=false").keep_heap
     faithful = resolved("cuda", 10**6, "trainer.faithful=true")
     assert (faithful.channels_last, faithful.fused, faithful.compile) == (False, False, "none")
     assert faithful.describe() == "faithful (fp32, eager, contiguous, plain SGD), eval batch 1000"
+    assert resolved("cpu", 100, "trainer.faithful=true").keep_heap  # the heap changes no number
     # evaluation: cache-sized batches on CPU, large ones on CUDA; an explicit size wins
     assert (short.eval_batch_size, resolved("cuda", 100).eval_batch_size) == (128, 1000)
     assert resolved("cpu", 100, "trainer.eval_batch_size=500").eval_batch_size == 500
@@ -395,3 +398,65 @@ def test_benchmark_vs_official_plumbing(tmp_path):
     bad = subprocess.run([sys.executable, "scripts/benchmark.py", "--vs-official", str(official), "--contenders", "ours"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "official included" in bad.stderr
+
+
+# --- bf16 autocast -----------------------------------------------------------------------------------------------
+
+
+def test_soft_losses_are_computed_in_fp32_under_cpu_bf16_autocast():
+    """CPU autocast runs (log_)softmax in the input's dtype: the methods' soft losses take logits.float(), so under
+    trainer.precision=bf16 they equal the fp32 formula on the same (bf16) logits, not a bf16 approximation of it."""
+    from dlb.methods.base import soft_target_ce
+    from dlb.methods.dlb import last_batch_kd
+
+    g = torch.Generator().manual_seed(0)
+    student = (torch.randn(16, 10, generator=g) * 4).bfloat16()
+    teacher, targets = torch.randn(16, 10, generator=g) * 4, torch.softmax(torch.randn(16, 10, generator=g), 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = last_batch_kd(student, teacher, 3.0), soft_target_ce(student, targets)
+    want = last_batch_kd(student.float(), teacher, 3.0), soft_target_ce(student.float(), targets)
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the rounding this avoids (what the test would catch)
+        bf16_kd = torch.nn.functional.log_softmax(student / 3.0, dim=1)
+    assert bf16_kd.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("method", ["ce", "dlb", "cskd", "pskd", "lsr", "tfkd_reg", "ddgsd"])
+def test_bf16_autocast_on_cpu_trains_every_method_close_to_fp32(method, tmp_path):
+    """trainer.precision=bf16 on a CPU: the forwards run under bf16 autocast, the loss terms stay fp32, and three steps
+    give losses close to fp32's from the same start."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        cfg = compose(["dataset=cifar10", "backbone=resnet8", f"method={method}", "trainer.device=cpu",
+                       "trainer.batch_size=16", f"trainer.precision={precision}"])
+        validate(cfg)
+        t = Trainer(cfg, tmp_path / precision, data=fake_data(64, 16))
+        assert t.speed.bf16 == (precision == "bf16")
+        t.model.train()
+        t.method.train()
+        t.train_loader.set_epoch(0)
+        steps = [t.train_step(batch) for batch, _ in zip(t.train_loader, range(3))]
+        assert all(v.dtype == torch.float32 for _, _, terms in steps for v in terms.values())
+        losses[precision] = torch.stack([loss.detach() for _, loss, _ in steps])
+    torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=5e-2, atol=5e-2)
+
+
+# --- the kept heap -----------------------------------------------------------------------------------------------
+
+
+def test_keep_heap_sets_glibcs_malloc_and_the_speed_line_says_whether_it_took(tmp_path, monkeypatch):
+    import platform
+
+    from dlb import trainer as trainer_mod
+    from dlb.utils import keep_heap
+
+    if platform.libc_ver()[0] == "glibc":
+        assert keep_heap()
+    cfg = compose(["dataset=cifar10", "backbone=resnet8", "trainer.device=cpu"])
+    monkeypatch.setattr(trainer_mod, "keep_heap", lambda: False)  # a C library without mallopt
+    t = Trainer(cfg, tmp_path / "run", data=fake_data())
+    assert not t.speed.keep_heap and "heap" not in t.speed.describe()
+    with pytest.raises(ConfigError, match="trainer.keep_heap"):
+        validate(compose(["trainer.keep_heap=sometimes"]))

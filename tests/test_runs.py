@@ -166,7 +166,7 @@ def test_start_up_line_progress_lines_epoch_lines_and_a_summary_after_every_epoc
     stdout = capsys.readouterr().out.splitlines()
     assert re.match(rf"{re.escape(str(out))}: fresh run \| cpu \(.+, \d+ CPU threads?\) \| imagefolder: 48 train / 12 "
                     r"test images, 3 classes \| cifar_resnet8 \(0\.08M params\) \| ce \| 2 epochs, seed 0 \| speed: fp32, "
-                    r"channels_last, fused SGD, eager, eval batch \d+$", stdout[0])  # a 12-step run stays eager
+                    r"channels_last, fused SGD, eager, eval batch \d+, heap kept$", stdout[0])  # a 12-step run stays eager
     assert re.match(r"epoch 2/2 .* test err [\d.]+ .* elapsed \d:\d\d:\d\d  ETA 0:00:00$", stdout[-1])
     # (a "note: the CPU is busy" line follows the start-up line when the machine is loaded)
     log = [line for line in (out / "train.log").read_text().splitlines() if "note: the CPU is busy" not in line]
@@ -174,6 +174,15 @@ def test_start_up_line_progress_lines_epoch_lines_and_a_summary_after_every_epoc
     assert "epoch 1/2 step 1/6" in log[1] and "img/s, epoch ETA" in log[1]
     resumed = Trainer(tiny_cfg(images / "a", "trainer.epochs=2", "method=ce"), out)
     assert resumed.try_resume() and "resumed after epoch 2/2" in resumed.startup_line(True)
+
+
+def test_bf16_where_the_cpu_has_none_says_so_at_start_up(images, tmp_path, monkeypatch, capsys):
+    """trainer.precision=bf16 on a CPU without native bf16 is emulated, slower than fp32: a note says so and how."""
+    monkeypatch.setattr(trainer_mod, "native_bf16", lambda device: False)
+    Trainer(tiny_cfg(images / "a", "trainer.epochs=1", "method=ce", "trainer.precision=bf16"), tmp_path / "run").fit()
+    out = capsys.readouterr().out
+    assert "speed: bf16 autocast, " in out
+    assert "has no native bf16" in out and "use trainer.precision=fp32" in out
 
 
 def test_ctrl_c_saves_at_the_next_step_says_how_to_continue_and_exits_130(images, tmp_path):

@@ -96,7 +96,9 @@ class Method(nn.Module):
     def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return (logits of the batch's first len(logits) rows, {term name: weighted loss term}).
 
-        The trainer backpropagates the sum of the terms and measures training accuracy on those logits."""
+        The trainer backpropagates the sum of the terms and measures training accuracy on those logits. It calls
+        this under bf16 autocast when trainer.precision=bf16: take (log-)softmaxes of logits.float(), since CPU
+        autocast would compute them in bf16 (cross_entropy and kl_div it runs in fp32 itself)."""
         raise NotImplementedError
 
     def batch_order(self, labels: torch.Tensor, batch_size: int):
@@ -158,7 +160,7 @@ def mixed_ce(logits: torch.Tensor, y: torch.Tensor, y_mix: torch.Tensor | None =
 
 def soft_target_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """-sum_k t_k log softmax(z)_k, mean over the batch (the official LSR and PS-KD losses)."""
-    return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
+    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()  # fp32 also under bf16 autocast
 
 
 def onehot_targets(batch, num_classes: int, rows: slice = slice(None)) -> torch.Tensor:

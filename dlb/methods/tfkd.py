@@ -112,7 +112,7 @@ class TfKDSelf(Method):
         with torch.no_grad():
             teacher_logits = self.teacher(x).float()
         T = self.T
-        kl = kl_div(F.log_softmax(logits / T, dim=1), F.softmax(teacher_logits / T, dim=1), self.kl_reduction)
+        kl = kl_div(F.log_softmax(logits.float() / T, dim=1), F.softmax(teacher_logits / T, dim=1), self.kl_reduction)
         return logits, {"ce": (1 - self.alpha) * batch_ce(logits, batch),
                         "kd": self.alpha * T * T * self.multiplier * kl}
 
@@ -160,7 +160,7 @@ class TfKDReg(Method):
         logits = model(batch.views[0])
         u, T = self.virtual_teacher(batch, logits.shape[1]), self.T
         if self.soften == "official":
-            kl = kl_div(F.log_softmax(logits, dim=1), F.softmax(u / T, dim=1), self.kl_reduction)
+            kl = kl_div(F.log_softmax(logits.float(), dim=1), F.softmax(u / T, dim=1), self.kl_reduction)
         else:
-            kl = T * T * kl_div(F.log_softmax(logits / T, dim=1), F.softmax(u.log() / T, dim=1), self.kl_reduction)
+            kl = T * T * kl_div(F.log_softmax(logits.float() / T, dim=1), F.softmax(u.log() / T, dim=1), self.kl_reduction)
         return logits, {"ce": (1 - self.alpha) * batch_ce(logits, batch), "kd": self.alpha * self.multiplier * kl}
