@@ -75,9 +75,10 @@ def precision(overrides: list[str]) -> list[str]:
 
 
 def run_dir(method: str, overrides: list[str]) -> str:
-    """outputs/demo/<method>/<the overrides>, e.g. outputs/demo/dlb/trainer.precision=bf16,seed=1 (outputs/demo/<method>/
-    seed0 without overrides; the precision the demo picks counts as one, so bf16 and fp32 runs keep apart), relative to the repo: only [A-Za-z0-9._=,-] in the name, so that Hydra's override
-    parser takes it quoted, and one folder per command, so rerunning a command resumes its runs."""
+    """outputs/demo/<method>/<the overrides>, e.g. outputs/demo/dlb/trainer.precision=bf16,seed=1 (outputs/demo/
+    <method>/seed0 without any; the precision the demo picks counts, so bf16 and fp32 runs keep apart), relative to
+    the repo: only [A-Za-z0-9._=,-] in the name, so that Hydra's override parser takes it quoted, and one folder per
+    command, so rerunning a command resumes its runs."""
     name = ",".join(re.sub(r"[^A-Za-z0-9._=-]+", "_", o) for o in overrides) or "seed0"
     return f"outputs/demo/{method}/{name}"
 
