@@ -107,7 +107,8 @@ def make_trainer(c: dict, out_dir: str, data, loader: str = "device"):
                  f"trainer.batch_size={c['batch_size']}", f"trainer.eval_batch_size={c['eval_batch_size']}",
                  f"trainer.device={c['device']}", f"trainer.precision={c['precision']}",
                  f"trainer.channels_last={str(c['channels_last']).lower()}", f"trainer.compile={c['compile']}",
-                 f"optim.fused={c['fused']}", "trainer.progress=false", "trainer.save_best=false", *method_settings]
+                 f"optim.fused={c['fused']}", f"trainer.keep_heap={str(c.get('keep_heap', 'auto')).lower()}",
+                 "trainer.progress=false", "trainer.save_best=false", *method_settings]
     if method == "tfkd_self":  # a random-init teacher of the same architecture: same cost as a trained one
         path = Path(out_dir) / "teacher.pt"
         torch.save({"model": build_model(compose(overrides[:6]), 100).state_dict()}, path)
@@ -191,7 +192,7 @@ def measure(c: dict) -> dict:
         torch.set_num_threads(c["threads"])
     torch.manual_seed(0)
     data = synthetic_data(c["train_size"], c["test_size"])
-    res: dict = {"method": c["method"]}
+    res: dict = {"method": c["method"], "keep_heap": c.get("keep_heap", "auto")}
     with tempfile.TemporaryDirectory() as tmp:
         trainer, cfg = make_trainer(c, tmp, data)
         dev = trainer.device
@@ -219,8 +220,11 @@ def measure(c: dict) -> dict:
         OmegaConf.update(cfg, "trainer.limit_train_batches", c["warmup"])
         trainer.train_epoch(0)
         OmegaConf.update(cfg, "trainer.limit_train_batches", c["steps"])
-        wall_start = time.time()
+        wall_start, faults = time.time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         epochs = [trainer.train_epoch(1 + r)[0] for r in range(c["repeats"])]  # (stats, loss terms)
+        # minor page faults: memory the process gets (back) from the OS as fresh zeroed pages (trainer.keep_heap)
+        res["minor_faults_per_step"] = ((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+                                        / (c["repeats"] * c["steps"]))
         # Wall-clock span and images of the timed loops: --jobs sums the images of all jobs over their joint span.
         res["loop_wall_s"], res["loop_images"] = [wall_start, time.time()], sum(e["train_images"] for e in epochs)
         loops = [e["train_img_per_s"] for e in epochs]
@@ -321,6 +325,7 @@ def combine(runs: list[dict]) -> dict:
         if vals:
             out[f"{key}_img_per_s_runs"], out[f"{key}_img_per_s"] = vals, statistics.median(vals)
     out["pipeline_efficiency_runs"] = [r["pipeline_efficiency"] for r in ok]  # each run's loop / its own steps
+    out["minor_faults_per_step_runs"] = [r.get("minor_faults_per_step") for r in ok]
     out["pipeline_efficiency"] = statistics.median(out["pipeline_efficiency_runs"])
     for key in ("peak_rss_bytes", "peak_cuda_allocated_bytes", "rss_growth_bytes", "saved_activation_bytes",
                 "peak_saved_activation_bytes",
@@ -892,6 +897,38 @@ def run_compile_cost(a, command: str) -> None:
             f"{a.threads or 'default'}")
 
 
+# --- trainer.keep_heap on and off, each run a fresh process ------------------------------------------------------
+
+
+def run_keep_heap(a, command: str) -> None:
+    """glibc's heap kept (trainer.keep_heap=true) or handed back to the OS (false): the setting is process-wide, so
+    every run is a fresh process, on and off interleaved; per run the step and loop img/s and the minor page faults
+    per loop step."""
+    m = machine(a.device, a.threads)
+    configs = [{**base_config(a), "method": method, "keep_heap": heap}
+               for method in a.methods.split(",") for heap in (True, False)]
+    name = lambda c: f"{c['method']} trainer.keep_heap={str(c['keep_heap']).lower()}"  # noqa: E731
+
+    def render(rows: list[dict], final: bool) -> None:
+        lines = ["| method | trainer.keep_heap | step img/s | loop img/s | minor page faults per step, each run | "
+                 "loop ratio on / off |", "|---|---|---|---|---|---|"]
+        loop = {(r["method"], r.get("keep_heap")): r.get("loop_img_per_s") for r in rows}
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {r['method']} | {r.get('keep_heap')} | failed: {r['error']} ||||")
+                continue
+            on, off = loop.get((r["method"], True)), loop.get((r["method"], False))
+            faults = ", ".join(fmt(f) for f in r["minor_faults_per_step_runs"])
+            lines.append(f"| {r['method']} | {str(r['keep_heap']).lower()} | {fmt(r['step_img_per_s'], 1)} | "
+                         f"{fmt(r['loop_img_per_s'], 1)} | {faults} | "
+                         f"{fmt(on / off, 3) if r['keep_heap'] and on and off else ''} |")
+        body = ("- each run a fresh process (mallopt is process-wide), on and off interleaved; img/s medians over the "
+                "runs; page faults counted with getrusage over the timed loop\n\n" + "\n".join(lines) + "\n")
+        publish(a, m, command, f"Kept heap on CPU: {a.backbone}, batch {a.batch_size}", body, {"rows": rows}, final)
+
+    render(run_interleaved(configs, a.repeats, label=name, on_result=lambda so_far: render(so_far, False)), True)
+
+
 # --- this repo's training command vs the official code, whole processes ------------------------------------------
 
 
@@ -1078,6 +1115,8 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--jobs", default=None, help="e.g. 1,2,4: that many concurrent runs on the device, total img/s")
     p.add_argument("--eval-batch-sizes", default=None, metavar="64,128,...",
                    help="evaluation img/s of each --backbone (comma-separated) at these eval batch sizes")
+    p.add_argument("--keep-heap", action="store_true",
+                   help="trainer.keep_heap on vs off, a fresh process per run: img/s and minor page faults per step")
     p.add_argument("--compile-cost", action="store_true",
                    help="the one-off cost of torch.compile and the steps that repay it (trainer.compile=auto's rule)")
     p.add_argument("--vs-official", default=None, metavar="DLB_CHECKOUT",

@@ -6,6 +6,7 @@
     python scripts/benchmark.py --speed                          # each speed switch alone: before/after ratios
     python scripts/benchmark.py --jobs 1,2,4 --device cuda       # sweep throughput, N runs sharing one GPU
     python scripts/benchmark.py --compile-cost --train-size 3200 # what torch.compile costs and when it repays
+    python scripts/benchmark.py --keep-heap --channels-last --repeats 4  # glibc's heap kept vs handed back
     python scripts/benchmark.py --eval-batch-sizes 64,128,256,1000 --backbone resnet8,resnet32  # eval speed
     python scripts/benchmark.py --vs-official /tmp/DLB --train-size 3200 --test-size 1000 --repeats 1
                                 # whole runs vs the official code (git clone github.com/Meta-knowledge-Lab/DLB)
@@ -46,7 +47,8 @@ def main(argv=None) -> int:
     command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     kind = "cuda" if a.device.startswith("cuda") else "cpu"
     mode = ("speed" if a.speed else "jobs" if a.jobs else "compile_cost" if a.compile_cost
-            else "vs_official" if a.vs_official else "eval_batch" if a.eval_batch_sizes else "throughput")
+            else "keep_heap" if a.keep_heap else "vs_official" if a.vs_official
+            else "eval_batch" if a.eval_batch_sizes else "throughput")
     if a.out is None:
         a.out = bench.REPO / "results" / "bench" / (f"{kind}_{mode}" if mode in ("vs_official", "eval_batch")
                                                     else f"{kind}_{a.backbone}_b{a.batch_size}_{mode}")
@@ -54,6 +56,8 @@ def main(argv=None) -> int:
         bench.run_vs_official(a, command)
     elif a.compile_cost:
         bench.run_compile_cost(a, command)
+    elif a.keep_heap:
+        bench.run_keep_heap(a, command)
     elif a.eval_batch_sizes:
         bench.run_eval_batch(a, command)
     elif a.speed:

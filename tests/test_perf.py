@@ -350,6 +350,18 @@ def test_benchmark_jobs_total_is_images_over_the_joint_span(tmp_path):
     assert rows[0]["total_img_per_s"] <= rows[0]["loop_img_per_s"][0] * 1.01
 
 
+def test_benchmark_keep_heap_runs_each_setting_in_its_own_process(tmp_path):
+    """--keep-heap: a row per method and setting, each from fresh processes, with page faults per step counted."""
+    out = tmp_path / "heap"
+    r = subprocess.run([sys.executable, "scripts/benchmark.py", *TOY, "--keep-heap", "--methods", "ce", "--out",
+                        str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(row["method"], row["keep_heap"]) for row in rows] == [("ce", True), ("ce", False)]
+    assert all(row["loop_img_per_s"] > 0 and row["minor_faults_per_step_runs"][0] >= 0 for row in rows)
+    assert "| ce | true |" in out.with_suffix(".md").read_text()
+
+
 def test_code_version_without_git_comes_from_the_environment(monkeypatch):
     """A copy without .git (a cluster rsync, the GPU machine) records $DLB_GIT_COMMIT; a checkout its own commit."""
     import dlb.utils as U
