@@ -39,7 +39,7 @@ test: $(NEEDS_INSTALL) ## Run the test suite (CPU, a few minutes; slow tests at 
 test-all: $(NEEDS_INSTALL) ## Run the test suite including full-size slow tests
 	$(TEST_ENV) DLB_SLOW_FULL=1 $(PY) -m pytest -q
 
-demo: $(NEEDS_INSTALL) ## CE vs DLB on Fashion-MNIST (10k train images, resnet8), ~4-5 min on 2 CPU cores (ARGS="seed=1 ...")
+demo: $(NEEDS_INSTALL) ## CE vs DLB on Fashion-MNIST (10k train images, resnet8), ~3 min on 2 CPU cores (ARGS="seed=1 ...")
 	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py $(ARGS)
 
 train: ## The paper's default run on a GPU: CIFAR-100, ResNet-32, DLB (ARGS="..." adds overrides)

@@ -53,9 +53,10 @@ KEEP_HEAP = ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_P
 
 def keep_heap() -> bool:
     """trainer.keep_heap: make glibc's malloc keep the memory a training step frees for the next step. By default it
-    hands freed heap back to the OS and the next step's activations fault it in again as zeroed pages: up to ~70,000
-    page faults per resnet32 DLB step on CPU, ~15 % of the step (docs/performance.md). Process-wide, numerics
-    unchanged; the process keeps its peak heap. False where the C library has no mallopt (macOS, musl)."""
+    hands freed heap back to the OS and the next step's activations fault it in again as zeroed pages: 15,000-18,000
+    page faults per resnet32 DLB step on a 2-core CPU, ~5 % of its time (results/bench/cpu_resnet32_b64_keep_heap.md).
+    Process-wide, numerics unchanged; the process keeps its peak heap. False where the C library has no mallopt
+    (macOS, musl)."""
     import ctypes
     import ctypes.util
 
