@@ -1070,9 +1070,9 @@ def run_vs_official(a, command: str) -> None:
             f"`{' '.join(examples['official'][1][1:])}`\n"
             f"- ours: `{' '.join(examples['ours'][1][1:])}` at defaults (eager: a 3-epoch run is too short to repay "
             f"compiling), at the settings the full-length run of the same command resolves (compile time falls in "
-            f"the first epoch and cancels; one untimed epoch per compiled contender fills inductor's cache first), those with "
-            f"trainer.keep_heap=false, with trainer.faithful=true, and with "
-            f"bf16 autocast added to the full-run settings (opt-in: it changes the numerics)\n"
+            f"the first epoch and cancels; one untimed epoch per compiled contender fills inductor's cache first), "
+            f"those with trainer.keep_heap=false, with trainer.faithful=true, and with bf16 autocast added to the "
+            f"full-run settings (opt-in: it changes the numerics)\n"
             f"- per epoch = (wall(3 epochs) - wall(1 epoch)) / 2 of whole processes (start-up and data loading cancel; "
             f"each epoch includes its evaluation), median of {a.repeats} interleaved repeat(s); OMP_NUM_THREADS "
             f"{m['omp_num_threads']} (each process picks its own threads)\n\n" + "\n".join(lines) + "\n")

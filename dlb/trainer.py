@@ -27,8 +27,8 @@ from dlb.metrics import evaluate
 from dlb.models import build_model
 from dlb.loggers import RunLogger
 from dlb.utils import (GpuSlot, build_optimizer, busy_cpu_note, compile_model, environment_info, git_info,
-                       keep_heap, native_bf16, peak_memory_bytes, resolve_device, resolve_speed, rng_states, seed_everything,
-                       set_rng_states, set_threads)
+                       keep_heap, native_bf16, peak_memory_bytes, resolve_device, resolve_speed, rng_states,
+                       seed_everything, set_rng_states, set_threads)
 
 
 

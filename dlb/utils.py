@@ -178,7 +178,8 @@ class Speed:
         heap = ", heap kept" if self.keep_heap else ""
         if self.faithful:
             return f"faithful (fp32, eager, contiguous, plain SGD), eval batch {self.eval_batch_size}{heap}"
-        return ", ".join(["bf16 autocast" if self.bf16 else "fp32", "channels_last" if self.channels_last else "contiguous",
+        return ", ".join(["bf16 autocast" if self.bf16 else "fp32",
+                          "channels_last" if self.channels_last else "contiguous",
                           "fused SGD" if self.fused else "plain SGD",
                           "eager" if self.compile == "none" else f"compile {self.compile}",
                           f"eval batch {self.eval_batch_size}"]) + heap
@@ -187,9 +188,9 @@ class Speed:
 def resolve_speed(t, o, device: torch.device, steps: int, split_backward: bool = False) -> Speed:
     """trainer.faithful/channels_last/compile/precision/keep_heap and optim.fused for this device; `steps`: the run's
     optimizer steps. auto: on CPU what the repo's benchmark measured faster (results/bench/cpu_resnet32_b64_speed.md:
-    channels_last, fused SGD, compile default once the run is long enough to repay compiling, the kept heap); on CUDA what its
-    structure predicts, not yet measured (channels_last, fused, CUDA graphs, or compile default with DLB's split
-    backward, which CUDA graphs would break). faithful: the official code's numerics (config.validate refuses an
+    channels_last, fused SGD, compile default once the run is long enough to repay compiling, the kept heap); on CUDA
+    what its structure predicts, not yet measured (channels_last, fused, CUDA graphs, or compile default with DLB's
+    split backward, which CUDA graphs would break). faithful: the official code's numerics (config.validate refuses an
     explicit conflicting switch)."""
     cuda = device.type == "cuda"
     eval_batch = t.eval_batch_size if t.eval_batch_size != "auto" else EVAL_BATCH["cuda" if cuda else "cpu"]

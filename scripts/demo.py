@@ -8,7 +8,8 @@ ARGS="seed=1"`); each command's runs go to outputs/demo/<method>/<its overrides>
 
 Where the run's device does bf16 maths in hardware (a CPU with AMX or AVX512-BF16, a GPU), the demo trains under
 bf16 autocast (trainer.precision=bf16): 2 min 41 s instead of 4 min 14 s on a 2-core AMX CPU, with test errors
-within a seed's noise of fp32 (docs/performance.md). `scripts/demo.py trainer.precision=fp32` runs the official numerics.
+within a seed's noise of fp32 (docs/performance.md). `scripts/demo.py trainer.precision=fp32` runs the official
+numerics.
 """
 from __future__ import annotations
 

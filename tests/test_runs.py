@@ -166,7 +166,7 @@ def test_start_up_line_progress_lines_epoch_lines_and_a_summary_after_every_epoc
     stdout = capsys.readouterr().out.splitlines()
     assert re.match(rf"{re.escape(str(out))}: fresh run \| cpu \(.+, \d+ CPU threads?\) \| imagefolder: 48 train / 12 "
                     r"test images, 3 classes \| cifar_resnet8 \(0\.08M params\) \| ce \| 2 epochs, seed 0 \| speed: fp32, "
-                    r"channels_last, fused SGD, eager, eval batch \d+, heap kept$", stdout[0])  # a 12-step run stays eager
+                    r"channels_last, fused SGD, eager, eval batch \d+, heap kept$", stdout[0])  # 12 steps: eager
     assert re.match(r"epoch 2/2 .* test err [\d.]+ .* elapsed \d:\d\d:\d\d  ETA 0:00:00$", stdout[-1])
     # (a "note: the CPU is busy" line follows the start-up line when the machine is loaded)
     log = [line for line in (out / "train.log").read_text().splitlines() if "note: the CPU is busy" not in line]

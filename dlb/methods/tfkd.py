@@ -162,5 +162,6 @@ class TfKDReg(Method):
         if self.soften == "official":
             kl = kl_div(F.log_softmax(logits.float(), dim=1), F.softmax(u / T, dim=1), self.kl_reduction)
         else:
-            kl = T * T * kl_div(F.log_softmax(logits.float() / T, dim=1), F.softmax(u.log() / T, dim=1), self.kl_reduction)
+            kl = T * T * kl_div(F.log_softmax(logits.float() / T, dim=1), F.softmax(u.log() / T, dim=1),
+                                self.kl_reduction)
         return logits, {"ce": (1 - self.alpha) * batch_ce(logits, batch), "kd": self.alpha * self.multiplier * kl}
