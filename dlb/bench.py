@@ -949,10 +949,10 @@ CONTENDERS = ("official", "official-workers", "ours", "ours-full", "ours-heap-of
 
 def vs_official_commands(official: Path, root: Path, method: str, epochs: int, workers: int,
                          contenders=CONTENDERS) -> dict:
-    """{contender: (row name, command)} for `epochs` epochs: the official script with its README's settings, at its own defaults
-    (16 DataLoader workers) and with `workers` workers, and ours (python -m dlb.train) at its defaults, at the settings
-    its full-length run resolves, those with glibc's default heap trimming, with trainer.faithful=true, and with bf16
-    autocast added to the full-run settings."""
+    """{contender: (row name, command)} for `epochs` epochs: the official script with its README's settings, at its
+    own defaults (16 DataLoader workers) and with `workers` workers, and ours (python -m dlb.train) at its defaults, at
+    the settings its full-length run resolves, those with glibc's default heap trimming, with trainer.faithful=true,
+    and with bf16 autocast added to the full-run settings."""
     py = sys.executable
     if method == "dlb":
         off = [py, str(official / "dlb.py"), "--dataset", "cifar100", "--root", str(root), "--model_names", "resnet32",
@@ -966,15 +966,16 @@ def vs_official_commands(official: Path, root: Path, method: str, epochs: int, w
     # A short run stays eager (trainer.compile=auto compiles CPU runs long enough to repay it); the full-length run
     # the same command starts without trainer.epochs gets the settings below, measured here per epoch.
     full = full_run_speed(method)
+    full_cmd = [*ours, f"trainer.compile={full.compile}"]
     rows = {"official": (f"official ({OFFICIAL_WORKERS} workers, its default)", off),
             "official-workers": (f"official, {workers} workers", [*off, "--num_workers", str(workers)]),
             "ours": ("ours, defaults", ours),
-            "ours-full": (f"ours, full-run settings ({full.describe()})", [*ours, f"trainer.compile={full.compile}"]),
+            "ours-full": (f"ours, full-run settings ({full.describe()})", full_cmd),
             "faithful": ("ours, trainer.faithful=true", [*ours, "trainer.faithful=true"]),
             "ours-heap-off": ("ours, full-run settings, glibc's heap trimming on (trainer.keep_heap=false)",
-                              [*ours, f"trainer.compile={full.compile}", "trainer.keep_heap=false"]),
+                              [*full_cmd, "trainer.keep_heap=false"]),
             "ours-bf16": ("ours, full-run settings + bf16 autocast (trainer.precision=bf16, opt-in)",
-                          [*ours, f"trainer.compile={full.compile}", "trainer.precision=bf16"])}
+                          [*full_cmd, "trainer.precision=bf16"])}
     return {key: row for key, row in rows.items() if key in contenders}
 
 
@@ -1050,8 +1051,8 @@ def run_vs_official(a, command: str) -> None:
     rows = []
     for (method, key, who), w in walls.items():
         per_epoch = [(w3 - w1) / 2 for w1, w3 in zip(w[1], w[3])]
-        rows.append({"method": method, "contender": key, "who": who, "wall_1": w[1], "wall_3": w[3], "epoch_s_runs": per_epoch,
-                     "epoch_s": statistics.median(per_epoch)})
+        rows.append({"method": method, "contender": key, "who": who, "wall_1": w[1], "wall_3": w[3],
+                     "epoch_s_runs": per_epoch, "epoch_s": statistics.median(per_epoch)})
     official_s = {r["method"]: r["epoch_s"] for r in rows if r["contender"] == "official"}
     few_s = {r["method"]: r["epoch_s"] for r in rows if r["contender"] == "official-workers"}
     lines = ["| method | loop | wall 1 epoch s | wall 3 epochs s | s per epoch | vs official defaults (> 1: faster) "

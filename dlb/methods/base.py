@@ -97,8 +97,9 @@ class Method(nn.Module):
         """Return (logits of the batch's first len(logits) rows, {term name: weighted loss term}).
 
         The trainer backpropagates the sum of the terms and measures training accuracy on those logits. It calls
-        this under bf16 autocast when trainer.precision=bf16: take (log-)softmaxes of logits.float(), since CPU
-        autocast would compute them in bf16 (cross_entropy and kl_div it runs in fp32 itself)."""
+        this under bf16 autocast when trainer.precision=bf16: take log-probabilities from log_probs (fp32) and
+        softmax targets of .float() logits, since CPU autocast would compute them in bf16 (cross_entropy and kl_div
+        it runs in fp32 itself)."""
         raise NotImplementedError
 
     def batch_order(self, labels: torch.Tensor, batch_size: int):
@@ -158,9 +159,16 @@ def mixed_ce(logits: torch.Tensor, y: torch.Tensor, y_mix: torch.Tensor | None =
     return per_sample.sum() if reduction == "sum" else per_sample.mean()
 
 
+def log_probs(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    """log softmax(z / T) over the classes, in fp32 also under bf16 autocast (CPU autocast would compute it in bf16).
+    Every soft loss takes the student's log-probabilities from here; in fp32 it is F.log_softmax(z / T) bit for bit."""
+    z = logits.float()
+    return F.log_softmax(z if T == 1 else z / T, dim=1)
+
+
 def soft_target_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """-sum_k t_k log softmax(z)_k, mean over the batch (the official LSR and PS-KD losses)."""
-    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()  # fp32 also under bf16 autocast
+    return -(targets * log_probs(logits)).sum(1).mean()
 
 
 def onehot_targets(batch, num_classes: int, rows: slice = slice(None)) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dlb.errors import ConfigError
-from dlb.methods.base import Cost, Method, mixed_ce, register_method
+from dlb.methods.base import Cost, Method, log_probs, mixed_ce, register_method
 
 
 class ClassPairOrder:
@@ -82,6 +82,5 @@ class CSKD(Method):
         first = slice(0, b)
         ce = mixed_ce(logits, batch.y[first], *(None if t is None else t[first] for t in (batch.y_mix, batch.lam)))
         T = self.T
-        kl = F.kl_div(F.log_softmax(logits.float() / T, dim=1), F.softmax(partner_logits.float() / T, dim=1),
-                      reduction="sum")
+        kl = F.kl_div(log_probs(logits, T), F.softmax(partner_logits.float() / T, dim=1), reduction="sum")
         return logits, {"ce": ce, "kd": self.kd_weight * T * T * kl / b}

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from dlb.choice import Choice
 from dlb.errors import ConfigError
-from dlb.methods.base import Cost, Method, batch_ce, mixed_ce, register_method
+from dlb.methods.base import Cost, Method, batch_ce, log_probs, mixed_ce, register_method
 
 
 class Backward(Choice):
@@ -32,7 +32,7 @@ class Backward(Choice):
 
 def last_batch_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
     """T^2 * KL(softmax(teacher/T) || softmax(student/T)), batchmean. The teacher side gets no gradient."""
-    log_q = F.log_softmax(student_logits.float() / T, dim=1)  # fp32 also under bf16 autocast
+    log_q = log_probs(student_logits, T)
     p = F.softmax(teacher_logits.detach() / T, dim=1)
     return F.kl_div(log_q, p, reduction="batchmean") * (T * T)
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from dlb.choice import Choice
 from dlb.errors import ConfigError
-from dlb.methods.base import Cost, Method, batch_ce, onehot_targets, register_method
+from dlb.methods.base import Cost, Method, batch_ce, log_probs, onehot_targets, register_method
 from dlb.teacher import checkpoint_file, find_teacher, load_teacher
 
 
@@ -112,7 +112,7 @@ class TfKDSelf(Method):
         with torch.no_grad():
             teacher_logits = self.teacher(x).float()
         T = self.T
-        kl = kl_div(F.log_softmax(logits.float() / T, dim=1), F.softmax(teacher_logits / T, dim=1), self.kl_reduction)
+        kl = kl_div(log_probs(logits, T), F.softmax(teacher_logits / T, dim=1), self.kl_reduction)
         return logits, {"ce": (1 - self.alpha) * batch_ce(logits, batch),
                         "kd": self.alpha * T * T * self.multiplier * kl}
 
@@ -160,8 +160,7 @@ class TfKDReg(Method):
         logits = model(batch.views[0])
         u, T = self.virtual_teacher(batch, logits.shape[1]), self.T
         if self.soften == "official":
-            kl = kl_div(F.log_softmax(logits.float(), dim=1), F.softmax(u / T, dim=1), self.kl_reduction)
+            kl = kl_div(log_probs(logits), F.softmax(u / T, dim=1), self.kl_reduction)
         else:
-            kl = T * T * kl_div(F.log_softmax(logits.float() / T, dim=1), F.softmax(u.log() / T, dim=1),
-                                self.kl_reduction)
+            kl = T * T * kl_div(log_probs(logits, T), F.softmax(u.log() / T, dim=1), self.kl_reduction)
         return logits, {"ce": (1 - self.alpha) * batch_ce(logits, batch), "kd": self.alpha * self.multiplier * kl}
