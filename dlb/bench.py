@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from dlb import REPO  # noqa: E402
 RESULT_TAG = "BENCH_RESULT "
 THROUGHPUT_FILE = REPO / "results" / "bench" / "throughput.json"
 PIL_METHODS = ("ce", "dlb")
@@ -34,7 +34,7 @@ def synthetic_data(n_train: int, n_test: int, classes: int = 100):
     """CIFAR-shaped uint8 images and labels, in memory (the speed of a step does not depend on pixel values)."""
     import torch
 
-    from dlb.datasets import CIFAR100_MEAN, CIFAR100_STD, ArrayDataset
+    from dlb.data.datasets import CIFAR100_MEAN, CIFAR100_STD, ArrayDataset
 
     g = torch.Generator().manual_seed(0)
 
@@ -186,7 +186,7 @@ def measure(c: dict) -> dict:
     from omegaconf import OmegaConf
 
     from dlb.metrics import evaluate
-    from dlb.utils import saved_for_backward_bytes
+    from dlb.device.memory import saved_for_backward_bytes
 
     if c.get("threads"):
         torch.set_num_threads(c["threads"])
@@ -271,7 +271,7 @@ def _wait_barrier(path: str, n: int, timeout_s: float = 600) -> None:
 def machine(device: str, threads: int | None = None) -> dict:
     import torch
 
-    from dlb.utils import cpu_model, git_info
+    from dlb.run.record import cpu_model, git_info
 
     info = {"host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": threads or torch.get_num_threads(),
@@ -571,7 +571,7 @@ SPLIT_VARIANT = "DLB split backward (method.backward=split; DLB only)"
 def speed_variants(cuda: bool) -> list[tuple[str, dict]]:
     import torch
 
-    from dlb.utils import native_bf16
+    from dlb.device.speed import native_bf16
 
     plain = {"fused": "false", "compile": "none", "precision": "fp32", "channels_last": False,
              "sync_per_step": False}
@@ -831,7 +831,7 @@ def run_eval_batch(a, command: str) -> None:
                                                      for bs in sizes) + " |" for r, t in zip(rows, top)]
     body = (f"- forward-only img/s over {n} images per round, eval mode, no grad, channels_last, best of {a.repeats} "
             "interleaved rounds; in brackets: the fraction of the backbone's fastest size\n"
-            "- trainer.eval_batch_size=auto uses dlb.utils.EVAL_BATCH per device kind\n\n" + "\n".join(lines) + "\n")
+            "- trainer.eval_batch_size=auto uses dlb.device.speed.EVAL_BATCH per device kind\n\n" + "\n".join(lines) + "\n")
     publish(a, m, command, f"Evaluation speed by eval batch size, {a.device}", body, {"rows": rows}, True,
             settings=f"torch threads {m['torch_threads']}")
 
@@ -872,7 +872,7 @@ def measure_compile_cost(c: dict) -> dict:
 
 
 def run_compile_cost(a, command: str) -> None:
-    from dlb.utils import CPU_COMPILE_MIN_STEPS
+    from dlb.device.speed import CPU_COMPILE_MIN_STEPS
 
     m = machine(a.device, a.threads)
     base = {**base_config(a), "channels_last": True, "fused": "true", "compile_cost": True}
@@ -987,8 +987,8 @@ def full_run_speed(method: str):
     import torch
 
     from dlb.config import compose
-    from dlb.datasets import TRAIN_SIZES
-    from dlb.utils import resolve_speed
+    from dlb.data.datasets import TRAIN_SIZES
+    from dlb.device.speed import resolve_speed
 
     cfg = compose(["dataset=cifar100", "backbone=resnet32", f"method={method}"])
     steps = cfg.trainer.epochs * math.ceil(TRAIN_SIZES[cfg.dataset.name] / cfg.trainer.batch_size)

@@ -13,16 +13,15 @@ from typing import Any, List, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from dlb.augment import BatchAugment, CutMixViews
-from dlb.datasets import DatasetName
+from dlb import CONFIGS  # noqa: F401  (defined in dlb/__init__.py; read here by dlb.train)
+from dlb.data.augment import BatchAugment, CutMixViews
+from dlb.data.datasets import DatasetName
 from dlb.errors import ConfigError
-from dlb.loader import Augment, LoaderKind
-from dlb.loggers import LoggerName, WandbMode
+from dlb.data.loader import Augment, LoaderKind
+from dlb.run.loggers import LoggerName, WandbMode
 from dlb.methods import METHODS
-from dlb.noise import NoiseName
-from dlb.utils import CompileMode, Precision
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from dlb.data.noise import NoiseName
+from dlb.device.speed import CompileMode, Precision
 
 # Options the schema can't type as a Choice: trainer.device also takes cuda:<index>; optim.fused and
 # trainer.channels_last take auto or a bool.
@@ -81,19 +80,19 @@ class TrainerConfig:
     jobs_per_gpu: int = 1  # device=slot: how many runs share one GPU
     deterministic: bool = False
     precision: Precision = Precision.fp32  # bf16: autocast (CUDA; a CPU with AMX/AVX512-BF16), docs/performance.md
-    # Speed (docs/performance.md); auto: per device (dlb.utils.resolve_speed). channels_last: auto | true | false
+    # Speed (docs/performance.md); auto: per device (dlb.device.speed.resolve_speed). channels_last: auto | true | false
     channels_last: Any = "auto"
     # auto | none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile of the model
     compile: CompileMode = CompileMode["auto"]
     faithful: bool = False  # the official code's numerics: fp32, eager, contiguous, plain SGD loop
-    # auto | true | false: glibc keeps the heap a step frees for the next (dlb.utils.keep_heap); auto: on CPU runs
+    # auto | true | false: glibc keeps the heap a step frees for the next (dlb.device.speed.keep_heap); auto: on CPU runs
     keep_heap: Any = "auto"
-    ddp: bool = False  # DistributedDataParallel, one process per GPU, started by torchrun (dlb/distributed.py)
+    ddp: bool = False  # DistributedDataParallel, one process per GPU, started by torchrun (dlb/device/distributed.py)
     limit_train_batches: Optional[int] = None  # debugging: stop each epoch after n steps
     limit_eval_batches: Optional[int] = None
     progress: Optional[bool] = None  # null: on when stderr is a terminal
     save_best: bool = True  # keep checkpoints/best.pt (model weights at the best test accuracy)
-    threads: Optional[int] = None  # CPU threads (dlb.utils.set_threads); null: $OMP_NUM_THREADS, else the usable cores
+    threads: Optional[int] = None  # CPU threads (dlb.device.placement.set_threads); null: $OMP_NUM_THREADS, else the usable cores
 
 
 @dataclass
@@ -144,7 +143,7 @@ class Config:
 
 
 def register_configs() -> None:
-    from dlb.runid import register_resolver
+    from dlb.run.identity import register_resolver
 
     register_resolver(CONFIGS)
     if not OmegaConf.has_resolver("dlb_scale"):  # a recipe's lr per batch: ${dlb_scale:0.1,${trainer.batch_size},128}

@@ -1,8 +1,23 @@
 """Evaluation metrics: top-1 accuracy/error, NLL and expected calibration error (15 equal-width bins)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A test-set metric: `test_<name>` in every epoch's metrics row and in W&B, `last_test_<name>` in summary.json,
+    a column of the report. Declared once, here (README, "Extending": a metric)."""
+    name: str
+    label: str  # how tables name it
+    lower_is_better: bool
+
+
+METRICS = (Metric("acc", "accuracy (%)", False), Metric("err", "error (%)", True), Metric("nll", "NLL", True),
+           Metric("ece", "ECE", True))
 
 
 def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
@@ -32,7 +47,7 @@ def evaluate(model, loader, limit_batches: int | None = None, autocast=None) -> 
         confs.append(conf)
         corrects.append(pred == batch.y)
         n += batch.y.numel()
-    from dlb import distributed
+    from dlb.device import distributed
 
     if distributed.active():  # DDP: each rank evaluated a shard of the test set
         return _reduced_metrics(confs, corrects, nll_sum, n, getattr(loader, "device", "cpu"))
@@ -45,7 +60,7 @@ def evaluate(model, loader, limit_batches: int | None = None, autocast=None) -> 
 def _reduced_metrics(confs: list, corrects: list, nll_sum, n: int, device, bins: int = 15) -> dict:
     """evaluate()'s metrics over the union of the ranks' shards: the count, correct count, NLL sum and the calibration
     bins' sums are summed over ranks in float64 in one all_reduce, then the same formulas as one process."""
-    from dlb.distributed import all_reduce_sum
+    from dlb.device.distributed import all_reduce_sum
 
     conf = torch.cat(confs) if confs else torch.zeros(0, device=device)  # a rank may hold no eval batch
     correct = torch.cat(corrects) if corrects else torch.zeros(0, dtype=torch.bool, device=device)

@@ -21,10 +21,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from dlb.bench import THROUGHPUT_FILE
 from dlb.config import compose
-from dlb.datasets import TRAIN_SIZES
+from dlb.data.datasets import TRAIN_SIZES
 from dlb.methods import METHODS
 
-REPO = Path(__file__).resolve().parent.parent
+from dlb import REPO  # noqa: E402
 
 
 def _values(key: str, value: str) -> list[str]:

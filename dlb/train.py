@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
                               OmegaConfBaseException)
 
-from dlb.checkpoint import WRITE_ERRNOS
+from dlb.run.checkpoint import WRITE_ERRNOS
 from dlb.config import CONFIGS, compose, group_options, register_configs, to_container, validate
 from dlb.errors import ConfigError, DatasetError, Diverged, OutputError, Preempted, ResumeError
 

@@ -1,6 +1,6 @@
 """The method-agnostic training loop: data, model, method, SGD + MultiStepLR, evaluation, checkpoints, logs.
 
-A run's output folder holds everything needed to reproduce and audit it (dlb/runfiles.py lists the files).
+A run's output folder holds everything needed to reproduce and audit it (dlb/run/folder.py lists the files).
 """
 from __future__ import annotations
 
@@ -14,21 +14,23 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from dlb import augment as A
+from dlb.data import augment as A
 from dlb import config as C
-from dlb import distributed
-from dlb import runfiles, runid
-from dlb.checkpoint import RunLock, StopSignals, atomic_save, load_checkpoint, save_checkpoint
-from dlb.datasets import ArrayDataset, load_dataset, prepare
+from dlb.device import distributed
+from dlb.run import folder as runfiles
+from dlb.run import identity as runid
+from dlb.run.checkpoint import RunLock, StopSignals, atomic_save, load_checkpoint, save_checkpoint
+from dlb.data.datasets import ArrayDataset, load_dataset, prepare
 from dlb.errors import ConfigError, Diverged, Preempted, ResumeError
-from dlb.loader import make_loader
+from dlb.data.loader import make_loader
 from dlb.methods import Method, build_method
 from dlb.metrics import evaluate
 from dlb.models import build_model
-from dlb.loggers import RunLogger
-from dlb.utils import (GpuSlot, build_optimizer, busy_cpu_note, compile_model, environment_info, git_info,
-                       keep_heap, native_bf16, peak_memory_bytes, resolve_device, resolve_speed, rng_states,
-                       seed_everything, set_rng_states, set_threads)
+from dlb.run.loggers import RunLogger
+from dlb.device.placement import GpuSlot, busy_cpu_note, resolve_device, set_threads
+from dlb.device.speed import build_optimizer, compile_model, keep_heap, native_bf16, resolve_speed
+from dlb.run.record import environment_info, git_info, rng_states, seed_everything, set_rng_states
+from dlb.device.memory import peak_memory_bytes
 
 
 
@@ -422,7 +424,7 @@ class Trainer:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
 
     def _write_run_files(self) -> None:
-        """The files that describe the run (dlb/runfiles.py), written once its checks have passed."""
+        """The files that describe the run (dlb/run/folder.py), written once its checks have passed."""
         if not self.is_main:
             return
         from omegaconf import OmegaConf

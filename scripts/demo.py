@@ -24,10 +24,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dlb.runfiles import CONFIG, Summary  # noqa: E402
-from dlb.datasets import load_dataset  # noqa: E402
+from dlb.run.folder import CONFIG, Summary  # noqa: E402
+from dlb.data.datasets import load_dataset  # noqa: E402
 from dlb.errors import ConfigError, DatasetError  # noqa: E402
-from dlb.utils import native_bf16, resolve_device  # noqa: E402
+from dlb.device.speed import native_bf16  # noqa: E402
+from dlb.device.placement import resolve_device  # noqa: E402
 
 METHODS = ("ce", "dlb")
 

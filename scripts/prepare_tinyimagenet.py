@@ -3,7 +3,7 @@
     python scripts/prepare_tinyimagenet.py --root data [--download]
 
 Afterwards root/tiny-imagenet-200 has train/<wnid>/images/*.JPEG and val/<wnid>/*.JPEG,
-which is what `dlb.datasets.load_dataset("tinyimagenet", root, ...)` reads. Safe to run
+which is what `dlb.data.datasets.load_dataset("tinyimagenet", root, ...)` reads. Safe to run
 again: finished steps are skipped. Exit code 2 on any problem.
 """
 

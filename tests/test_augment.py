@@ -1,4 +1,4 @@
-"""Tests for dlb/augment.py (CutOut, CutMix on the device batch), its loader wiring and config checks."""
+"""Tests for dlb/data/augment.py (CutOut, CutMix on the device batch), its loader wiring and config checks."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import compose
-from dlb import augment as A
-from dlb import loader as L
+from dlb.data import augment as A
+from dlb.data import loader as L
 from dlb.config import validate
 from dlb.errors import ConfigError
 from dlb.methods.base import mixed_ce

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from dlb.errors import ConfigError
-from dlb.loader import Batch, DeviceLoader
+from dlb.data.loader import Batch, DeviceLoader
 from dlb.methods import METHODS, build_method
 from dlb.methods.cskd import ClassPairOrder
 from dlb.methods.ddgsd import features_and_logits
 from dlb.methods.tfkd import TfKDSelf
-from dlb.teacher import search_root
+from dlb.run.teacher import search_root
 from dlb.train import load_config
 from dlb.trainer import Trainer
 from test_train import tiny_cfg
@@ -283,7 +283,7 @@ def test_cutmix_with_lam_one_is_the_unmixed_loss(name):
 
 # --- CS-KD batch order --------------------------------------------------------------------------------------------
 def _dataset(labels):
-    from dlb.datasets import ArrayDataset
+    from dlb.data.datasets import ArrayDataset
 
     n = len(labels)
     images = torch.arange(n * 3 * 4 * 4).remainder(256).to(torch.uint8).view(n, 3, 4, 4)

@@ -1,4 +1,4 @@
-"""The report's Claims view (dlb/claims.py) on run folders written by hand: a claim held on every seed, one that
+"""The report's Claims view (dlb/analysis/claims.py) on run folders written by hand: a claim held on every seed, one that
 fails on every seed, one whose seeds disagree, one seed only, the noise-growth check and a cost claim."""
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from conftest import REPO
-from dlb import claims, report
-from dlb.claims import Verdict
+from dlb.analysis import claims as claims
+from dlb.analysis import report as report
+from dlb.analysis.claims import Verdict
 from test_report import write_run as _write_run
 
 

@@ -18,12 +18,12 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, compose
 from dlb.config import validate
-from dlb.datasets import ArrayDataset
-from dlb.loader import Batch
+from dlb.data.datasets import ArrayDataset
+from dlb.data.loader import Batch
 from dlb.methods.dlb import DLB
 from dlb.models import build_model
 from dlb.trainer import Trainer
-from dlb.utils import compile_model
+from dlb.device.speed import compile_model
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu" if os.environ.get("DLB_CUDA_TESTS_ON_CPU") else None
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="needs CUDA (DLB_CUDA_TESTS_ON_CPU=1: their logic on the CPU)")

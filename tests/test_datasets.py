@@ -8,8 +8,8 @@ import pytest
 import torch
 import torchvision
 
-import dlb.datasets as datasets
-from dlb.datasets import ArrayDataset, DatasetName, load_dataset
+import dlb.data.datasets as datasets
+from dlb.data.datasets import ArrayDataset, DatasetName, load_dataset
 from dlb.errors import DatasetError
 from tests.fakedata import (cifar_class_names, fake_cifar_split, tinyimagenet_colour, write_fake_cifar,
                             write_fake_fashion_mnist, write_fake_imagefolder, write_fake_tinyimagenet)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from dlb.distributed import shard
+from dlb.device.distributed import shard
 
 
 def _plain_epoch(n: int, batch: int, world: int) -> list[torch.Tensor]:
@@ -60,8 +60,8 @@ WORKER = textwrap.dedent('''
     import torch.distributed as dist
     from conftest import compose
     from dlb.config import validate
-    from dlb.datasets import ArrayDataset
-    from dlb.loader import DeviceLoader
+    from dlb.data.datasets import ArrayDataset
+    from dlb.data.loader import DeviceLoader
     from dlb.metrics import evaluate
     from dlb.models import build_model
     from dlb.trainer import Trainer

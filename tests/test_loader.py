@@ -1,4 +1,4 @@
-"""Tests for dlb/loader.py.  `PYTHONPATH=. python tests/test_loader.py` prints a throughput comparison."""
+"""Tests for dlb/data/loader.py.  `PYTHONPATH=. python tests/test_loader.py` prints a throughput comparison."""
 from __future__ import annotations
 
 import time
@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlb import augment as A
-from dlb import loader as L
+from dlb.data import augment as A
+from dlb.data import loader as L
 
 try:
-    from dlb.datasets import ArrayDataset
-except ImportError:  # stand-in with the same fields until dlb/datasets.py lands
+    from dlb.data.datasets import ArrayDataset
+except ImportError:  # stand-in with the same fields until dlb/data/datasets.py lands
 
     @dataclass
     class ArrayDataset:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlb.loader import Batch
+from dlb.data.loader import Batch
 from dlb.methods import METHODS, build_method
 from dlb.methods.dlb import DLB, last_batch_kd
 
@@ -186,7 +186,7 @@ def test_split_backward_gives_the_joint_gradient_and_losses(mixed):
 def test_split_backward_holds_one_forward_at_a_time():
     """Peak bytes saved for backward: joint holds both forwards' activations until its one backward (~2x CE),
     split about one forward's (CE's)."""
-    from dlb.utils import saved_for_backward_bytes
+    from dlb.device.memory import saved_for_backward_bytes
 
     peaks = {}
     for mode in ("ce", "joint", "split"):

@@ -1,4 +1,4 @@
-"""Tests for dlb/noise.py (symmetric and asymmetric label noise) and how the trainer uses and records it."""
+"""Tests for dlb/data/noise.py (symmetric and asymmetric label noise) and how the trainer uses and records it."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import compose
-from dlb import noise as N
+from dlb.data import noise as N
 from dlb.config import validate
 from dlb.errors import ConfigError
-from dlb.datasets import load_dataset
+from dlb.data.datasets import load_dataset
 from dlb.train import load_config
 from dlb.trainer import Trainer
 from test_train import tiny_cfg

@@ -115,7 +115,9 @@ def toy_method():
 
 CHECK = textwrap.dedent('''
     import json, sys
-    from dlb import plot, report, sweep
+    from dlb import sweep
+    from dlb.analysis import plot as plot
+    from dlb.analysis import report as report
     toy, runs_dir, out = sys.argv[1:]
     fixed, jobs = sweep.plan(["dataset=cifar10", f"method=ce,{toy}"])
     assert jobs == [["method=ce"], [f"method={toy}"]] and sweep.stages(jobs) == [jobs], jobs

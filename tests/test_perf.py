@@ -19,12 +19,13 @@ from torch import nn
 from conftest import REPO, compose
 from dlb.config import validate
 from dlb.errors import ConfigError
-from dlb.datasets import ArrayDataset
-from dlb.loader import Batch
+from dlb.data.datasets import ArrayDataset
+from dlb.data.loader import Batch
 from dlb.methods.dlb import DLB
 from dlb.train import load_config
 from dlb.trainer import Trainer
-from dlb.utils import CPU_COMPILE_MIN_STEPS, GpuSlot, build_optimizer, compile_model, resolve_device, resolve_speed
+from dlb.device.speed import CPU_COMPILE_MIN_STEPS, build_optimizer, compile_model, resolve_speed
+from dlb.device.placement import GpuSlot, resolve_device
 
 
 def small_net(classes: int = 10) -> nn.Module:
@@ -140,7 +141,7 @@ def test_a_slot_held_by_another_process_is_skipped(tmp_path, two_gpus, monkeypat
         sys.path.insert(0, {str(REPO)!r})
         torch.cuda.is_available = lambda: True
         torch.cuda.device_count = lambda: 2
-        from dlb.utils import GpuSlot
+        from dlb.device.placement import GpuSlot
         s = GpuSlot(1)
         print(s.gpu, flush=True)
         sys.stdin.read()  # hold the slot until the test closes our stdin
@@ -365,7 +366,7 @@ def test_benchmark_keep_heap_runs_each_setting_in_its_own_process(tmp_path):
 
 def test_code_version_without_git_comes_from_the_environment(monkeypatch):
     """A copy without .git (a cluster rsync, the GPU machine) records $DLB_GIT_COMMIT; a checkout its own commit."""
-    import dlb.utils as U
+    import dlb.run.record as U
 
     if (REPO / ".git").exists():
         here = U.git_info()
@@ -463,7 +464,7 @@ def test_keep_heap_sets_glibcs_malloc_and_the_speed_line_says_whether_it_took(tm
     import platform
 
     from dlb import trainer as trainer_mod
-    from dlb.utils import keep_heap
+    from dlb.device.speed import keep_heap
 
     if platform.libc_ver()[0] == "glibc":
         assert keep_heap()

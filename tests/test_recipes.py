@@ -16,8 +16,8 @@ from PIL import Image
 from torchvision.transforms import functional as F
 
 from conftest import CONFIGS, REPO, compose
-from dlb import loader as L
-from dlb import runid
+from dlb.data import loader as L
+from dlb.run import identity as runid
 from dlb.config import to_container, validate
 from dlb.errors import ConfigError
 from dlb.trainer import Trainer

@@ -23,10 +23,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import dlb.checkpoint as ckpt
+import dlb.run.checkpoint as ckpt
 import dlb.trainer as trainer_mod
 from conftest import REPO, compose, metric_rows
-from dlb.checkpoint import RunLock, load_checkpoint, save_checkpoint
+from dlb.run.checkpoint import RunLock, load_checkpoint, save_checkpoint
 from dlb.errors import ConfigError, Diverged, OutputError, Preempted
 from dlb.methods.dlb import DLB
 from dlb.models import build_model
@@ -190,10 +190,10 @@ def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, mo
 
 
 # A child that dies by SIGKILL inside a checkpoint write: half the bytes of its Nth file, or right after
-# save_checkpoint's first rename. Test code only: it patches dlb.checkpoint in the child, then runs the CLI.
+# save_checkpoint's first rename. Test code only: it patches dlb.run.checkpoint in the child, then runs the CLI.
 KILL_IN_CHECKPOINT = r"""
 import os, signal, sys
-import dlb.checkpoint as ck
+import dlb.run.checkpoint as ck
 mode, n = os.environ["DLB_TEST_KILL"].split(":")
 calls = [0]
 if mode == "write":
@@ -331,7 +331,7 @@ def _nan_from_step(monkeypatch, step: int):
 
 def test_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_the_report_excludes_it(data, tmp_path,
                                                                                             monkeypatch):
-    from dlb.report import build_report, collect_runs, render_markdown
+    from dlb.analysis.report import build_report, collect_runs, render_markdown
 
     out = tmp_path / "runs" / "diverged"
     monkeypatch.setattr(trainer_mod, "FINITE_CHECK_EVERY", 5)
@@ -541,7 +541,7 @@ def test_wandb_failures_never_stop_training_or_lose_local_metrics(fail, data, tm
 
 
 def test_no_api_key_means_offline(monkeypatch, tmp_path):
-    from dlb.loggers import wandb_mode
+    from dlb.run.loggers import wandb_mode
 
     for var in ("WANDB_MODE", "WANDB_API_KEY"):
         monkeypatch.delenv(var, raising=False)

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from dlb import report
-from dlb.report import build_report, collect_runs, collect_wandb_runs, render_latex, render_markdown
+from dlb.analysis import report as report
+from dlb.analysis.report import build_report, collect_runs, collect_wandb_runs, render_latex, render_markdown
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -372,7 +372,7 @@ def plot_root(tmp_path):
 
 
 def test_plots_are_png_files(plot_root, tmp_path):
-    from dlb import plot
+    from dlb.analysis import plot as plot
 
     runs, _ = collect_runs([plot_root])
     out = tmp_path / "fig"
@@ -389,7 +389,7 @@ def test_plots_are_png_files(plot_root, tmp_path):
 
 def test_plots_use_the_runs_the_table_averages(plot_root):
     """A duplicate seed (the same run found under a second root) is counted once in the plots, as in the table."""
-    from dlb import plot
+    from dlb.analysis import plot as plot
 
     write_run(plot_root / "copy", "ce/s0", [99.0, 99.0, 99.0, 99.0], seed=0)  # same seed, a rerun elsewhere
     runs, _ = collect_runs([plot_root])
@@ -401,7 +401,7 @@ def test_plots_use_the_runs_the_table_averages(plot_root):
 
 
 def test_dynamics_without_the_keys_is_skipped_with_a_note(tmp_path, capsys, monkeypatch):
-    from dlb import plot
+    from dlb.analysis import plot as plot
 
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     root = tmp_path / "runs"
@@ -417,7 +417,7 @@ def test_dynamics_without_the_keys_is_skipped_with_a_note(tmp_path, capsys, monk
 @pytest.fixture
 def figures(monkeypatch):
     """The figure objects dlb.plot draws (kept open instead of closed after saving)."""
-    from dlb import plot
+    from dlb.analysis import plot as plot
 
     kept = []
     monkeypatch.setattr(plot.plt, "close", kept.append)
@@ -436,7 +436,7 @@ def _series_looks(ax) -> list[tuple]:
 def test_figures_readable(plot_root, tmp_path, figures):
     """Legends below the panels (never over the data, none missing), markers on every line, every series of a
     panel distinct (DLB clean vs noisy), and no 'paper' panel without paper values."""
-    from dlb import plot
+    from dlb.analysis import plot as plot
 
     write_run(plot_root, "short/s0", [50.0], epochs=1, dataset="cifar100", seed=0)  # a one-epoch run
     files = plot.plot_all(collect_runs([plot_root])[0], tmp_path / "fig", paper={})
@@ -458,7 +458,7 @@ def test_figures_readable(plot_root, tmp_path, figures):
 
 
 def test_noise_plot_shows_paper_values_only_where_known(plot_root, tmp_path, figures):
-    from dlb import plot
+    from dlb.analysis import plot as plot
 
     paper = {"tables": {"noise": {"cells": {"cifar10": {"*": {"symmetric@0.4+dlb": {"value": 25.0},
                                                               "symmetric@0.2+ce": "unknown"}}}}}}
@@ -491,7 +491,7 @@ def test_cli_default_output_is_outside_results(runs_root, tmp_path, monkeypatch)
 
 def test_sensitivity_heat_map_and_curves_keep_the_main_variant(tmp_path, figures):
     """A DLB T x alpha sweep: one heat map with each grid point's mean error; the curves show the main variant only."""
-    from dlb import plot
+    from dlb.analysis import plot as plot
 
     root = tmp_path / "runs"
     errs = {(3.0, 1.0): [10.0, 10.4], (1.0, 1.0): [12.0], (3.0, 2.0): [11.0], (1.0, 2.0): [13.0], (6.0, 1.0): [14.0]}

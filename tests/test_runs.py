@@ -1,4 +1,4 @@
-"""Run folders: what identifies a run (dlb/runid.py), the data it saw, where it lives by default, what a refused command
+"""Run folders: what identifies a run (dlb/run/identity.py), the data it saw, where it lives by default, what a refused command
 leaves behind, and what a person watching a run sees (start-up line, progress, train.log, Ctrl-C)."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from PIL import Image
 
 import dlb.trainer as trainer_mod
 from conftest import REPO, compose
-from dlb import runid
+from dlb.run import identity as runid
 from dlb.train import EXIT_INTERRUPTED, EXIT_USER_ERROR
 from dlb.trainer import Trainer
 from fakedata import write_fake_imagefolder
@@ -71,7 +71,7 @@ def test_other_data_in_a_run_folder_is_refused_in_one_line_and_the_folder_is_unt
 
 
 def test_fingerprint_names_sizes_classes_and_content(images):
-    from dlb.datasets import fingerprint, load_dataset
+    from dlb.data.datasets import fingerprint, load_dataset
 
     a = [load_dataset("imagefolder", str(images / "a"), train, image_size=12) for train in (True, False)]
     b = [load_dataset("imagefolder", str(images / "b"), train, image_size=12) for train in (True, False)]
@@ -245,7 +245,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_survives(images, 
 
 
 def test_an_unwritable_existing_run_folder_is_one_line_naming_the_path(images, tmp_path, monkeypatch, capsys):
-    import dlb.checkpoint as ckpt
+    import dlb.run.checkpoint as ckpt
     from test_reliability import run_cli
 
     out = tmp_path / "run"

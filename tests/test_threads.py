@@ -1,4 +1,4 @@
-"""dlb.utils.set_threads: the CPU thread count is chosen deliberately, never torch's one-per-core default."""
+"""dlb.device.placement.set_threads: the CPU thread count is chosen deliberately, never torch's one-per-core default."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from dlb.utils import set_threads
+from dlb.device.placement import set_threads
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ def test_joblib_launcher_gives_each_job_one_thread():
 
 
 def test_a_busy_cpu_gets_a_note_naming_the_knob(monkeypatch):
-    from dlb.utils import busy_cpu_note
+    from dlb.device.placement import busy_cpu_note
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 2.0, 2.0))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dlb.distributed import all_gather_rows
+from dlb.device.distributed import all_gather_rows
 from dlb.errors import ConfigError
 from dlb.methods.base import Cost, Method, onehot_targets, register_method, soft_target_ce
 

@@ -22,7 +22,7 @@ from torch import nn
 from dlb.choice import Choice
 from dlb.errors import ConfigError
 from dlb.methods.base import Cost, Method, batch_ce, log_probs, onehot_targets, register_method
-from dlb.teacher import checkpoint_file, find_teacher, load_teacher
+from dlb.run.teacher import checkpoint_file, find_teacher, load_teacher
 
 
 class KLReduction(Choice):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dlb.choice import Choice
-from dlb.loader import Batch
+from dlb.data.loader import Batch
 
 
 class BatchAugment(Choice):

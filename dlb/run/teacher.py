@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dlb import runfiles, runid
+from dlb.run import folder as runfiles
+from dlb.run import identity as runid
 from dlb.errors import ConfigError
 from dlb.models import build_model
 
@@ -30,7 +31,7 @@ def search_root(out_dir: Path, teacher_root: str | None) -> Path:
 
 
 def _matches(run_dir: Path, identity: dict, data: dict | None) -> bool:
-    """A completed CE run whose config computes what this run's does but for the method (dlb/runid.py: the same data
+    """A completed CE run whose config computes what this run's does but for the method (dlb/run/identity.py: the same data
     and subset, recipe, augmentation, label noise, backbone and seed), trained on the same data where both know it."""
     try:
         summary = runfiles.Summary.read(run_dir)
@@ -56,10 +57,10 @@ def _override_value(v) -> str:
 
 def _train_command(run_cfg, root: Path) -> str:
     """The command that trains the missing teacher into `root`: the run's group choices with method=ce, then every
-    value of its identity (dlb/runid.py) that differs from those groups' defaults (subset, recipe, epochs, ...)."""
+    value of its identity (dlb/run/identity.py) that differs from those groups' defaults (subset, recipe, epochs, ...)."""
     from omegaconf import OmegaConf
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    from dlb import CONFIGS as configs
 
     def option(group: str, name: str) -> str:
         # The group option whose YAML sets this name (backbone=resnet32 for cifar_resnet32); a backbone without one

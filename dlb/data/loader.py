@@ -5,7 +5,7 @@ tensor ops (gather, crop via advanced indexing or roi_align, flip, one fused mul
 CIFAR-sized data makes per-sample PIL work in worker processes the bottleneck of small-network training;
 here a batch costs a few kernel launches.  All randomness is a pure function of (seed, epoch, step), so a
 run can resume mid-epoch (iter_from) and reproduce the exact batches it would have seen.  A batch-level
-augmentation (CutOut, CutMix: dlb/augment.py) runs last, on the normalised batch, with its own per-batch seed.
+augmentation (CutOut, CutMix: dlb/data/augment.py) runs last, on the normalised batch, with its own per-batch seed.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from dlb.choice import Choice
 
 if TYPE_CHECKING:
-    from dlb.datasets import ArrayDataset
+    from dlb.data.datasets import ArrayDataset
 
 
 class Augment(Choice):
@@ -194,10 +194,10 @@ class DeviceLoader:
     the shuffled order; `g` is seeded from (seed, epoch) and lives on the loader's device, so draw with
     device=g.device.  The result is computed once per epoch and cached.
 
-    batch_augment(batch, seed) -> batch (dlb.augment.build) runs on each finished training batch; `seed` is a
+    batch_augment(batch, seed) -> batch (dlb.data.augment.build) runs on each finished training batch; `seed` is a
     function of (seed, epoch, step).  Ignored when train=False.
 
-    rank, world_size (DDP): every rank builds the same epoch order and keeps its shard (dlb.distributed.shard);
+    rank, world_size (DDP): every rank builds the same epoch order and keeps its shard (dlb.device.distributed.shard);
     a plain shuffled training epoch is cut into global batches of world_size x batch_size first."""
 
     def __init__(self, ds: "ArrayDataset", *, batch_size: int, train: bool, device, seed: int = 0,
@@ -253,7 +253,7 @@ class DeviceLoader:
             if self.drop_last and batches and len(batches[-1]) < size:
                 batches.pop()  # sizes are shape metadata: no device sync
         if self.world_size > 1:
-            from dlb.distributed import shard
+            from dlb.device.distributed import shard
 
             batches = shard(batches, self.rank, self.world_size, train=self.train,
                             global_batches=self.batch_order is None)

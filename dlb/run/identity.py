@@ -7,7 +7,7 @@ Every other config key only changes placement, speed or logging (FREE_KEYS). Thi
   * the default run folder: the cell, then the identity values that differ from the defaults, then the seed
     (`outputs/cifar100/cifar_resnet32/dlb/method.T=4,optim.lr=0.1/seed0`), so every distinct configuration has a
     folder of its own and rerunning a command finds its run again.
-The data a run saw is identified by a fingerprint of the decoded arrays (dlb.datasets.fingerprint), kept in the
+The data a run saw is identified by a fingerprint of the decoded arrays (dlb.data.datasets.fingerprint), kept in the
 checkpoint and in summary.json: `dataset.root` may move, the data may not change.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ def differences(saved: dict, current: dict) -> list[str]:
 
 
 def data_differences(saved: dict | None, current: dict | None) -> list[str]:
-    """What differs between two data fingerprints (dlb.datasets.fingerprint); [] when either is unknown."""
+    """What differs between two data fingerprints (dlb.data.datasets.fingerprint); [] when either is unknown."""
     if not saved or not current:
         return []
     short = lambda v: v[:12] if isinstance(v, str) and len(v) == 64 else v  # noqa: E731  (a sha256)

@@ -44,7 +44,7 @@ TRAIN_SIZES = {DatasetName.cifar10: 50000, DatasetName.cifar100: 50000, DatasetN
                DatasetName.fashion_mnist: 60000}
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from dlb import REPO as REPO_ROOT  # noqa: E402
 PREPARE_TINYIMAGENET = REPO_ROOT / "scripts" / "prepare_tinyimagenet.py"
 # Where Debian's `dataset-fashion-mnist` package puts the idx files (a module constant so tests can move it).
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -122,7 +122,7 @@ class RunData:
 def prepare(train: ArrayDataset, test: ArrayDataset, dataset_cfg, noise_cfg) -> RunData:
     """The run's data from the full splits: fingerprint first, then label noise drawn on the full training set (so a
     subset's labels agree with the full set's), then the fixed dataset.train_subset / test_subset."""
-    from dlb import noise as N
+    from dlb.data import noise as N
 
     d, nz = dataset_cfg, noise_cfg
     data = RunData(train, _subset(test, d.test_subset), fingerprint(train, test))

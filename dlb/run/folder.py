@@ -72,7 +72,7 @@ class Summary:
     num_params: Optional[int] = None
     train_size: Optional[int] = None
     num_classes: Optional[int] = None
-    data: Optional[dict] = None  # the data fingerprint (dlb.datasets.fingerprint)
+    data: Optional[dict] = None  # the data fingerprint (dlb.data.datasets.fingerprint)
     augment: str = "none"
     noise: str = "none"
     noise_rate: float = 0.0

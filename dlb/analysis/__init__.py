@@ -1,0 +1,1 @@
+"""Reading finished runs: tables, the paper's claims judged on seed pairs, figures."""

@@ -1,0 +1,377 @@
+"""Figures from finished runs: test-error curves per cell, error vs label-noise rate, DLB training dynamics, and a
+method's sensitivity to two of its hyper-parameters (a cell whose variants differ only in those).
+
+    python -m dlb.plot outputs multirun --out results/figures [--wandb [--wandb-project ENTITY/PROJECT]]
+
+A ROOT "wandb:ENTITY/PROJECT" reads the runs of a W&B project. Only usable runs are plotted (completed, all epochs,
+not diverged; see dlb.report); runs of one cell with different configs are drawn as separate lines, never averaged.
+Each figure's subtitle says which runs it shows.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from dlb.methods import METHODS, label as method_label  # noqa: E402
+from dlb.analysis.report import (DEFAULT_PAPER, Cell, Run, collect_runs, group_cells, load_paper, mean_std,  # noqa: E402
+                        one_run_per_seed, paper_value)
+
+ZOOM_FRACTION = 0.25  # the right panel of the curves shows the last quarter of training, where methods differ
+COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+# Line style and marker per setting (clean, noise rate, augmentation) where one panel shows several settings of a
+# method, so that two series never look alike. Markers also make runs of one or a few epochs visible at all.
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+MAX_MARKERS = 20  # per line; longer runs get a marker every n epochs
+MAX_CURVE_VARIANTS = 4  # a cell with more variants (a hyper-parameter sweep) shows its main one in the curves
+
+
+def method_color(method: str):
+    """The method's own colour (`Method.color`); None for a method without one."""
+    return METHODS[method].color if method in METHODS else None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def _seeds(runs: list[Run]) -> str:
+    return ",".join(str(r.seed) for r in sorted(runs, key=lambda r: r.seed))
+
+
+class Histories:
+    """metrics.jsonl rows per run, read once."""
+
+    def __init__(self):
+        self.rows: dict[str, list[dict]] = {}
+
+    def __call__(self, run: Run) -> list[dict]:
+        if run.path not in self.rows:
+            self.rows[run.path] = run.history()
+        return self.rows[run.path]
+
+    def series(self, runs: list[Run], key: str) -> dict[int, list[float]]:
+        """epoch -> the values of `key` over the runs that logged it at that epoch."""
+        out: dict[int, list[float]] = {}
+        for run in runs:
+            for row in self(run):
+                v, epoch = row.get(key), row.get("epoch")
+                if isinstance(v, (int, float)) and isinstance(epoch, int):
+                    out.setdefault(epoch, []).append(float(v))
+        return dict(sorted(out.items()))
+
+
+def _lines(cells: list[Cell]):
+    """(label, color, usable runs) per cell variant with runs; variant labels only where a cell has several. A cell
+    with more than MAX_CURVE_VARIANTS variants gives its main one only (the sensitivity plot shows the others)."""
+    for cell in cells:
+        variants = cell.variants if len(cell.variants) <= MAX_CURVE_VARIANTS else cell.variants[:1]
+        for i, variant in enumerate(variants):
+            runs = list(one_run_per_seed(variant.runs)[0].values())  # the runs the table averages
+            if not runs:
+                continue
+            label = method_label(cell.method) + (f" [{variant.label}]" if len(variants) > 1 else "")
+            color = method_color(cell.method) or COLORS[zlib.crc32(cell.method.encode()) % len(COLORS)]
+            yield label, (color if i == 0 else None), runs
+
+
+def _band(ax, series: dict[int, list[float]], label: str, color, linestyle="-", marker="o"):
+    epochs = list(series)
+    mean = [sum(v) / len(v) for v in series.values()]
+    (line,) = ax.plot(epochs, mean, label=label, color=color, linestyle=linestyle, linewidth=1.4, marker=marker,
+                      markersize=4, markevery=max(1, len(epochs) // MAX_MARKERS))
+    ax.fill_between(epochs, [min(v) for v in series.values()], [max(v) for v in series.values()],
+                    color=line.get_color(), alpha=0.18, linewidth=0)
+    return epochs, mean
+
+
+def _legend_below(fig, axes) -> None:
+    """One legend for all panels, below them: long labels never cover the data, and every panel's lines are named
+    (the panels of a figure show the same series)."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=2 if len(entries) > 1 else 1, fontsize=8, frameon=False)
+
+
+def _finish(fig, title: str, subtitle: str, path: Path) -> Path:
+    fig.suptitle(title, fontsize=12, y=0.995)
+    fig.text(0.5, 0.94, subtitle, ha="center", va="top", fontsize=8, color="0.3", wrap=True)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight" grows the image to hold the legend below the panels
+    plt.close(fig)
+    return path
+
+
+def _by_setting(cells: list[Cell]) -> dict[tuple, list[Cell]]:
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.dataset, cell.backbone, cell.augment, cell.noise, cell.noise_rate), []).append(cell)
+    return groups
+
+
+def plot_curves(cells: list[Cell], out: Path, hist: Histories, source: str = "") -> list[Path]:
+    """Test error vs epoch per (dataset, backbone, setting): one line per method, mean over seeds, min-max band."""
+    files = []
+    for (dataset, backbone, *_), group in _by_setting(cells).items():
+        lines = [(label, color, runs, hist.series(runs, "test_err")) for label, color, runs in _lines(group)]
+        lines = [line for line in lines if line[3]]
+        if not lines:
+            continue
+        fig, (ax_all, ax_zoom) = plt.subplots(1, 2, figsize=(11, 4.6))
+        last_epoch = max(max(s) for *_, s in lines)
+        zoom_from = max(1, int(last_epoch * (1 - ZOOM_FRACTION)))
+        zoom_values = []
+        for label, color, runs, series in lines:
+            text = f"{label} (n={len(runs)}, seeds {_seeds(runs)})"
+            _band(ax_all, series, text, color)
+            zoomed = {e: v for e, v in series.items() if e >= zoom_from}
+            if zoomed:
+                _band(ax_zoom, zoomed, text, color)
+                zoom_values += [x for v in zoomed.values() for x in v]
+        ax_all.set(xlabel="epoch", ylabel="test error (%)", title="all epochs")
+        ax_zoom.set(xlabel="epoch", ylabel="test error (%)", title=f"epochs {zoom_from}-{last_epoch} (zoom)")
+        for ax in (ax_all, ax_zoom):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        if zoom_values:
+            lo, hi = min(zoom_values), max(zoom_values)
+            pad = max(0.1, 0.1 * (hi - lo))
+            ax_zoom.set_ylim(lo - pad, hi + pad)
+        for ax in (ax_all, ax_zoom):
+            ax.grid(alpha=0.3)
+        _legend_below(fig, (ax_all, ax_zoom))
+        setting = group[0].setting
+        n = sum(len(runs) for _, _, runs, _ in lines)
+        name = f"curves_{dataset}_{backbone}" + (f"_{_slug(setting)}" if setting else "") + ".png"
+        files.append(_finish(
+            fig, f"{dataset} / {backbone}" + (f" / {setting}" if setting else "") + ": test error",
+            f"{n} runs; line = mean over seeds, band = min-max; usable (completed) runs only"
+            + (f"; from {source}" if source else ""), out / name))
+    return files
+
+
+def plot_noise(cells: list[Cell], out: Path, metric: str = "best", source: str = "", paper: dict | None = None
+               ) -> list[Path]:
+    """Error vs training-label noise rate per method (rate 0 = the clean runs), where a dataset/backbone has runs
+    at two or more rates. The paper's values, where the reference file has numbers, are drawn on the `metric` panel."""
+    files = []
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        if cell.augment == "none":
+            groups.setdefault((cell.dataset, cell.backbone), []).append(cell)
+    for (dataset, backbone), group in groups.items():
+        if not any(c.noise != "none" for c in group):
+            continue
+        points: dict[tuple, dict[float, list[Run]]] = {}  # (method, noise name) -> rate -> usable runs
+        paper_points: dict[str, dict[float, float]] = {}  # method -> rate -> the paper's error
+        noise_names = sorted({c.noise for c in group if c.noise != "none"})
+        for cell in group:
+            runs = list(one_run_per_seed(cell.variants[0].runs)[0].values())  # main variant, as the table
+            if not runs:
+                continue
+            for noise in ([cell.noise] if cell.noise != "none" else noise_names):
+                points.setdefault((cell.method, noise), {})[cell.noise_rate] = runs
+            known = paper_value(paper, cell)
+            if known["status"] == "value":
+                paper_points.setdefault(cell.method, {})[cell.noise_rate] = known["value"]
+        points = {k: v for k, v in points.items() if len(v) >= 2}
+        if not points:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+        n_runs = len({r.path for rates in points.values() for runs in rates.values() for r in runs})
+        for ax, which in zip(axes, ("best", "last")):
+            for (method, noise), rates in sorted(points.items()):
+                xs = sorted(rates)
+                stats = [mean_std([getattr(r, f"{which}_err") for r in rates[x]]) for x in xs]
+                ax.errorbar([100 * x for x in xs], [s["mean"] for s in stats], yerr=[s["std"] or 0 for s in stats],
+                            marker="o", capsize=3, color=method_color(method),
+                            linestyle="-" if noise == noise_names[0] else "--",
+                            label=f"{method_label(method)}, {noise} "
+                                  f"(n per rate: {'/'.join(str(len(rates[x])) for x in xs)})")
+            if which == metric and paper_points:
+                for method, rates in sorted(paper_points.items()):
+                    ax.plot([100 * x for x in sorted(rates)], [rates[x] for x in sorted(rates)], linestyle="none",
+                            marker="x", markersize=8, color=method_color(method),
+                            label=f"{method_label(method)}, paper")
+            ax.set(xlabel="training-label noise rate (%)", ylabel="test error (%)",
+                   title=f"{which} epoch" + (" (× = the paper's value)" if which == metric and paper_points else ""))
+            ax.grid(alpha=0.3)
+        _legend_below(fig, axes)
+        files.append(_finish(fig, f"{dataset} / {backbone}: test error vs label noise",
+                             f"{n_runs} runs; mean ± std over seeds; rate 0 = clean runs"
+                             + (f"; from {source}" if source else ""), out / f"noise_{dataset}_{backbone}.png"))
+    return files
+
+
+def plot_dlb_dynamics(cells: list[Cell], out: Path, hist: Histories, notes: list[str], source: str = "") -> list[Path]:
+    """train_consistency (the paper's consistency analysis) and train_kd vs epoch for the DLB runs."""
+    files = []
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        if "dlb" in cell.method:
+            groups.setdefault((cell.dataset, cell.backbone), []).append(cell)
+    for (dataset, backbone), group in groups.items():
+        panels = {"train_consistency": [], "train_kd": []}
+        n_runs = 0
+        settings = sorted({cell.setting for cell in group})  # one line style and marker each
+        for cell in group:
+            style = settings.index(cell.setting)
+            for label, color, runs in _lines([cell]):
+                label += f" [{cell.setting}]" if cell.setting else ""
+                found = {key: hist.series(runs, key) for key in panels}
+                for key, series in found.items():
+                    if series:
+                        panels[key].append((f"{label} (n={len(runs)}, seeds {_seeds(runs)})", color, series, style))
+                n_runs += len(runs) if any(found.values()) else 0
+        if not any(panels.values()):
+            notes.append(f"dlb_dynamics_{dataset}_{backbone}: skipped, the runs log neither train_consistency "
+                         "nor train_kd")
+            continue
+        if not panels["train_consistency"]:
+            notes.append(f"dlb_dynamics_{dataset}_{backbone}: train_consistency not logged; train_kd only")
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+        ylabels = {"train_consistency": "fraction of samples whose prediction\nagrees with the last step's",
+                   "train_kd": "KD term (α · T² · KL to the last batch)"}
+        for ax, (key, lines) in zip(axes, panels.items()):
+            for label, color, series, style in lines:
+                _band(ax, series, label, color, LINESTYLES[style % len(LINESTYLES)], MARKERS[style % len(MARKERS)])
+            if not lines:
+                ax.text(0.5, 0.5, f"{key} not logged by these runs", ha="center", va="center",
+                        transform=ax.transAxes, color="0.4")
+            ax.set(xlabel="epoch", ylabel=ylabels[key], title=key)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        _legend_below(fig, axes)
+        files.append(_finish(fig, f"{dataset} / {backbone}: DLB training dynamics",
+                             f"{n_runs} runs; line = mean over seeds, band = min-max"
+                             + (f"; from {source}" if source else ""), out / f"dlb_dynamics_{dataset}_{backbone}.png"))
+    return files
+
+
+def plot_sensitivity(cells: list[Cell], out: Path, source: str = "") -> list[Path]:
+    """Heat maps of mean test error over a grid of two method hyper-parameters, for each cell whose variants differ
+    in exactly those two method keys (e.g. experiment=cpu_dlb_sensitivity: DLB's T x alpha)."""
+    files = []
+    for cell in cells:
+        keys = cell.diff_keys
+        if len(keys) != 2 or not all(k.startswith("method.") for k in keys) or len(cell.variants) < 4:
+            continue
+        grid: dict[tuple, list[Run]] = {}
+        for variant in cell.variants:
+            runs = list(one_run_per_seed(variant.runs)[0].values())
+            if runs:
+                cfg = runs[0].run_config
+                grid[(cfg.get(keys[0]), cfg.get(keys[1]))] = runs
+        # Every point from the same seeds (those all points have), so no point is a mean of more runs than another.
+        common = set.intersection(*({r.seed for r in runs} for runs in grid.values()))
+        if common:
+            grid = {k: [r for r in runs if r.seed in common] for k, runs in grid.items()}
+        rows = sorted({a for a, _ in grid}, key=float)
+        cols = sorted({b for _, b in grid}, key=float)
+        fig, axes = plt.subplots(1, 2, figsize=(4 + 1.3 * len(cols) * 2, 1.5 + 0.7 * len(rows)))
+        n_runs = sum(len(r) for r in grid.values())
+        for ax, which in zip(axes, ("best", "last")):
+            means = [[mean_std([getattr(r, f"{which}_err") for r in grid[(a, b)]])["mean"] if (a, b) in grid
+                      else float("nan") for b in cols] for a in rows]
+            image = ax.imshow(means, cmap="viridis_r", aspect="auto")
+            finite = [v for row in means for v in row if v == v]
+            middle = (min(finite) + max(finite)) / 2  # dark (high-error) squares get white text
+            for i, a in enumerate(rows):
+                for j, b in enumerate(cols):
+                    if (a, b) in grid:
+                        n = len(grid[(a, b)])
+                        ax.text(j, i, f"{means[i][j]:.2f}" + (f"\n(n={n})" if n > 1 else ""), ha="center",
+                                va="center", fontsize=8, color="w" if means[i][j] > middle else "k")
+            ax.set_xticks(range(len(cols)), [f"{c:g}" for c in cols])
+            ax.set_yticks(range(len(rows)), [f"{r:g}" for r in rows])
+            ax.set(xlabel=keys[1], ylabel=keys[0], title=f"{which}-epoch test error (%)")
+            fig.colorbar(image, ax=ax, shrink=0.85)
+        seeds = sorted({r.seed for runs in grid.values() for r in runs})
+        files.append(_finish(fig, f"{cell.dataset} / {cell.backbone} / {method_label(cell.method)}"
+                             f"{' [' + cell.setting + ']' if cell.setting else ''}: sensitivity to "
+                             f"{keys[0]} x {keys[1]}",
+                             f"{n_runs} runs, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+                             + (" (the seeds every point has)" if common else "; mean over seeds where n > 1")
+                             + (f"; from {source}" if source else ""),
+                             out / f"sensitivity_{_slug(cell.name + '_' + cell.setting)}.png"))
+    return files
+
+
+def plot_all(runs: list[Run], out, *, metric: str = "best", source: str = "", notes: list[str] | None = None,
+             paper: dict | None = None) -> list[Path]:
+    """Every figure the runs allow; returns the files written. Reasons for figures not drawn go to `notes`."""
+    out = Path(out)
+    notes = [] if notes is None else notes
+    cells = group_cells(runs)
+    hist = Histories()
+    files = plot_curves(cells, out, hist, source)
+    files += plot_noise(cells, out, metric, source, paper)
+    files += plot_dlb_dynamics(cells, out, hist, notes, source)
+    files += plot_sensitivity(cells, out, source)
+    return files
+
+
+def log_to_wandb(files: list[Path], project: str | None) -> str:
+    """Best effort: one W&B run (job_type=plots) holding the figures as images. Returns what happened."""
+    project = project or os.environ.get("WANDB_PROJECT")
+    if not project:
+        return "W&B: no project configured (--wandb-project or WANDB_PROJECT); figures not logged"
+    entity, _, name = project.rpartition("/")
+    try:
+        import wandb
+
+        run = wandb.init(project=name, entity=entity or None, job_type="plots", name="dlb.plot")
+        run.log({f.stem: wandb.Image(str(f)) for f in files})
+        run.finish()
+        return f"W&B: logged {len(files)} figures to {project}"
+    except Exception as e:  # never fail the plotting because of W&B
+        warnings.warn(f"W&B logging failed ({type(e).__name__}: {e}); the files are written")
+        return f"W&B: logging failed ({type(e).__name__})"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dlb.plot", description=__doc__.split("\n\n")[0])
+    p.add_argument("roots", nargs="+", help="folders with run folders, or wandb:ENTITY/PROJECT")
+    p.add_argument("--out", required=True, help="folder for the PNG files")
+    p.add_argument("--metric", choices=("best", "last"), default="best",
+                   help="the noise plot's panel that shows the paper's values, where it has any")
+    p.add_argument("--paper", default=str(DEFAULT_PAPER), help="the paper's reference values (YAML)")
+    p.add_argument("--wandb", action="store_true", help="also log the figures to W&B (best effort)")
+    p.add_argument("--wandb-project", default=None, metavar="ENTITY/PROJECT",
+                   help="where --wandb logs (default: $WANDB_PROJECT)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    runs, skipped = collect_runs(args.roots)
+    for s in skipped:
+        print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    if not runs:
+        print(f"dlb.plot: no runs found in {', '.join(args.roots)}", file=sys.stderr)
+        return 2
+    notes: list[str] = []
+    files = plot_all(runs, args.out, metric=args.metric, source=", ".join(args.roots), notes=notes,
+                     paper=load_paper(args.paper))
+    for note in notes:
+        print(f"note: {note}")
+    for f in files:
+        print(f)
+    if args.wandb:
+        print(log_to_wandb(files, args.wandb_project) if files else "W&B: no figures to log")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The speed settings of a run (docs/performance.md): resolved once per device, none of them changes what a run computes
+beyond float rounding (trainer.faithful pins the official numerics)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dlb.choice import Choice
+
+
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+KEEP_HEAP = ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20))
+
+
+def keep_heap() -> bool:
+    """trainer.keep_heap: make glibc's malloc keep the memory a training step frees for the next step. By default it
+    hands freed heap back to the OS and the next step's activations fault it in again as zeroed pages: 15,000-18,000
+    page faults per resnet32 DLB step on a 2-core CPU, ~5 % of its time (results/bench/cpu_resnet32_b64_keep_heap.md).
+    Process-wide, numerics unchanged; the process keeps its peak heap. False where the C library has no mallopt
+    (macOS, musl)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(key, value) == 1 for key, value in KEEP_HEAP)
+
+
+
+def build_optimizer(o, params, fused: bool) -> torch.optim.SGD:
+    """SGD of the official recipe. fused (Speed.fused: optim.fused resolved for the device): torch's fused kernel
+    (one kernel for all parameters; CUDA and CPU have one in torch 2.14; on CPU its weights equal the loop's up to a
+    rare 1-ulp rounding: tests/test_perf.py; torch raises where it has none), else the plain per-parameter loop
+    (torch's reference, what the official code runs on CPU)."""
+    kind = dict(fused=True) if fused else dict(foreach=False, fused=False)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
+                           **kind)
+
+
+# trainer.compile: torch.compile's modes, none (eager), and auto (resolve_speed picks one for the device).
+CompileMode = Choice("CompileMode", [(m, m) for m in ("auto", "none", "default", "reduce-overhead", "max-autotune")])
+
+# trainer.compile=auto on CPU compiles only runs of at least this many optimizer steps. Measured on a 2-core Xeon
+# (results/bench/cpu_resnet32_b64_compile_cost.md): a cold compile of resnet32 costs about 29 s (CE and DLB) and
+# saves 0.004 s (CE) / 0.038 s (DLB) per step, repaid after about 6,100 / 760 steps. Tests, debug runs and the demo
+# stay below it (eager).
+CPU_COMPILE_MIN_STEPS = 10_000
+# trainer.eval_batch_size=auto: on CPU, batches that stay in cache (results/bench/cpu_eval_batch.md: 128 evaluates
+# resnet8/resnet32 about 2x faster than 1000); on CUDA, large batches keep the GPU busy.
+EVAL_BATCH = {"cpu": 128, "cuda": 1000}
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The speed settings a run uses, resolved once at start from trainer.*/optim.fused and the device."""
+    channels_last: bool
+    fused: bool
+    compile: str  # a CompileMode other than auto
+    bf16: bool = False
+    faithful: bool = False
+    eval_batch_size: int = EVAL_BATCH["cuda"]
+    keep_heap: bool = False
+
+    def describe(self) -> str:
+        heap = ", heap kept" if self.keep_heap else ""
+        if self.faithful:
+            return f"faithful (fp32, eager, contiguous, plain SGD), eval batch {self.eval_batch_size}{heap}"
+        return ", ".join(["bf16 autocast" if self.bf16 else "fp32",
+                          "channels_last" if self.channels_last else "contiguous",
+                          "fused SGD" if self.fused else "plain SGD",
+                          "eager" if self.compile == "none" else f"compile {self.compile}",
+                          f"eval batch {self.eval_batch_size}"]) + heap
+
+
+def resolve_speed(t, o, device: torch.device, steps: int, split_backward: bool = False) -> Speed:
+    """trainer.faithful/channels_last/compile/precision/keep_heap and optim.fused for this device; `steps`: the run's
+    optimizer steps. auto: on CPU what the repo's benchmark measured faster (results/bench/cpu_resnet32_b64_speed.md:
+    channels_last, fused SGD, compile default once the run is long enough to repay compiling, the kept heap); on CUDA
+    what its structure predicts, not yet measured (channels_last, fused, CUDA graphs, or compile default with DLB's
+    split backward, which CUDA graphs would break). faithful: the official code's numerics (config.validate refuses an
+    explicit conflicting switch)."""
+    cuda = device.type == "cuda"
+    eval_batch = t.eval_batch_size if t.eval_batch_size != "auto" else EVAL_BATCH["cuda" if cuda else "cpu"]
+    # (the heap and the evaluation batch change no number: faithful keeps them; eval rounding aside)
+    heap = device.type == "cpu" if t.get("keep_heap", "auto") == "auto" else bool(t.keep_heap)
+    if t.get("faithful"):
+        return Speed(channels_last=False, fused=False, compile="none", faithful=True, eval_batch_size=eval_batch,
+                     keep_heap=heap)
+    channels_last = (cuda or device.type == "cpu") if t.channels_last == "auto" else bool(t.channels_last)
+    fused = (cuda or device.type == "cpu") if o.fused == "auto" else bool(o.fused)
+    compile = str(t.compile)
+    if compile == "auto":
+        if cuda:
+            compile = "default" if split_backward else "reduce-overhead"
+        else:
+            compile = "default" if device.type == "cpu" and steps >= CPU_COMPILE_MIN_STEPS else "none"
+    return Speed(channels_last=channels_last, fused=fused, compile=compile, bf16=t.precision == "bf16",
+                 eval_batch_size=eval_batch, keep_heap=heap)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix maths runs in hardware here: a CUDA GPU that supports it, or a CPU with AMX or
+    AVX512-BF16 (oneDNN's test). Elsewhere bf16 autocast is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class Precision(Choice):
+    """trainer.precision: fp32 (the official numerics) or bf16 autocast of the forwards (CUDA, or a CPU with native
+    bf16: dlb.utils.native_bf16); losses and metrics are computed from fp32 logits either way."""
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """trainer.compile: torch.compile of the model (never of a method's step, so DLB's two forwards stay two separate
+    calls, each with its own BatchNorm statistics). dynamic=False: one static graph per batch shape, i.e. the full
+    batch and, once per run, the epoch's partial last batch (kept, as in the official code); no dynamic-shape
+    kernels. reduce-overhead replays CUDA graphs, whose output buffers are reused by the next replay: DLB keeps
+    last step's logits, so outputs are copied out (B x K floats per call)."""
+    if mode == "none":
+        return model
+    net = torch.compile(model, mode=None if mode == "default" else str(mode), dynamic=False)
+    if mode == "reduce-overhead":
+        net.register_forward_hook(lambda module, args, out: out.clone())
+    return net
+
+
