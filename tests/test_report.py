@@ -512,3 +512,66 @@ def test_sensitivity_heat_map_and_curves_keep_the_main_variant(tmp_path, figures
     assert {"10.00", "12.00", "11.00", "13.00", "14.00"} == texts
     [curves] = [f for f, path in zip(figures, files) if path.name.startswith("curves_")]
     assert len(curves.axes[0].get_lines()) == 2  # CE and DLB at its defaults (T=3, alpha=1)
+
+
+def _ablation(root, with_ce=True, **kw):
+    """`python -m dlb.train -m method=dlb method.T=2,4 method.alpha=0.5,1 seed=0,1,2` (and CE), as Hydra leaves it."""
+    for seed in range(3):
+        for T in (2.0, 4.0):
+            for alpha in (0.5, 1.0):
+                err = 10.0 - T / 4 - alpha / 2 + seed / 10
+                write_run(root, f"dlb/T{T}a{alpha}/s{seed}", [err + 5, err], epochs=2, method="dlb", seed=seed,
+                          T=T, alpha=alpha, overrides=["method=dlb", f"method.T={T}", f"method.alpha={alpha}",
+                                                       f"seed={seed}"], **kw)
+        if with_ce:
+            write_run(root, f"ce/s{seed}", [16.0, 11.0 + seed / 10], epochs=2, seed=seed,
+                      overrides=["method=ce", f"seed={seed}"], **kw)
+
+
+def test_adhoc_ablation_is_reported_as_an_ablation(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    _ablation(root)
+    assert report.main([str(root), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert "mismatched" not in md and "main" not in md and "NO RUNS" not in md
+    assert all(r["flags"] == [] for r in rep["rows"])
+    assert [r["variant"] for r in rep["rows"] if r["method"] == "dlb"] == [
+        "method.T=2.0, method.alpha=0.5", "method.T=2.0, method.alpha=1.0", "method.T=4.0, method.alpha=0.5",
+        "method.T=4.0, method.alpha=1.0"]
+    [ablation] = rep["ablations"]
+    assert ablation["swept"] == ["method.T", "method.alpha"] and ablation["base"] == "ce"
+    v = ablation["variants"][0]  # T=2, alpha=0.5: 10 - 0.5 - 0.25 = 9.25 (+ seed/10) vs CE 11 (+ seed/10)
+    assert v["n"] == 3 and v["last"]["mean"] == pytest.approx(9.35)
+    assert v["vs_base"]["last"]["values"] == pytest.approx([1.75] * 3) and v["vs_base"]["last"]["verdict"] == "HOLDS"
+    assert "## Ablation: cifar10 / cifar_resnet32 / dlb, swept method.T, method.alpha" in md
+    assert re.search(r"\| method\.T +\| method\.alpha +\| n +\| seeds", md)
+    # No variant at DLB's defaults (T=3, alpha=1): nothing compared, said once; claims without runs in one line.
+    assert rep["deltas"] == [] and "no single variant at the method's defaults" in md
+    assert "## Claims" in md and "Claims without runs" not in md and "No claim has runs of both its cells" in md
+    assert md.count("### Claim") == 0
+
+
+def test_a_key_that_differs_without_being_swept_is_flagged(tmp_path):
+    """The T x alpha sweep, but the T=4 runs also trained for other epochs (set elsewhere, not on the command line);
+    and without recorded overrides, a key confounded with the swept one."""
+    root = tmp_path / "sweep"
+    _ablation(root, with_ce=False)
+    for summary in root.glob("dlb/T4.0*/*/summary.json"):
+        cfg_path = summary.parent / ".hydra" / "config.yaml"
+        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg["trainer"]["epochs"] = 8
+        cfg_path.write_text(yaml.safe_dump(cfg))
+    rows = build_report(*collect_runs([root]))["rows"]
+    assert {r["swept"] for r in rows} == {"method.T, method.alpha"}
+    assert all(any(f.startswith("mismatched config: the runs differ in trainer.epochs") for f in r["flags"])
+               for r in rows)
+    for overrides in root.rglob("overrides.yaml"):  # hand-made folders: the full-grid rule decides
+        overrides.unlink()
+    rows = build_report(*collect_runs([root]))["rows"]
+    assert {r["swept"] for r in rows} == {"method.T, method.alpha"}  # T x alpha is a full grid; epochs follows T
+    assert all(any("trainer.epochs" in f for f in r["flags"]) for r in rows)
+    data = root / "dlb/T2.0a0.5/s0/summary.json"  # a run trained on other data is never a swept variant
+    data.write_text(json.dumps({**json.loads(data.read_text()), "data": {"train_sha256": "x", "test_sha256": "y"}}))
+    rows = build_report(*collect_runs([root]))["rows"]
+    assert any("data.test_sha256, data.train_sha256" in f for r in rows for f in r["flags"])

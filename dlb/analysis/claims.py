@@ -17,7 +17,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dlb.analysis import stats
-from dlb.analysis.runs import COSTS, SETTING
+from dlb.analysis.runs import COSTS, SETTING, sort_key
 from dlb.analysis.stats import Verdict
 
 EPOCHS = {"last": "last_err", "best": "best_err"}  # verdict epoch -> run-table column
@@ -35,7 +35,8 @@ def pairs_of(runs: pd.DataFrame, base: str, method: str, kind: str | None = None
             continue
         b, m = group[group["method"] == base], group[group["method"] == method]
         if len(b) and len(m):
-            where = {**dict(zip(SETTING, setting)), "setting": group["setting"].iloc[0]}
+            where = {**{k: getattr(v, "item", lambda: v)() for k, v in zip(SETTING, setting)},
+                     "setting": group["setting"].iloc[0]}
             yield where, b.set_index("seed"), m.set_index("seed")
 
 
@@ -116,9 +117,10 @@ def judge(paper: dict | None, runs: pd.DataFrame) -> list[dict]:
             entry["verdict"]["best"] = entry["verdict"]["last"]
             out.append(entry)
             continue
-        comparisons = [error_comparison(where, p["base"], p["method"], b, m)
-                       for p in claim["pairs"] for where, b, m in pairs_of(runs, p["base"], p["method"], p["setting"])
-                       if where["dataset"] in (claim.get("datasets") or [where["dataset"]])]
+        comparisons = sorted((error_comparison(where, p["base"], p["method"], b, m)
+                              for p in claim["pairs"] for where, b, m in pairs_of(runs, p["base"], p["method"], p["setting"])
+                              if where["dataset"] in (claim.get("datasets") or [where["dataset"]])),
+                             key=lambda c: tuple(sort_key(k, c[k]) for k in SETTING))
         if claim.get("grows") == "noise_rate":  # clean comparisons count as rate 0 where there are noisy ones
             noisy = {(c["dataset"], c["backbone"], c["augment"]) for c in comparisons if c["rate"] > 0}
             comparisons = [c for c in comparisons if (c["dataset"], c["backbone"], c["augment"]) in noisy]

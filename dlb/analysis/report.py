@@ -159,7 +159,7 @@ def compare(runs: pd.DataFrame, paper: dict | None = None) -> list[dict]:
 
 def ablations(df: pd.DataFrame, runs: pd.DataFrame) -> list[dict]:
     """Per cell with swept keys: one row per variant, by the swept keys, with the paired difference against the
-    method's first baseline (`compared_with`) present in the same setting."""
+    method's first baseline (`compared_with`) present in the same setting ("vs_base": {"last", "best"})."""
     out = []
     for cell, g in df[df["swept"] != ""].groupby(list(CELL), sort=False):
         where = dict(zip(CELL, cell))
@@ -175,7 +175,7 @@ def ablations(df: pd.DataFrame, runs: pd.DataFrame) -> list[dict]:
             row = {"values": v["values"].iloc[0], "n": len(used), "seeds": sorted(int(s) for s in used["seed"]),
                    "best": mean_std(used["best_err"]), "last": mean_std(used["last_err"])}
             if base is not None:
-                row.update(_paired(base, used.set_index("seed")))
+                row["vs_base"] = _paired(base, used.set_index("seed"))
             rows.append(row)
         out.append({**where, "setting": g["setting"].iloc[0], "swept": g["swept"].iloc[0].split(", "),
                     "unswept": g["unswept"].iloc[0], "base": bases[0] if bases else None, "variants": rows})
@@ -266,10 +266,10 @@ def render_markdown(report: dict) -> str:
         lines.append("")
         lines += _md([{**{k: json.dumps(v) if not isinstance(v, str) else v for k, v in x["values"].items()},
                        "n": x["n"], "seeds": _seeds(x["seeds"]), "last err": fmt_err(x["last"]),
-                       "best err": fmt_err(x["best"]), **(_paired_columns(x) if a["base"] else {})}
+                       "best err": fmt_err(x["best"]), **(_paired_columns(x["vs_base"]) if a["base"] else {})}
                       for x in a["variants"]])
     if report["not_compared"]:
-        lines += ["", "Not compared: " + "; ".join(report["not_compared"]) + "."]
+        lines += ["", "Left out of the comparisons and claims: " + "; ".join(report["not_compared"]) + "."]
     lines += ["", "## Flags", ""]
     flagged = [r for r in report["rows"] if r["flags"]]
     for r in flagged:

@@ -389,5 +389,5 @@ def compared(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             keep.append(runs[runs["variant"] == variants[0]])
         else:
             where = "/".join(str(c) for c in (cell[0], cell[1], cell[-1])) + f" [{setting_name(*cell[2:5])}]"
-            notes.append(f"{where.replace(' []', '')}: no single variant at the method's defaults; not compared")
+            notes.append(f"{where.replace(' []', '')} (no single variant at the method's defaults)")
     return (pd.concat(keep) if keep else df.iloc[:0]), notes

@@ -59,7 +59,7 @@ def t_quantile(p: float, df: int) -> float:
     lo, hi = 0.0, 1.0
     while t_sf2(hi, df) > 2 * (1 - p):
         hi *= 2
-    for _ in range(200):
+    for _ in range(64):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if t_sf2(mid, df) > 2 * (1 - p) else (lo, mid)
     return (lo + hi) / 2
@@ -72,11 +72,14 @@ def seeds_needed(mean: float, sd: float) -> str:
         return "none: mean is 0"
     if sd == 0:
         return str(MIN_PAIRS)
-    q = 1 - (1 - LEVEL) / 2
-    for n in range(MIN_PAIRS, MAX_SEEDS + 1):
-        if t_quantile(q, n - 1) * sd / math.sqrt(n) < abs(mean):
-            return str(n)
-    return f"over {MAX_SEEDS}"
+    decided = lambda n: t_quantile(1 - (1 - LEVEL) / 2, n - 1) * sd / math.sqrt(n) < abs(mean)  # noqa: E731
+    if not decided(MAX_SEEDS):
+        return f"over {MAX_SEEDS}"
+    lo, hi = MIN_PAIRS - 1, MAX_SEEDS  # the half-width shrinks with n: bisect for the first n that decides
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if decided(mid) else (mid, hi)
+    return str(hi)
 
 
 def paired(diffs: list[float]) -> dict:
