@@ -89,7 +89,7 @@ def cost_comparisons(claim: dict, runs: pd.DataFrame) -> list[dict]:
             for cost, limit in (claim.get("limits") or {}).items():
                 if cost not in COSTS:
                     continue
-                cpu = (b["device"].str.startswith("cpu")) | (m["device"].reindex(b.index).fillna("").str.startswith("cpu"))
+                cpu = b["device"].str.startswith("cpu") | m["device"].reindex(b.index).fillna("").str.startswith("cpu")
                 base_cost = b[cost].where(~cpu) if cost in NOT_ON_CPU else b[cost]
                 ratios = (m[cost] / base_cost[base_cost > 0]).dropna().sort_index()
                 within = [r <= limit for r in ratios]
@@ -117,8 +117,8 @@ def judge(paper: dict | None, runs: pd.DataFrame) -> list[dict]:
             entry["verdict"]["best"] = entry["verdict"]["last"]
             out.append(entry)
             continue
-        comparisons = sorted((error_comparison(where, p["base"], p["method"], b, m)
-                              for p in claim["pairs"] for where, b, m in pairs_of(runs, p["base"], p["method"], p["setting"])
+        comparisons = sorted((error_comparison(where, p["base"], p["method"], b, m) for p in claim["pairs"]
+                              for where, b, m in pairs_of(runs, p["base"], p["method"], p["setting"])
                               if where["dataset"] in (claim.get("datasets") or [where["dataset"]])),
                              key=lambda c: tuple(sort_key(k, c[k]) for k in SETTING))
         if claim.get("grows") == "noise_rate":  # clean comparisons count as rate 0 where there are noisy ones
@@ -147,7 +147,8 @@ def disagreements(entry: dict) -> list[str]:
 
 def _against(c: dict) -> str:
     if "rates" in c:
-        return f"growth of the advantage over {c['base']} ({c['backbone']}, rate {c['rates'][0]:g} -> {c['rates'][-1]:g})"
+        rates = f"rate {c['rates'][0]:g} -> {c['rates'][-1]:g}"
+        return f"growth of the advantage over {c['base']} ({c['backbone']}, {rates})"
     where = f"{c['dataset']}/{c['backbone']}" + (f", {c['setting']}" if c["setting"] else "")
     return f"{c['cost']} vs {c['base']} ({where})" if "cost" in c else f"{c['method']} vs {c['base']} ({where})"
 

@@ -249,15 +249,15 @@ def render_markdown(report: dict) -> str:
                    "paper": fmt_paper(r["paper"]), "flags": "; ".join(f.split(":")[0] for f in r["flags"])}
                   for r in report["rows"]])
     if report["deltas"]:
-        lines += ["", "## Method vs base (base error − method error per seed, points; positive = the method is better)",
-                  ""]
+        lines += ["", "## Method vs base (base error − method error per seed, points; positive = the method is "
+                      "better)", ""]
         lines += _md([{"dataset": d["dataset"], "backbone": d["backbone"], "setting": d["setting"] or "—",
                        "base → method": f"{label(d['base'])} → {label(d['method'])}",
                        "seeds": _seeds(d["last"]["seeds"]), **_paired_columns(d),
                        "paper claim": d["claim"]["text"] if d["claim"] else "—",
                        "check (best)": d["check_best"]} for d in report["deltas"]])
     for a in report["ablations"]:
-        where = f"{a['dataset']} / {a['backbone']} / {label(a['method'])}" + (f" [{a['setting']}]" if a["setting"] else "")
+        where = f"{a['dataset']} / {a['backbone']} / {label(a['method'])}" + (f" [{a['setting']}]" * bool(a["setting"]))
         lines += ["", f"## Ablation: {where}, swept {', '.join(a['swept'])}", ""]
         lines.append(f"Δ = {label(a['base'])} error − variant error, per seed." if a["base"] else
                      "No baseline of this setting for a paired difference.")
