@@ -153,10 +153,6 @@ def _against(c: dict) -> str:
     return f"{c['cost']} vs {c['base']} ({where})" if "cost" in c else f"{c['method']} vs {c['base']} ({where})"
 
 
-def _md(df: pd.DataFrame) -> list[str]:
-    return df.to_markdown(index=False, disable_numparse=True).splitlines()
-
-
 def _epoch_columns(s: dict, p_key: str = "p_holm") -> dict:
     return {"mean [95% CI]": stats.fmt_interval(s), "p (Holm)": stats.fmt_p(s.get(p_key)),
             "verdict": stats.fmt_decision(s, s["verdict"])}
@@ -188,30 +184,30 @@ def render_markdown(claims: list[dict], label) -> list[str]:
         if differ:
             lines += ["The two epochs disagree: " + "; ".join(differ) + ".", ""]
         if c["kind"] == "cost":
-            lines += _md(pd.DataFrame([{
+            lines += stats.markdown_table([{
                 "dataset": x["dataset"], "backbone": x["backbone"], "setting": x["setting"] or "—", "cost": x["cost"],
                 "base → method": f"{label(x['base'])} → {label(x['method'])}",
                 "seeds": ",".join(map(str, x["seeds"])) or "—",
                 "method / base per seed": " ".join(f"{r:.3f}" for r in x["ratio"]["values"]) or "—",
                 "mean": "—" if x["ratio"]["mean"] is None else f"{x['ratio']['mean']:.3f}",
-                "limit": f"≤ {x['limit']:g}", "verdict": x["verdict"].value} for x in c["comparisons"]]))
+                "limit": f"≤ {x['limit']:g}", "verdict": x["verdict"].value} for x in c["comparisons"]])
         else:
-            lines += _md(pd.DataFrame([{
+            lines += stats.markdown_table([{
                 "dataset": x["dataset"], "backbone": x["backbone"], "setting": x["setting"] or "—",
                 "base → method": f"{label(x['base'])} → {label(x['method'])}",
                 "seeds": ",".join(map(str, x["last"]["seeds"])) or "—",
                 "last: per seed": " ".join(f"{d:+.2f}" for d in x["last"]["values"]) or "—",
                 **{f"last: {k}": t for k, t in _epoch_columns(x["last"]).items()},
-                **{f"best: {k}": t for k, t in _epoch_columns(x["best"]).items()}} for x in c["comparisons"]]))
+                **{f"best: {k}": t for k, t in _epoch_columns(x["best"]).items()}} for x in c["comparisons"]])
         if c["growth"]:
             lines += ["", "Does the advantage grow with the noise rate (highest rate − lowest, per seed)?", ""]
-            lines += _md(pd.DataFrame([{
+            lines += stats.markdown_table([{
                 "dataset": g["dataset"], "backbone": g["backbone"],
                 "base → method": f"{label(g['base'])} → {label(g['method'])}",
                 "last: mean advantage by rate": ", ".join(f"{r:g}: {a:+.2f}" for r, a in g["last"]["by_rate"].items()),
                 "last: growth per seed": " ".join(f"{d:+.2f}" for d in g["last"]["values"]) or "—",
                 **{f"last: {k}": t for k, t in _epoch_columns(g["last"]).items()},
-                **{f"best: {k}": t for k, t in _epoch_columns(g["best"]).items()}} for g in c["growth"]]))
+                **{f"best: {k}": t for k, t in _epoch_columns(g["best"]).items()}} for g in c["growth"]])
         lines.append("")
     empty = [str(c["number"]) for c in claims if not c["comparisons"]]
     if empty:

@@ -207,11 +207,6 @@ def fmt_paper(p: dict, dash: str = "—") -> str:
     return f"{p['value']:.2f}" if p["status"] == "value" else "unknown" if p["status"] == "unknown" else dash
 
 
-def _md(rows: list[dict]) -> list[str]:
-    cells = [{k: str(v).replace("|", "\\|").replace("\n", " ") for k, v in r.items()} for r in rows]
-    return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True).splitlines()
-
-
 def _seeds(seeds: list[int]) -> str:
     return ",".join(map(str, seeds)) or "—"
 
@@ -242,32 +237,33 @@ def render_markdown(report: dict) -> str:
         f"The LaTeX table's check column uses the {report['metric']} epoch.", "",
     ]
     lines += claims_view.render_markdown(report["claims"], label)
+    md = stats.markdown_table
     lines += ["## Cells", ""]
-    lines += _md([{"dataset": r["dataset"], "backbone": r["backbone"], "method": label(r["method"]),
-                   "setting": r["setting"] or "—", "variant": r["variant"] or "—", "n": r["n"],
-                   "seeds": _seeds(r["seeds"]), "last err": fmt_err(r["last"]), "best err": fmt_err(r["best"]),
-                   "paper": fmt_paper(r["paper"]), "flags": "; ".join(f.split(":")[0] for f in r["flags"])}
-                  for r in report["rows"]])
+    lines += md([{"dataset": r["dataset"], "backbone": r["backbone"], "method": label(r["method"]),
+                  "setting": r["setting"] or "—", "variant": r["variant"] or "—", "n": r["n"],
+                  "seeds": _seeds(r["seeds"]), "last err": fmt_err(r["last"]), "best err": fmt_err(r["best"]),
+                  "paper": fmt_paper(r["paper"]), "flags": "; ".join(f.split(":")[0] for f in r["flags"])}
+                 for r in report["rows"]])
     if report["deltas"]:
         lines += ["", "## Method vs base (base error − method error per seed, points; positive = the method is "
                       "better)", ""]
-        lines += _md([{"dataset": d["dataset"], "backbone": d["backbone"], "setting": d["setting"] or "—",
-                       "base → method": f"{label(d['base'])} → {label(d['method'])}",
-                       "seeds": _seeds(d["last"]["seeds"]), **_paired_columns(d),
-                       "paper claim": d["claim"]["text"] if d["claim"] else "—",
-                       "check (best)": d["check_best"]} for d in report["deltas"]])
+        lines += md([{"dataset": d["dataset"], "backbone": d["backbone"], "setting": d["setting"] or "—",
+                      "base → method": f"{label(d['base'])} → {label(d['method'])}",
+                      "seeds": _seeds(d["last"]["seeds"]), **_paired_columns(d),
+                      "paper claim": d["claim"]["text"] if d["claim"] else "—",
+                      "check (best)": d["check_best"]} for d in report["deltas"]])
     for a in report["ablations"]:
         where = f"{a['dataset']} / {a['backbone']} / {label(a['method'])}" + (f" [{a['setting']}]" * bool(a["setting"]))
         lines += ["", f"## Ablation: {where}, swept {', '.join(a['swept'])}", ""]
         lines.append(f"Δ = {label(a['base'])} error − variant error, per seed." if a["base"] else
                      "No baseline of this setting for a paired difference.")
         if a["unswept"]:
-            lines.append(f"Flagged: the runs also differ in {a['unswept']} (not swept as a grid).")
+            lines.append(f"Flagged: the runs also differ in {a['unswept']} (not swept).")
         lines.append("")
-        lines += _md([{**{k: json.dumps(v) if not isinstance(v, str) else v for k, v in x["values"].items()},
-                       "n": x["n"], "seeds": _seeds(x["seeds"]), "last err": fmt_err(x["last"]),
-                       "best err": fmt_err(x["best"]), **(_paired_columns(x["vs_base"]) if a["base"] else {})}
-                      for x in a["variants"]])
+        lines += md([{**{k: v if isinstance(v, str) else json.dumps(v) for k, v in x["values"].items()},
+                      "n": x["n"], "seeds": _seeds(x["seeds"]), "last err": fmt_err(x["last"]),
+                      "best err": fmt_err(x["best"]), **(_paired_columns(x["vs_base"]) if a["base"] else {})}
+                     for x in a["variants"]])
     if report["not_compared"]:
         lines += ["", "Left out of the comparisons and claims: " + "; ".join(report["not_compared"]) + "."]
     lines += ["", "## Flags", ""]

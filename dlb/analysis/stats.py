@@ -142,3 +142,11 @@ def fmt_decision(s: dict, verdict: Verdict) -> str:
         return verdict.value
     need = s["seeds_needed"] or f"unknown: fewer than {MIN_PAIRS} pairs"
     return f"{verdict.value} (seeds needed: {need})"
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+    """The rows (dicts of one shape) as a Markdown table, cells as text; | escaped."""
+    import pandas as pd
+
+    cells = [{k: str(v).replace("|", "\\|").replace("\n", " ") for k, v in r.items()} for r in rows]
+    return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True).splitlines()
