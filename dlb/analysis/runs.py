@@ -383,12 +383,15 @@ def compared(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     keep, notes = [], []
     for cell, runs in df[df["usable"]].groupby(list(CELL), sort=False):
         variants = runs["variant"].unique()
-        if len(variants) > 1:
-            variants = [v for v in variants if runs[runs["variant"] == v]["unswept"].iloc[0] == ""
-                        and at_defaults(cell[-1], runs[runs["variant"] == v]["values"].iloc[0])]
+        swept = runs["swept"].iloc[0].split(", ")
+        if len(variants) > 1:  # the one at the defaults in the swept keys; none where unswept keys split it
+            variants = [v for v in variants if at_defaults(cell[-1], {
+                k: x for k, x in runs[runs["variant"] == v]["values"].iloc[0].items() if k in swept})]
         if len(variants) == 1:
             keep.append(runs[runs["variant"] == variants[0]])
         else:
             where = "/".join(str(c) for c in (cell[0], cell[1], cell[-1])) + f" [{setting_name(*cell[2:5])}]"
-            notes.append(f"{where.replace(' []', '')} (no single variant at the method's defaults)")
+            unswept = runs["unswept"].iloc[0]
+            notes.append(where.replace(" []", "") + (f" (its runs differ in {unswept}, not swept)" if unswept and not
+                                                     swept[0] else " (no single variant at the method's defaults)"))
     return (pd.concat(keep) if keep else df.iloc[:0]), notes
