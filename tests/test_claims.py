@@ -109,6 +109,8 @@ def test_holm_over_a_claims_comparisons(tmp_path):
     assert 0.025 < lsr["p"] < pskd["p"] < 0.05 and stats.verdict(lsr) == stats.verdict(pskd) == Verdict.holds
     assert lsr["p_holm"] == pytest.approx(2 * lsr["p"]) and pskd["p_holm"] == pytest.approx(2 * lsr["p"])
     assert lsr["verdict"] == pskd["verdict"] == Verdict.inconclusive and c2["verdict"]["last"] == "INCONCLUSIVE"
+    # seeds needed at 0.05 / 2: more than the 3 that decide each comparison on its own
+    assert stats.seeds_needed(lsr["mean"], lsr["std"]) == "3" and int(lsr["seeds_needed"]) > 3
 
 
 def test_last_and_best_epoch_verdicts_disagree_in_words(tmp_path):

@@ -65,14 +65,14 @@ def t_quantile(p: float, df: int) -> float:
     return (lo + hi) / 2
 
 
-def seeds_needed(mean: float, sd: float) -> str:
-    """Smallest n with t_{LEVEL, n-1} * sd / sqrt(n) < |mean|: the seeds that would decide a comparison whose
-    per-seed differences keep this mean and spread."""
+def seeds_needed(mean: float, sd: float, alpha: float = 1 - LEVEL) -> str:
+    """Smallest n with t_{1-alpha/2, n-1} * sd / sqrt(n) < |mean|: the seeds that would decide a comparison whose
+    per-seed differences keep this mean and spread, tested at level alpha."""
     if mean == 0:
         return "none: mean is 0"
     if sd == 0:
         return str(MIN_PAIRS)
-    decided = lambda n: t_quantile(1 - (1 - LEVEL) / 2, n - 1) * sd / math.sqrt(n) < abs(mean)  # noqa: E731
+    decided = lambda n: t_quantile(1 - alpha / 2, n - 1) * sd / math.sqrt(n) < abs(mean)  # noqa: E731
     if not decided(MAX_SEEDS):
         return f"over {MAX_SEEDS}"
     lo, hi = MIN_PAIRS - 1, MAX_SEEDS  # the half-width shrinks with n: bisect for the first n that decides
