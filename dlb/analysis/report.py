@@ -22,7 +22,7 @@ import pandas as pd
 from dlb import REPO
 from dlb.analysis import claims as claims_view
 from dlb.analysis import stats
-from dlb.analysis.runs import (CELL, DIVERGED, OK, SETTING, UNFINISHED, collect_runs, collect_wandb_runs,  # noqa: F401
+from dlb.analysis.runs import (CELL, DIVERGED, SETTING, UNFINISHED, collect_runs, collect_wandb_runs,  # noqa: F401
                                compared, mean_std, setting_kind, sort_key, table)
 from dlb.methods import METHODS, comparisons, label
 
