@@ -1,5 +1,6 @@
-"""The report's Claims view (dlb/analysis/claims.py) on run folders written by hand: a claim held on every seed, one that
-fails on every seed, one whose seeds disagree, one seed only, the noise-growth check and a cost claim."""
+"""The report's Claims view (dlb/analysis/claims.py) and its statistics (dlb/analysis/stats.py) on run folders written
+by hand: the paired t interval decides each verdict (held, not held, inconclusive with the seeds it would need),
+Holm over a claim's comparisons, last vs best epoch named where they disagree, the noise-growth check, a cost claim."""
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ import pytest
 import yaml
 
 from conftest import REPO
-from dlb.analysis import claims as claims
 from dlb.analysis import report as report
-from dlb.analysis.claims import Verdict
+from dlb.analysis import stats
+from dlb.analysis.stats import Verdict
 from test_report import write_run as _write_run
 
 
@@ -30,62 +31,113 @@ def claim(rep, number):
     return next(c for c in rep["claims"] if c["number"] == number)
 
 
-def test_verdict_rules():
-    assert claims.verdict([True, True, True]) == Verdict.holds
-    assert claims.verdict([False, False]) == Verdict.fails
-    assert claims.verdict([True, False, True]) == Verdict.inconclusive  # the sign differs between seeds
-    assert claims.verdict([True]) == Verdict.inconclusive  # never judged on one seed
-    assert claims.verdict([]) == Verdict.inconclusive
-    assert claims.overall([Verdict.holds, Verdict.holds]) == "HOLDS"
-    assert claims.overall([Verdict.holds, Verdict.fails, Verdict.inconclusive]) == "HOLDS IN 1 OF 3"
+def test_t_distribution_against_known_values():
+    assert stats.t_quantile(0.975, 2) == pytest.approx(4.302653, abs=1e-6)
+    assert stats.t_quantile(0.975, 4) == pytest.approx(2.776445, abs=1e-6)
+    assert stats.t_quantile(0.975, 1) == pytest.approx(12.706205, abs=1e-6)
+    assert stats.t_quantile(0.995, 10) == pytest.approx(3.169273, abs=1e-6)
+    assert stats.t_sf2(2.0, 5) == pytest.approx(0.101939, abs=1e-6)
+    assert stats.t_sf2(0.0, 3) == pytest.approx(1.0)
+    assert stats.betainc(2, 3, 0.4) == pytest.approx(0.5248)  # 1 - sum_{k<2} C(4,k) 0.4^k 0.6^(4-k)
 
 
-@pytest.fixture
-def grid(tmp_path):
-    """CE, DLB, LSR, PS-KD, CS-KD on one backbone, 3 seeds (best errors below). DLB beats CE and LSR on every seed,
-    loses to PS-KD on every seed, and against CS-KD the seeds disagree; Tf-KD has one seed only."""
-    best = {"ce": [10.0, 11.0, 10.5], "dlb": [9.0, 9.5, 10.0], "lsr": [9.5, 10.0, 10.2], "pskd": [8.0, 8.5, 9.0],
-            "cskd": [9.5, 9.0, 10.5], "tfkd_self": [9.8]}
+def test_paired_interval_p_and_seeds_needed():
+    s = stats.paired([1.0, 1.5, 0.5])  # mean 1, sd 0.5: t = 3.46 on 2 df
+    assert s["mean"] == 1.0 and s["std"] == pytest.approx(0.5)
+    half = 4.302653 * 0.5 / 3 ** 0.5
+    assert (s["lo"], s["hi"]) == pytest.approx((1 - half, 1 + half))
+    assert s["p"] == pytest.approx(0.0742, abs=1e-4)
+    assert stats.verdict(s) == Verdict.inconclusive
+    assert s["seeds_needed"] == "4"  # t_{0.975,3} 0.5 / 2 = 0.80 < 1, t_{0.975,2} 0.5 / sqrt 3 = 1.24 > 1
+    assert stats.verdict(stats.paired([1.0, 1.1, 0.9, 1.0])) == Verdict.holds
+    assert stats.verdict(stats.paired([-1.0, -1.1, -0.9, -1.0])) == Verdict.fails
+    assert stats.paired([0.5, -0.5])["seeds_needed"] == "none: mean is 0"
+    one = stats.paired([2.0])  # never judged on one seed
+    assert one["lo"] is None and stats.verdict(one) == Verdict.inconclusive
+    adjusted = stats.holm([0.01, 0.04, 0.03, None])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and adjusted[3] is None
+    assert stats.overall([Verdict.holds, Verdict.fails, Verdict.inconclusive]) == "HOLDS IN 1 OF 3"
+
+
+def _pairs(root, base, method, base_errs, method_errs, **kw):
+    for seed, (b, m) in enumerate(zip(base_errs, method_errs)):
+        write_run(root, f"c/r/{base}/seed{seed}", b if isinstance(b, list) else [b], method=base, seed=seed, **kw)
+        write_run(root, f"c/r/{method}/seed{seed}", m if isinstance(m, list) else [m], method=method, seed=seed, **kw)
+
+
+def test_interval_decides_held_not_held_inconclusive(tmp_path):
+    """Claim 2, four baselines, 4 seeds: DLB beats LSR clearly, loses to PS-KD clearly; against CS-KD the pairs
+    agree in sign but spread too much; Tf-KD has one seed only."""
     root = tmp_path / "runs"
-    for method, errs in best.items():
-        for seed, err in enumerate(errs):
-            write_run(root, f"c/r/{method}/seed{seed}", [err + 5, err], method=method, seed=seed)
-    return root
-
-
-def test_claims_held_not_held_inconclusive(grid):
-    rep = build(grid)
-    c1 = claim(rep, 1)
-    assert c1["verdict"] == "HOLDS"
-    (cmp,) = c1["comparisons"]
-    assert cmp["seeds"] == [0, 1, 2] and cmp["diff"]["values"] == pytest.approx([1.0, 1.5, 0.5])
-    assert cmp["diff"]["mean"] == pytest.approx(1.0) and cmp["diff"]["std"] == pytest.approx(0.5)
-    by_base = {c["base"]: c for c in claim(rep, 2)["comparisons"]}
-    assert by_base["lsr"]["verdict"] == Verdict.holds
-    assert by_base["pskd"]["verdict"] == Verdict.fails
-    assert by_base["pskd"]["diff"]["values"] == pytest.approx([1.0 - 2, 1.0 - 2, 1.0 - 2])
-    assert by_base["cskd"]["verdict"] == Verdict.inconclusive  # +0.5, -0.5, +0.5
-    assert by_base["tfkd_self"]["verdict"] == Verdict.inconclusive and by_base["tfkd_self"]["seeds"] == [0]
-    assert claim(rep, 2)["verdict"] == "HOLDS IN 1 OF 4"
-    assert "does not hold: pskd" in claim(rep, 2)["summary"]
+    dlb = [9.0, 9.5, 10.0, 9.2]
+    base = {"lsr": [d + g for d, g in zip(dlb, (1.0, 1.1, 0.9, 1.0))],
+            "pskd": [d - g for d, g in zip(dlb, (1.0, 1.1, 0.9, 1.0))],
+            "cskd": [d + g for d, g in zip(dlb, (0.1, 2.0, 0.2, 1.9))]}
+    for seed, err in enumerate(dlb):
+        write_run(root, f"c/r/dlb/seed{seed}", [err], method="dlb", seed=seed)
+        for method, errs in base.items():
+            write_run(root, f"c/r/{method}/seed{seed}", [errs[seed]], method=method, seed=seed)
+    write_run(root, "c/r/tfkd_self/seed0", [9.8], method="tfkd_self", seed=0)
+    rep = build(root)
+    c2 = claim(rep, 2)
+    by_base = {c["base"]: c["last"] for c in c2["comparisons"]}
+    assert by_base["lsr"]["verdict"] == Verdict.holds and by_base["lsr"]["lo"] > 0
+    assert by_base["pskd"]["verdict"] == Verdict.fails and by_base["pskd"]["hi"] < 0
+    cskd = by_base["cskd"]
+    assert all(d > 0 for d in cskd["values"]) and cskd["lo"] < 0 and cskd["verdict"] == Verdict.inconclusive
+    assert int(cskd["seeds_needed"]) > 4
+    assert by_base["tfkd_self"]["seeds"] == [0] and by_base["tfkd_self"]["verdict"] == Verdict.inconclusive
+    assert c2["verdict"] == {"last": "HOLDS IN 1 OF 4", "best": "HOLDS IN 1 OF 4"}
     md = report.render_markdown(rep)
-    assert "### Claim 2: DLB beats" in md and "HOLDS IN 1 OF 4" in md and "| +1.00 +1.50 +0.50 |" in md
-    json.dumps(rep)  # the JSON report holds the claims too
+    assert "### Claim 2: DLB beats" in md and "last epoch **HOLDS IN 1 OF 4**" in md
+    assert f"INCONCLUSIVE (seeds needed: {cskd['seeds_needed']})" in md
+    assert "INCONCLUSIVE (seeds needed: unknown: fewer than 2 pairs)" in md
+    assert "Claims without runs of both their cells: 1, 3, 4, 5." in md and "### Claim 1" not in md
+    json.dumps(rep, default=str)  # the JSON report holds the claims too
+
+
+def test_holm_over_a_claims_comparisons(tmp_path):
+    """Two comparisons each significant on its own (p 0.029 and 0.038) but not after Holm over the claim's two."""
+    root = tmp_path / "runs"
+    gains = {"lsr": (1.0, 1.3, 0.7), "pskd": (1.0, 1.35, 0.65)}
+    for seed in range(3):
+        write_run(root, f"c/r/dlb/seed{seed}", [10.0], method="dlb", seed=seed)
+        for method, gain in gains.items():
+            write_run(root, f"c/r/{method}/seed{seed}", [10.0 + gain[seed]], method=method, seed=seed)
+    c2 = claim(build(root), 2)
+    lsr, pskd = ({c["base"]: c["last"] for c in c2["comparisons"]}[b] for b in ("lsr", "pskd"))
+    assert 0.025 < lsr["p"] < pskd["p"] < 0.05 and stats.verdict(lsr) == stats.verdict(pskd) == Verdict.holds
+    assert lsr["p_holm"] == pytest.approx(2 * lsr["p"]) and pskd["p_holm"] == pytest.approx(2 * lsr["p"])
+    assert lsr["verdict"] == pskd["verdict"] == Verdict.inconclusive and c2["verdict"]["last"] == "INCONCLUSIVE"
+    # seeds needed at 0.05 / 2: more than the 3 that decide each comparison on its own
+    assert stats.seeds_needed(lsr["mean"], lsr["std"]) == "3" and int(lsr["seeds_needed"]) > 3
+
+
+def test_last_and_best_epoch_verdicts_disagree_in_words(tmp_path):
+    """DLB's best epoch (chosen on the test set) beats CE on every seed; its last epoch does not."""
+    root = tmp_path / "runs"
+    _pairs(root, "ce", "dlb", [[10.0, 10.0]] * 3,
+           [[9.0, 10.2], [9.1, 9.7], [8.9, 10.1]])  # best 9.0/9.1/8.9: +1.0; last: -0.2 +0.3 -0.1
+    c1 = claim(build(root), 1)
+    (cmp,) = c1["comparisons"]
+    assert cmp["best"]["verdict"] == Verdict.holds and cmp["last"]["verdict"] == Verdict.inconclusive
+    assert c1["verdict"] == {"last": "INCONCLUSIVE", "best": "HOLDS"}
+    md = report.render_markdown(build(root))
+    assert ("The two epochs disagree: dlb vs ce (cifar10/cifar_resnet32): inconclusive on the last epoch, holds on "
+            "the test-selected best epoch.") in md
 
 
 def test_claims_pair_by_seed_not_by_mean(tmp_path):
-    """Means favour DLB, but only because of one seed: 2 of 3 seed pairs say otherwise -> inconclusive."""
+    """Means favour DLB, but only because of one seed: the paired interval spans 0 -> inconclusive."""
     root = tmp_path / "runs"
-    for seed, (ce, dlb) in enumerate([(20.0, 10.0), (10.0, 10.5), (10.0, 10.5)]):
-        write_run(root, f"c/r/ce/seed{seed}", [ce], method="ce", seed=seed)
-        write_run(root, f"c/r/dlb/seed{seed}", [dlb], method="dlb", seed=seed)
+    _pairs(root, "ce", "dlb", [20.0, 10.0, 10.0], [10.0, 10.5, 10.5])
     c1 = claim(build(root), 1)
-    assert c1["comparisons"][0]["diff"]["mean"] > 0 and c1["verdict"] == "INCONCLUSIVE"
+    assert c1["comparisons"][0]["last"]["mean"] > 0 and c1["verdict"]["last"] == "INCONCLUSIVE"
 
 
 def test_noise_claim_and_its_growth(tmp_path):
     root = tmp_path / "runs"
-    advantage = {0.0: [0.2, 0.3], 0.2: [0.5, 0.4], 0.6: [1.5, 2.0]}  # DLB's advantage per seed, growing
+    advantage = {0.0: [0.2, 0.3, 0.25], 0.2: [0.5, 0.4, 0.45], 0.6: [1.5, 2.0, 1.8]}  # DLB's advantage, growing
     for rate, adv in advantage.items():
         noise = "none" if rate == 0 else "symmetric"
         for seed, a in enumerate(adv):
@@ -93,26 +145,24 @@ def test_noise_claim_and_its_growth(tmp_path):
             write_run(root, f"c/r/ce{tag}/seed{seed}", [20.0], method="ce", seed=seed, noise=noise, rate=rate)
             write_run(root, f"c/r/dlb{tag}/seed{seed}", [20.0 - a], method="dlb", seed=seed, noise=noise, rate=rate)
     c4 = claim(build(root), 4)
-    assert [c["noise_rate"] for c in c4["comparisons"]] == [0.0, 0.2, 0.6]
-    assert all(c["verdict"] == Verdict.holds for c in c4["comparisons"])
+    assert [c["rate"] for c in c4["comparisons"]] == [0.0, 0.2, 0.6]
+    assert all(c["last"]["verdict"] == Verdict.holds for c in c4["comparisons"])
     (g,) = c4["growth"]
-    assert g["rates"] == [0.0, 0.2, 0.6] and g["growth"]["values"] == pytest.approx([1.3, 1.7])
-    assert g["verdict"] == Verdict.holds and c4["verdict"] == "HOLDS"
-    # the same advantages shrinking with noise: the advantage holds at every rate, its growth does not
+    assert g["rates"] == [0.0, 0.2, 0.6] and g["last"]["values"] == pytest.approx([1.3, 1.7, 1.55])
+    assert g["last"]["verdict"] == Verdict.holds and c4["verdict"]["last"] == "HOLDS"
+    # the advantage shrinking at 60%: it still holds at every rate, its growth does not
     for d in root.rglob("summary.json"):
         s = json.loads(d.read_text())
         if s["method"] == "dlb" and "symmetric0.6" in str(d):
-            s["best_test_err"] = 20.0 - 0.1
+            s["last_test_err"] = s["best_test_err"] = 20.0 - 0.1 + 0.01 * s["seed"]
             d.write_text(json.dumps(s))
     c4 = claim(build(root), 4)
-    assert c4["growth"][0]["verdict"] == Verdict.fails and c4["verdict"] == "HOLDS IN 3 OF 4"
+    assert c4["growth"][0]["last"]["verdict"] == Verdict.fails and c4["verdict"]["last"] == "HOLDS IN 3 OF 4"
 
 
 def test_cost_claim(tmp_path):
     root = tmp_path / "runs"
-    for seed in range(3):
-        write_run(root, f"c/r/ce/seed{seed}", [10.0], method="ce", seed=seed)
-        write_run(root, f"c/r/dlb/seed{seed}", [9.0], method="dlb", seed=seed)
+    _pairs(root, "ce", "dlb", [10.0] * 3, [9.0] * 3)
     for d in root.rglob("summary.json"):  # DLB: same parameters, 1.9x the training time, 1.2x the process memory
         s = json.loads(d.read_text())
         s["train_time_s"] = 19.0 if s["method"] == "dlb" else 10.0
@@ -125,7 +175,7 @@ def test_cost_claim(tmp_path):
     assert by_cost["train_time_s"]["ratio"]["values"] == pytest.approx([1.9] * 3)
     assert by_cost["peak_memory_bytes"]["seeds"] == []  # a CPU run's RSS is not training memory: not judged
     assert by_cost["peak_memory_bytes"]["verdict"] == Verdict.inconclusive
-    assert "| ≤ 1.5 | DOES NOT HOLD |" in report.render_markdown(build(root))
+    assert "| ≤ 1.5   | DOES NOT HOLD |" in report.render_markdown(build(root))
     for d in root.rglob("summary.json"):  # the same on a GPU: max allocated memory, judged
         s = json.loads(d.read_text())
         d.write_text(json.dumps({**s, "device": "cuda"}))
@@ -133,15 +183,14 @@ def test_cost_claim(tmp_path):
     assert memory["ratio"]["values"] == pytest.approx([1.2] * 3) and memory["verdict"] == Verdict.holds
 
 
-def test_claims_skip_other_variants(tmp_path):
-    """A DLB run with other hyper-parameters (a sensitivity sweep's) is not the DLB the claims compare."""
+def test_claims_compare_the_variant_at_the_defaults(tmp_path):
+    """A DLB run with other hyper-parameters (a sensitivity sweep's) is not the DLB the claims compare: they take
+    the variant at the method's defaults (T=3, alpha=1)."""
     root = tmp_path / "runs"
-    for seed in range(2):
-        write_run(root, f"c/r/ce/seed{seed}", [10.0], method="ce", seed=seed)
-        write_run(root, f"c/r/dlb/seed{seed}", [9.0], method="dlb", seed=seed)
+    _pairs(root, "ce", "dlb", [10.0, 10.2], [9.0, 9.2])
     write_run(root, "c/r/dlb/T6/seed0", [12.0], method="dlb", seed=0, T=6.0)
     (cmp,) = claim(build(root), 1)["comparisons"]
-    assert cmp["diff"]["values"] == pytest.approx([1.0, 1.0]) and cmp["verdict"] == Verdict.holds
+    assert cmp["last"]["values"] == pytest.approx([1.0, 1.0]) and cmp["last"]["verdict"] == Verdict.holds
 
 
 def test_noise_claim_leaves_out_clean_comparisons_without_noisy_runs(tmp_path):
@@ -155,6 +204,5 @@ def test_noise_claim_leaves_out_clean_comparisons_without_noisy_runs(tmp_path):
                     write_run(root, f"c/{backbone}/{method}{tag}/seed{seed}", [err], method=method, seed=seed,
                               backbone=backbone, noise=noise, rate=rate)
     c4 = claim(build(root), 4)
-    assert {(c["backbone"], c["noise_rate"]) for c in c4["comparisons"]} == {("cifar_resnet8", 0.0),
-                                                                              ("cifar_resnet8", 0.4)}
+    assert {(c["backbone"], c["rate"]) for c in c4["comparisons"]} == {("cifar_resnet8", 0.0), ("cifar_resnet8", 0.4)}
     assert len(claim(build(root), 1)["comparisons"]) == 2

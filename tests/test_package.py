@@ -125,9 +125,9 @@ CHECK = textwrap.dedent('''
     assert report.main([runs_dir, "--out", out, "--name", "toy"]) == 0
     data = json.load(open(f"{out}/toy.json"))
     assert [(d["base"], d["method"]) for d in data["deltas"]] == [("ce", toy)], data["deltas"]
-    assert "| ce → Toy |" in open(f"{out}/toy.md").read()
+    assert "| ce → Toy " in open(f"{out}/toy.md").read()
     runs, _ = report.collect_runs([runs_dir])
-    lines = {label: color for label, color, _ in plot._lines(report.group_cells(runs))}
+    lines = {label: color for label, color, _ in plot._lines(report.table(runs))}
     assert lines["Toy"] == "C7" and lines["ce"] == "0.35", lines
     assert plot.main([runs_dir, "--out", f"{out}/fig"]) == 0
     print("ok")

@@ -39,8 +39,9 @@ def run_config(dataset="cifar10", backbone="cifar_resnet32", method="ce", seed=0
 
 
 def write_run(root: Path, rel: str, errs: list[float], *, status="completed", epochs=4, config=None,
-              extra_rows=None, write_config=True, device="cpu", **config_kw) -> Path:
-    """A run folder as dlb.trainer + Hydra leave it: summary.json, metrics.jsonl, .hydra/config.yaml."""
+              extra_rows=None, write_config=True, device="cpu", overrides=None, **config_kw) -> Path:
+    """A run folder as dlb.trainer + Hydra leave it: summary.json, metrics.jsonl, .hydra/config.yaml (and
+    .hydra/overrides.yaml: the command line's overrides, where given)."""
     cfg = config or run_config(**config_kw)
     cfg["trainer"]["device"] = device
     d = root / rel
@@ -64,6 +65,8 @@ def write_run(root: Path, rel: str, errs: list[float], *, status="completed", ep
     (d / "summary.json").write_text(json.dumps(summary, indent=2))
     if write_config:
         (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    if overrides is not None:
+        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
     return d
 
 
@@ -99,8 +102,10 @@ def runs_root(tmp_path):
     return root
 
 
-def _rows(rep, cell, main=True):
-    return [r for r in rep["rows"] if r["cell"] == cell and r["main"] == main and not r["setting"]]
+def _rows(rep, cell, variant=None):
+    """The clean rows of a cell ("dataset/backbone/method"), of one variant where given."""
+    return [r for r in rep["rows"] if f"{r['dataset']}/{r['backbone']}/{r['method']}" == cell and not r["setting"]
+            and variant in (None, r["variant"])]
 
 
 def test_collect_lists_broken_runs_as_skipped(runs_root):
@@ -124,15 +129,14 @@ def test_cell_means_flags_and_variants(runs_root):
     assert ce["last"]["std"] == pytest.approx(statistics.stdev([7.3, 7.5, 7.6]))  # sample std, ddof=1
     assert ce["paper"]["status"] == "unknown"
 
-    # Main dlb row: only the two alpha=1 runs (the alpha=0.5 run would pull the mean to 6.07).
-    [dlb] = _rows(rep, "cifar10/cifar_resnet32/dlb")
+    # The alpha=1 runs and the alpha=0.5 one are variants of an alpha ablation: never averaged together (it would
+    # pull the mean to 6.07), never flagged as mismatched, neither called the main one.
+    [dlb] = _rows(rep, "cifar10/cifar_resnet32/dlb", "method.alpha=1.0")
     assert dlb["n"] == 2 and dlb["best"]["mean"] == pytest.approx((6.5 + 6.7) / 2)
     assert dlb["last"]["mean"] == pytest.approx((7.3 + 7.4) / 2)
-    assert dlb["variant"] == "method.alpha=1.0"
-    assert "missing seeds: 2" in dlb["flags"]
-    assert any(f.startswith("mismatched config") and "method.alpha" in f for f in dlb["flags"])
-    [ablation] = _rows(rep, "cifar10/cifar_resnet32/dlb", main=False)
-    assert ablation["variant"] == "method.alpha=0.5" and ablation["n"] == 1
+    assert dlb["flags"] == ["missing seeds: 2"] and dlb["swept"] == "method.alpha"
+    [ablation] = _rows(rep, "cifar10/cifar_resnet32/dlb", "method.alpha=0.5")
+    assert ablation["n"] == 1 and "main" not in ablation
     assert ablation["best"]["mean"] == 5.0 and ablation["best"]["std"] is None
     assert "missing seeds: 1, 2" in ablation["flags"]
 
@@ -150,6 +154,7 @@ def test_cell_means_flags_and_variants(runs_root):
     assert "## Flags" in md and "## Skipped (2)" in md and "truncated" in md and "no_config" in md
     assert "7.20 ± 0.20" in md and "| unknown |" in md
     assert md.index("## Flags") < md.index("## Skipped")
+    assert "## Ablation: cifar10 / cifar_resnet32 / dlb, swept method.alpha" in md and "mismatched" not in md
 
 
 def test_explicit_seeds_flag_every_cell(runs_root):
@@ -193,24 +198,23 @@ def test_speed_settings_do_not_split_a_cell_but_ddp_does(tmp_path):
     ddp["trainer"]["ddp"] = True
     write_run(tmp_path, "ddp/seed0", [9.0, 8.0, 6.0, 6.0], config=ddp)
     rows = build_report(*collect_runs([tmp_path]))["rows"]
-    [main] = [r for r in rows if r["main"]]
-    assert main["n"] == 3 and main["best"]["mean"] == pytest.approx(7.1)
-    assert [r["variant"] for r in rows if not r["main"]] == ["trainer.ddp=true"]
+    assert [(r["variant"], r["n"]) for r in rows] == [("trainer.ddp=<absent>", 3), ("trainer.ddp=true", 1)]
+    assert rows[0]["best"]["mean"] == pytest.approx(7.1)
 
 
 def test_dlb_minus_baseline_against_the_paper_range(runs_root):
     runs, skipped = collect_runs([runs_root])
     rep = build_report(runs, skipped, paper=report.load_paper(report.DEFAULT_PAPER))
     by = {(d["dataset"], d["base"], d["method"]): d for d in rep["deltas"]}
-    d = by[("cifar10", "ce", "dlb")]
-    assert d["delta_best"] == pytest.approx(7.2 - 6.6)  # 0.60: inside CIFAR-10's 0.37-1.01
-    assert d["check_best"] == "in range"
-    assert d["delta_last"] == pytest.approx(statistics.mean([7.3, 7.5, 7.6]) - 7.35)  # 0.12
-    assert d["check_last"] == "below"
+    d = by[("cifar10", "ce", "dlb")]  # paired by seed: seeds 0 and 1 (DLB has no seed 2), alpha=1 runs only
+    assert d["best"]["seeds"] == [0, 1] and d["best"]["values"] == pytest.approx([0.5, 0.5])
+    assert d["delta_best"] == pytest.approx(0.5) and d["check_best"] == "in range"  # CIFAR-10: 0.37-1.01
+    assert d["last"]["values"] == pytest.approx([0.0, 0.1]) and d["check_last"] == "below"
+    assert d["last"]["lo"] < 0 < d["last"]["hi"] and d["last"]["verdict"] == "INCONCLUSIVE"
     assert d["claim"]["min"] == 0.37 and d["claim"]["max"] == 1.01
-    d100 = by[("cifar100", "ce", "dlb")]
-    assert d100["delta_best"] == pytest.approx(30.0 - 28.2) and d100["check_best"] == "in range"
-    assert d100["flagged"]
+    d100 = by[("cifar100", "ce", "dlb")]  # CE has one usable seed: one pair, no interval
+    assert d100["delta_best"] == pytest.approx(30.0 - 28.0) and d100["check_best"] == "in range"
+    assert d100["best"]["lo"] is None and d100["best"]["verdict"] == "INCONCLUSIVE"
     assert report.check(1.5, d["claim"]) == "above"
 
 
@@ -392,11 +396,10 @@ def test_plots_use_the_runs_the_table_averages(plot_root):
     from dlb.analysis import plot as plot
 
     write_run(plot_root / "copy", "ce/s0", [99.0, 99.0, 99.0, 99.0], seed=0)  # same seed, a rerun elsewhere
-    runs, _ = collect_runs([plot_root])
-    cells = report.group_cells(runs)
-    [ce] = [c for c in cells if c.method == "ce" and c.noise == "none"]
-    [(_, _, used)] = list(plot._lines([ce]))
-    [row] = [r for r in report.summarize([ce], [0, 1, 2]) if r["main"]]
+    df = report.table(collect_runs([plot_root])[0])
+    ce = df[(df["method"] == "ce") & (df["noise"] == "none")]
+    [(_, _, used)] = list(plot._lines(ce))
+    [row] = report.summarize(ce, [0, 1, 2])
     assert sorted(r.path for r in used) == sorted(row["runs"]) and len(used) == 3
 
 
@@ -462,7 +465,7 @@ def test_noise_plot_shows_paper_values_only_where_known(plot_root, tmp_path, fig
 
     paper = {"tables": {"noise": {"cells": {"cifar10": {"*": {"symmetric@0.4+dlb": {"value": 25.0},
                                                               "symmetric@0.2+ce": "unknown"}}}}}}
-    [path] = plot.plot_noise(report.group_cells(collect_runs([plot_root])[0]), tmp_path, "last", paper=paper)
+    [path] = plot.plot_noise(report.table(collect_runs([plot_root])[0]), tmp_path, "last", paper=paper)
     best, last = figures[0].axes
     assert "paper" not in best.get_title() and "paper" in last.get_title()
     [marks] = [line for line in last.get_lines() if line.get_marker() == "x"]
@@ -498,7 +501,7 @@ def test_sensitivity_heat_map_and_curves_keep_the_main_variant(tmp_path, figures
     for (T, alpha), per_seed in errs.items():
         for seed, err in enumerate(per_seed):
             write_run(root, f"dlb/T{T}a{alpha}/s{seed}", [err + 5, err], epochs=2, method="dlb", seed=seed,
-                      T=T, alpha=alpha)
+                      T=T, alpha=alpha, overrides=["method=dlb", f"method.T={T}", f"method.alpha={alpha}"])
     write_run(root, "ce/s0", [20.0, 15.0], epochs=2, seed=0)
     files = plot.plot_all(collect_runs([root])[0], tmp_path / "fig")
     [heat] = [f for f, path in zip(figures, files) if path.name.startswith("sensitivity_")]
@@ -508,4 +511,67 @@ def test_sensitivity_heat_map_and_curves_keep_the_main_variant(tmp_path, figures
     # (3, 1) has seeds 0 and 1, the others seed 0: every point shows seed 0 only; (6, 2) was not run: no number
     assert {"10.00", "12.00", "11.00", "13.00", "14.00"} == texts
     [curves] = [f for f, path in zip(figures, files) if path.name.startswith("curves_")]
-    assert len(curves.axes[0].get_lines()) == 2  # CE and DLB's main variant (T=3, alpha=1: most runs)
+    assert len(curves.axes[0].get_lines()) == 2  # CE and DLB at its defaults (T=3, alpha=1)
+
+
+def _ablation(root, with_ce=True, **kw):
+    """`python -m dlb.train -m method=dlb method.T=2,4 method.alpha=0.5,1 seed=0,1,2` (and CE), as Hydra leaves it."""
+    for seed in range(3):
+        for T in (2.0, 4.0):
+            for alpha in (0.5, 1.0):
+                err = 10.0 - T / 4 - alpha / 2 + seed / 10
+                write_run(root, f"dlb/T{T}a{alpha}/s{seed}", [err + 5, err], epochs=2, method="dlb", seed=seed,
+                          T=T, alpha=alpha, overrides=["method=dlb", f"method.T={T}", f"method.alpha={alpha}",
+                                                       f"seed={seed}"], **kw)
+        if with_ce:
+            write_run(root, f"ce/s{seed}", [16.0, 11.0 + seed / 10], epochs=2, seed=seed,
+                      overrides=["method=ce", f"seed={seed}"], **kw)
+
+
+def test_adhoc_ablation_is_reported_as_an_ablation(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    _ablation(root)
+    assert report.main([str(root), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert "mismatched" not in md and "main" not in md and "NO RUNS" not in md
+    assert all(r["flags"] == [] for r in rep["rows"])
+    assert [r["variant"] for r in rep["rows"] if r["method"] == "dlb"] == [
+        "method.T=2.0, method.alpha=0.5", "method.T=2.0, method.alpha=1.0", "method.T=4.0, method.alpha=0.5",
+        "method.T=4.0, method.alpha=1.0"]
+    [ablation] = rep["ablations"]
+    assert ablation["swept"] == ["method.T", "method.alpha"] and ablation["base"] == "ce"
+    v = ablation["variants"][0]  # T=2, alpha=0.5: 10 - 0.5 - 0.25 = 9.25 (+ seed/10) vs CE 11 (+ seed/10)
+    assert v["n"] == 3 and v["last"]["mean"] == pytest.approx(9.35)
+    assert v["vs_base"]["last"]["values"] == pytest.approx([1.75] * 3) and v["vs_base"]["last"]["verdict"] == "HOLDS"
+    assert "## Ablation: cifar10 / cifar_resnet32 / dlb, swept method.T, method.alpha" in md
+    assert re.search(r"\| method\.T +\| method\.alpha +\| n +\| seeds", md)
+    # No variant at DLB's defaults (T=3, alpha=1): nothing compared, said once; claims without runs in one line.
+    assert rep["deltas"] == [] and "no single variant at the method's defaults" in md
+    assert "## Claims" in md and "Claims without runs" not in md and "No claim has runs of both its cells" in md
+    assert md.count("### Claim") == 0
+
+
+def test_a_key_that_differs_without_being_swept_is_flagged(tmp_path):
+    """The T x alpha sweep, but the T=4 runs also trained for other epochs (set elsewhere, not on the command line);
+    and without recorded overrides, a key confounded with the swept one."""
+    root = tmp_path / "sweep"
+    _ablation(root, with_ce=False)
+    for summary in root.glob("dlb/T4.0*/*/summary.json"):
+        cfg_path = summary.parent / ".hydra" / "config.yaml"
+        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg["trainer"]["epochs"] = 8
+        cfg_path.write_text(yaml.safe_dump(cfg))
+    rows = build_report(*collect_runs([root]))["rows"]
+    assert {r["swept"] for r in rows} == {"method.T, method.alpha"}
+    assert all(any(f.startswith("mismatched config: the runs differ in trainer.epochs") for f in r["flags"])
+               for r in rows)
+    for overrides in root.rglob("overrides.yaml"):  # hand-made folders: the full-grid rule decides
+        overrides.unlink()
+    rows = build_report(*collect_runs([root]))["rows"]
+    assert {r["swept"] for r in rows} == {"method.T, method.alpha"}  # T x alpha is a full grid; epochs follows T
+    assert all(any("trainer.epochs" in f for f in r["flags"]) for r in rows)
+    data = root / "dlb/T2.0a0.5/s0/summary.json"  # a run trained on other data is never a swept variant
+    data.write_text(json.dumps({**json.loads(data.read_text()), "data": {"train_sha256": "x", "test_sha256": "y"}}))
+    rows = build_report(*collect_runs([root]))["rows"]
+    assert any("data.test_sha256, data.train_sha256" in f for r in rows for f in r["flags"])

@@ -1,224 +1,219 @@
-"""The paper's claims, judged on paired seeds: the report's "Claims" view.
+"""The paper's claims, judged on runs paired by seed: the report's "Claims" view (rule: docs/statistics.md).
 
 A claim (results/paper/reference.yaml, `claims:`) names (base, method, setting) pairs. For each setting where the
-report has both cells (main variants), the runs are paired by seed and each pair gives one difference:
+run table has both cells (runs.compared: one variant each), the runs are paired by seed:
 
-  * error claims: base error − method error, in points (positive: the method is better);
-  * cost claims: method / base for each measured cost (parameters, training time, peak memory), against the
-    claim's limit for that cost.
+  * error claims: base error − method error per seed, in points (positive: the method is better), judged by the
+    paired t-test (dlb/analysis/stats.py) on the last epoch and, beside it, on the best epoch — the epoch the paper
+    and the official code select on the test set. Holm–Bonferroni over the claim's comparisons, per epoch.
+  * cost claims: method / base per seed for each measured cost, against the claim's limit: HOLDS when every seed
+    is within it, DOES NOT HOLD when none is, else INCONCLUSIVE (a bound, not an estimate: no test).
 
-A comparison HOLDS when every seed pair agrees with the claim, DOES NOT HOLD when every pair disagrees, and is
-INCONCLUSIVE when the pairs disagree with each other or there are fewer than MIN_SEEDS of them: no claim is judged on
-one seed. A claim with `grows: noise_rate` also judges whether the method's advantage grows from the lowest to the
-highest rate of each (dataset, backbone), per seed. Nothing here knows the dataset or the scale: the same view
-reads a CPU proxy grid or a CIFAR grid.
+A claim with `grows: noise_rate` also judges, per seed, whether the method's advantage grows from the lowest to the
+highest rate of each (dataset, backbone). Nothing here knows the dataset or the scale.
 """
 from __future__ import annotations
 
-import statistics
-from enum import Enum
+import pandas as pd
 
-MIN_SEEDS = 2
-SETTINGS = ("clean", "augment", "noise")  # a pair's setting: a report row's setting_kind
+from dlb.analysis import stats
+from dlb.analysis.runs import COSTS, SETTING, sort_key
+from dlb.analysis.stats import Verdict
 
-
-class Verdict(str, Enum):
-    holds = "HOLDS"
-    fails = "DOES NOT HOLD"
-    inconclusive = "INCONCLUSIVE"
-
-
-def verdict(agrees: list[bool]) -> Verdict:
-    """One seed pair per entry: does it agree with the claim?"""
-    if len(agrees) < MIN_SEEDS or len(set(agrees)) > 1:
-        return Verdict.inconclusive
-    return Verdict.holds if agrees[0] else Verdict.fails
-
-
-def overall(verdicts: list[Verdict]) -> str:
-    """A claim's verdict over its comparisons: the common verdict, else how many hold."""
-    if not verdicts:
-        return "NO RUNS"
-    if len(set(verdicts)) == 1:
-        return verdicts[0].value
-    held = sum(v == Verdict.holds for v in verdicts)
-    return f"HOLDS IN {held} OF {len(verdicts)}"
-
-
-def _stats(values: list[float]) -> dict:
-    return {"values": values, "mean": statistics.fmean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) >= 2 else None}
-
-
+EPOCHS = {"last": "last_err", "best": "best_err"}  # verdict epoch -> run-table column
+EPOCH_NAMES = {"last": "last epoch", "best": "best epoch (selected on the test set, the paper's protocol)"}
 # On the CPU, summary.json's peak_memory_bytes is the process's peak RSS (data, libraries and all), not what training
 # holds: not a measure of a method's memory, so cost claims leave it out there (results/method_costs.md measures
 # the activation memory on any device).
 NOT_ON_CPU = ("peak_memory_bytes",)
 
 
-def _paired(base: dict, method: dict, key: str) -> dict[int, tuple[float, float]]:
-    """{seed: (base value, method value)} over the seeds both rows have a number for."""
-    out = {}
-    for seed in sorted(set(base["per_seed"]) & set(method["per_seed"])):
-        b, m = base["per_seed"][seed].get(key), method["per_seed"][seed].get(key)
-        if key in NOT_ON_CPU and "cpu" in (base["per_seed"][seed].get("device"), method["per_seed"][seed].get("device")):
+def pairs_of(runs: pd.DataFrame, base: str, method: str, kind: str | None = None):
+    """(setting dict, {seed: base row}, {seed: method row}) per setting with both cells (in table order)."""
+    for setting, group in runs.groupby(list(SETTING), sort=False):
+        if kind is not None and group["kind"].iloc[0] != kind:
             continue
-        if isinstance(b, (int, float)) and isinstance(m, (int, float)):
-            out[seed] = (float(b), float(m))
+        b, m = group[group["method"] == base], group[group["method"] == method]
+        if len(b) and len(m):
+            where = {**{k: getattr(v, "item", lambda: v)() for k, v in zip(SETTING, setting)},
+                     "setting": group["setting"].iloc[0]}
+            yield where, b.set_index("seed"), m.set_index("seed")
+
+
+def paired_diffs(b: pd.DataFrame, m: pd.DataFrame, column: str) -> pd.Series:
+    """base − method per seed both have a number for."""
+    return (b[column] - m[column]).dropna().sort_index()
+
+
+def error_comparison(where: dict, base: str, method: str, b: pd.DataFrame, m: pd.DataFrame) -> dict:
+    out = {**where, "base": base, "method": method}
+    for epoch, column in EPOCHS.items():
+        d = paired_diffs(b, m, column)
+        out[epoch] = {**stats.paired(d.tolist()), "seeds": [int(s) for s in d.index]}
     return out
 
 
-def _context(row: dict) -> tuple:
-    return row["dataset"], row["backbone"], row["augment"], row["noise"], row["noise_rate"]
-
-
-def _pairs_of(claim: dict, rows: list[dict]):
-    """(pair, base row, method row) for every setting holding both cells, in the report's row order."""
-    main = {(_context(r), r["method"]): r for r in rows if r["main"]}
-    for (context, method), row in main.items():
-        for pair in claim.get("pairs") or []:
-            base = main.get((context, pair["base"]))
-            if method == pair["method"] and row["setting_kind"] == pair["setting"] and base is not None:
-                yield pair, base, row
-
-
-def _where(row: dict) -> dict:
-    return {"dataset": row["dataset"], "backbone": row["backbone"], "setting": row["setting"],
-            "augment": row["augment"], "noise_rate": row["noise_rate"]}
-
-
-def error_comparisons(claim: dict, rows: list[dict], metric: str) -> list[dict]:
-    out = []
-    for pair, base, row in _pairs_of(claim, rows):
-        paired = _paired(base, row, metric)
-        diffs = {s: b - m for s, (b, m) in paired.items()}
-        out.append({**_where(row), "base": pair["base"], "method": pair["method"], "seeds": list(diffs),
-                    "diff": _stats(list(diffs.values())), "verdict": verdict([d > 0 for d in diffs.values()])})
-    return out
-
-
-def _key(c: dict) -> tuple:
-    """A comparison's place but for its noise rate."""
-    return c["dataset"], c["backbone"], c["augment"], c["base"], c["method"]
+def _judge(comparisons: list[dict], epoch: str) -> None:
+    """Holm over the comparisons' p-values of this epoch, then each one's verdict."""
+    adjusted = stats.holm([c[epoch]["p"] for c in comparisons])
+    family = sum(p is not None for p in adjusted)
+    for c, p in zip(comparisons, adjusted):
+        s = c[epoch]
+        s["p_holm"], s["verdict"] = p, stats.verdict(s, p)
+        if p is not None and family > 1:  # enough seeds to hold at Holm's strictest step (Bonferroni)
+            s["seeds_needed"] = stats.seeds_needed(s["mean"], s["std"], (1 - stats.LEVEL) / family)
 
 
 def growth_comparisons(comparisons: list[dict]) -> list[dict]:
-    """Per (dataset, backbone, base, method): does the advantage at the highest noise rate exceed the one at the lowest
-    (a clean comparison is rate 0), seed by seed?"""
+    """Per (dataset, backbone, augment, base, method): the advantage at the highest noise rate minus the one at the
+    lowest (a clean comparison is rate 0), seed by seed."""
     by_key: dict[tuple, dict[float, dict]] = {}
     for c in comparisons:
-        by_key.setdefault(_key(c), {})[c["noise_rate"]] = c
+        by_key.setdefault((c["dataset"], c["backbone"], c["augment"], c["base"], c["method"]), {})[c["rate"]] = c
     out = []
     for (dataset, backbone, _, base, method), by_rate in by_key.items():
         if len(by_rate) < 2:
             continue
         low, high = by_rate[min(by_rate)], by_rate[max(by_rate)]
-        lo = dict(zip(low["seeds"], low["diff"]["values"]))
-        hi = dict(zip(high["seeds"], high["diff"]["values"]))
-        growth = {s: hi[s] - lo[s] for s in sorted(set(lo) & set(hi))}
-        out.append({"dataset": dataset, "backbone": backbone, "base": base, "method": method,
-                    "rates": sorted(by_rate), "advantage_by_rate": {r: by_rate[r]["diff"]["mean"] for r in sorted(by_rate)},
-                    "seeds": list(growth), "growth": _stats(list(growth.values())),
-                    "verdict": verdict([g > 0 for g in growth.values()])})
+        g = {"dataset": dataset, "backbone": backbone, "base": base, "method": method, "rates": sorted(by_rate)}
+        for epoch in EPOCHS:
+            lo, hi = (dict(zip(c[epoch]["seeds"], c[epoch]["values"])) for c in (low, high))
+            seeds = sorted(set(lo) & set(hi))
+            g[epoch] = {**stats.paired([hi[s] - lo[s] for s in seeds]), "seeds": seeds,
+                        "by_rate": {r: by_rate[r][epoch]["mean"] for r in sorted(by_rate)}}
+        out.append(g)
     return out
 
 
-def cost_comparisons(claim: dict, rows: list[dict]) -> list[dict]:
+def cost_comparisons(claim: dict, runs: pd.DataFrame) -> list[dict]:
     out = []
-    for pair, base, row in _pairs_of(claim, rows):
-        for cost, limit in (claim.get("limits") or {}).items():
-            paired = _paired(base, row, cost)
-            ratios = {s: m / b for s, (b, m) in paired.items() if b > 0}
-            out.append({**_where(row), "base": pair["base"], "method": pair["method"], "cost": cost, "limit": limit,
-                        "seeds": list(ratios), "ratio": _stats(list(ratios.values())),
-                        "verdict": verdict([r <= limit for r in ratios.values()])})
+    for pair in claim.get("pairs") or []:
+        for where, b, m in pairs_of(runs, pair["base"], pair["method"], pair["setting"]):
+            for cost, limit in (claim.get("limits") or {}).items():
+                if cost not in COSTS:
+                    continue
+                cpu = b["device"].str.startswith("cpu") | m["device"].reindex(b.index).fillna("").str.startswith("cpu")
+                base_cost = b[cost].where(~cpu) if cost in NOT_ON_CPU else b[cost]
+                ratios = (m[cost] / base_cost[base_cost > 0]).dropna().sort_index()
+                within = [r <= limit for r in ratios]
+                verdict = (Verdict.inconclusive if len(within) < stats.MIN_PAIRS or len(set(within)) > 1
+                           else Verdict.holds if within[0] else Verdict.fails)
+                out.append({**where, "base": pair["base"], "method": pair["method"], "cost": cost, "limit": limit,
+                            "seeds": [int(s) for s in ratios.index], "ratio": stats.paired(ratios.tolist()),
+                            "verdict": verdict})
     return out
 
 
-def judge(paper: dict | None, rows: list[dict], metric: str = "best") -> list[dict]:
-    """Every claim of the reference file that names pairs, with its comparisons and verdicts, in claim order."""
+def judge(paper: dict | None, runs: pd.DataFrame) -> list[dict]:
+    """Every claim of the reference file that names pairs, with its comparisons and verdicts, in claim order.
+    `runs`: the usable rows runs.compared() keeps."""
     claims = [(name, c) for name, c in ((paper or {}).get("claims") or {}).items()
               if isinstance(c, dict) and c.get("pairs")]
     out = []
     for name, claim in sorted(claims, key=lambda nc: nc[1].get("number", 99)):
         entry = {"name": name, "number": claim.get("number"), "statement": claim.get("statement"),
-                 "source": claim.get("source"), "kind": claim.get("kind", "error")}
+                 "source": claim.get("source"), "kind": claim.get("kind", "error"), "growth": []}
         if entry["kind"] == "cost":
-            entry["comparisons"] = cost_comparisons(claim, rows)
+            entry["comparisons"] = cost_comparisons(claim, runs)
             verdicts = [c["verdict"] for c in entry["comparisons"]]
-        else:
-            entry["comparisons"] = error_comparisons(claim, rows, metric)
-            verdicts = [c["verdict"] for c in entry["comparisons"]]
-            if claim.get("grows") == "noise_rate":  # clean comparisons count as rate 0 where there are noisy ones
-                noisy = {_key(c) for c in entry["comparisons"] if c["noise_rate"] > 0}
-                entry["comparisons"] = [c for c in entry["comparisons"] if _key(c) in noisy]
-                verdicts = [c["verdict"] for c in entry["comparisons"]]
-                entry["growth"] = growth_comparisons(entry["comparisons"])
-                verdicts += [g["verdict"] for g in entry["growth"]]
-        entry["verdict"] = overall(verdicts)
-        entry["summary"] = summary_line(entry)
+            entry["verdict"] = {"last": stats.overall(verdicts) if verdicts else None}
+            entry["verdict"]["best"] = entry["verdict"]["last"]
+            out.append(entry)
+            continue
+        comparisons = sorted((error_comparison(where, p["base"], p["method"], b, m) for p in claim["pairs"]
+                              for where, b, m in pairs_of(runs, p["base"], p["method"], p["setting"])
+                              if where["dataset"] in (claim.get("datasets") or [where["dataset"]])),
+                             key=lambda c: tuple(sort_key(k, c[k]) for k in SETTING))
+        if claim.get("grows") == "noise_rate":  # clean comparisons count as rate 0 where there are noisy ones
+            noisy = {(c["dataset"], c["backbone"], c["augment"]) for c in comparisons if c["rate"] > 0}
+            comparisons = [c for c in comparisons if (c["dataset"], c["backbone"], c["augment"]) in noisy]
+            entry["growth"] = growth_comparisons(comparisons)
+        entry["comparisons"] = comparisons
+        entry["verdict"] = {}
+        for epoch in EPOCHS:
+            judged = comparisons + entry["growth"]
+            _judge(judged, epoch)
+            entry["verdict"][epoch] = stats.overall([c[epoch]["verdict"] for c in judged]) if judged else None
         out.append(entry)
     return out
 
 
+def disagreements(entry: dict) -> list[str]:
+    """The comparisons whose last-epoch and best-epoch verdicts differ, in words."""
+    out = []
+    for c in entry["comparisons"] + entry["growth"]:
+        if entry["kind"] != "cost" and c["last"]["verdict"] != c["best"]["verdict"]:
+            out.append(f"{_against(c)}: {c['last']['verdict'].value.lower()} on the last epoch, "
+                       f"{c['best']['verdict'].value.lower()} on the test-selected best epoch")
+    return out
+
+
 def _against(c: dict) -> str:
-    where = f"{c['backbone']}" + (f", {c['setting']}" if c["setting"] else "")
-    return f"{c['base']} ({where})" if c.get("cost") is None else f"{c['cost']} vs {c['base']} ({where})"
+    if "rates" in c:
+        rates = f"rate {c['rates'][0]:g} -> {c['rates'][-1]:g}"
+        return f"growth of the advantage over {c['base']} ({c['backbone']}, {rates})"
+    where = f"{c['dataset']}/{c['backbone']}" + (f", {c['setting']}" if c["setting"] else "")
+    return f"{c['cost']} vs {c['base']} ({where})" if "cost" in c else f"{c['method']} vs {c['base']} ({where})"
 
 
-def summary_line(entry: dict) -> str:
-    """'holds against lsr, cskd; does not hold against pskd; inconclusive against tfkd_self' and the growth part."""
-    parts = []
-    for v in Verdict:
-        names = list(dict.fromkeys(_against(c) for c in entry["comparisons"] if c["verdict"] == v))
-        if names:
-            parts.append(f"{v.value.lower()}: {', '.join(names)}")
-    for g in entry.get("growth", []):
-        parts.append(f"advantage grows {g['rates'][0]:g} -> {g['rates'][-1]:g} ({g['backbone']}): "
-                     f"{g['verdict'].value.lower()}")
-    return "; ".join(parts) or "no setting has both cells"
+def _epoch_columns(s: dict) -> dict:
+    return {"mean [95% CI, unadjusted]": stats.fmt_interval(s), "p (Holm)": stats.fmt_p(s["p_holm"]),
+            "verdict": stats.fmt_decision(s, s["verdict"])}
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
-
-
-def render_markdown(claims: list[dict], metric: str, label) -> list[str]:
-    """The "Claims" section: a heading per claim with its verdict, a table of its paired comparisons."""
+def render_markdown(claims: list[dict], label) -> list[str]:
+    """The "Claims" section: a heading per claim that has comparisons, its verdicts on both epochs, a table of its
+    paired comparisons; the claims without runs in one line."""
+    judged = [c for c in claims if c["comparisons"]]
     if not claims:
         return []
-    lines = ["## Claims", "",
-             f"Each comparison pairs runs by seed (main variants, {metric} epoch). Error claims: base error − method "
-             "error, points, positive = the method is better. Cost claims: method / base per seed, against the "
-             f"claim's limit. HOLDS = every seed pair agrees, DOES NOT HOLD = every pair disagrees, INCONCLUSIVE = the "
-             f"pairs disagree or there are fewer than {MIN_SEEDS}.", ""]
-    for c in claims:
-        lines += [f"### Claim {c['number']}: {c['statement']} — **{c['verdict']}**", "",
-                  f"Source: {c['source']}. {c['summary']}.", ""]
+    lines = ["## Claims", ""]
+    if not judged:
+        return lines + [f"No claim has runs of both its cells (claims {', '.join(str(c['number']) for c in claims)})."
+                        "", ""]
+    lines += ["Error claims: base error − method error per seed (runs paired by seed), points, positive = the method "
+              "is better; mean with its 95 % Student-t interval and the paired t-test's p-value, Holm–Bonferroni "
+              "adjusted over the claim's comparisons (per epoch). HOLDS / DOES NOT HOLD where the adjusted p < 0.05, "
+              "by the sign of the mean; INCONCLUSIVE otherwise, with the seeds the observed mean and spread would "
+              "need to hold at Holm's strictest step (0.05 / the number of comparisons). The "
+              "verdict is on the last epoch (no selection on the test set); the best epoch, selected on the test "
+              "set as in the paper, is judged beside it. Cost claims: method / base per seed against the claim's "
+              "limit. Rule: docs/statistics.md.", ""]
+    for c in judged:
+        v = c["verdict"]
+        head = (f"**{v['last']}**" if c["kind"] == "cost" else
+                f"last epoch **{v['last']}**; best epoch (test-selected, paper's protocol) **{v['best']}**")
+        lines += [f"### Claim {c['number']}: {c['statement']} — {head}", "", f"Source: {c['source']}.", ""]
+        differ = disagreements(c)
+        if differ:
+            lines += ["The two epochs disagree: " + "; ".join(differ) + ".", ""]
         if c["kind"] == "cost":
-            lines += ["| dataset | backbone | setting | cost | base → method | seeds | method / base per seed | "
-                      "mean ± std | limit | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
-            lines += [f"| {x['dataset']} | {x['backbone']} | {x['setting'] or '—'} | {x['cost']} | "
-                      f"{label(x['base'])} → {label(x['method'])} | {','.join(map(str, x['seeds'])) or '—'} | "
-                      f"{' '.join(f'{v:.3f}' for v in x['ratio']['values']) or '—'} | "
-                      f"{_fmt(x['ratio']['mean'], '.3f')} ± {_fmt(x['ratio']['std'], '.3f')} | ≤ {x['limit']:g} | "
-                      f"{x['verdict'].value} |" for x in c["comparisons"]]
+            lines += stats.markdown_table([{
+                "dataset": x["dataset"], "backbone": x["backbone"], "setting": x["setting"] or "—", "cost": x["cost"],
+                "base → method": f"{label(x['base'])} → {label(x['method'])}",
+                "seeds": ",".join(map(str, x["seeds"])) or "—",
+                "method / base per seed": " ".join(f"{r:.3f}" for r in x["ratio"]["values"]) or "—",
+                "mean": "—" if x["ratio"]["mean"] is None else f"{x['ratio']['mean']:.3f}",
+                "limit": f"≤ {x['limit']:g}", "verdict": x["verdict"].value} for x in c["comparisons"]])
         else:
-            lines += ["| dataset | backbone | setting | base → method | seeds | diff per seed | mean ± std | verdict |",
-                      "|---|---|---|---|---|---|---|---|"]
-            lines += [f"| {x['dataset']} | {x['backbone']} | {x['setting'] or '—'} | "
-                      f"{label(x['base'])} → {label(x['method'])} | {','.join(map(str, x['seeds'])) or '—'} | "
-                      f"{' '.join(f'{v:+.2f}' for v in x['diff']['values']) or '—'} | "
-                      f"{_fmt(x['diff']['mean'], '+.2f')} ± {_fmt(x['diff']['std'], '.2f')} | {x['verdict'].value} |"
-                      for x in c["comparisons"]]
-        if c.get("growth"):
-            lines += ["", "Does the advantage grow with the noise rate (highest rate − lowest, per seed)?", "",
-                      "| dataset | backbone | base → method | mean advantage by rate | growth per seed | mean ± std | "
-                      "verdict |", "|---|---|---|---|---|---|---|"]
-            lines += [f"| {g['dataset']} | {g['backbone']} | {label(g['base'])} → {label(g['method'])} | "
-                      + ", ".join(f"{r:g}: {_fmt(a, '+.2f')}" for r, a in g["advantage_by_rate"].items())
-                      + f" | {' '.join(f'{v:+.2f}' for v in g['growth']['values']) or '—'} | "
-                      f"{_fmt(g['growth']['mean'], '+.2f')} ± {_fmt(g['growth']['std'], '.2f')} | {g['verdict'].value} |"
-                      for g in c["growth"]]
+            lines += stats.markdown_table([{
+                "dataset": x["dataset"], "backbone": x["backbone"], "setting": x["setting"] or "—",
+                "base → method": f"{label(x['base'])} → {label(x['method'])}",
+                "seeds": ",".join(map(str, x["last"]["seeds"])) or "—",
+                "last: per seed": " ".join(f"{d:+.2f}" for d in x["last"]["values"]) or "—",
+                **{f"last: {k}": t for k, t in _epoch_columns(x["last"]).items()},
+                **{f"best: {k}": t for k, t in _epoch_columns(x["best"]).items()}} for x in c["comparisons"]])
+        if c["growth"]:
+            lines += ["", "Does the advantage grow with the noise rate (highest rate − lowest, per seed)?", ""]
+            lines += stats.markdown_table([{
+                "dataset": g["dataset"], "backbone": g["backbone"],
+                "base → method": f"{label(g['base'])} → {label(g['method'])}",
+                "last: mean advantage by rate": ", ".join(f"{r:g}: {a:+.2f}" for r, a in g["last"]["by_rate"].items()),
+                "last: growth per seed": " ".join(f"{d:+.2f}" for d in g["last"]["values"]) or "—",
+                **{f"last: {k}": t for k, t in _epoch_columns(g["last"]).items()},
+                **{f"best: {k}": t for k, t in _epoch_columns(g["best"]).items()}} for g in c["growth"]])
         lines.append("")
+    empty = [str(c["number"]) for c in claims if not c["comparisons"]]
+    if empty:
+        lines += [f"Claims without runs of both their cells: {', '.join(empty)}.", ""]
     return lines

@@ -24,8 +24,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dlb.methods import METHODS, label as method_label  # noqa: E402
-from dlb.analysis.report import (DEFAULT_PAPER, Cell, Run, collect_runs, group_cells, load_paper, mean_std,  # noqa: E402
-                        one_run_per_seed, paper_value)
+import pandas as pd  # noqa: E402
+
+from dlb.analysis.report import DEFAULT_PAPER, load_paper, paper_value  # noqa: E402
+from dlb.analysis.runs import CELL, SETTING, Run, collect_runs, compared, mean_std, table  # noqa: E402
 
 ZOOM_FRACTION = 0.25  # the right panel of the curves shows the last quarter of training, where methods differ
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -72,17 +74,19 @@ class Histories:
         return dict(sorted(out.items()))
 
 
-def _lines(cells: list[Cell]):
-    """(label, color, usable runs) per cell variant with runs; variant labels only where a cell has several. A cell
-    with more than MAX_CURVE_VARIANTS variants gives its main one only (the sensitivity plot shows the others)."""
-    for cell in cells:
-        variants = cell.variants if len(cell.variants) <= MAX_CURVE_VARIANTS else cell.variants[:1]
+def _lines(df: pd.DataFrame):
+    """(label, color, usable runs) per cell variant with runs (rows of the run table); variant labels only where a
+    cell has several. A cell with more than MAX_CURVE_VARIANTS variants gives the one at the method's defaults only
+    (the sensitivity plot shows the others)."""
+    usable = df[df["usable"]]
+    for (*_, method), cell in usable.groupby(list(CELL), sort=False):
+        variants = list(cell["variant"].unique())
+        if len(variants) > MAX_CURVE_VARIANTS:
+            variants = list(compared(cell)[0]["variant"].unique())
         for i, variant in enumerate(variants):
-            runs = list(one_run_per_seed(variant.runs)[0].values())  # the runs the table averages
-            if not runs:
-                continue
-            label = method_label(cell.method) + (f" [{variant.label}]" if len(variants) > 1 else "")
-            color = method_color(cell.method) or COLORS[zlib.crc32(cell.method.encode()) % len(COLORS)]
+            runs = list(cell[cell["variant"] == variant]["run"])  # the runs the table averages
+            label = method_label(method) + (f" [{variant}]" if len(variants) > 1 else "")
+            color = method_color(method) or COLORS[zlib.crc32(method.encode()) % len(COLORS)]
             yield label, (color if i == 0 else None), runs
 
 
@@ -118,17 +122,10 @@ def _finish(fig, title: str, subtitle: str, path: Path) -> Path:
     return path
 
 
-def _by_setting(cells: list[Cell]) -> dict[tuple, list[Cell]]:
-    groups: dict[tuple, list[Cell]] = {}
-    for cell in cells:
-        groups.setdefault((cell.dataset, cell.backbone, cell.augment, cell.noise, cell.noise_rate), []).append(cell)
-    return groups
-
-
-def plot_curves(cells: list[Cell], out: Path, hist: Histories, source: str = "") -> list[Path]:
+def plot_curves(df: pd.DataFrame, out: Path, hist: Histories, source: str = "") -> list[Path]:
     """Test error vs epoch per (dataset, backbone, setting): one line per method, mean over seeds, min-max band."""
     files = []
-    for (dataset, backbone, *_), group in _by_setting(cells).items():
+    for (dataset, backbone, *_), group in df.groupby(list(SETTING), sort=False):
         lines = [(label, color, runs, hist.series(runs, "test_err")) for label, color, runs in _lines(group)]
         lines = [line for line in lines if line[3]]
         if not lines:
@@ -155,7 +152,7 @@ def plot_curves(cells: list[Cell], out: Path, hist: Histories, source: str = "")
         for ax in (ax_all, ax_zoom):
             ax.grid(alpha=0.3)
         _legend_below(fig, (ax_all, ax_zoom))
-        setting = group[0].setting
+        setting = group["setting"].iloc[0]
         n = sum(len(runs) for _, _, runs, _ in lines)
         name = f"curves_{dataset}_{backbone}" + (f"_{_slug(setting)}" if setting else "") + ".png"
         files.append(_finish(
@@ -165,39 +162,34 @@ def plot_curves(cells: list[Cell], out: Path, hist: Histories, source: str = "")
     return files
 
 
-def plot_noise(cells: list[Cell], out: Path, metric: str = "best", source: str = "", paper: dict | None = None
+def plot_noise(df: pd.DataFrame, out: Path, metric: str = "best", source: str = "", paper: dict | None = None
                ) -> list[Path]:
     """Error vs training-label noise rate per method (rate 0 = the clean runs), where a dataset/backbone has runs
     at two or more rates. The paper's values, where the reference file has numbers, are drawn on the `metric` panel."""
     files = []
-    groups: dict[tuple, list[Cell]] = {}
-    for cell in cells:
-        if cell.augment == "none":
-            groups.setdefault((cell.dataset, cell.backbone), []).append(cell)
-    for (dataset, backbone), group in groups.items():
-        if not any(c.noise != "none" for c in group):
+    used = compared(df)[0]  # one variant per cell, as the comparisons
+    for (dataset, backbone), group in used[used["augment"] == "none"].groupby(["dataset", "backbone"], sort=False):
+        if not (group["noise"] != "none").any():
             continue
-        points: dict[tuple, dict[float, list[Run]]] = {}  # (method, noise name) -> rate -> usable runs
+        points: dict[tuple, dict[float, pd.DataFrame]] = {}  # (method, noise name) -> rate -> usable runs
         paper_points: dict[str, dict[float, float]] = {}  # method -> rate -> the paper's error
-        noise_names = sorted({c.noise for c in group if c.noise != "none"})
-        for cell in group:
-            runs = list(one_run_per_seed(cell.variants[0].runs)[0].values())  # main variant, as the table
-            if not runs:
-                continue
-            for noise in ([cell.noise] if cell.noise != "none" else noise_names):
-                points.setdefault((cell.method, noise), {})[cell.noise_rate] = runs
+        noise_names = sorted(set(group["noise"]) - {"none"})
+        for cell, runs in group.groupby(list(CELL), sort=False):
+            cell = dict(zip(CELL, cell))
+            for noise in ([cell["noise"]] if cell["noise"] != "none" else noise_names):
+                points.setdefault((cell["method"], noise), {})[cell["rate"]] = runs
             known = paper_value(paper, cell)
             if known["status"] == "value":
-                paper_points.setdefault(cell.method, {})[cell.noise_rate] = known["value"]
+                paper_points.setdefault(cell["method"], {})[cell["rate"]] = known["value"]
         points = {k: v for k, v in points.items() if len(v) >= 2}
         if not points:
             continue
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-        n_runs = len({r.path for rates in points.values() for runs in rates.values() for r in runs})
+        n_runs = len({p for rates in points.values() for runs in rates.values() for p in runs["path"]})
         for ax, which in zip(axes, ("best", "last")):
             for (method, noise), rates in sorted(points.items()):
                 xs = sorted(rates)
-                stats = [mean_std([getattr(r, f"{which}_err") for r in rates[x]]) for x in xs]
+                stats = [mean_std(rates[x][f"{which}_err"]) for x in xs]
                 ax.errorbar([100 * x for x in xs], [s["mean"] for s in stats], yerr=[s["std"] or 0 for s in stats],
                             marker="o", capsize=3, color=method_color(method),
                             linestyle="-" if noise == noise_names[0] else "--",
@@ -218,21 +210,19 @@ def plot_noise(cells: list[Cell], out: Path, metric: str = "best", source: str =
     return files
 
 
-def plot_dlb_dynamics(cells: list[Cell], out: Path, hist: Histories, notes: list[str], source: str = "") -> list[Path]:
+def plot_dlb_dynamics(df: pd.DataFrame, out: Path, hist: Histories, notes: list[str], source: str = "") -> list[Path]:
     """train_consistency (the paper's consistency analysis) and train_kd vs epoch for the DLB runs."""
     files = []
-    groups: dict[tuple, list[Cell]] = {}
-    for cell in cells:
-        if "dlb" in cell.method:
-            groups.setdefault((cell.dataset, cell.backbone), []).append(cell)
-    for (dataset, backbone), group in groups.items():
+    dlb = df[df["method"].str.contains("dlb")]
+    for (dataset, backbone), group in dlb.groupby(["dataset", "backbone"], sort=False):
         panels = {"train_consistency": [], "train_kd": []}
         n_runs = 0
-        settings = sorted({cell.setting for cell in group})  # one line style and marker each
-        for cell in group:
-            style = settings.index(cell.setting)
-            for label, color, runs in _lines([cell]):
-                label += f" [{cell.setting}]" if cell.setting else ""
+        settings = sorted(set(group["setting"]))  # one line style and marker each
+        for _, cell in group.groupby(list(CELL), sort=False):
+            setting = cell["setting"].iloc[0]
+            style = settings.index(setting)
+            for label, color, runs in _lines(cell):
+                label += f" [{setting}]" if setting else ""
                 found = {key: hist.series(runs, key) for key in panels}
                 for key, series in found.items():
                     if series:
@@ -263,30 +253,29 @@ def plot_dlb_dynamics(cells: list[Cell], out: Path, hist: Histories, notes: list
     return files
 
 
-def plot_sensitivity(cells: list[Cell], out: Path, source: str = "") -> list[Path]:
-    """Heat maps of mean test error over a grid of two method hyper-parameters, for each cell whose variants differ
-    in exactly those two method keys (e.g. experiment=cpu_dlb_sensitivity: DLB's T x alpha)."""
+def plot_sensitivity(df: pd.DataFrame, out: Path, source: str = "") -> list[Path]:
+    """Heat maps of mean test error over a grid of two method hyper-parameters, for each cell swept in exactly those
+    two method keys (e.g. experiment=cpu_dlb_sensitivity: DLB's T x alpha)."""
     files = []
-    for cell in cells:
-        keys = cell.diff_keys
-        if len(keys) != 2 or not all(k.startswith("method.") for k in keys) or len(cell.variants) < 4:
+    usable = df[df["usable"]]
+    for cell, runs in usable.groupby(list(CELL), sort=False):
+        keys = runs["swept"].iloc[0].split(", ")
+        if len(keys) != 2 or not all(k.startswith("method.") for k in keys) or runs["variant"].nunique() < 4:
             continue
-        grid: dict[tuple, list[Run]] = {}
-        for variant in cell.variants:
-            runs = list(one_run_per_seed(variant.runs)[0].values())
-            if runs:
-                cfg = runs[0].run_config
-                grid[(cfg.get(keys[0]), cfg.get(keys[1]))] = runs
+        cell = dict(zip(CELL, cell))
+        grid = {}
+        for _, g in runs.groupby("variant", sort=False):
+            grid[tuple(g["values"].iloc[0][k] for k in keys)] = g
         # Every point from the same seeds (those all points have), so no point is a mean of more runs than another.
-        common = set.intersection(*({r.seed for r in runs} for runs in grid.values()))
+        common = set.intersection(*(set(g["seed"]) for g in grid.values()))
         if common:
-            grid = {k: [r for r in runs if r.seed in common] for k, runs in grid.items()}
+            grid = {k: g[g["seed"].isin(common)] for k, g in grid.items()}
         rows = sorted({a for a, _ in grid}, key=float)
         cols = sorted({b for _, b in grid}, key=float)
         fig, axes = plt.subplots(1, 2, figsize=(4 + 1.3 * len(cols) * 2, 1.5 + 0.7 * len(rows)))
-        n_runs = sum(len(r) for r in grid.values())
+        n_runs = sum(len(g) for g in grid.values())
         for ax, which in zip(axes, ("best", "last")):
-            means = [[mean_std([getattr(r, f"{which}_err") for r in grid[(a, b)]])["mean"] if (a, b) in grid
+            means = [[mean_std(grid[(a, b)][f"{which}_err"])["mean"] if (a, b) in grid
                       else float("nan") for b in cols] for a in rows]
             image = ax.imshow(means, cmap="viridis_r", aspect="auto")
             finite = [v for row in means for v in row if v == v]
@@ -301,14 +290,16 @@ def plot_sensitivity(cells: list[Cell], out: Path, source: str = "") -> list[Pat
             ax.set_yticks(range(len(rows)), [f"{r:g}" for r in rows])
             ax.set(xlabel=keys[1], ylabel=keys[0], title=f"{which}-epoch test error (%)")
             fig.colorbar(image, ax=ax, shrink=0.85)
-        seeds = sorted({r.seed for runs in grid.values() for r in runs})
-        files.append(_finish(fig, f"{cell.dataset} / {cell.backbone} / {method_label(cell.method)}"
-                             f"{' [' + cell.setting + ']' if cell.setting else ''}: sensitivity to "
+        seeds = sorted({int(s) for g in grid.values() for s in g["seed"]})
+        setting = runs["setting"].iloc[0]
+        name = f"{cell['dataset']}/{cell['backbone']}/{cell['method']}_{setting}"
+        files.append(_finish(fig, f"{cell['dataset']} / {cell['backbone']} / {method_label(cell['method'])}"
+                             f"{' [' + setting + ']' if setting else ''}: sensitivity to "
                              f"{keys[0]} x {keys[1]}",
                              f"{n_runs} runs, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
                              + (" (the seeds every point has)" if common else "; mean over seeds where n > 1")
                              + (f"; from {source}" if source else ""),
-                             out / f"sensitivity_{_slug(cell.name + '_' + cell.setting)}.png"))
+                             out / f"sensitivity_{_slug(name)}.png"))
     return files
 
 
@@ -317,12 +308,12 @@ def plot_all(runs: list[Run], out, *, metric: str = "best", source: str = "", no
     """Every figure the runs allow; returns the files written. Reasons for figures not drawn go to `notes`."""
     out = Path(out)
     notes = [] if notes is None else notes
-    cells = group_cells(runs)
+    df = table(runs)
     hist = Histories()
-    files = plot_curves(cells, out, hist, source)
-    files += plot_noise(cells, out, metric, source, paper)
-    files += plot_dlb_dynamics(cells, out, hist, notes, source)
-    files += plot_sensitivity(cells, out, source)
+    files = plot_curves(df, out, hist, source)
+    files += plot_noise(df, out, metric, source, paper)
+    files += plot_dlb_dynamics(df, out, hist, notes, source)
+    files += plot_sensitivity(df, out, source)
     return files
 
 

@@ -1,329 +1,32 @@
 """Aggregate finished runs into the paper's tables: mean ± std over seeds per cell, the paper's value beside ours,
-DLB − baseline deltas checked against the paper's claims, and every reason a number might not be trustworthy.
+method − baseline differences paired by seed with their intervals, ablations by their swept keys, the paper's claims
+judged, and every reason a number might not be trustworthy.
 
     python -m dlb.report outputs multirun [--wandb ENTITY/PROJECT] [--seeds 0,1,2] [--out reports/x] [--name report]
 
-Writes <out>/<name>.md, .tex and .json (default out: reports/<name>/) and prints the Markdown. A run is a folder with summary.json and
-.hydra/config.yaml (written by dlb/trainer.py and Hydra), found anywhere under the roots, or a W&B run.
-Nothing is averaged silently: runs of one cell whose configs differ become separate variants, unfinished and
-diverged runs are left out of the means and flagged, and files that can't be read are listed as skipped.
+Writes <out>/<name>.md, .tex and .json (default out: reports/<name>/) and prints the Markdown. Runs are read into
+one table (dlb/analysis/runs.py). Nothing is averaged silently: runs of one cell whose configs differ are separate
+variants, unfinished and diverged runs are left out of the means and flagged, and files that can't be read are
+listed as skipped. The statistics are described in docs/statistics.md.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
-import statistics
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+import pandas as pd
+
+from dlb import REPO
 from dlb.analysis import claims as claims_view
-from dlb.run import folder as runfiles
-from dlb.run import identity as runid
-from dlb.methods import METHODS, comparisons, label, ordered
+from dlb.analysis import stats
+from dlb.analysis.runs import (CELL, DIVERGED, SETTING, UNFINISHED, collect_runs, collect_wandb_runs,  # noqa: F401
+                               compared, mean_std, setting_kind, sort_key, table)
+from dlb.methods import METHODS, comparisons, label
 
-from dlb import REPO  # noqa: E402
 DEFAULT_PAPER = REPO / "results" / "paper" / "reference.yaml"
-
-# Row order of the paper's tables; names not listed sort after these, alphabetically. Methods: their `order`.
-ORDER = {
-    "dataset": ("cifar10", "cifar100", "tinyimagenet"),
-    "backbone": ("cifar_vgg16", "cifar_vgg19", "cifar_resnet32", "cifar_resnet110", "cifar_wrn20_8",
-                 "cifar_densenet40_12"),
-    "augment": ("none", "cutout", "cutmix"),
-}
-# Summary fields a cost claim can name (results/paper/reference.yaml, claims: limits).
-CLAIM_COSTS = ("num_params", "train_time_s", "peak_memory_bytes")
-UNFINISHED = "unfinished"
-DIVERGED = "diverged"
-OK = "ok"
-
-
-class SkipRun(ValueError):
-    """A run whose files can't be used; the message is the reason shown in the report."""
-
-
-def _sort_key(kind: str, name: str):
-    if kind == "method":
-        return ordered(METHODS).index(name) if name in METHODS else len(METHODS), name
-    order = ORDER[kind]
-    return (order.index(name), "") if name in order else (len(order), name)
-
-
-def _number(x) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
-
-
-# --- runs -----------------------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    path: str  # folder, or wandb:<entity>/<project>/<id>
-    summary: dict
-    config: dict
-    history_fn: Callable[[], list[dict]] = field(repr=False, compare=False)
-    dataset: str = ""
-    backbone: str = ""
-    method: str = ""
-    augment: str = "none"
-    noise: str = "none"
-    noise_rate: float = 0.0
-    seed: int = 0
-    status: str = ""
-    state: str = OK  # ok | unfinished | diverged
-    best_err: float | None = None
-    last_err: float | None = None
-
-    @property
-    def cell(self) -> tuple:
-        return self.dataset, self.backbone, self.method, self.augment, self.noise, self.noise_rate
-
-    @property
-    def run_config(self) -> dict:
-        """What a run computes, seed aside (dlb/run/identity.py), and the data it saw where its summary says."""
-        cfg = {k: v for k, v in runid.identity(self.config).items() if k != "seed"}  # (rate 0: no noise keys)
-        data = self.summary.get("data")
-        if isinstance(data, dict):
-            cfg.update({f"data.{k}": data.get(k) for k in ("train_sha256", "test_sha256")})
-        return cfg
-
-    @property
-    def epochs_done(self) -> int | None:
-        """Finished epochs: the summary's count, or more where metrics.jsonl already holds later epochs (a summary
-        written at the start of a run, or by a trainer that updates it only at the end)."""
-        done = self.summary.get("epochs_completed")
-        done = done if isinstance(done, int) and not isinstance(done, bool) else None
-        if self.state == UNFINISHED:
-            logged = [row["epoch"] for row in self.history() if isinstance(row.get("epoch"), int)]
-            if logged and (done is None or max(logged) > done):
-                done = max(logged)
-        return done
-
-    def history(self) -> list[dict]:
-        """metrics.jsonl rows (one per epoch); [] when they can't be read."""
-        try:
-            return self.history_fn()
-        except Exception:
-            return []
-
-
-def make_run(path: str, summary, config, history_fn: Callable[[], list[dict]] = list) -> Run:
-    """Check a summary/config pair and build a Run, or raise SkipRun with the reason."""
-    try:
-        fields = runfiles.Summary.from_dict(summary)
-    except (TypeError, ValueError) as e:
-        raise SkipRun(str(e)) from None
-    if not isinstance(config, dict):
-        raise SkipRun("config is not a mapping")
-    cfg = lambda *keys: _get(config, keys)  # noqa: E731
-    run = Run(path, summary, config, history_fn)
-    for name, keys in (("dataset", ("dataset", "name")), ("backbone", ("backbone", "name")),
-                       ("method", ("method", "name"))):
-        value = getattr(fields, name) or cfg(*keys)
-        if not isinstance(value, str) or not value:
-            raise SkipRun(f"no {name} name in summary or config")
-        setattr(run, name, value)
-    run.augment = str(cfg("augment", "name") or "none")
-    run.noise = str(cfg("noise", "name") or "none")
-    rate = _number(cfg("noise", "rate"))
-    run.noise_rate = 0.0 if run.noise == "none" else (rate if rate is not None else 0.0)
-    if not runid.has_noise(run.noise, run.noise_rate):  # a rate of 0 is clean training
-        run.noise, run.noise_rate = "none", 0.0
-    seed = fields.seed if fields.seed is not None else cfg("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise SkipRun("no integer seed in summary or config")
-    run.seed = seed
-    run.status = fields.status
-    if not isinstance(run.status, str):
-        raise SkipRun("no status in summary")
-    run.best_err, run.last_err = _number(fields.best_test_err), _number(fields.last_test_err)
-    epochs, done = fields.epochs, fields.epochs_completed
-    if run.status == "diverged":
-        run.state = DIVERGED
-    elif run.status != "completed" or (isinstance(epochs, int) and isinstance(done, int) and done < epochs):
-        run.state = UNFINISHED
-    elif run.best_err is None or run.last_err is None:
-        raise SkipRun("completed run without numeric best_test_err/last_test_err")
-    return run
-
-
-def _get(d: dict, keys: tuple):
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
-def load_config(path: Path) -> dict:
-    """The run's config as a plain dict; interpolations resolved where they can be outside Hydra."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(path)
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # e.g. ${hydra:...}: compare the interpolation strings as written instead
-        return OmegaConf.to_container(cfg, resolve=False)
-
-
-def load_run_dir(run_dir: Path) -> Run:
-    try:
-        summary = json.loads((run_dir / runfiles.SUMMARY).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SkipRun(f"unreadable summary.json ({type(e).__name__}: {e})") from None
-    # config.json is what the trainer ran with (written after its checks); .hydra/config.yaml can belong to a
-    # later command that was refused, so it is only the fallback (older runs, hand-made folders).
-    config_path = run_dir / runfiles.CONFIG
-    if not config_path.is_file():
-        config_path = run_dir / ".hydra" / "config.yaml"
-    if not config_path.is_file():
-        raise SkipRun("no config.json or .hydra/config.yaml next to summary.json")
-    try:
-        config = json.loads(config_path.read_text()) if config_path.suffix == ".json" else load_config(config_path)
-    except Exception as e:
-        raise SkipRun(f"unreadable {config_path.relative_to(run_dir)} ({type(e).__name__}: {e})") from None
-    return make_run(str(run_dir), summary, config, lambda: runfiles.read_metrics(run_dir))
-
-
-def collect_runs(roots) -> tuple[list[Run], list[dict]]:
-    """Every run folder (a summary.json) under the roots. Returns (runs, skipped), skipped = [{path, reason}].
-    A root "wandb:ENTITY/PROJECT" reads that W&B project instead."""
-    runs, skipped, seen = [], [], set()
-    for root in roots:
-        if str(root).startswith("wandb:"):
-            r, s = collect_wandb_runs(str(root)[len("wandb:"):])
-            runs, skipped = runs + r, skipped + s
-            continue
-        root = Path(root)
-        if not root.exists():
-            skipped.append({"path": str(root), "reason": "root does not exist"})
-            continue
-        for summary_path in sorted(root.rglob("summary.json")):
-            run_dir = summary_path.parent
-            if run_dir.resolve() in seen:  # overlapping roots
-                continue
-            seen.add(run_dir.resolve())
-            try:
-                runs.append(load_run_dir(run_dir))
-            except SkipRun as e:
-                skipped.append({"path": str(run_dir), "reason": str(e)})
-    return runs, skipped
-
-
-WANDB_STATUS = {"finished": "completed", "running": "running", "crashed": "failed", "failed": "failed",
-                "killed": "failed"}
-
-
-def collect_wandb_runs(project: str, api=None) -> tuple[list[Run], list[dict]]:
-    """Runs of a W&B project ("entity/project"): run.config is the resolved config, run.summary the summary."""
-    try:
-        if api is None:
-            import wandb
-
-            api = wandb.Api()
-        wandb_runs = list(api.runs(project))
-    except Exception as e:
-        return [], [{"path": f"wandb:{project}", "reason": f"could not list W&B runs ({type(e).__name__}: {e})"}]
-    runs, skipped = [], []
-    for wr in wandb_runs:
-        where = f"wandb:{project}/{getattr(wr, 'id', '?')}"
-        try:
-            summary = getattr(wr.summary, "_json_dict", None) or dict(wr.summary)
-            summary = {k: v for k, v in summary.items() if not k.startswith("_")}
-            if "status" not in summary:  # the trainer never wrote its summary: judge by the W&B state
-                summary["status"] = WANDB_STATUS.get(getattr(wr, "state", ""), "failed")
-            config = {k: v for k, v in dict(wr.config).items() if not k.startswith("_")}
-            runs.append(make_run(where, summary, config, lambda wr=wr: [dict(r) for r in wr.scan_history()]))
-        except SkipRun as e:
-            skipped.append({"path": where, "reason": str(e)})
-        except Exception as e:
-            skipped.append({"path": where, "reason": f"unreadable W&B run ({type(e).__name__}: {e})"})
-    return runs, skipped
-
-
-# --- cells ----------------------------------------------------------------------------------------------------
-@dataclass
-class Variant:
-    label: str  # the config keys that set it apart from the cell's other variants; "" when there are none
-    runs: list[Run]
-
-
-@dataclass
-class Cell:
-    dataset: str
-    backbone: str
-    method: str
-    augment: str
-    noise: str
-    noise_rate: float
-    variants: list[Variant]  # the first is the main one: most usable runs
-    diff_keys: list[str]
-
-    @property
-    def name(self) -> str:
-        return f"{self.dataset}/{self.backbone}/{self.method}"
-
-    @property
-    def setting(self) -> str:
-        """What sets the cell apart from plain training: "", "cutout", "symmetric@0.4", "cutout, symmetric@0.4"."""
-        parts = [self.augment] if self.augment != "none" else []
-        return ", ".join(parts + ([f"{self.noise}@{self.noise_rate:g}"] if self.noise != "none" else []))
-
-    @property
-    def setting_kind(self) -> str:
-        return "noise" if self.noise != "none" else "augment" if self.augment != "none" else "clean"
-
-    @property
-    def paper_key(self) -> str:
-        """The cell's key in the reference file: "dlb", "cutout+dlb", "symmetric@0.4+dlb"."""
-        parts = [self.augment] if self.augment != "none" else []
-        parts += [f"{self.noise}@{self.noise_rate:g}"] if self.noise != "none" else []
-        return "+".join(parts + [self.method])
-
-
-def _fmt_value(v) -> str:
-    return v if isinstance(v, str) else json.dumps(v)
-
-
-def group_cells(runs: list[Run]) -> list[Cell]:
-    """Runs grouped by table cell, each cell split into variants of identical config (seed and run-free keys
-    aside). Sorted in the paper's order."""
-    by_cell: dict[tuple, list[Run]] = {}
-    for run in runs:
-        by_cell.setdefault(run.cell, []).append(run)
-    cells = []
-    for key, cell_runs in by_cell.items():
-        by_config: dict[str, list[Run]] = {}
-        configs = {}
-        for run in sorted(cell_runs, key=lambda r: (r.seed, r.path)):
-            cfg = run.run_config
-            frozen = json.dumps(cfg, sort_keys=True, default=str)
-            by_config.setdefault(frozen, []).append(run)
-            configs[frozen] = cfg
-        all_keys = sorted(set().union(*configs.values()))
-        diff_keys = [k for k in all_keys if len({json.dumps(c.get(k, "<absent>"), default=str)
-                                                 for c in configs.values()}) > 1]
-        variants = []
-        for frozen, vruns in by_config.items():
-            cfg = configs[frozen]
-            label = ", ".join(f"{k}={_fmt_value(cfg.get(k, '<absent>'))}" for k in diff_keys[:4])
-            if len(diff_keys) > 4:
-                label += f", ... (+{len(diff_keys) - 4} keys)"
-            variants.append(Variant(label, vruns))
-        variants.sort(key=lambda v: (-sum(r.state == OK for r in v.runs), -len(v.runs), v.label))
-        cells.append(Cell(*key, variants=variants, diff_keys=diff_keys))
-    cells.sort(key=lambda c: (_sort_key("dataset", c.dataset), _sort_key("backbone", c.backbone),
-                              _sort_key("augment", c.augment), c.noise, c.noise_rate, _sort_key("method", c.method)))
-    return cells
-
-
-# --- numbers --------------------------------------------------------------------------------------------------
-def mean_std(values: list[float]) -> dict:
-    """mean and sample std (ddof=1); None where undefined (no values; std of one value)."""
-    return {"mean": statistics.fmean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) >= 2 else None, "values": values}
 
 
 def load_paper(path) -> dict | None:
@@ -335,82 +38,69 @@ def load_paper(path) -> dict | None:
         return None
 
 
-def paper_value(paper: dict | None, cell: Cell) -> dict:
-    """{"status": "value" | "unknown" | "absent", "value", "source", "table"} for the cell in the reference."""
+def paper_value(paper: dict | None, cell: dict) -> dict:
+    """{"status": "value" | "unknown" | "absent", "value", "source", "table"} for a cell (its CELL keys) in the
+    reference file, whose keys read "dlb", "cutout+dlb", "symmetric@0.4+dlb" ("@*": any rate)."""
     absent = {"status": "absent", "value": None, "source": None, "table": None}
     if not paper:
         return absent
-    any_rate = cell.paper_key.replace(f"@{cell.noise_rate:g}", "@*")
-    for table_name, table in (paper.get("tables") or {}).items():
-        backbones = ((table or {}).get("cells") or {}).get(cell.dataset) or {}
-        for backbone in (cell.backbone, "*"):
+    parts = [cell["augment"]] if cell["augment"] != "none" else []
+    noise = [f"{cell['noise']}@{cell['rate']:g}", f"{cell['noise']}@*"] if cell["noise"] != "none" else [None]
+    keys = ["+".join(parts + ([n] if n else []) + [cell["method"]]) for n in noise]
+    for table_name, ref in (paper.get("tables") or {}).items():
+        backbones = ((ref or {}).get("cells") or {}).get(cell["dataset"]) or {}
+        for backbone in (cell["backbone"], "*"):
             entries = backbones.get(backbone) or {}
-            for key in (cell.paper_key, any_rate):
+            for key in keys:
                 if key in entries:
                     entry = entries[key]
-                    if isinstance(entry, dict) and _number(entry.get("value")) is not None:
-                        return {"status": "value", "value": float(entry["value"]),
-                                "source": entry.get("source") or table.get("source"), "table": table_name}
-                    return {"status": "unknown", "value": None, "source": table.get("source"), "table": table_name}
+                    value = entry.get("value") if isinstance(entry, dict) else None
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        return {"status": "value", "value": float(value),
+                                "source": entry.get("source") or ref.get("source"), "table": table_name}
+                    return {"status": "unknown", "value": None, "source": ref.get("source"), "table": table_name}
     return absent
 
 
-def one_run_per_seed(runs: list[Run]) -> tuple[dict[int, Run], dict[int, list[str]]]:
-    """The usable runs the numbers come from, the first per seed ({seed: run}), and the duplicates ({seed: paths,
-    the used one first}). The table and the plots both count this way."""
-    used: dict[int, Run] = {}
-    duplicates: dict[int, list[str]] = {}
-    for r in runs:
-        if r.state != OK:
-            continue
-        if r.seed in used:
-            duplicates.setdefault(r.seed, [used[r.seed].path]).append(r.path)
-        else:
-            used[r.seed] = r
-    return used, duplicates
+# --- cells ----------------------------------------------------------------------------------------------------
+def _flags(variant: pd.DataFrame, expected: list[int]) -> list[str]:
+    flags = []
+    missing = sorted(set(expected) - set(variant["seed"]))
+    if missing:
+        flags.append(f"missing seeds: {', '.join(map(str, missing))}")
+    unfinished = variant[variant["state"] == UNFINISHED]
+    if len(unfinished):
+        flags.append(f"unfinished: {len(unfinished)} (" + "; ".join(
+            f"seed {r.seed} {r.status} {'?' if r.run.epochs_done is None else r.run.epochs_done}/"
+            f"{r.run.summary.get('epochs', '?')} epochs" for r in unfinished.itertuples()) + ")")
+    diverged = variant[variant["state"] == DIVERGED]
+    if len(diverged):
+        flags.append(f"diverged: {len(diverged)} (seed {', '.join(map(str, diverged['seed']))})")
+    dup = variant[variant["duplicate_of"].notna()]
+    if len(dup):
+        flags.append("duplicate seeds: " + "; ".join(f"seed {s} x{len(g) + 1}, used {g['duplicate_of'].iloc[0]}"
+                                                     for s, g in dup.groupby("seed")))
+    unswept = variant["unswept"].iloc[0]
+    if unswept:
+        flags.append(f"mismatched config: the runs differ in {unswept}, which the cell's runs do not sweep as a grid")
+    return flags
 
 
-def summarize(cells: list[Cell], expected_seeds: list[int], paper: dict | None = None) -> list[dict]:
-    """One row per cell variant (main variant first): numbers over usable runs, and every flag."""
+def summarize(df: pd.DataFrame, expected: list[int], paper: dict | None = None) -> list[dict]:
+    """One row per cell variant: numbers over usable runs, and every flag."""
     rows = []
-    for cell in cells:
-        for i, variant in enumerate(cell.variants):
-            used, duplicates = one_run_per_seed(variant.runs)
-            unfinished = [r for r in variant.runs if r.state == UNFINISHED]
-            diverged = [r for r in variant.runs if r.state == DIVERGED]
-            missing = sorted(set(expected_seeds) - {r.seed for r in variant.runs})
-            flags = []
-            if missing:
-                flags.append(f"missing seeds: {', '.join(map(str, missing))}")
-            if unfinished:
-                flags.append(f"unfinished: {len(unfinished)} (" + "; ".join(
-                    f"seed {r.seed} {r.status} {'?' if r.epochs_done is None else r.epochs_done}/{r.summary.get('epochs', '?')}"
-                    " epochs" for r in unfinished) + ")")
-            if diverged:
-                flags.append(f"diverged: {len(diverged)} (seed {', '.join(str(r.seed) for r in diverged)})")
-            if duplicates:
-                flags.append("duplicate seeds: " + "; ".join(f"seed {s} x{len(p)}, used {p[0]}"
-                                                              for s, p in duplicates.items()))
-            if len(cell.variants) > 1:
-                flags.append(f"mismatched config: {len(cell.variants)} variants differ in "
-                             f"{', '.join(cell.diff_keys)}" + ("" if i == 0 else "; not the main row"))
-            runs = list(used.values())
-            rows.append({
-                "cell": cell.name, "dataset": cell.dataset, "backbone": cell.backbone, "method": cell.method,
-                "augment": cell.augment, "noise": cell.noise, "noise_rate": cell.noise_rate, "setting": cell.setting,
-                "setting_kind": cell.setting_kind, "variant": variant.label, "main": i == 0,
-                "n": len(runs), "seeds": sorted(used),
-                "best": mean_std([r.best_err for r in runs]), "last": mean_std([r.last_err for r in runs]),
-                "paper": paper_value(paper, cell), "flags": flags, "missing_seeds": missing,
-                "unfinished": [r.path for r in unfinished], "diverged": [r.path for r in diverged],
-                "runs": [r.path for r in runs], "all_runs": [r.path for r in variant.runs],
-                # what the claims view pairs by seed (dlb/analysis/claims.py)
-                "per_seed": {r.seed: {"best": r.best_err, "last": r.last_err, "device": r.summary.get("device"),
-                                      **{k: r.summary.get(k) for k in CLAIM_COSTS}} for r in runs},
-            })
+    for (*cell, variant), g in df.groupby([*CELL, "variant"], sort=False):
+        cell = dict(zip(CELL, cell))
+        used = g[g["usable"]]
+        rows.append({**cell, "setting": g["setting"].iloc[0], "kind": g["kind"].iloc[0], "variant": variant,
+                     "swept": g["swept"].iloc[0], "n": len(used), "seeds": sorted(int(s) for s in used["seed"]),
+                     "best": mean_std(used["best_err"]), "last": mean_std(used["last_err"]),
+                     "paper": paper_value(paper, cell), "flags": _flags(g, expected),
+                     "runs": list(used["path"]), "all_runs": list(g["path"])})
     return rows
 
 
+# --- method vs base -------------------------------------------------------------------------------------------
 def _claim_for(paper: dict | None, dataset: str, base: str, method: str, kind: str) -> dict | None:
     claims = (paper or {}).get("claims") or {}
     ranges = claims.get("dlb_error_reduction") or {}
@@ -430,6 +120,7 @@ def _claim_for(paper: dict | None, dataset: str, base: str, method: str, kind: s
 
 
 def check(delta: float | None, claim: dict | None) -> str:
+    """The paired mean difference against the paper's claim for the comparison."""
     if delta is None:
         return "n/a"
     if claim is None:
@@ -439,44 +130,70 @@ def check(delta: float | None, claim: dict | None) -> str:
     return "gain" if delta > 0 else "no gain"
 
 
-def compare(rows: list[dict], paper: dict | None = None) -> list[dict]:
-    """base − method error (positive: the method is better) for each comparison (a method's `compared_with`) present
-    in one setting, over the main variants, with the paper's claim for it."""
-    main = {(r["dataset"], r["backbone"], r["augment"], r["noise"], r["noise_rate"], r["method"]): r
-            for r in rows if r["main"]}
-    out, pairs = [], comparisons()
-    for key, row in main.items():
-        for base, method in pairs:
-            if key[-1] != method or key[:-1] + (base,) not in main:
-                continue
-            b = main[key[:-1] + (base,)]
-            delta = {m: (b[m]["mean"] - row[m]["mean"]) if b[m]["mean"] is not None and row[m]["mean"] is not None
-                     else None for m in ("best", "last")}
-            claim = _claim_for(paper, row["dataset"], base, method, row["setting_kind"])
-            out.append({"dataset": row["dataset"], "backbone": row["backbone"], "setting": row["setting"],
-                        "setting_kind": row["setting_kind"], "base": base, "method": method,
-                        "n_base": b["n"], "n_method": row["n"], "delta_best": delta["best"],
-                        "delta_last": delta["last"], "claim": claim, "check_best": check(delta["best"], claim),
-                        "check_last": check(delta["last"], claim),
-                        "flagged": bool(b["flags"] or row["flags"])})
-    pair_order = {p: i for i, p in enumerate(pairs)}
-    out.sort(key=lambda d: (_sort_key("dataset", d["dataset"]), _sort_key("backbone", d["backbone"]),
-                            d["setting_kind"] != "clean", d["setting"], pair_order[(d["base"], d["method"])]))
+def _paired(b: pd.DataFrame, m: pd.DataFrame) -> dict:
+    out = {}
+    for epoch, column in claims_view.EPOCHS.items():
+        d = claims_view.paired_diffs(b, m, column)
+        s = stats.paired(d.tolist())
+        out[epoch] = {**s, "seeds": [int(x) for x in d.index], "verdict": stats.verdict(s)}
     return out
 
 
-def build_report(runs: list[Run], skipped: list[dict], *, seeds: list[int] | None = None, paper=None,
-                 metric: str = "best", sources=(), command: str = "") -> dict:
-    expected = sorted(set(seeds) if seeds is not None else {r.seed for r in runs})
-    rows = summarize(group_cells(runs), expected, paper)
+def compare(runs: pd.DataFrame, paper: dict | None = None) -> list[dict]:
+    """base − method error per seed (positive: the method is better) for each comparison (a method's
+    `compared_with`) present in a setting, with its paired statistics and the paper's claim for it."""
+    out = []
+    for base, method in comparisons():
+        for where, b, m in claims_view.pairs_of(runs, base, method):
+            claim = _claim_for(paper, where["dataset"], base, method, setting_kind(where["augment"], where["noise"]))
+            d = {**where, "kind": setting_kind(where["augment"], where["noise"]), "base": base, "method": method,
+                 "n_base": len(b), "n_method": len(m), **_paired(b, m), "claim": claim}
+            for epoch in claims_view.EPOCHS:
+                d[f"delta_{epoch}"] = d[epoch]["mean"]
+                d[f"check_{epoch}"] = check(d[epoch]["mean"], claim)
+            out.append(d)
+    pair_order = {p: i for i, p in enumerate(comparisons())}
+    out.sort(key=lambda d: (*(sort_key(k, d[k]) for k in SETTING), pair_order[(d["base"], d["method"])]))
+    return out
+
+
+def ablations(df: pd.DataFrame, runs: pd.DataFrame) -> list[dict]:
+    """Per cell with swept keys: one row per variant, by the swept keys, with the paired difference against the
+    method's first baseline (`compared_with`) present in the same setting ("vs_base": {"last", "best"})."""
+    out = []
+    for cell, g in df[df["swept"] != ""].groupby(list(CELL), sort=False):
+        where = dict(zip(CELL, cell))
+        same = runs
+        for k in SETTING:
+            same = same[same[k] == where[k]]
+        bases = [b for b in (METHODS[where["method"]].compared_with if where["method"] in METHODS else ())
+                 if b in set(same["method"])]
+        base = same[same["method"] == bases[0]].set_index("seed") if bases else None
+        rows = []
+        for variant, v in g.groupby("variant", sort=False):
+            used = v[v["usable"]]
+            row = {"values": v["values"].iloc[0], "n": len(used), "seeds": sorted(int(s) for s in used["seed"]),
+                   "best": mean_std(used["best_err"]), "last": mean_std(used["last_err"])}
+            if base is not None:
+                row["vs_base"] = _paired(base, used.set_index("seed"))
+            rows.append(row)
+        out.append({**where, "setting": g["setting"].iloc[0], "swept": g["swept"].iloc[0].split(", "),
+                    "unswept": g["unswept"].iloc[0], "base": bases[0] if bases else None, "variants": rows})
+    return out
+
+
+def build_report(runs, skipped: list[dict], *, seeds: list[int] | None = None, paper=None, metric: str = "best",
+                 sources=(), command: str = "") -> dict:
+    df = table(runs)
+    expected = sorted(set(seeds) if seeds is not None else {int(s) for s in df["seed"]})
+    used, notes = compared(df)
     return {"command": command, "sources": list(sources), "metric": metric, "expected_seeds": expected,
             "seeds_from": "--seeds" if seeds is not None else "the seeds seen in the runs",
-            "n_runs": len(runs), "n_used": sum(r["n"] for r in rows),
-            "n_unfinished": sum(r.state == UNFINISHED for r in runs),
-            "n_diverged": sum(r.state == DIVERGED for r in runs),
-            "paper_units": (paper or {}).get("units"), "rows": rows, "deltas": compare(rows, paper),
-            "claims": claims_view.judge(paper, rows, metric),
-            "skipped": skipped}
+            "n_runs": len(df), "n_used": int(df["usable"].sum()),
+            "n_unfinished": int((df["state"] == UNFINISHED).sum()), "n_diverged": int((df["state"] == DIVERGED).sum()),
+            "paper_units": (paper or {}).get("units"), "rows": summarize(df, expected, paper),
+            "deltas": compare(used, paper), "ablations": ablations(df, used), "claims": claims_view.judge(paper, used),
+            "not_compared": notes, "skipped": skipped}
 
 
 # --- rendering ------------------------------------------------------------------------------------------------
@@ -486,25 +203,21 @@ def fmt_err(stat: dict, pm: str = " ± ", dash: str = "—") -> str:
     return f"{stat['mean']:.2f}{pm}" + (f"{stat['std']:.2f}" if stat["std"] is not None else dash)
 
 
-def fmt_delta(x: float | None, dash: str = "—") -> str:
-    return dash if x is None else f"{x:+.2f}"
-
-
 def fmt_paper(p: dict, dash: str = "—") -> str:
     return f"{p['value']:.2f}" if p["status"] == "value" else "unknown" if p["status"] == "unknown" else dash
 
 
-def _md(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def _seeds(seeds: list[int]) -> str:
+    return ",".join(map(str, seeds)) or "—"
 
 
-def _md_table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+def _paired_columns(x: dict) -> dict:
+    return {f"{e} Δ [95% CI]": stats.fmt_interval(x[e]) for e in ("last", "best")} | {
+        "p (last)": stats.fmt_p(x["last"]["p"]), "verdict (last)": stats.fmt_decision(x["last"], x["last"]["verdict"]),
+        "verdict (best)": x["best"]["verdict"].value}
 
 
 def render_markdown(report: dict) -> str:
-    m = report["metric"]
     sources = ", ".join(f"`{s}`" for s in report["sources"]) or "(none)"
     lines = [
         "# DLB reproduction: results", "",
@@ -514,40 +227,56 @@ def render_markdown(report: dict) -> str:
         f"Command: `{report['command']}`", "",
         f"Expected seeds: {', '.join(map(str, report['expected_seeds'])) or 'none'} ({report['seeds_from']}). "
         "Numbers are top-1 test error (%), mean ± sample std (ddof=1) over seeds, — where undefined; "
-        "*best* = the best epoch (what the official code reports), *last* = the last epoch. Unfinished and "
-        "diverged runs are not in the means. Paper: the reference file's value "
+        "*last* = the last epoch (no selection on the test set), *best* = the best epoch, selected on the test set "
+        "as the paper and the official code do (optimistic). Unfinished and diverged runs are not in the means. "
+        "Comparisons pair runs by seed: Δ = base error − method error (positive = the method is better), mean with "
+        "its 95 % Student-t interval; HOLDS / DOES NOT HOLD where the paired t-test's p < 0.05 (with several "
+        "comparisons in a claim: Holm–Bonferroni adjusted), INCONCLUSIVE otherwise, with the seeds the observed "
+        "spread would need (docs/statistics.md). Paper: the reference file's value "
         "(unknown = the paper has the cell but the number is not available offline; — = not in the paper). "
-        f"The LaTeX table's check column uses the {m} epoch.", "",
+        f"The LaTeX table's check column uses the {report['metric']} epoch.", "",
     ]
-    lines += claims_view.render_markdown(report["claims"], m, label)
+    lines += claims_view.render_markdown(report["claims"], label)
+    md = stats.markdown_table
     lines += ["## Cells", ""]
-    lines += _md_table(
-        ["dataset", "backbone", "method", "setting", "variant", "n", "seeds", "best err", "last err", "paper", "flags"],
-        [[r["dataset"], r["backbone"], label(r["method"]), r["setting"] or "—",
-          (r["variant"] + ("" if r["main"] else " (not main)")) if r["variant"] else "—", r["n"],
-          ",".join(map(str, r["seeds"])) or "—", fmt_err(r["best"]), fmt_err(r["last"]), fmt_paper(r["paper"]),
-          "; ".join(f.split(":")[0] for f in r["flags"]) or ""] for r in report["rows"]])
-    lines += ["", "## Method vs base (base error − method error, points; positive = the method is better)", ""]
+    lines += md([{"dataset": r["dataset"], "backbone": r["backbone"], "method": label(r["method"]),
+                  "setting": r["setting"] or "—", "variant": r["variant"] or "—", "n": r["n"],
+                  "seeds": _seeds(r["seeds"]), "last err": fmt_err(r["last"]), "best err": fmt_err(r["best"]),
+                  "paper": fmt_paper(r["paper"]), "flags": "; ".join(f.split(":")[0] for f in r["flags"])}
+                 for r in report["rows"]])
     if report["deltas"]:
-        lines += _md_table(
-            ["dataset", "backbone", "setting", "base → method", "n", "paper claim", "Δ best", "check best",
-             "Δ last", "check last", "cells flagged"],
-            [[d["dataset"], d["backbone"], d["setting"] or "—", f"{label(d['base'])} → {label(d['method'])}",
-              f"{d['n_base']}/{d['n_method']}", d["claim"]["text"] if d["claim"] else "—",
-              fmt_delta(d["delta_best"]), d["check_best"], fmt_delta(d["delta_last"]), d["check_last"],
-              "yes" if d["flagged"] else ""] for d in report["deltas"]])
-    else:
-        lines.append("No setting has both a base and its method.")
+        lines += ["", "## Method vs base (base error − method error per seed, points; positive = the method is "
+                      "better)", ""]
+        lines += md([{"dataset": d["dataset"], "backbone": d["backbone"], "setting": d["setting"] or "—",
+                      "base → method": f"{label(d['base'])} → {label(d['method'])}",
+                      "seeds": _seeds(d["last"]["seeds"]), **_paired_columns(d),
+                      "paper claim": d["claim"]["text"] if d["claim"] else "—",
+                      "check (best)": d["check_best"]} for d in report["deltas"]])
+    for a in report["ablations"]:
+        where = f"{a['dataset']} / {a['backbone']} / {label(a['method'])}" + (f" [{a['setting']}]" * bool(a["setting"]))
+        lines += ["", f"## Ablation: {where}, swept {', '.join(a['swept'])}", ""]
+        lines.append(f"Δ = {label(a['base'])} error − variant error, per seed." if a["base"] else
+                     "No baseline of this setting for a paired difference.")
+        if a["unswept"]:
+            lines.append(f"Flagged: the runs also differ in {a['unswept']} (not swept).")
+        lines.append("")
+        lines += md([{**{k: v if isinstance(v, str) else json.dumps(v) for k, v in x["values"].items()},
+                      "n": x["n"], "seeds": _seeds(x["seeds"]), "last err": fmt_err(x["last"]),
+                      "best err": fmt_err(x["best"]), **(_paired_columns(x["vs_base"]) if a["base"] else {})}
+                     for x in a["variants"]])
+    if report["not_compared"]:
+        lines += ["", "Left out of the comparisons and claims: " + "; ".join(report["not_compared"]) + "."]
     lines += ["", "## Flags", ""]
     flagged = [r for r in report["rows"] if r["flags"]]
     for r in flagged:
-        name = r["cell"] + (f" [{r['setting']}]" if r["setting"] else "")
+        name = f"{r['dataset']}/{r['backbone']}/{r['method']}" + (f" [{r['setting']}]" if r["setting"] else "")
         name += f" ({r['variant']})" if r["variant"] else ""
-        lines += [f"- `{name}`:"] + [f"  - {_md(f)}" for f in r["flags"]]
+        lines += [f"- `{name}`:"]
+        lines += [f"  - {f}" for f in r["flags"]]
     if not flagged:
         lines.append("None.")
     lines += ["", f"## Skipped ({len(report['skipped'])})", ""]
-    lines += [f"- `{s['path']}`: {_md(s['reason'])}" for s in report["skipped"]] or ["None."]
+    lines += [f"- `{s['path']}`: {s['reason']}" for s in report["skipped"]] or ["None."]
     return "\n".join(lines) + "\n"
 
 
@@ -559,50 +288,34 @@ def latex_escape(text) -> str:
     return "".join(LATEX_SPECIAL.get(c, c) for c in str(text))
 
 
-def _tex_table(spec: str, header: list[str], rows: list[list], groups: list) -> list[str]:
-    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
-    for i, row in enumerate(rows):
-        if i and groups[i] != groups[i - 1]:
-            lines.append(r"\midrule")
-        lines.append(" & ".join(row) + r" \\")
-    return lines + [r"\bottomrule", r"\end{tabular}"]
-
-
-def _tex_claim(claim: dict | None, dash: str) -> str:
-    if claim is None:
-        return dash
-    return f"{claim['min']:.2f}--{claim['max']:.2f}" if claim["kind"] == "range" else "gain"
+def _tex(rows: list[dict], spec: str) -> list[str]:
+    """A booktabs tabular of already escaped cells."""
+    df = pd.DataFrame(rows)
+    return df.style.hide(axis="index").to_latex(column_format=spec, hrules=True).splitlines()
 
 
 def render_latex(report: dict) -> str:
-    """booktabs tabulars (cells, then method-vs-base deltas); needs \\usepackage{booktabs}."""
-    e, pm, dash = latex_escape, r" $\pm$ ", "--"
-    m = report["metric"]
-    rows = report["rows"]
+    """booktabs tabulars (cells, then method-vs-base differences); needs \\usepackage{booktabs}."""
+    e, pm, dash, m = latex_escape, r" $\pm$ ", "--", report["metric"]
     lines = [f"% Generated by: {report['command']}".replace("\n", " "),
-             "% Top-1 test error (%), mean $\\pm$ sample std over seeds; best = best epoch, last = last epoch.",
-             "% Needs \\usepackage{booktabs}."]
-    lines += _tex_table(
-        "llllrccl", ["Dataset", "Backbone", "Method", "Setting", "$n$", "Best err.", "Last err.", "Paper"],
-        [[e(r["dataset"]), e(r["backbone"]),
-          e(label(r["method"]) + (f" ({r['variant']})" if r["variant"] else ""))
-          + (r"$^\dagger$" if r["flags"] else ""),
-          e(r["setting"] or dash), str(r["n"]), fmt_err(r["best"], pm, dash), fmt_err(r["last"], pm, dash),
-          e(fmt_paper(r["paper"], dash))] for r in rows],
-        [r["dataset"] for r in rows])
+             "% Top-1 test error (%), mean $\\pm$ sample std over seeds; last = last epoch, best = best epoch "
+             "(selected on the test set, as the paper).", "% Needs \\usepackage{booktabs}."]
+    lines += _tex([{"Dataset": e(r["dataset"]), "Backbone": e(r["backbone"]),
+                    "Method": e(label(r["method"]) + (f" ({r['variant']})" if r["variant"] else ""))
+                    + (r"$^\dagger$" if r["flags"] else ""), "Setting": e(r["setting"] or dash), "$n$": str(r["n"]),
+                    "Last err.": fmt_err(r["last"], pm, dash), "Best err.": fmt_err(r["best"], pm, dash),
+                    "Paper": e(fmt_paper(r["paper"], dash))} for r in report["rows"]], "llllrccl")
     lines.append(r"% $^\dagger$: flagged (missing seeds, unfinished/diverged runs or mismatched config), see the "
                  "Markdown report.")
     if report["deltas"]:
-        deltas = report["deltas"]
-        lines += ["", f"% Base error minus method error (points); check against the paper's claim uses the {m} epoch."]
-        lines += _tex_table(
-            "llllrrll", ["Dataset", "Backbone", "Setting", "Base $\\to$ method", r"$\Delta$ best",
-                         r"$\Delta$ last", "Paper claim", "Check"],
-            [[e(d["dataset"]), e(d["backbone"]), e(d["setting"] or dash),
-              e(label(d["base"])) + r" $\to$ " + e(label(d["method"])),
-              fmt_delta(d["delta_best"], dash), fmt_delta(d["delta_last"], dash),
-              _tex_claim(d["claim"], dash), e(d[f"check_{m}"])] for d in deltas],
-            [d["dataset"] for d in deltas])
+        ci = lambda s: e(stats.fmt_interval(s)).replace("[", "{[}").replace("]", "{]}")  # noqa: E731
+        lines += ["", f"% Base error minus method error per seed (points), mean [95% t interval]; the check against "
+                      f"the paper's claim uses the {m} epoch."]
+        lines += _tex([{"Dataset": e(d["dataset"]), "Backbone": e(d["backbone"]), "Setting": e(d["setting"] or dash),
+                        "Base $\\to$ method": e(label(d["base"])) + r" $\to$ " + e(label(d["method"])),
+                        r"$\Delta$ last": ci(d["last"]), r"$\Delta$ best": ci(d["best"]),
+                        "Paper claim": e(d["claim"]["text"] if d["claim"] else dash), "Check": e(d[f"check_{m}"])}
+                       for d in report["deltas"]], "llllrrll")
     return "\n".join(lines) + "\n"
 
 
@@ -652,7 +365,7 @@ def main(argv=None) -> int:
     markdown = render_markdown(report)
     (out / f"{args.name}.md").write_text(markdown)
     (out / f"{args.name}.tex").write_text(render_latex(report))
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(markdown)
     print(f"wrote {out / args.name}.md, .tex, .json", file=sys.stderr)
     return 0

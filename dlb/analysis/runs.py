@@ -1,0 +1,397 @@
+"""Finished runs as one table: every run folder (summary.json with config.json or .hydra/config.yaml, written by
+dlb/trainer.py and Hydra) or W&B run, one DataFrame row each. The report, the claims and the figures read only it.
+
+A cell is (dataset, backbone, method, setting); runs of a cell whose configs (seed and run-free keys aside,
+dlb/run/identity.py) differ are its variants. The keys that take two or more values forming a full grid over the
+variants are the cell's swept keys (an ablation); any other key that differs is flagged (docs/statistics.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from dlb.metrics import METRICS
+from dlb.methods import METHODS, ordered
+from dlb.run import folder as runfiles
+from dlb.run import identity as runid
+
+SETTING = ("dataset", "backbone", "augment", "noise", "rate")  # what a comparison holds fixed
+CELL = SETTING + ("method",)
+COSTS = ("num_params", "train_time_s", "peak_memory_bytes")  # summary fields a cost claim can name
+UNFINISHED, DIVERGED, OK = "unfinished", "diverged", "ok"
+ABSENT = "<absent>"  # a key a run's config does not have (a run older than the key)
+# Row order of the paper's tables; names not listed sort after these, alphabetically. Methods: their `order`.
+ORDER = {
+    "dataset": ("cifar10", "cifar100", "tinyimagenet"),
+    "backbone": ("cifar_vgg16", "cifar_vgg19", "cifar_resnet32", "cifar_resnet110", "cifar_wrn20_8",
+                 "cifar_densenet40_12"),
+    "augment": ("none", "cutout", "cutmix"),
+}
+
+
+class SkipRun(ValueError):
+    """A run whose files can't be used; the message is the reason shown in the report."""
+
+
+def _number(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def setting_name(augment: str, noise: str, rate: float) -> str:
+    """What sets a setting apart from plain training: "", "cutout", "symmetric@0.4", "cutout, symmetric@0.4"."""
+    return ", ".join(([augment] if augment != "none" else []) + ([f"{noise}@{rate:g}"] if noise != "none" else []))
+
+
+def setting_kind(augment: str, noise: str) -> str:
+    """A claim's setting: clean | augment | noise."""
+    return "noise" if noise != "none" else "augment" if augment != "none" else "clean"
+
+
+# --- runs -----------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    path: str  # folder, or wandb:<entity>/<project>/<id>
+    summary: dict
+    config: dict
+    history_fn: Callable[[], list[dict]] = field(repr=False, compare=False)
+    cell: dict = field(default_factory=dict)  # the CELL keys
+    seed: int = 0
+    status: str = ""
+    state: str = OK  # ok | unfinished | diverged
+    overrides: dict | None = None  # the command line's overrides (.hydra/overrides.yaml) {key: value}; None: unknown
+
+    @property
+    def run_config(self) -> dict:
+        """What a run computes, seed aside (dlb/run/identity.py), and the data it saw where its summary says."""
+        cfg = {k: v for k, v in runid.identity(self.config).items() if k != "seed"}  # (rate 0: no noise keys)
+        data = self.summary.get("data")
+        if isinstance(data, dict):
+            cfg.update({f"data.{k}": data.get(k) for k in ("train_sha256", "test_sha256")})
+        return cfg
+
+    @property
+    def epochs_done(self) -> int | None:
+        """Finished epochs: the summary's count, or more where metrics.jsonl already holds later epochs (a summary
+        written at the start of a run, or by a trainer that updates it only at the end)."""
+        done = self.summary.get("epochs_completed")
+        done = done if isinstance(done, int) and not isinstance(done, bool) else None
+        if self.state == UNFINISHED:
+            logged = [row["epoch"] for row in self.history() if isinstance(row.get("epoch"), int)]
+            if logged and (done is None or max(logged) > done):
+                done = max(logged)
+        return done
+
+    def history(self) -> list[dict]:
+        """metrics.jsonl rows (one per epoch); [] when they can't be read."""
+        try:
+            return self.history_fn()
+        except Exception:
+            return []
+
+
+def _get(d: dict, keys: tuple):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def make_run(path: str, summary, config, history_fn: Callable[[], list[dict]] = list) -> Run:
+    """Check a summary/config pair and build a Run, or raise SkipRun with the reason."""
+    try:
+        fields = runfiles.Summary.from_dict(summary)
+    except (TypeError, ValueError) as e:
+        raise SkipRun(str(e)) from None
+    if not isinstance(config, dict):
+        raise SkipRun("config is not a mapping")
+    run = Run(path, summary, config, history_fn)
+    for name in ("dataset", "backbone", "method"):
+        value = getattr(fields, name) or _get(config, (name, "name"))
+        if not isinstance(value, str) or not value:
+            raise SkipRun(f"no {name} name in summary or config")
+        run.cell[name] = value
+    noise, rate = str(_get(config, ("noise", "name")) or "none"), _number(_get(config, ("noise", "rate"))) or 0.0
+    if not runid.has_noise(noise, rate):  # a rate of 0 is clean training
+        noise, rate = "none", 0.0
+    run.cell.update(augment=str(_get(config, ("augment", "name")) or "none"), noise=noise, rate=rate)
+    seed = fields.seed if fields.seed is not None else config.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise SkipRun("no integer seed in summary or config")
+    run.seed, run.status = seed, fields.status
+    if not isinstance(run.status, str):
+        raise SkipRun("no status in summary")
+    epochs, done = fields.epochs, fields.epochs_completed
+    if run.status == "diverged":
+        run.state = DIVERGED
+    elif run.status != "completed" or (isinstance(epochs, int) and isinstance(done, int) and done < epochs):
+        run.state = UNFINISHED
+    elif _number(fields.best_test_err) is None or _number(fields.last_test_err) is None:
+        raise SkipRun("completed run without numeric best_test_err/last_test_err")
+    return run
+
+
+def load_config(path: Path) -> dict:
+    """The run's config as a plain dict; interpolations resolved where they can be outside Hydra."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(path)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # e.g. ${hydra:...}: compare the interpolation strings as written instead
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def load_run_dir(run_dir: Path) -> Run:
+    try:
+        summary = json.loads((run_dir / runfiles.SUMMARY).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SkipRun(f"unreadable summary.json ({type(e).__name__}: {e})") from None
+    # config.json is what the trainer ran with (written after its checks); .hydra/config.yaml can belong to a
+    # later command that was refused, so it is only the fallback (older runs, hand-made folders).
+    config_path = run_dir / runfiles.CONFIG
+    if not config_path.is_file():
+        config_path = run_dir / ".hydra" / "config.yaml"
+    if not config_path.is_file():
+        raise SkipRun("no config.json or .hydra/config.yaml next to summary.json")
+    try:
+        config = json.loads(config_path.read_text()) if config_path.suffix == ".json" else load_config(config_path)
+    except Exception as e:
+        raise SkipRun(f"unreadable {config_path.relative_to(run_dir)} ({type(e).__name__}: {e})") from None
+    run = make_run(str(run_dir), summary, config, lambda: runfiles.read_metrics(run_dir))
+    run.overrides = read_overrides(run_dir / ".hydra" / "overrides.yaml")
+    return run
+
+
+def read_overrides(path: Path) -> dict | None:
+    """{key: value} of the overrides Hydra recorded ("+method.T=2" -> {"method.T": "2"}); None without the file."""
+    import yaml
+
+    try:
+        lines = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    pairs = [str(o).lstrip("+~").partition("=") for o in lines or [] if "=" in str(o)]
+    return {k: v for k, _, v in pairs if not k.startswith("hydra.")}
+
+
+def collect_runs(roots) -> tuple[list[Run], list[dict]]:
+    """Every run folder (a summary.json) under the roots. Returns (runs, skipped), skipped = [{path, reason}].
+    A root "wandb:ENTITY/PROJECT" reads that W&B project instead."""
+    runs, skipped, seen = [], [], set()
+    for root in roots:
+        if str(root).startswith("wandb:"):
+            r, s = collect_wandb_runs(str(root)[len("wandb:"):])
+            runs, skipped = runs + r, skipped + s
+            continue
+        root = Path(root)
+        if not root.exists():
+            skipped.append({"path": str(root), "reason": "root does not exist"})
+            continue
+        for summary_path in sorted(root.rglob(runfiles.SUMMARY)):
+            run_dir = summary_path.parent
+            if run_dir.resolve() in seen:  # overlapping roots
+                continue
+            seen.add(run_dir.resolve())
+            try:
+                runs.append(load_run_dir(run_dir))
+            except SkipRun as e:
+                skipped.append({"path": str(run_dir), "reason": str(e)})
+    return runs, skipped
+
+
+WANDB_STATUS = {"finished": "completed", "running": "running", "crashed": "failed", "failed": "failed",
+                "killed": "failed"}
+
+
+def collect_wandb_runs(project: str, api=None) -> tuple[list[Run], list[dict]]:
+    """Runs of a W&B project ("entity/project"): run.config is the resolved config, run.summary the summary."""
+    try:
+        if api is None:
+            import wandb
+
+            api = wandb.Api()
+        wandb_runs = list(api.runs(project))
+    except Exception as e:
+        return [], [{"path": f"wandb:{project}", "reason": f"could not list W&B runs ({type(e).__name__}: {e})"}]
+    runs, skipped = [], []
+    for wr in wandb_runs:
+        where = f"wandb:{project}/{getattr(wr, 'id', '?')}"
+        try:
+            summary = getattr(wr.summary, "_json_dict", None) or dict(wr.summary)
+            summary = {k: v for k, v in summary.items() if not k.startswith("_")}
+            if "status" not in summary:  # the trainer never wrote its summary: judge by the W&B state
+                summary["status"] = WANDB_STATUS.get(getattr(wr, "state", ""), "failed")
+            config = {k: v for k, v in dict(wr.config).items() if not k.startswith("_")}
+            runs.append(make_run(where, summary, config, lambda wr=wr: [dict(r) for r in wr.scan_history()]))
+        except SkipRun as e:
+            skipped.append({"path": where, "reason": str(e)})
+        except Exception as e:
+            skipped.append({"path": where, "reason": f"unreadable W&B run ({type(e).__name__}: {e})"})
+    return runs, skipped
+
+
+# --- variants -------------------------------------------------------------------------------------------------
+def _same(a, b) -> bool:
+    return a == b or (_number(a) is not None and _number(b) is not None and float(a) == float(b))
+
+
+def swept_keys(configs: list[dict], overrides: list[dict] | None = None) -> tuple[list[str], list[str]]:
+    """(swept, unswept) among the keys in which the variants' configs differ. Data fingerprints are never swept.
+    With the runs' command-line overrides: the keys they set (`method.T=2`), and the keys under a config group whose
+    choice differs between the runs (`optim=sgd` / `optim=adam`). Without (W&B runs, hand-made folders): the largest
+    set of keys whose value combinations over the variants form the full grid (ties: the set that separates most
+    variants, then by name)."""
+    keys = sorted({k for c in configs for k in c})
+    values = {k: {json.dumps(c.get(k, ABSENT), sort_keys=True, default=str) for c in configs} for k in keys}
+    differing = [k for k in keys if len(values[k]) > 1]
+    if overrides:
+        set_keys = {k for o in overrides for k in o}
+        groups = {k for k in set_keys if "." not in k and len({o.get(k) for o in overrides}) > 1}
+        swept = [k for k in differing if not k.startswith("data.") and (k in set_keys or k.split(".")[0] in groups)]
+        return swept, [k for k in differing if k not in swept]
+    candidates = [k for k in differing if not k.startswith("data.")][:12]  # grids of more keys are not searched
+    for size in range(len(candidates), 0, -1):
+        best = None
+        for subset in itertools.combinations(candidates, size):
+            points = {tuple(json.dumps(c.get(k, ABSENT), sort_keys=True, default=str) for k in subset)
+                      for c in configs}
+            if len(points) == math.prod(len(values[k]) for k in subset) and (best is None or len(points) > best[0]):
+                best = (len(points), list(subset))
+        if best:
+            return best[1], [k for k in differing if k not in best[1]]
+    return [], differing
+
+
+@functools.cache
+def _composed_defaults(method: str) -> dict:
+    """The flattened config `python -m dlb.train method=<method>` composes; {} where it can't be composed."""
+    try:
+        from omegaconf import OmegaConf
+
+        from dlb.config import compose
+
+        return runid.flatten(OmegaConf.to_container(compose([f"method={method}"]), resolve=False))
+    except Exception:
+        return {}
+
+
+def at_defaults(method: str, values: dict) -> bool:
+    """Do these swept-key values equal the method's defaults (Method.Config; other keys: the composed config)?"""
+    config = METHODS[method].Config() if method in METHODS else None
+    for key, value in values.items():
+        name = key.split(".", 1)[1] if key.startswith("method.") else None
+        if config is not None and name in {f.name for f in dataclasses.fields(config)}:
+            default = getattr(config, name)
+        else:
+            default = _composed_defaults(method).get(key, ABSENT)
+        # A key older runs lack computed what its off value does (dlb/run/identity.py, NEUTRAL).
+        if not _same(value, default) and not (value == ABSENT and default in (None, False, 0)):
+            return False
+    return True
+
+
+# --- the table ------------------------------------------------------------------------------------------------
+def sort_key(kind: str, name):
+    if kind == "method":
+        order = ordered(set(METHODS) | {name})
+        return order.index(name), name
+    if kind not in ORDER:
+        return name
+    order = ORDER[kind]
+    return (order.index(name), "") if name in order else (len(order), name)
+
+
+def _order(v) -> tuple:
+    """Variants in order of their values: numbers by size, then everything else by text."""
+    return (0, float(v), "") if _number(v) is not None else (1, 0.0, _fmt_value(v))
+
+
+def _fmt_value(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def table(runs: list[Run]) -> pd.DataFrame:
+    """One row per run: the CELL keys, setting/kind, variant (the swept keys' values, "" without a sweep), swept and
+    unswept (the cell's keys, comma-joined), seed, status, state, usable (ok and the first run of its seed in its
+    variant), duplicate_of, best_err and last_<metric> for METRICS, the COSTS, device, path and the Run itself."""
+    records = []
+    for run in runs:
+        s = run.summary
+        records.append({**run.cell, "setting": setting_name(run.cell["augment"], run.cell["noise"], run.cell["rate"]),
+                        "kind": setting_kind(run.cell["augment"], run.cell["noise"]), "seed": run.seed,
+                        "status": run.status, "state": run.state, "best_err": _number(s.get("best_test_err")),
+                        **{f"last_{m.name}": _number(s.get(f"last_test_{m.name}")) for m in METRICS},
+                        **{k: _number(s.get(k)) for k in COSTS}, "device": str(s.get("device") or ""),
+                        "path": run.path, "run": run, "config": run.run_config})
+    columns = [*CELL, "setting", "kind", "variant", "values", "swept", "unswept", "seed", "status", "state", "usable",
+               "duplicate_of", "best_err", *(f"last_{m.name}" for m in METRICS), *COSTS, "device", "path", "run"]
+    if not records:
+        return pd.DataFrame(columns=columns)
+    df = pd.DataFrame(records)
+    df["variant"], df["values"], df["swept"], df["unswept"], df["variant_rank"] = "", None, "", "", 0
+    df["values"] = df["values"].astype(object)
+    for _, cell in df.groupby(list(CELL), sort=False):
+        configs = {json.dumps(c, sort_keys=True, default=str): c for c in cell["config"]}
+        overrides = [r.overrides for r in cell["run"] if r.overrides is not None]
+        swept, unswept = swept_keys(list(configs.values()), overrides)
+        points = sorted({tuple(_order(c.get(k, ABSENT)) for k in swept + unswept) for c in configs.values()})
+        for i, config in zip(cell.index, cell["config"]):
+            values = {k: config.get(k, ABSENT) for k in swept + unswept}
+            df.at[i, "values"] = values
+            df.at[i, "variant"] = ", ".join(f"{k}={_fmt_value(v)}" for k, v in values.items())
+            df.at[i, "variant_rank"] = points.index(tuple(_order(v) for v in values.values()))
+        df.loc[cell.index, "swept"], df.loc[cell.index, "unswept"] = ", ".join(swept), ", ".join(unswept)
+    df = df.sort_values(["seed", "path"], kind="stable")
+    same_seed = [*CELL, "variant", "seed"]
+    ok = df[df["state"] == OK]
+    first = ok[~ok.duplicated(same_seed)]
+    df["usable"] = df.index.isin(first.index)
+    used = first.set_index(same_seed)["path"].to_dict()
+    df["duplicate_of"] = [used.get(tuple(r)) if state == OK and not usable else None
+                          for r, state, usable in zip(df[same_seed].itertuples(index=False), df["state"], df["usable"])]
+    return sort_runs(df.drop(columns="config"))[columns]
+
+
+def sort_runs(df: pd.DataFrame, by=(*CELL, "variant_rank")) -> pd.DataFrame:
+    """In the paper's order: dataset, backbone, augment, noise, rate, method."""
+    order = ("dataset", "backbone", "augment", "noise", "rate", "method", "variant_rank")
+    keys = [k for k in order if k in by and k in df.columns]
+    return df.sort_values(keys, key=lambda col: col.map(lambda v: sort_key(col.name, v)), kind="stable")
+
+
+def mean_std(values) -> dict:
+    """mean and sample std (ddof=1); None where undefined (no values; std of one value). The one place both are
+    computed."""
+    values = [float(v) for v in values if v is not None and not pd.isna(v)]
+    s = pd.Series(values, dtype=float)
+    return {"mean": float(s.mean()) if values else None, "std": float(s.std(ddof=1)) if len(values) >= 2 else None,
+            "values": values}
+
+
+def compared(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The usable runs that comparisons and claims use: per cell its one variant, or of an ablation the variant at
+    the method's defaults. Also a note per cell left out (no single variant at the defaults)."""
+    keep, notes = [], []
+    for cell, runs in df[df["usable"]].groupby(list(CELL), sort=False):
+        variants = runs["variant"].unique()
+        swept = runs["swept"].iloc[0].split(", ")
+        if len(variants) > 1:  # the one at the defaults in the swept keys; none where unswept keys split it
+            variants = [v for v in variants if at_defaults(cell[-1], {
+                k: x for k, x in runs[runs["variant"] == v]["values"].iloc[0].items() if k in swept})]
+        if len(variants) == 1:
+            keep.append(runs[runs["variant"] == variants[0]])
+        else:
+            where = "/".join(str(c) for c in (cell[0], cell[1], cell[-1])) + f" [{setting_name(*cell[2:5])}]"
+            unswept = runs["unswept"].iloc[0]
+            notes.append(where.replace(" []", "") + (f" (its runs differ in {unswept}, not swept)" if unswept and not
+                                                     swept[0] else " (no single variant at the method's defaults)"))
+    return (pd.concat(keep) if keep else df.iloc[:0]), notes

@@ -1,0 +1,152 @@
+"""Paired statistics for method comparisons: Student t interval and test on per-seed differences, Holm–Bonferroni
+over a claim's comparisons, and how many seeds the observed spread would need (docs/statistics.md).
+
+The t distribution comes from the regularized incomplete beta function (Numerical Recipes' continued fraction), so
+the analysis needs no scipy.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from enum import Enum
+
+LEVEL = 0.95  # confidence of every interval; two-sided tests at 1 - LEVEL
+MIN_PAIRS = 2  # no comparison is judged on one seed
+MAX_SEEDS = 1000  # the seeds-needed search stops here
+
+
+class Verdict(str, Enum):
+    holds = "HOLDS"
+    fails = "DOES NOT HOLD"
+    inconclusive = "INCONCLUSIVE"
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1 + num * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1) < 1e-15:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b)."""
+    if x <= 0 or x >= 1:
+        return 0.0 if x <= 0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _beta_fraction(a, b, x) / a
+    return 1 - front * _beta_fraction(b, a, 1 - x) / b
+
+
+def t_sf2(t: float, df: int) -> float:
+    """Two-sided tail probability P(|T| >= |t|) of Student's t with df degrees of freedom."""
+    return betainc(df / 2, 0.5, df / (df + t * t)) if math.isfinite(t) else 0.0
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The t value with P(T <= t) = p, for p in (0.5, 1): bisection on the tail probability."""
+    lo, hi = 0.0, 1.0
+    while t_sf2(hi, df) > 2 * (1 - p):
+        hi *= 2
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_sf2(mid, df) > 2 * (1 - p) else (lo, mid)
+    return (lo + hi) / 2
+
+
+def seeds_needed(mean: float, sd: float, alpha: float = 1 - LEVEL) -> str:
+    """Smallest n with t_{1-alpha/2, n-1} * sd / sqrt(n) < |mean|: the seeds that would decide a comparison whose
+    per-seed differences keep this mean and spread, tested at level alpha."""
+    if mean == 0:
+        return "none: mean is 0"
+    if sd == 0:
+        return str(MIN_PAIRS)
+    decided = lambda n: t_quantile(1 - alpha / 2, n - 1) * sd / math.sqrt(n) < abs(mean)  # noqa: E731
+    if not decided(MAX_SEEDS):
+        return f"over {MAX_SEEDS}"
+    lo, hi = MIN_PAIRS - 1, MAX_SEEDS  # the half-width shrinks with n: bisect for the first n that decides
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if decided(mid) else (mid, hi)
+    return str(hi)
+
+
+def paired(diffs: list[float]) -> dict:
+    """Mean, sample std, LEVEL t interval and two-sided paired-t p-value of per-seed differences. Fewer than
+    MIN_PAIRS: mean only (interval, p and seeds needed None)."""
+    n = len(diffs)
+    out = {"n": n, "values": list(diffs), "mean": statistics.fmean(diffs) if diffs else None, "std": None,
+           "lo": None, "hi": None, "p": None, "seeds_needed": None}
+    if n < MIN_PAIRS:
+        return out
+    mean, sd = out["mean"], statistics.stdev(diffs)
+    half = t_quantile(1 - (1 - LEVEL) / 2, n - 1) * sd / math.sqrt(n)
+    p = (1.0 if mean == 0 else 0.0) if sd == 0 else t_sf2(mean / (sd / math.sqrt(n)), n - 1)
+    return {**out, "std": sd, "lo": mean - half, "hi": mean + half, "p": p, "seeds_needed": seeds_needed(mean, sd)}
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm–Bonferroni adjusted p-values (None stays None and does not count towards the comparisons)."""
+    known = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(known):
+        running = max(running, min(1.0, (len(known) - rank) * p))
+        out[i] = running
+    return out
+
+
+def verdict(stats: dict, p_adjusted: float | None = None) -> Verdict:
+    """Positive differences favour the claim. HOLDS / DOES NOT HOLD where the (adjusted) p is below 1 - LEVEL, by
+    the sign of the mean (for a single comparison: the LEVEL interval excludes 0); else INCONCLUSIVE."""
+    p = stats["p"] if p_adjusted is None else p_adjusted
+    if p is None or p >= 1 - LEVEL:
+        return Verdict.inconclusive
+    return Verdict.holds if stats["mean"] > 0 else Verdict.fails
+
+
+def overall(verdicts: list[Verdict]) -> str:
+    """A claim's verdict over its comparisons: the common verdict, else how many hold."""
+    if len(set(verdicts)) == 1:
+        return verdicts[0].value
+    return f"HOLDS IN {sum(v == Verdict.holds for v in verdicts)} OF {len(verdicts)}"
+
+
+def fmt_interval(s: dict, spec: str = "+.2f") -> str:
+    """'+0.60 [+0.10, +1.10]'; the mean alone below MIN_PAIRS; '—' without pairs."""
+    if s["mean"] is None:
+        return "—"
+    if s["lo"] is None:
+        return f"{s['mean']:{spec}} (1 pair)"
+    return f"{s['mean']:{spec}} [{s['lo']:{spec}}, {s['hi']:{spec}}]"
+
+
+def fmt_p(p: float | None) -> str:
+    return "—" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_decision(s: dict, verdict: Verdict) -> str:
+    """The verdict, and for an inconclusive one the seeds that would decide it."""
+    if verdict != Verdict.inconclusive:
+        return verdict.value
+    need = s["seeds_needed"] or f"unknown: fewer than {MIN_PAIRS} pairs"
+    return f"{verdict.value} (seeds needed: {need})"
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+    """The rows (dicts of one shape) as a Markdown table, cells as text; | escaped."""
+    import pandas as pd
+
+    cells = [{k: str(v).replace("|", "\\|").replace("\n", " ") for k, v in r.items()} for r in rows]
+    return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True).splitlines()
