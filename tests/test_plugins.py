@@ -49,8 +49,8 @@ def test_a_dataset_from_a_plugin_file_is_an_option_and_trains(tmp_path):
     env = plugin_env(tmp_path / "blobs.py")
     r = subprocess.run([sys.executable, "-c", CHECK], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip() == "dataset.test_subset=261: dataset=blobs's test split has only 260 images; use at most 260, " \
-                               "or null for the whole split"
+    assert r.stdout.strip() == ("dataset.test_subset=261: dataset=blobs's test split has only 260 images; use at "
+                                "most 260, or null for the whole split")
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "dlb.train", "dataset=blobs", "backbone=resnet8", "method=dlb",
                         "debug=step", f"hydra.run.dir={out}"], cwd=REPO, env=env, capture_output=True, text=True,

@@ -12,13 +12,13 @@ from dlb import plugins
 from dlb.choice import Choice
 from dlb.data.datasets.base import (DATASETS, TRAIN_SIZES, ArrayDataset, DatasetSpec, RunData, fingerprint,
                                     load_dataset, prepare, register_dataset, subset_index)
+from dlb.data.datasets.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+# (a copy: to move the Fashion-MNIST system dir, set dlb.data.datasets.fashion_mnist.FASHION_MNIST_SYSTEM_DIR)
+from dlb.data.datasets.fashion_mnist import FASHION_MNIST_SYSTEM_DIR
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 plugins.load()
-
-from dlb.data.datasets.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
-from dlb.data.datasets.fashion_mnist import FASHION_MNIST_SYSTEM_DIR  # noqa: E402
 
 
 def __getattr__(name: str):
