@@ -1,7 +1,7 @@
 """Structured-config schema (Hydra ConfigStore) and the range checks that types alone can't express.
 
 The YAML files in configs/ fill these dataclasses (a method's own Config dataclass is the whole `method=<name>`
-entry); Hydra rejects unknown keys, wrong types and values outside a Choice while composing, and `validate` rejects
+entry; a dataset's file gives the values of its `dataset=<name>` entry); Hydra rejects unknown keys, wrong types and values outside a Choice while composing, and `validate` rejects
 out-of-range values before any data is read or model built. `compose` gives the config a command line runs with.
 """
 from __future__ import annotations
