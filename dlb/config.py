@@ -1,7 +1,7 @@
 """Structured-config schema (Hydra ConfigStore) and the range checks that types alone can't express.
 
 The YAML files in configs/ fill these dataclasses (a method's own Config dataclass is the whole `method=<name>`
-entry); Hydra rejects unknown keys, wrong types and values outside a Choice while composing, and `validate` rejects
+entry; a dataset's file gives the values of its `dataset=<name>` entry); Hydra rejects unknown keys, wrong types and values outside a Choice while composing, and `validate` rejects
 out-of-range values before any data is read or model built. `compose` gives the config a command line runs with.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dlb import CONFIGS  # noqa: F401  (defined in dlb/__init__.py; read here by dlb.train)
 from dlb.data.augment import BatchAugment, CutMixViews
-from dlb.data.datasets import DatasetName
+from dlb.data.datasets import DATASETS
 from dlb.errors import ConfigError
 from dlb.data.loader import Augment, LoaderKind
 from dlb.run.loggers import LoggerName, WandbMode
@@ -31,7 +31,8 @@ AUTO_OR_BOOL = ("auto", True, False)
 
 @dataclass
 class DatasetConfig:
-    name: DatasetName = MISSING
+    """The schema of every `dataset=<name>` entry; a dataset's file (dlb/data/datasets/) gives that entry's values."""
+    name: str = MISSING  # a registered dataset (validate checks it)
     root: Optional[str] = "${data_root}"  # imagefolder: null until given
     download: bool = False  # fetch missing archives (needs internet)
     train_subset: Optional[int] = None  # first n of a fixed (seed-independent) permutation; null = all
@@ -150,13 +151,14 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("dlb_scale", scale)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="schema/dataset", name="base", node=DatasetConfig)
     cs.store(group="schema/backbone", name="base", node=BackboneConfig)
     cs.store(group="schema/logger", name="base", node=LoggerConfig)
     cs.store(group="schema/augment", name="base", node=AugmentConfig)
     cs.store(group="schema/noise", name="base", node=NoiseConfig)
     for name, cls in METHODS.items():  # `method=<name>` is the method's Config dataclass, its defaults included
         cs.store(group="method", name=name, node=cls.Config)
+    for name, spec in DATASETS.items():  # `dataset=<name>`: the schema with the values the dataset's file declares
+        cs.store(group="dataset", name=name, node=DatasetConfig(name=name, **spec.config))
 
 
 def scale(x: float, num: float, den: float) -> float:
@@ -193,12 +195,18 @@ def _fail(key: str, value: Any, why: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Reject values that are well-typed but unusable. Raises ConfigError naming the key and the fix."""
     d, t, o = cfg.dataset, cfg.trainer, cfg.optim
+    if d.name not in DATASETS:
+        _fail("dataset.name", d.name, f"unknown dataset; use one of {', '.join(sorted(DATASETS))}")
     if not d.root:
         _fail("dataset.root", d.root, f"dataset={d.name} needs a data folder: set dataset.root=<dir>"
               + ("" if d.name == "imagefolder" else " (or the DLB_DATA environment variable)"))
-    for key in ("train_subset", "test_subset"):
+    spec = DATASETS[d.name]
+    for key, split, size in (("train_subset", "training", spec.train_size), ("test_subset", "test", spec.test_size)):
         if d[key] is not None and d[key] < 1:
             _fail(f"dataset.{key}", d[key], "must be >= 1, or null for the whole split")
+        if d[key] is not None and size is not None and d[key] > size:
+            _fail(f"dataset.{key}", d[key], f"dataset={d.name}'s {split} split has only {size} images; use at most "
+                  f"{size}, or null for the whole split")
     if d.image_size < 8:
         _fail("dataset.image_size", d.image_size, "must be >= 8 pixels")
     if d.padding < 0:

@@ -57,7 +57,7 @@ def _group_options(group: str) -> str:
 def _config_groups() -> str:
     """The user-facing config groups and their options, one line each, for `--help` (configs/hydra/help/dlb.yaml)."""
     groups = sorted({str(d.relative_to(CONFIGS)) for d in CONFIGS.rglob("*") if d.is_dir() and any(d.glob("*.yaml"))}
-                    | {"method"})  # the methods' groups are their Config dataclasses (dlb/methods/), not YAML files
+                    | {"method", "dataset"})  # registered by their files in dlb/methods/, dlb/data/datasets/
     return "\n".join(f"{g}: {_group_options(g)}" for g in groups if g != "hydra" and not g.startswith("hydra/"))
 
 

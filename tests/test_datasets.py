@@ -8,8 +8,7 @@ import pytest
 import torch
 import torchvision
 
-import dlb.data.datasets as datasets
-from dlb.data.datasets import ArrayDataset, DatasetName, load_dataset
+from dlb.data.datasets import ArrayDataset, DatasetName, cifar, fashion_mnist, imagefolder, load_dataset, tinyimagenet
 from dlb.errors import DatasetError
 from tests.fakedata import (cifar_class_names, fake_cifar_split, tinyimagenet_colour, write_fake_cifar,
                             write_fake_fashion_mnist, write_fake_imagefolder, write_fake_tinyimagenet)
@@ -94,7 +93,7 @@ def test_cifar_download_uses_torchvision_archive(tmp_path, monkeypatch):
         calls.append((url, root, filename, md5))
         write_fake_cifar(root, "cifar10", n_train=5, n_test=3)  # same bytes as in staging
 
-    monkeypatch.setattr(datasets, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(cifar, "download_and_extract_archive", fake_download)
     spec = torchvision.datasets.CIFAR10
     ds = load_dataset("cifar10", str(tmp_path), train=False, download=True)
     assert calls == [(spec.url, str(tmp_path), spec.filename, spec.tgz_md5)] and len(ds) == 3
@@ -106,7 +105,7 @@ def test_cifar_download_failure_is_a_dataset_error(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(datasets, "download_and_extract_archive", offline)
+    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
     with pytest.raises(DatasetError, match="Network is unreachable"):
         load_dataset("cifar10", str(tmp_path), train=True, download=True)
 
@@ -114,7 +113,7 @@ def test_cifar_download_failure_is_a_dataset_error(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- Fashion-MNIST
 
 
-@pytest.mark.skipif(not datasets.FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(not fashion_mnist.FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_real_debian_files(tmp_path):
     for train, n in ((True, 60000), (False, 10000)):
         ds = load_dataset("fashion_mnist", str(tmp_path), train)
@@ -145,7 +144,7 @@ def test_fashion_mnist_fake_idx_in_torchvision_layout(tmp_path, gz):
 
 
 def test_fashion_mnist_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
     with pytest.raises(DatasetError) as err:
         load_dataset("fashion_mnist", str(tmp_path), train=True)
     assert "apt-get install -y dataset-fashion-mnist" in str(err.value)
@@ -218,7 +217,7 @@ def test_tinyimagenet_load_and_cache(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache matches")
 
-    monkeypatch.setattr(datasets, "_decode_images", no_decoding)
+    monkeypatch.setattr(tinyimagenet, "decode_images", no_decoding)
     again = load_dataset("tinyimagenet", str(tmp_path), train=True)
     assert torch.equal(again.images, train.images) and torch.equal(again.labels, train.labels)
 
@@ -251,7 +250,7 @@ def test_tinyimagenet_download_runs_prepare_script(tmp_path, monkeypatch):
         # Tiny fake data cannot pass the real-size count check, so skip it here.
         return subprocess.CompletedProcess(command, prepare_tinyimagenet.main(command[2:] + ["--no-verify"]))
 
-    monkeypatch.setattr(datasets.subprocess, "run", run_in_process)
+    monkeypatch.setattr(tinyimagenet.subprocess, "run", run_in_process)
     ds = load_dataset("tinyimagenet", str(tmp_path), train=False, download=True)
     assert commands == [[sys.executable, str(REPO / "scripts" / "prepare_tinyimagenet.py"), "--root", str(tmp_path),
                          "--download"]]
@@ -301,10 +300,10 @@ def test_imagefolder_resize_prefers_test_and_caches(tmp_path, monkeypatch):
     train16 = load_dataset("imagefolder", str(tmp_path), train=True, image_size=16)
     assert (tmp_path / ".dlb_cache_train_16.pt").is_file() and (tmp_path / ".dlb_cache_test_16.pt").is_file()
 
-    real_decode = datasets._decode_images
-    monkeypatch.setattr(datasets, "_decode_images", lambda *a, **k: pytest.fail("decoded although the cache matches"))
+    real_decode = imagefolder.decode_images
+    monkeypatch.setattr(imagefolder, "decode_images", lambda *a, **k: pytest.fail("decoded although the cache matches"))
     assert torch.equal(load_dataset("imagefolder", str(tmp_path), train=True, image_size=16).images, train16.images)
-    monkeypatch.setattr(datasets, "_decode_images", real_decode)
+    monkeypatch.setattr(imagefolder, "decode_images", real_decode)
     train24 = load_dataset("imagefolder", str(tmp_path), train=True, image_size=24)  # own cache per size
     _check_arrays(train24, 9, 24)
 
@@ -348,3 +347,25 @@ def test_unknown_name_lists_valid_names(tmp_path):
     with pytest.raises(DatasetError) as err:
         load_dataset("mnist", str(tmp_path), train=True)
     assert all(name in str(err.value) for name in DatasetName)
+
+
+def test_a_subset_larger_than_the_split_is_one_line_and_exit_code_2(tmp_path):
+    write_fake_fashion_mnist(tmp_path / "FashionMNIST" / "raw", n_train=40, n_test=20)
+    r = subprocess.run([sys.executable, "-m", "dlb.train", "dataset=fashion_mnist", f"dataset.root={tmp_path}",
+                        "dataset.train_subset=10000000", "backbone=resnet8", "debug=step",
+                        f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        "dlb: error: dataset.train_subset=10000000: dataset=fashion_mnist's training split has only 60000 images; "
+        "use at most 60000, or null for the whole split"], r.stderr[-2000:]
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("name,key,size", [("cifar10", "test_subset", 10000), ("tinyimagenet", "train_subset", 100000)])
+def test_a_subset_is_checked_against_the_declared_split_size(name, key, size):
+    from dlb.config import compose, validate
+    from dlb.errors import ConfigError
+
+    validate(compose([f"dataset={name}", f"dataset.{key}={size}"]))  # all of it: allowed
+    too_many = compose([f"dataset={name}", f"dataset.{key}={size + 1}"])
+    with pytest.raises(ConfigError, match=rf"^dataset\.{key}={size + 1}: .* has only {size} images; use at most"):
+        validate(too_many)

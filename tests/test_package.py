@@ -1,10 +1,10 @@
-"""The package's shape: no import cycles, and a method is one file in dlb/methods/ that every tool picks up."""
+"""The package's shape: no import cycles, and a method is one file that every tool picks up (here one outside the
+source tree, named in DLB_PLUGINS)."""
 import ast
 import json
 import subprocess
 import sys
 import textwrap
-import uuid
 from pathlib import Path
 
 import pytest
@@ -99,20 +99,6 @@ class Toy(Method):
 '''
 
 
-@pytest.fixture
-def toy_method():
-    """A method file dropped into dlb/methods/ (and nothing else changed), removed afterwards."""
-    name = f"toy_{uuid.uuid4().hex[:8]}"
-    path = PACKAGE / "methods" / f"{name}.py"
-    path.write_text(TOY.format(name=name))
-    try:
-        yield name
-    finally:
-        path.unlink()
-        for cached in (PACKAGE / "methods" / "__pycache__").glob(f"{name}.*"):
-            cached.unlink()
-
-
 CHECK = textwrap.dedent('''
     import json, sys
     from dlb import sweep
@@ -134,13 +120,16 @@ CHECK = textwrap.dedent('''
 ''')
 
 
-def test_a_method_is_one_file(toy_method, tmp_path):
-    """Train, plan, report and plot a method that exists only as its file in dlb/methods/."""
+def test_a_method_is_one_file(tmp_path):
+    """Train, plan, report and plot a method that exists only as its own file, outside the source tree."""
+    toy_method = "toy"
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "toy.py").write_text(TOY.format(name=toy_method))
     data = tmp_path / "data"
     with pytest.MonkeyPatch.context() as mp:
         md5s = write_fake_cifar(data, name="cifar10", n_train=64, n_test=32, monkeypatch=mp)
     env = subprocess_env_for_fake_cifar({"cifar10": md5s}, tmp_path)
-    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1", DLB_PLUGINS=str(tmp_path / "plugins"))
     runs = tmp_path / "multirun"
     r = subprocess.run([sys.executable, "-m", "dlb.train", "-m", f"method=ce,{toy_method}", "debug=step",
                         "dataset=cifar10", f"dataset.root={data}", "backbone=resnet8", "trainer.device=cpu",
