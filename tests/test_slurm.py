@@ -1,0 +1,218 @@
+"""launcher=slurm on a real one-node SLURM cluster (tests/slurm_cluster.py, started once per session): sweeps,
+preemption and time-limit requeues with resume, cancellation, skipping finished runs, and requests the partition
+can never satisfy. Tiny deterministic runs on fake CIFAR-10; every command has a hard timeout."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, metric_rows
+from dlb.slurm import EXIT_PREEMPTED
+from fakedata import subprocess_env_for_fake_cifar, write_fake_cifar
+
+pytestmark = pytest.mark.slurm
+
+N_TRAIN, BATCH, EPOCHS = 192, 8, 3
+STEPS = N_TRAIN // BATCH  # per epoch
+RUN_ARGS = ["dataset=cifar10", "backbone=resnet8", "method=dlb", "debug=tiny", f"trainer.batch_size={BATCH}",
+            "trainer.eval_batch_size=20", f"trainer.epochs={EPOCHS}", "trainer.deterministic=true",
+            f"dataset.train_subset={N_TRAIN}", "dataset.test_subset=40"]
+SLURM_ARGS = ["launcher=slurm", "trainer.device=cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+              "hydra.launcher.timeout_min=30"]
+PROGRESS = re.compile(r"epoch (\d+)/\d+:\s+\d+%\|[^|\r\n]*\|\s*(\d+)/(\d+)")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, slurm_cluster):
+    """(fake CIFAR-10 root, environment for `python -m dlb.train` and the jobs it submits: sbatch passes it on)."""
+    root = tmp_path_factory.mktemp("slurm") / "data"
+    with pytest.MonkeyPatch.context() as mp:
+        md5s = write_fake_cifar(root, name="cifar10", n_train=N_TRAIN, n_test=40, monkeypatch=mp)
+    env = {**slurm_cluster.env, **subprocess_env_for_fake_cifar({"cifar10": md5s}, root.parent)}
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return root, env
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """The final weights and metric rows of the same run uninterrupted, outside SLURM."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    r = subprocess.run([sys.executable, "-m", "dlb.train", *RUN_ARGS, f"dataset.root={data[0]}",
+                        f"hydra.run.dir={out}"], cwd=REPO, env=data[1], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return weights(out), metric_rows(out)
+
+
+@pytest.fixture(autouse=True)
+def no_jobs_left(slurm_cluster):
+    """Each test starts and ends with an empty queue (a failed test's jobs would hold the node's CPUs)."""
+    yield
+    ids = squeue(slurm_cluster, "%i").split()
+    if ids:
+        subprocess.run(["scancel", *ids], env=slurm_cluster.env, timeout=30)
+
+
+def squeue(cluster, fmt: str) -> str:
+    return subprocess.run(["squeue", "-h", "-o", fmt], env=cluster.env, capture_output=True, text=True,
+                          timeout=30).stdout
+
+
+def weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False, map_location="cpu")["model"]
+
+
+def assert_same_run(run_dir: Path, reference) -> None:
+    ref_weights, ref_rows = reference
+    got = weights(run_dir)
+    assert all(torch.equal(v, got[k]) for k, v in ref_weights.items())
+    assert metric_rows(run_dir) == ref_rows
+
+
+class Sweep:
+    """`python -m dlb.train -m ...` submitting to SLURM, in its own process group (killed at the deadline)."""
+
+    def __init__(self, data, sweep_dir: Path, *args: str, env: dict | None = None):
+        root, base_env = data
+        self.dir = sweep_dir
+        cmd = [sys.executable, "-m", "dlb.train", "-m", *RUN_ARGS, f"dataset.root={root}", "trainer.progress=true",
+               *SLURM_ARGS, f"hydra.sweep.dir={sweep_dir}", *args]
+        self.p = subprocess.Popen(cmd, cwd=REPO, env={**base_env, **(env or {})}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        try:
+            out, _ = self.p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.p.pid, signal.SIGKILL)
+            out, _ = self.p.communicate()
+            pytest.fail(f"the sweep did not end within {timeout:.0f} s:\n{out[-3000:]}")
+        return self.p.returncode, out
+
+    def job_id(self, timeout: float = 60) -> str:
+        return wait_for(lambda: next((p.name for p in (self.dir / ".submitit").glob("*_*") if p.is_dir()), None),
+                        timeout, "no job submitted")
+
+    def job_log(self, job: str) -> str:
+        return "".join(p.read_text(errors="replace") for p in (self.dir / ".submitit" / job).glob("*_log.*"))
+
+    def position(self, job: str) -> tuple[int, int]:
+        """(epoch, step) of the job's latest progress line, 1-based epoch; (0, 0) before the first."""
+        found = PROGRESS.findall(self.job_log(job))
+        return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
+
+    def run_dirs(self) -> list[Path]:
+        return sorted(p.parent for p in self.dir.rglob("summary.json"))
+
+
+def wait_for(pred, timeout: float, what: str, every: float = 0.2):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"{what} within {timeout:.0f} s")
+
+
+def release_when_held(cluster, job: str, timeout: float = 120) -> float:
+    """Start a requeued job now instead of after SLURM's hold (BeginTime, about 2 minutes); returns when it was
+    seen requeued (time.monotonic())."""
+    base = job.split("_")[0]
+    wait_for(lambda: re.search(rf"^{base}\S* PENDING", squeue(cluster, "%i %T"), re.M), timeout, "not requeued")
+    seen = time.monotonic()
+    subprocess.run(["scontrol", "update", f"jobid={base}", "StartTime=now"], env=cluster.env, check=True, timeout=30)
+    return seen
+
+
+def test_a_two_job_sweep_completes_reports_and_a_relaunch_skips_its_finished_runs(data, slurm_cluster, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    started = time.monotonic()
+    rc, out = Sweep(data, sweep_dir, "seed=0,1", "trainer.epochs=2").finish(timeout=300)
+    assert rc == 0, out[-3000:]
+    runs = Sweep(data, sweep_dir).run_dirs()
+    assert [json.loads((r / "summary.json").read_text())["status"] for r in runs] == ["completed"] * 2
+    print(f"two-job sweep: {time.monotonic() - started:.0f} s")
+    report = subprocess.run([sys.executable, "-m", "dlb.report", str(sweep_dir), "--out", str(tmp_path / "report")],
+                            cwd=REPO, env=data[1], capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "2 runs" in report.stdout or "seeds" in report.stdout, report.stdout[-2000:]
+    rows = {r: (r / "metrics.jsonl").read_text() for r in runs}
+    # The same command again: each job finds its run complete and trains nothing.
+    again = Sweep(data, sweep_dir, "seed=0,1", "trainer.epochs=2")
+    rc, out = again.finish(timeout=300)
+    assert rc == 0, out[-3000:]
+    logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").rglob("*_log.out"))
+    assert logs.count("resumed after epoch 2/2") == 2, logs[-3000:]
+    assert {r: (r / "metrics.jsonl").read_text() for r in runs} == rows
+
+
+def test_preempted_mid_epoch_the_job_is_requeued_and_ends_equal_to_an_uninterrupted_run(data, reference,
+                                                                                        slurm_cluster, tmp_path):
+    sweep = Sweep(data, tmp_path / "sweep", env={"SUBMITIT_PREEMPT_SIGNAL": "USR1"})
+    job = sweep.job_id()
+    wait_for(lambda: sweep.position(job)[0] == 2 and 1 <= sweep.position(job)[1] <= STEPS // 2, 240,
+             "epoch 2 not reached")
+    signalled = time.monotonic()
+    subprocess.run(["scancel", "--signal=USR1", job.split("_")[0]], env=slurm_cluster.env, check=True, timeout=30)
+    requeued = release_when_held(slurm_cluster, job)
+    resumed_line = wait_for(lambda: re.search(r"resumed in epoch 2 at step (\d+)", sweep.job_log(job)), 240,
+                            "no mid-epoch resume")
+    resumed = time.monotonic()
+    rc, out = sweep.finish(timeout=300)
+    assert rc == 0, out[-3000:]
+    log = sweep.job_log(job)
+    assert re.search(r"dlb: stopped: SIGUSR1: saved epoch 2 step \d+ of 24", log), log[-3000:]
+    print(f"preemption: signal to requeued {requeued - signalled:.1f} s, released to resumed "
+          f"{resumed - requeued:.1f} s, resumed at epoch 2 step {resumed_line.group(1)} (no step redone)")
+    (run,) = sweep.run_dirs()
+    assert_same_run(run, reference)
+
+
+def test_a_job_at_its_time_limit_is_requeued_and_resumes(data, reference, slurm_cluster, tmp_path):
+    # A 1-minute limit with submitit's signal 50 s before it: the first attempt is signalled early in the run
+    # (slurmctld checks signals about every 30 s), saves mid-epoch, is requeued, resumes and finishes.
+    sweep = Sweep(data, tmp_path / "sweep", "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=50",
+                  env={"SUBMITIT_PREEMPT_SIGNAL": "USR1"})
+    job = sweep.job_id()
+    release_when_held(slurm_cluster, job, timeout=150)
+    wait_for(lambda: "resumed in epoch" in sweep.job_log(job), 240, "no resume after the time limit")
+    rc, out = sweep.finish(timeout=300)
+    assert rc == 0, out[-3000:]
+    log = sweep.job_log(job)
+    assert "dlb: stopped: SIGUSR1" in log and "timed-out" in log.lower(), log[-3000:]
+    (run,) = sweep.run_dirs()
+    assert_same_run(run, reference)
+
+
+def test_a_cancelled_job_ends_the_sweep_with_its_log_and_no_hang(data, slurm_cluster, tmp_path):
+    sweep = Sweep(data, tmp_path / "sweep")
+    job = sweep.job_id()
+    wait_for(lambda: sweep.position(job) != (0, 0), 240, "training did not start")
+    subprocess.run(["scancel", job.split("_")[0]], env=slurm_cluster.env, check=True, timeout=30)
+    rc, out = sweep.finish(timeout=120)
+    assert rc == EXIT_PREEMPTED, out[-3000:]
+    lines = [line for line in out.splitlines() if line.startswith("dlb: error:")]
+    assert len(lines) == 1 and f"SLURM job {job} ended CANCELLED without a result" in lines[0], out[-3000:]
+    assert str(tmp_path / "sweep" / ".submitit" / job) in lines[0]
+
+
+@pytest.mark.parametrize("setting, value", [("cpus_per_task", "64"), ("mem_gb", "100000"), ("gpus_per_node", "1")])
+def test_a_request_the_partition_can_never_satisfy_fails_at_once_naming_the_setting(data, setting, value,
+                                                                                   tmp_path):
+    started = time.monotonic()
+    rc, out = Sweep(data, tmp_path / "sweep", f"hydra.launcher.{setting}={value}").finish(timeout=120)
+    assert rc == 2, out[-3000:]
+    line = out.strip().splitlines()[-1]
+    assert line.startswith(f"dlb: error: hydra.launcher.{setting}={value}: partition cpu's nodes have"), out[-3000:]
+    assert "set hydra.launcher." in line or "trainer.device=cpu" in line
+    assert not (tmp_path / "sweep" / ".submitit").exists()  # nothing was submitted
+    assert time.monotonic() - started < 60
