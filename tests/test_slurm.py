@@ -21,13 +21,14 @@ from fakedata import subprocess_env_for_fake_cifar, write_fake_cifar
 
 pytestmark = pytest.mark.slurm
 
-N_TRAIN, BATCH, EPOCHS = 192, 8, 3
+N_TRAIN, BATCH, EPOCHS = 480, 8, 3  # about 5 s an epoch here: time to signal the job mid-epoch
 STEPS = N_TRAIN // BATCH  # per epoch
 RUN_ARGS = ["dataset=cifar10", "backbone=resnet8", "method=dlb", "debug=tiny", f"trainer.batch_size={BATCH}",
             "trainer.eval_batch_size=20", f"trainer.epochs={EPOCHS}", "trainer.deterministic=true",
             f"dataset.train_subset={N_TRAIN}", "dataset.test_subset=40"]
+TIME_LIMIT_MIN = 30
 SLURM_ARGS = ["launcher=slurm", "trainer.device=cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-              "hydra.launcher.timeout_min=30"]
+              f"hydra.launcher.timeout_min={TIME_LIMIT_MIN}"]
 PROGRESS = re.compile(r"epoch (\d+)/\d+:\s+\d+%\|[^|\r\n]*\|\s*(\d+)/(\d+)")
 
 
@@ -97,8 +98,19 @@ class Sweep:
             pytest.fail(f"the sweep did not end within {timeout:.0f} s:\n{out[-3000:]}")
         return self.p.returncode, out
 
-    def job_id(self, timeout: float = 60) -> str:
-        return wait_for(lambda: next((p.name for p in (self.dir / ".submitit").glob("*_*") if p.is_dir()), None),
+    def finish_releasing(self, cluster, timeout: float) -> tuple[int, str]:
+        """finish(), starting each requeued job at once instead of after SLURM's hold (BeginTime, ~2 minutes), with
+        the time limit it was submitted with."""
+        end = time.monotonic() + timeout
+        while self.p.poll() is None and time.monotonic() < end:
+            for job in re.findall(r"^(\S+) PENDING BeginTime", squeue(cluster, "%i %T %r"), re.M):
+                subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now", f"TimeLimit={TIME_LIMIT_MIN}"],
+                               env=cluster.env, timeout=30)
+            time.sleep(1)
+        return self.finish(max(1.0, end - time.monotonic()))
+
+    def job_id(self, timeout: float = 120) -> str:
+        return wait_for(lambda: next((p.name for p in (self.dir / ".submitit").glob("*") if p.is_dir()), None),
                         timeout, "no job submitted")
 
     def job_log(self, job: str) -> str:
@@ -121,16 +133,6 @@ def wait_for(pred, timeout: float, what: str, every: float = 0.2):
             return value
         time.sleep(every)
     pytest.fail(f"{what} within {timeout:.0f} s")
-
-
-def release_when_held(cluster, job: str, timeout: float = 120) -> float:
-    """Start a requeued job now instead of after SLURM's hold (BeginTime, about 2 minutes); returns when it was
-    seen requeued (time.monotonic())."""
-    base = job.split("_")[0]
-    wait_for(lambda: re.search(rf"^{base}\S* PENDING", squeue(cluster, "%i %T"), re.M), timeout, "not requeued")
-    seen = time.monotonic()
-    subprocess.run(["scontrol", "update", f"jobid={base}", "StartTime=now"], env=cluster.env, check=True, timeout=30)
-    return seen
 
 
 def test_a_two_job_sweep_completes_reports_and_a_relaunch_skips_its_finished_runs(data, slurm_cluster, tmp_path):
@@ -160,37 +162,41 @@ def test_preempted_mid_epoch_the_job_is_requeued_and_ends_equal_to_an_uninterrup
     sweep = Sweep(data, tmp_path / "sweep", env={"SUBMITIT_PREEMPT_SIGNAL": "USR1"})
     job = sweep.job_id()
     wait_for(lambda: sweep.position(job)[0] == 2 and 1 <= sweep.position(job)[1] <= STEPS // 2, 240,
-             "epoch 2 not reached")
+             "epoch 2 not reached", every=0.05)
     signalled = time.monotonic()
-    subprocess.run(["scancel", "--signal=USR1", job.split("_")[0]], env=slurm_cluster.env, check=True, timeout=30)
-    requeued = release_when_held(slurm_cluster, job)
-    resumed_line = wait_for(lambda: re.search(r"resumed in epoch 2 at step (\d+)", sweep.job_log(job)), 240,
-                            "no mid-epoch resume")
-    resumed = time.monotonic()
-    rc, out = sweep.finish(timeout=300)
+    subprocess.run(["scancel", "--signal=USR1", job], env=slurm_cluster.env, check=True, timeout=30)
+    rc, out = sweep.finish_releasing(slurm_cluster, timeout=300)
     assert rc == 0, out[-3000:]
     log = sweep.job_log(job)
-    assert re.search(r"dlb: stopped: SIGUSR1: saved epoch 2 step \d+ of 24", log), log[-3000:]
-    print(f"preemption: signal to requeued {requeued - signalled:.1f} s, released to resumed "
-          f"{resumed - requeued:.1f} s, resumed at epoch 2 step {resumed_line.group(1)} (no step redone)")
+    # The run saves mid-epoch, then hands the signal to submitit, which requeues the job and exits.
+    resumed = re.search(r"resumed in epoch 2 at step (\d+)", log)
+    assert "Requeued job" in log and resumed and int(resumed.group(1)) >= 1, log[-3000:]
+    print(f"preemption: signal to finished {time.monotonic() - signalled:.0f} s (hold released at once), "
+          f"resumed at epoch 2 step {resumed.group(1)} of {STEPS}")
     (run,) = sweep.run_dirs()
     assert_same_run(run, reference)
 
 
-def test_a_job_at_its_time_limit_is_requeued_and_resumes(data, reference, slurm_cluster, tmp_path):
-    # A 1-minute limit with submitit's signal 50 s before it: the first attempt is signalled early in the run
-    # (slurmctld checks signals about every 30 s), saves mid-epoch, is requeued, resumes and finishes.
-    sweep = Sweep(data, tmp_path / "sweep", "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=50",
-                  env={"SUBMITIT_PREEMPT_SIGNAL": "USR1"})
+def test_a_job_at_its_time_limit_is_requeued_and_resumes(data, slurm_cluster, tmp_path):
+    # Submitted with 30 minutes and submitit's signal (SIGUSR2) 120 s before the limit; once training runs, the
+    # limit drops to 2 minutes, so the signal is due at once: submitit requeues the job, the requeued job (limit
+    # restored) resumes from the last epoch checkpoint and finishes.
+    sweep = Sweep(data, tmp_path / "sweep", "trainer.epochs=12")  # ~60 s: slurmctld checks limits every ~30 s
     job = sweep.job_id()
-    release_when_held(slurm_cluster, job, timeout=150)
-    wait_for(lambda: "resumed in epoch" in sweep.job_log(job), 240, "no resume after the time limit")
-    rc, out = sweep.finish(timeout=300)
+    wait_for(lambda: sweep.position(job) != (0, 0), 240, "training did not start")
+    shortened = time.monotonic()
+    subprocess.run(["scontrol", "update", f"jobid={job}", "TimeLimit=2"], env=slurm_cluster.env, check=True,
+                   timeout=30)
+    rc, out = sweep.finish_releasing(slurm_cluster, timeout=400)
     assert rc == 0, out[-3000:]
     log = sweep.job_log(job)
-    assert "dlb: stopped: SIGUSR1" in log and "timed-out" in log.lower(), log[-3000:]
+    resumed = re.search(r"resumed after epoch (\d+)/10", log)
+    assert "Caught signal SIGUSR2" in log and "Requeued job" in log and resumed, log[-3000:]
     (run,) = sweep.run_dirs()
-    assert_same_run(run, reference)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 12 * STEPS
+    print(f"time limit: limit shortened to finished {time.monotonic() - shortened:.0f} s, resumed after epoch "
+          f"{resumed.group(1)} (the interrupted epoch redone)")
 
 
 def test_a_cancelled_job_ends_the_sweep_with_its_log_and_no_hang(data, slurm_cluster, tmp_path):
