@@ -146,7 +146,8 @@ def test_a_two_job_sweep_completes_reports_and_a_relaunch_skips_its_finished_run
     report = subprocess.run([sys.executable, "-m", "dlb.report", str(sweep_dir), "--out", str(tmp_path / "report")],
                             cwd=REPO, env=data[1], capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr[-2000:]
-    assert "2 runs" in report.stdout or "seeds" in report.stdout, report.stdout[-2000:]
+    table = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert table["n_runs"] == 2 and [r["seeds"] for r in table["rows"]] == [[0, 1]], report.stdout[-2000:]
     rows = {r: (r / "metrics.jsonl").read_text() for r in runs}
     # The same command again: each job finds its run complete and trains nothing.
     again = Sweep(data, sweep_dir, "seed=0,1", "trainer.epochs=2")
@@ -190,7 +191,7 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes(data, slurm_cluster, tm
     rc, out = sweep.finish_releasing(slurm_cluster, timeout=400)
     assert rc == 0, out[-3000:]
     log = sweep.job_log(job)
-    resumed = re.search(r"resumed after epoch (\d+)/10", log)
+    resumed = re.search(r"resumed after epoch (\d+)/12", log)
     assert "Caught signal SIGUSR2" in log and "Requeued job" in log and resumed, log[-3000:]
     (run,) = sweep.run_dirs()
     summary = json.loads((run / "summary.json").read_text())
