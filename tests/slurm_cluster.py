@@ -1,6 +1,7 @@
 """A real one-node SLURM cluster for the tests: this host, its real CPUs and memory, one CPU partition.
 
     python tests/slurm_cluster.py [DIR]   # start one, print `export SLURM_CONF=...`, stop it on Enter
+    python tests/slurm_cluster.py install # only install the packages (.ci/run)
 
 Installs Debian's munge, slurmctld, slurmd and slurm-client where missing (as root), writes munge.key, slurm.conf
 and the daemons' state into a folder of its own, starts munged, slurmctld and slurmd in the foreground under
@@ -181,6 +182,13 @@ def _alive(pid: int) -> bool:
 
 if __name__ == "__main__":
     import tempfile
+
+    if sys.argv[1:] == ["install"]:
+        try:
+            install()
+        except Unavailable as e:
+            sys.exit(f"slurm_cluster: {e}")
+        sys.exit(0)
 
     cluster = Cluster(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="slurm-"))).start()
     print(f"export SLURM_CONF={cluster.conf}   # node {cluster.node}, partition {PARTITION}; Enter stops it")
