@@ -24,13 +24,13 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
 from dlb.errors import ConfigError
+from dlb.train import EXIT_PREEMPTED
 
 # Job states in which the job may still write its result; any other state held GRACE_S without a result is final.
 WAITING = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
            "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED"}
 GRACE_S = 15  # a result file written just before the job ended may take this long to show on a shared filesystem
 POLL_S = 2
-EXIT_PREEMPTED = 75  # dlb.train's code for "stopped; the same command continues" (docs/reliability.md)
 
 
 def _run(cmd: list[str]) -> str | None:

@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from conftest import REPO, metric_rows
-from dlb.slurm import EXIT_PREEMPTED
+from dlb.errors import ConfigError
+from dlb.slurm import check_request
+from dlb.train import EXIT_PREEMPTED
 from fakedata import subprocess_env_for_fake_cifar, write_fake_cifar
 
 pytestmark = pytest.mark.slurm
@@ -203,8 +205,8 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes(data, slurm_cluster, tm
 def test_a_cancelled_job_ends_the_sweep_with_its_log_and_no_hang(data, slurm_cluster, tmp_path):
     sweep = Sweep(data, tmp_path / "sweep")
     job = sweep.job_id()
-    wait_for(lambda: sweep.position(job) != (0, 0), 240, "training did not start")
-    subprocess.run(["scancel", job.split("_")[0]], env=slurm_cluster.env, check=True, timeout=30)
+    wait_for(lambda: re.search(rf"^{job} RUNNING", squeue(slurm_cluster, "%i %T"), re.M), 120, "the job did not start")
+    subprocess.run(["scancel", job], env=slurm_cluster.env, check=True, timeout=30)
     rc, out = sweep.finish(timeout=120)
     assert rc == EXIT_PREEMPTED, out[-3000:]
     lines = [line for line in out.splitlines() if line.startswith("dlb: error:")]
@@ -212,14 +214,27 @@ def test_a_cancelled_job_ends_the_sweep_with_its_log_and_no_hang(data, slurm_clu
     assert str(tmp_path / "sweep" / ".submitit" / job) in lines[0]
 
 
-@pytest.mark.parametrize("setting, value", [("cpus_per_task", "64"), ("mem_gb", "100000"), ("gpus_per_node", "1")])
-def test_a_request_the_partition_can_never_satisfy_fails_at_once_naming_the_setting(data, setting, value,
-                                                                                   tmp_path):
+@pytest.mark.parametrize("setting, value, fix", [
+    ("cpus_per_task", 64, "set hydra.launcher.cpus_per_task="),
+    ("mem_gb", 100000, "set hydra.launcher.mem_gb="),
+    ("gpus_per_node", 1, "train on the CPU with trainer.device=cpu")])
+def test_a_request_no_node_can_satisfy_is_refused_naming_the_setting_and_the_fix(slurm_cluster, monkeypatch, setting,
+                                                                              value, fix):
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    params = {"partition": None, "cpus_per_task": 1, "tasks_per_node": 1, "mem_gb": 1, "gpus_per_node": 0}
+    check_request(params)  # what the node has passes
+    with pytest.raises(ConfigError, match=rf"^hydra\.launcher\.{setting}={value}: partition cpu's nodes have .*{fix}"):
+        check_request({**params, setting: value})
+    with pytest.raises(ConfigError, match=r"^hydra\.launcher\.partition=gpu: no such partition; use one of cpu$"):
+        check_request({**params, "partition": "gpu"})
+
+
+def test_the_sweep_refuses_such_a_request_before_submitting(data, tmp_path):
     started = time.monotonic()
-    rc, out = Sweep(data, tmp_path / "sweep", f"hydra.launcher.{setting}={value}").finish(timeout=120)
+    rc, out = Sweep(data, tmp_path / "sweep", "hydra.launcher.cpus_per_task=64").finish(timeout=120)
     assert rc == 2, out[-3000:]
-    line = out.strip().splitlines()[-1]
-    assert line.startswith(f"dlb: error: hydra.launcher.{setting}={value}: partition cpu's nodes have"), out[-3000:]
-    assert "set hydra.launcher." in line or "trainer.device=cpu" in line
+    assert out.strip().splitlines()[-1] == (f"dlb: error: hydra.launcher.cpus_per_task=64: partition cpu's nodes "
+                                            f"have at most {os.cpu_count()} CPUs for 1 task(s); set "
+                                            f"hydra.launcher.cpus_per_task={os.cpu_count()} or less"), out[-3000:]
     assert not (tmp_path / "sweep" / ".submitit").exists()  # nothing was submitted
     assert time.monotonic() - started < 60
