@@ -81,13 +81,16 @@ def check_request(params: dict[str, Any]) -> None:
                              "partition with hydra.launcher.partition=<name>"))
 
 
-def job_states(job_ids: Sequence[str]) -> dict[str, str]:
-    """{job id: SLURM state} for the jobs slurmctld or the accounting database knows; others are left out."""
+def job_states(job_ids: Sequence[str]) -> dict[str, str] | None:
+    """{job id: SLURM state} for the jobs slurmctld or the accounting database knows; others are left out. None
+    when neither answers (slurmctld unreachable for a moment): nothing is known then."""
     base = ",".join(sorted({j.split("_")[0] for j in job_ids}))
+    queue = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", base])
+    accounting = _run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", base])  # None without accounting
+    if queue is None and accounting is None:
+        return None
     states: dict[str, str] = {}
-    out = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", base]) or ""
-    out += _run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", base]) or ""  # absent without accounting
-    for line in out.split("\n"):
+    for line in ((queue or "") + (accounting or "")).split("\n"):
         job, _, state = line.partition("|")
         if job and state:
             states.setdefault(job, state.split()[0])  # squeue first: sacct's "CANCELLED by 0" can lag a requeue
@@ -100,10 +103,10 @@ def wait(jobs: list) -> list:
     while pending:
         states = job_states([j.job_id for j in pending])
         for job in list(pending):
-            state = states.get(job.job_id, "UNKNOWN")
+            state = "UNKNOWN" if states is None else states.get(job.job_id, "GONE")
             if job.paths.result_pickle.exists():
                 pending.remove(job)
-            elif state in WAITING:
+            elif state in WAITING or states is None:
                 final_since.pop(job.job_id, None)
             elif time.time() - final_since.setdefault(job.job_id, time.time()) > GRACE_S:
                 pending.remove(job)

@@ -63,7 +63,7 @@ class Cluster:
         self.root = Path(root)
         self.conf = self.root / "slurm.conf"
         self.pids: dict[str, int] = {}
-        self.node = ""
+        self.node, self.cpus = "", 0
 
     @property
     def env(self) -> dict[str, str]:
@@ -78,7 +78,8 @@ class Cluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         node = _node_line()
-        self.node = node.split()[0].split("=", 1)[1]
+        fields = dict(f.split("=", 1) for f in node.split())
+        self.node, self.cpus = fields["NodeName"], int(fields["CPUs"])
         (r / "slurm.conf").write_text(f"""\
 ClusterName=dlbtest
 SlurmctldHost={self.node}(127.0.0.1)

@@ -229,12 +229,12 @@ def test_a_request_no_node_can_satisfy_is_refused_naming_the_setting_and_the_fix
         check_request({**params, "partition": "gpu"})
 
 
-def test_the_sweep_refuses_such_a_request_before_submitting(data, tmp_path):
+def test_the_sweep_refuses_such_a_request_before_submitting(data, slurm_cluster, tmp_path):
     started = time.monotonic()
     rc, out = Sweep(data, tmp_path / "sweep", "hydra.launcher.cpus_per_task=64").finish(timeout=120)
     assert rc == 2, out[-3000:]
     assert out.strip().splitlines()[-1] == (f"dlb: error: hydra.launcher.cpus_per_task=64: partition cpu's nodes "
-                                            f"have at most {os.cpu_count()} CPUs for 1 task(s); set "
-                                            f"hydra.launcher.cpus_per_task={os.cpu_count()} or less"), out[-3000:]
+                                            f"have at most {slurm_cluster.cpus} CPUs for 1 task(s); set "
+                                            f"hydra.launcher.cpus_per_task={slurm_cluster.cpus} or less"), out[-3000:]
     assert not (tmp_path / "sweep" / ".submitit").exists()  # nothing was submitted
     assert time.monotonic() - started < 60
