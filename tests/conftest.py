@@ -28,3 +28,19 @@ def fake_cifar(tmp_path, monkeypatch):
     root = tmp_path / "data"
     write_fake_cifar(root, name="cifar10", n_train=96, n_test=40, monkeypatch=monkeypatch)
     return root
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster (tests/slurm_cluster.py) for the session; skips where it can't be started."""
+    from slurm_cluster import Cluster, Unavailable
+
+    cluster = Cluster(tmp_path_factory.mktemp("slurm-cluster"))
+    try:
+        cluster.start()
+    except Unavailable as e:
+        pytest.skip(f"no SLURM cluster: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
