@@ -23,7 +23,7 @@ from dlb.run.checkpoint import RunLock, StopSignals, atomic_save, load_checkpoin
 from dlb.data.datasets import ArrayDataset, load_dataset, prepare
 from dlb.errors import ConfigError, Diverged, Preempted, ResumeError
 from dlb.data.loader import make_loader
-from dlb.methods import Method, build_method
+from dlb.methods import METHODS, Method, build_method
 from dlb.metrics import evaluate
 from dlb.models import build_model
 from dlb.run.loggers import RunLogger
@@ -96,7 +96,7 @@ class Trainer:
             steps_per_epoch = min(steps_per_epoch, t.limit_train_batches)
         self.warmup_steps = cfg.optim.warmup_epochs * steps_per_epoch  # optim.warmup_epochs in optimizer steps
         self.speed = resolve_speed(t, cfg.optim, self.device, steps_per_epoch * t.epochs,
-                                   split_backward=cfg.method.get("backward") == "split")
+                                   METHODS[cfg.method.name].rules_out(cfg.method))
         if self.speed.keep_heap and not keep_heap():  # (a C library without glibc's mallopt)
             self.speed = dataclasses.replace(self.speed, keep_heap=False)
 

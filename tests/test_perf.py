@@ -21,6 +21,7 @@ from dlb.config import validate
 from dlb.errors import ConfigError
 from dlb.data.datasets import ArrayDataset
 from dlb.data.loader import Batch
+from dlb.methods import METHODS
 from dlb.methods.dlb import DLB
 from dlb.train import load_config
 from dlb.trainer import Trainer
@@ -190,7 +191,7 @@ def resolved(device: str, steps: int, *overrides: str):
     cfg = compose(["dataset=cifar10", "backbone=resnet8", *overrides])
     validate(cfg)
     return resolve_speed(cfg.trainer, cfg.optim, torch.device(device), steps,
-                         split_backward=cfg.method.get("backward") == "split")
+                         METHODS[cfg.method.name].rules_out(cfg.method))
 
 
 def test_auto_speed_settings_per_device_and_run_length():
