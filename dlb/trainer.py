@@ -75,7 +75,7 @@ class Trainer:
                 "data": self.data_fingerprint, "world_size": self.world_size, "partial": self.partial}
 
     def try_resume(self) -> bool:
-        state = self.folder.load_checkpoint()
+        state = self.folder.load_checkpoint(set_aside=self.is_main)
         if state is None:
             return False
         check_resumable(self.run, state)

@@ -152,25 +152,43 @@ def _state(epoch, weight):
     return {"epoch": epoch, "model": {"w": torch.full((4,), float(weight))}}
 
 
-def test_truncated_last_checkpoint_falls_back_to_prev_with_a_warning(tmp_path):
+def test_truncated_last_checkpoint_falls_back_to_prev_with_a_warning(tmp_path, capsys):
     folder = RunFolder(tmp_path)
     folder.save_checkpoint(_state(1, 1.0))
     folder.save_checkpoint(_state(2, 2.0))
     last = folder.last
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-    with pytest.warns(UserWarning, match=r"last\.pt is unreadable.*falling back to .*prev\.pt"):
-        state = folder.load_checkpoint()
+    state = folder.load_checkpoint()
     assert state["epoch"] == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and re.match(r"dlb: warning: checkpoint .*last\.pt is unreadable.*falling back to .*prev\.pt",
+                                      err[0])
 
 
-def test_killed_between_the_renames_resumes_from_prev_with_a_warning(tmp_path):
+def test_a_resumed_run_keeps_a_readable_prev_after_a_truncated_last(data, tmp_path, capsys):
+    out, short = tmp_path / "run", ("trainer.epochs=2", "trainer.limit_train_batches=2")
+    Trainer(cfg_for(data[0], *short), out).fit()  # two epochs: last.pt (epoch 2), prev.pt (epoch 1)
+    folder = RunFolder(out)
+    folder.last.write_bytes(folder.last.read_bytes()[:100])
+    capsys.readouterr()
+    summary = Trainer(cfg_for(data[0], *short), out).fit()  # resumes from prev.pt and trains epoch 2 again
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    err = capsys.readouterr().err
+    assert "dlb: warning: checkpoint" in err and "dlb: warning: kept the unreadable" in err
+    aside = list(folder.checkpoints.glob("last.pt.corrupt-*"))
+    assert len(aside) == 1 and aside[0].stat().st_size == 100  # kept for inspection
+    assert torch.load(folder.prev, weights_only=False)["epoch"] == 1  # readable, not the truncated file
+    assert torch.load(folder.last, weights_only=False)["epoch"] == 2
+
+
+def test_killed_between_the_renames_resumes_from_prev_with_a_warning(tmp_path, capsys):
     folder = RunFolder(tmp_path)
     folder.save_checkpoint(_state(1, 1.0))
     folder.save_checkpoint(_state(2, 2.0))
     os.replace(folder.last, folder.prev)  # what save_checkpoint's first rename does
     (folder.checkpoints / "last.pt.tmp").write_bytes(b"half a checkpoint")
-    with pytest.warns(UserWarning, match=r"last\.pt is missing.*prev\.pt"):
-        assert folder.load_checkpoint()["epoch"] == 2
+    assert folder.load_checkpoint()["epoch"] == 2
+    assert re.match(r"dlb: warning: checkpoint .*last\.pt is missing.*prev\.pt", capsys.readouterr().err)
 
 
 def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):

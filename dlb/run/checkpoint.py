@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import threading
-import warnings
+import time
 from pathlib import Path
 
 import torch
@@ -62,13 +62,20 @@ def save_checkpoint(state: dict, last: Path, prev: Path) -> Path:
     return last
 
 
-def load_checkpoint(last: Path, prev: Path) -> dict | None:
-    """The newest readable checkpoint of `last`, else `prev` (with a warning saying why), or None."""
+def warn(message: str) -> None:
+    """One line on stderr: what happened to the run folder and what is done about it."""
+    print(f"dlb: warning: {message}", file=sys.stderr, flush=True)
+
+
+def load_checkpoint(last: Path, prev: Path, set_aside: bool = False) -> dict | None:
+    """The newest readable checkpoint of `last`, else `prev` (with a warning saying why), or None. `set_aside`: an
+    unreadable `last` is renamed to `<last>.corrupt-<time>` (kept for inspection) when `prev` is read instead, so the
+    next save's rotation keeps the good `prev` rather than putting the unreadable file under its name."""
     last, prev = Path(last), Path(prev)
     candidates = [p for p in (last, prev) if p.exists()]
     if candidates and candidates[0] == prev:  # killed between save_checkpoint's two renames
-        warnings.warn(f"checkpoint {last} is missing (the run died while saving it); "
-                      f"resuming from the previous checkpoint {prev}")
+        warn(f"checkpoint {last} is missing (the run died while saving it); resuming from the previous checkpoint "
+             f"{prev}")
     for i, path in enumerate(candidates):
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
@@ -76,9 +83,13 @@ def load_checkpoint(last: Path, prev: Path) -> dict | None:
                 raise ValueError("not a dlb checkpoint")
         except Exception as e:  # truncated write, disk corruption, foreign file
             later = candidates[i + 1 :]
-            warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
-                          + (f"falling back to {later[0]}" if later else "no older checkpoint to fall back to"))
+            warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                 + (f"falling back to {later[0]}" if later else "no older checkpoint to fall back to"))
             continue
+        if set_aside and path == prev and last.exists():
+            aside = last.with_name(f"{last.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(last, aside)
+            warn(f"kept the unreadable {last} as {aside}")
         return state
     return None
 
@@ -111,7 +122,7 @@ class RunLock:
             raise OutputError(f"{self.path.parent} is in use by another run ({holder}); wait for it to finish, or "
                               "pick another output dir with hydra.run.dir=<dir>") from None
         except OSError as e:  # a file system without flock (some network mounts): run, but say it's unguarded
-            warnings.warn(f"cannot lock {self.path} ({e.strerror}); nothing stops a second run from writing here")
+            warn(f"cannot lock {self.path} ({e.strerror}); nothing stops a second run from writing here")
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")

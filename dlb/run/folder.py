@@ -166,8 +166,9 @@ class RunFolder:
     def save_checkpoint(self, state: dict) -> Path:
         return checkpoint.save_checkpoint(state, self.last, self.prev)
 
-    def load_checkpoint(self) -> dict | None:
-        return checkpoint.load_checkpoint(self.last, self.prev)
+    def load_checkpoint(self, set_aside: bool = False) -> dict | None:
+        """`set_aside`: rename an unreadable last.pt aside when prev.pt is read instead (the writing process only)."""
+        return checkpoint.load_checkpoint(self.last, self.prev, set_aside)
 
     def has_checkpoints(self) -> bool:
         return any(self.checkpoints.glob("*.pt"))
