@@ -75,7 +75,7 @@ class Trainer:
                 "data": self.data_fingerprint, "world_size": self.world_size, "partial": self.partial}
 
     def try_resume(self) -> bool:
-        state = self.folder.load_checkpoint(set_aside=self.is_main)
+        state = self.folder.load_checkpoint()
         if state is None:
             return False
         check_resumable(self.run, state)
@@ -92,6 +92,8 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self.best, self.time_offset = state["history"], state["best"], state["train_time_s"]
         self.partial = state.get("partial")  # saved by a stop signal mid-epoch; train_epoch continues from it
+        if self.is_main:  # only now: a refused command leaves the folder as it was
+            self.folder.set_aside_unreadable_last()
         return True
 
     # --- the loop ------------------------------------------------------------------------------------------

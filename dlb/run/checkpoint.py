@@ -67,10 +67,9 @@ def warn(message: str) -> None:
     print(f"dlb: warning: {message}", file=sys.stderr, flush=True)
 
 
-def load_checkpoint(last: Path, prev: Path, set_aside: bool = False) -> dict | None:
-    """The newest readable checkpoint of `last`, else `prev` (with a warning saying why), or None. `set_aside`: an
-    unreadable `last` is renamed to `<last>.corrupt-<time>` (kept for inspection) when `prev` is read instead, so the
-    next save's rotation keeps the good `prev` rather than putting the unreadable file under its name."""
+def load_checkpoint(last: Path, prev: Path) -> tuple[dict | None, Path | None]:
+    """(state, its file): the newest readable checkpoint of `last`, else `prev` (with a warning saying why), or
+    (None, None)."""
     last, prev = Path(last), Path(prev)
     candidates = [p for p in (last, prev) if p.exists()]
     if candidates and candidates[0] == prev:  # killed between save_checkpoint's two renames
@@ -86,12 +85,16 @@ def load_checkpoint(last: Path, prev: Path, set_aside: bool = False) -> dict | N
             warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
                  + (f"falling back to {later[0]}" if later else "no older checkpoint to fall back to"))
             continue
-        if set_aside and path == prev and last.exists():
-            aside = last.with_name(f"{last.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(last, aside)
-            warn(f"kept the unreadable {last} as {aside}")
-        return state
-    return None
+        return state, path
+    return None, None
+
+
+def set_aside(path: Path) -> None:
+    """Rename an unreadable checkpoint to `<name>.corrupt-<time>` (kept for inspection), so that no later rotation
+    puts it under a checkpoint name."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    warn(f"kept the unreadable {path} as {aside}")
 
 
 class RunLock:

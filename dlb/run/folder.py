@@ -155,6 +155,7 @@ class RunFolder:
         self.hydra_config, self.hydra_overrides = (p / self.HYDRA / self.HYDRA_CONFIG,
                                                    p / self.HYDRA / self.HYDRA_OVERRIDES)
         self.checkpoints, self.last, self.prev, self.best = ckpt, ckpt / self.LAST, ckpt / self.PREV, ckpt / self.BEST
+        self.loaded_from: Path | None = None  # the checkpoint load_checkpoint read
 
     def __str__(self) -> str:
         return str(self.path)
@@ -166,9 +167,15 @@ class RunFolder:
     def save_checkpoint(self, state: dict) -> Path:
         return checkpoint.save_checkpoint(state, self.last, self.prev)
 
-    def load_checkpoint(self, set_aside: bool = False) -> dict | None:
-        """`set_aside`: rename an unreadable last.pt aside when prev.pt is read instead (the writing process only)."""
-        return checkpoint.load_checkpoint(self.last, self.prev, set_aside)
+    def load_checkpoint(self) -> dict | None:
+        state, self.loaded_from = checkpoint.load_checkpoint(self.last, self.prev)
+        return state
+
+    def set_aside_unreadable_last(self) -> None:
+        """After a load fell back to prev.pt: rename the unreadable last.pt aside, so the next save's rotation keeps
+        the good prev.pt instead of putting the unreadable file under its name."""
+        if self.loaded_from == self.prev and self.last.exists():
+            checkpoint.set_aside(self.last)
 
     def has_checkpoints(self) -> bool:
         return any(self.checkpoints.glob("*.pt"))
