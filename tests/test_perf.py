@@ -464,13 +464,13 @@ def test_bf16_autocast_on_cpu_trains_every_method_close_to_fp32(method, tmp_path
 def test_keep_heap_sets_glibcs_malloc_and_the_speed_line_says_whether_it_took(tmp_path, monkeypatch):
     import platform
 
-    from dlb import trainer as trainer_mod
+    from dlb import build as build_mod
     from dlb.device.speed import keep_heap
 
     if platform.libc_ver()[0] == "glibc":
         assert keep_heap()
     cfg = compose(["dataset=cifar10", "backbone=resnet8", "trainer.device=cpu"])
-    monkeypatch.setattr(trainer_mod, "keep_heap", lambda: False)  # a C library without mallopt
+    monkeypatch.setattr(build_mod, "keep_heap", lambda: False)  # a C library without mallopt
     t = Trainer(cfg, tmp_path / "run", data=fake_data())
     assert not t.speed.keep_heap and "heap" not in t.speed.describe()
     with pytest.raises(ConfigError, match="trainer.keep_heap"):
