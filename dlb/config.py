@@ -275,11 +275,9 @@ def _validate_speed(cfg: DictConfig) -> None:
             if value not in ("auto", faithful):
                 _fail(key, value, f"conflicts with trainer.faithful=true (which means {key}={str(faithful).lower()});"
                       " drop one of the two")
-    if t.compile == "reduce-overhead" and cfg.method.get("backward") == "split":
-        # split's first backward completes a CUDA-graph tree generation; the second forward then starts a new one,
-        # which frees the gradients that backward wrote into the graph pool (pytorch#169545)
-        _fail("method.backward", "split", "CUDA graphs (trainer.compile=reduce-overhead) would free the gradients of "
-              "split's first backward; use trainer.compile=default, or method.backward=joint with CUDA graphs")
+    ruled_out = METHODS[cfg.method.name].rules_out(cfg.method)  # what this method's configuration cannot run with
+    if t.compile == "reduce-overhead" and "cuda_graphs" in ruled_out:
+        _fail(*ruled_out["cuda_graphs"])
     if t.ddp:
         if t.device == "slot":
             _fail("trainer.device", t.device, "trainer.ddp=true places one process per GPU itself (LOCAL_RANK); "
@@ -287,9 +285,8 @@ def _validate_speed(cfg: DictConfig) -> None:
         if cfg.dataset.loader != "device":
             _fail("dataset.loader", cfg.dataset.loader, "trainer.ddp=true shards the device loader's batches; use "
                   "dataset.loader=device")
-        if not METHODS[cfg.method.name].ddp:
-            _fail("trainer.ddp", t.ddp, f"method={cfg.method.name} runs model.forward_features, which "
-                  "DistributedDataParallel does not wrap (gradients would not be averaged); train it on one GPU")
+        if "ddp" in ruled_out:
+            _fail(*ruled_out["ddp"])
 
 
 def _validate_augment_and_noise(cfg: DictConfig, num_views: int) -> None:

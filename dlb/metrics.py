@@ -2,22 +2,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
+class EvalOutputs:
+    """What evaluate() collects over the whole test set (under DDP: every rank's shard), for the metrics to read."""
+    logits: torch.Tensor  # (N, K) float32
+    labels: torch.Tensor  # (N,)
+    confidence: torch.Tensor  # (N,) the top softmax probability
+    correct: torch.Tensor  # (N,) bool: the top class is the label
+    nll_sum: float  # cross-entropy summed over the test set (in batch sums, as the batches were evaluated)
+    n: int
+
+
+@dataclass(frozen=True)
 class Metric:
     """A test-set metric: `test_<name>` in every epoch's metrics row and in W&B, `last_test_<name>` in summary.json,
-    a column of the report. Declared once, here (README, "Extending": a metric)."""
+    a column of the report. Declared once, in METRICS (docs/extending.md, "Adding a metric")."""
     name: str
     label: str  # how tables name it
     lower_is_better: bool
+    of: Callable[[EvalOutputs], float]  # its value on the test set's outputs
 
 
-METRICS = (Metric("acc", "accuracy (%)", False), Metric("err", "error (%)", True), Metric("nll", "NLL", True),
-           Metric("ece", "ECE", True))
+def accuracy(o: EvalOutputs) -> float:
+    return float(o.correct.float().mean()) * 100
 
 
 def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
@@ -30,11 +43,17 @@ def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, 
     return float((conf_sum - acc_sum).abs().sum() / confidence.numel())
 
 
+METRICS = (Metric("acc", "accuracy (%)", False, accuracy),
+           Metric("err", "error (%)", True, lambda o: 100 - accuracy(o)),
+           Metric("nll", "NLL", True, lambda o: o.nll_sum / o.n),
+           Metric("ece", "ECE", True, lambda o: expected_calibration_error(o.confidence, o.correct)))
+
+
 @torch.no_grad()
 def evaluate(model, loader, limit_batches: int | None = None, autocast=None) -> dict:
-    """Test metrics of `model` over `loader` (Batch objects). One host sync at the end."""
+    """{test_<name>: value} for every metric in METRICS, and test_n, of `model` over `loader` (Batch objects)."""
     model.eval()
-    nll_sum, confs, corrects = 0.0, [], []
+    nll_sum, logits_all, labels, confs, corrects = 0.0, [], [], [], []
     n = 0
     for step, batch in enumerate(loader):
         if limit_batches is not None and step >= limit_batches:
@@ -44,33 +63,19 @@ def evaluate(model, loader, limit_batches: int | None = None, autocast=None) -> 
         logits = logits.float()
         nll_sum = nll_sum + F.cross_entropy(logits, batch.y, reduction="sum")
         conf, pred = logits.softmax(1).max(1)
+        logits_all.append(logits)
+        labels.append(batch.y)
         confs.append(conf)
         corrects.append(pred == batch.y)
         n += batch.y.numel()
+    parts = [logits_all, labels, confs, corrects]
     from dlb.device import distributed
 
-    if distributed.active():  # DDP: each rank evaluated a shard of the test set
-        return _reduced_metrics(confs, corrects, nll_sum, n, getattr(loader, "device", "cpu"))
-    conf, correct = torch.cat(confs), torch.cat(corrects)
-    acc = float(correct.float().mean()) * 100
-    return {"test_acc": acc, "test_err": 100 - acc, "test_nll": float(nll_sum) / n,
-            "test_ece": expected_calibration_error(conf, correct), "test_n": n}
-
-
-def _reduced_metrics(confs: list, corrects: list, nll_sum, n: int, device, bins: int = 15) -> dict:
-    """evaluate()'s metrics over the union of the ranks' shards: the count, correct count, NLL sum and the calibration
-    bins' sums are summed over ranks in float64 in one all_reduce, then the same formulas as one process."""
-    from dlb.device.distributed import all_reduce_sum
-
-    conf = torch.cat(confs) if confs else torch.zeros(0, device=device)  # a rank may hold no eval batch
-    correct = torch.cat(corrects) if corrects else torch.zeros(0, dtype=torch.bool, device=device)
-    edges = torch.linspace(0, 1, bins + 1, device=conf.device)
-    which = torch.bucketize(conf, edges[1:-1])
-    head = torch.stack([torch.tensor(float(n), device=conf.device), correct.sum().double(),
-                        torch.as_tensor(nll_sum, device=conf.device).double()])
-    stats = all_reduce_sum(torch.cat([head.double(), torch.bincount(which, weights=conf.double(), minlength=bins),
-                                      torch.bincount(which, weights=correct.double(), minlength=bins)]))
-    total, n_correct, nll = stats[:3].tolist()
-    ece = float((stats[3:3 + bins] - stats[3 + bins:]).abs().sum()) / total
-    acc = 100 * n_correct / total
-    return {"test_acc": acc, "test_err": 100 - acc, "test_nll": nll / total, "test_ece": ece, "test_n": int(total)}
+    if distributed.active():  # DDP: each rank evaluated a shard of the test set; every rank gets them all
+        gathered = [None] * distributed.dist.get_world_size()
+        mine = ([torch.cat(p).cpu() if p else None for p in parts], float(nll_sum), n)
+        distributed.dist.all_gather_object(gathered, mine)
+        parts = [[g[0][i] for g in gathered if g[0][i] is not None] for i in range(len(parts))]
+        nll_sum, n = sum(g[1] for g in gathered), sum(g[2] for g in gathered)  # (in rank order)
+    outputs = EvalOutputs(*(torch.cat(p) for p in parts), nll_sum=float(nll_sum), n=n)
+    return {**{f"test_{m.name}": m.of(outputs) for m in METRICS}, "test_n": n}

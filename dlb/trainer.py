@@ -1,11 +1,10 @@
-"""The method-agnostic training loop: data, model, method, SGD + MultiStepLR, evaluation, checkpoints, logs.
+"""The method-agnostic training loop: resume, train, evaluate, checkpoint and log a run built by dlb.build.
 
 A run's output folder holds everything needed to reproduce and audit it (dlb/run/folder.py lists the files).
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import sys
 import time
@@ -14,24 +13,20 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from dlb.data import augment as A
-from dlb import config as C
+from dlb.build import Run, build_run
+from dlb.data.datasets import ArrayDataset
 from dlb.device import distributed
+from dlb.device.memory import peak_memory_bytes
+from dlb.device.placement import busy_cpu_note
+from dlb.device.speed import native_bf16
+from dlb.errors import Diverged, Preempted, ResumeError
+from dlb import metrics
+from dlb.metrics import evaluate
 from dlb.run import folder as runfiles
 from dlb.run import identity as runid
-from dlb.run.checkpoint import RunLock, StopSignals, atomic_save, load_checkpoint, save_checkpoint
-from dlb.data.datasets import ArrayDataset, load_dataset, prepare
-from dlb.errors import ConfigError, Diverged, Preempted, ResumeError
-from dlb.data.loader import make_loader
-from dlb.methods import Method, build_method
-from dlb.metrics import evaluate
-from dlb.models import build_model
+from dlb.run.checkpoint import StopSignals
 from dlb.run.loggers import RunLogger
-from dlb.device.placement import GpuSlot, busy_cpu_note, resolve_device, set_threads
-from dlb.device.speed import build_optimizer, compile_model, keep_heap, native_bf16, resolve_speed
-from dlb.run.record import environment_info, git_info, rng_states, seed_everything, set_rng_states
-from dlb.device.memory import peak_memory_bytes
-
+from dlb.run.record import rng_states, set_rng_states
 
 
 # A NaN/Inf loss is caught by reading the on-device loss sums every FINITE_CHECK_EVERY steps and at each epoch end:
@@ -51,105 +46,25 @@ class _NoLogger:
 
 
 class Trainer:
+    """Trains a built Run (dlb.build); its parts read as the trainer's own (trainer.model, trainer.device, ...)."""
     # Set by fit (the stop signals) and by try_resume (the position inside an epoch of a preemption checkpoint).
     _stop: StopSignals | None = None
     partial: dict | None = None
 
-    def __init__(self, cfg: DictConfig, out_dir: str | Path,
+    def __init__(self, run: Run | DictConfig, out_dir: str | Path | None = None,
                  data: tuple[ArrayDataset, ArrayDataset] | None = None, overrides: list[str] | None = None):
-        """`data` = (train, test) in memory instead of reading dataset.name from disk (benchmarks, your own data);
-        dataset.train_subset/test_subset and label noise still apply to it. `overrides`: the command line, kept in
-        .hydra/overrides.yaml."""
-        self.cfg, self.out_dir, self.overrides = cfg, Path(out_dir), overrides
-        self.ckpt_dir = self.out_dir / "checkpoints"
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        t = cfg.trainer
-        # Placement: one process per GPU under torchrun (ddp), a locked GPU slot (device=slot, held until fit
-        # ends), or the named device.
-        self.rank, self.world_size, self._own_group, self.slot = 0, 1, False, None
-        if t.ddp:
-            self.rank, self.world_size, self.device, self._own_group = distributed.setup(t.device)
-        elif t.device == "slot":
-            self.slot = GpuSlot(t.jobs_per_gpu)
-            self.device = self.slot.device
-        else:
-            self.device = resolve_device(t.device)
-        if self.device.type == "cuda" and self.device.index is not None:
-            torch.cuda.set_device(self.device)  # stray allocations (e.g. by libraries) go to this run's GPU
-        self.is_main = self.rank == 0  # only rank 0 writes files
-        seed_everything(cfg.seed, t.deterministic)
-        set_threads(t.threads)  # deliberately: torch's one-per-core default crawls on a shared machine
-
-        d = cfg.dataset
-        if data is None:
-            data = (load_dataset(d.name, d.root, True, download=d.download, image_size=d.image_size),
-                    load_dataset(d.name, d.root, False, download=d.download, image_size=d.image_size))
-        prepared = prepare(*data, d, cfg.noise)
-        self.data_fingerprint, self.noise_record = prepared.fingerprint, prepared.noise_record
-        self.noise_rate_realised = prepared.noise_rate_realised
-        train_ds, test_ds = prepared.train, prepared.test
-        self.train_size, self.test_size, self.num_classes = len(train_ds), len(test_ds), train_ds.num_classes
-
-        # Speed settings, resolved once for this device and run length (trainer.compile=auto needs the steps).
-        steps_per_epoch = math.ceil(self.train_size / (t.batch_size * self.world_size))
-        if t.limit_train_batches is not None:
-            steps_per_epoch = min(steps_per_epoch, t.limit_train_batches)
-        self.warmup_steps = cfg.optim.warmup_epochs * steps_per_epoch  # optim.warmup_epochs in optimizer steps
-        self.speed = resolve_speed(t, cfg.optim, self.device, steps_per_epoch * t.epochs,
-                                   split_backward=cfg.method.get("backward") == "split")
-        if self.speed.keep_heap and not keep_heap():  # (a C library without glibc's mallopt)
-            self.speed = dataclasses.replace(self.speed, keep_heap=False)
-
-        self.model = build_model(cfg, self.num_classes).to(self.device)
-        if self.speed.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.num_params = sum(p.numel() for p in self.model.parameters())
-        self.method: Method = build_method(cfg.method, num_classes=self.num_classes, data=self.data_fingerprint,
-                                           train_size=self.train_size,
-                                           run_cfg=cfg, out_dir=self.out_dir).to(self.device)
-        if self.speed.channels_last:  # a teacher's weights (tfkd_self) in the model's memory format
-            self.method = self.method.to(memory_format=torch.channels_last)
-        # self.net runs the training forwards: the model, under DDP and/or compiled. self.model stays the plain
-        # module: checkpoints, evaluation and teachers see its state_dict keys whatever the wrapping.
-        self.net = self.model
-        if t.ddp:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.net = DistributedDataParallel(self.model,
-                                               device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.net = compile_model(self.net, self.speed.compile)
-
-        o = cfg.optim
-        self.optimizer = build_optimizer(o, self.model.parameters(), fused=self.speed.fused)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, C.milestones(cfg), gamma=o.gamma)
-
-        common = dict(device=self.device, channels_last=self.speed.channels_last, crop_size=d.image_size)
-        loader_kw = dict(num_workers=d.num_workers) if d.loader == "torch" else {}
-        batch_order = self.method.batch_order(train_ds.labels, t.batch_size)
-        if batch_order is not None:
-            if d.loader != "device":
-                raise ConfigError(f"dataset.loader={d.loader}: method={cfg.method.name} needs its own batch order, "
-                                    "which only the device loader provides; use dataset.loader=device")
-            loader_kw["batch_order"] = batch_order
-        shard = dict(rank=self.rank, world_size=self.world_size) if self.world_size > 1 else {}  # DDP: this rank's part
-        self.train_loader = make_loader(train_ds, kind=d.loader, batch_size=t.batch_size, train=True, seed=cfg.seed,
-                                        num_views=self.method.num_views, augment=d.augment, padding=d.padding,
-                                        rotation=d.rotation,
-                                        batch_augment=A.build(cfg.augment, self.method.paired_rows), **common,
-                                        **loader_kw, **shard)
-        self.test_loader = make_loader(test_ds, kind="device", batch_size=self.speed.eval_batch_size, train=False,
-                                       seed=cfg.seed, **common, **shard)
-        self.autocast = None
-        if self.speed.bf16:
-            self.autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
-
+        """A built Run, or a config to build one from: Trainer(cfg, out_dir, data=(train, test)) (dlb.build.build_run
+        says what `data` and `overrides` are)."""
+        self.run = run if isinstance(run, Run) else build_run(run, out_dir, data, overrides)
         self.epoch, self.step = 0, 0  # epochs completed, optimizer steps taken
         self.history: list[dict] = []
         self.best = {"test_acc": -1.0}
         self.time_offset = 0.0  # training time of earlier processes of this run (resumed)
-        self.config_dict = C.to_container(cfg)
-        # Versions, device and threads, code commit: read once (git runs a subprocess), written with every summary.
-        self.environment = {**environment_info(self.device), **git_info()}
+
+    def __getattr__(self, name: str):
+        if name == "run":  # (not yet set: __init__ failed)
+            raise AttributeError(name)
+        return getattr(self.run, name)
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -160,24 +75,10 @@ class Trainer:
                 "data": self.data_fingerprint, "world_size": self.world_size, "partial": self.partial}
 
     def try_resume(self) -> bool:
-        state = load_checkpoint(self.ckpt_dir)
+        state = self.folder.load_checkpoint()
         if state is None:
             return False
-        if not self.cfg.resume:
-            raise ResumeError(f"{self.out_dir} already holds a run (epoch {state['epoch']}); pass resume=true to "
-                              "continue it, or pick another output dir with hydra.run.dir=<dir>")
-        data_diffs = runid.data_differences(state.get("data"), self.data_fingerprint)
-        if data_diffs:
-            raise ResumeError(f"{self.out_dir} holds a run trained on other data ({'; '.join(data_diffs)}); its "
-                              "results belong to that data: give this data its own output dir (hydra.run.dir=<dir>), "
-                              "or point dataset.root back at the data that run used")
-        diffs = runid.differences(state.get("config", {}), self.config_dict)
-        if diffs:
-            raise ResumeError(f"{self.out_dir} holds a run with a different config ({'; '.join(diffs)}); "
-                              "use another output dir (hydra.run.dir=<dir>) for this one")
-        if state.get("world_size", 1) != self.world_size:  # DDP: the global batch is world_size x batch_size
-            raise ResumeError(f"{self.out_dir} holds a run trained by {state.get('world_size', 1)} process(es); "
-                              f"resume it with as many (this is {self.world_size}), or use another output dir")
+        check_resumable(self.run, state)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:  # a folder of an older version (no data fingerprint) trained on other data
@@ -191,6 +92,8 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self.best, self.time_offset = state["history"], state["best"], state["train_time_s"]
         self.partial = state.get("partial")  # saved by a stop signal mid-epoch; train_epoch continues from it
+        if self.is_main:  # only now: a refused command leaves the folder as it was
+            self.folder.set_aside_unreadable_last()
         return True
 
     # --- the loop ------------------------------------------------------------------------------------------
@@ -277,12 +180,6 @@ class Trainer:
                      train_img_per_s=seen / elapsed, train_images=seen)
         return train, means
 
-    def _check_finite(self, where: str, terms: dict[str, float]) -> None:
-        if not all(math.isfinite(v) for v in terms.values()):
-            raise Diverged(f"training diverged {where} ({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); "
-                           "the last good checkpoint is kept: lower optim.lr (or the method's loss weights) and start "
-                           "over in another output dir (hydra.run.dir=<dir>)")
-
     def _step_boundary(self, epoch: int, k: int, n: int, sums: dict, correct, seen: int, elapsed: float) -> None:
         """After step k (1-based) of an epoch of n: catch a NaN/Inf loss, then act on a stop signal by saving the
         position inside the epoch (the device loader's batches are a pure function of (seed, epoch, step), so
@@ -291,7 +188,7 @@ class Trainer:
         if self.world_size > 1:  # DDP: a NaN on any rank stops every rank, or the others would wait for it forever
             distributed.all_reduce_sum(stacked)
         means = [v / (seen * self.world_size) for v in stacked.tolist()]  # one host sync
-        self._check_finite(f"in epoch {epoch + 1} by step {k} of {n}", dict(zip(sums, means)))
+        check_finite(f"in epoch {epoch + 1} by step {k} of {n}", dict(zip(sums, means)))
         if self._stop is None or self._stop.received is None or self.world_size > 1:
             return  # DDP: the ranks agree on stopping at the epoch end (fit)
         if self.cfg.dataset.loader != "device":
@@ -300,8 +197,8 @@ class Trainer:
                             "last checkpoint when the same command runs again", interrupted=self._stop.interrupted)
         self.partial = {"epoch": epoch, "epoch_step": k, "seen": seen, "train_time_s": elapsed, "correct": correct.cpu(),
                         "sums": {name: v.cpu() for name, v in sums.items()}}
-        save_checkpoint(self.state(), self.ckpt_dir)
-        raise Preempted(f"{self._stop.name}: saved epoch {epoch + 1} step {k} of {n} to {self.ckpt_dir / 'last.pt'}; "
+        self.folder.save_checkpoint(self.state())
+        raise Preempted(f"{self._stop.name}: saved epoch {epoch + 1} step {k} of {n} to {self.folder.last}; "
                         "run the same command again to continue", interrupted=self._stop.interrupted)
 
     def _should_stop(self) -> bool:
@@ -315,22 +212,22 @@ class Trainer:
     def fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.trainer
         resumed = self.try_resume()
-        if not resumed and any(self.ckpt_dir.glob("*.pt")):
-            raise ResumeError(f"{self.ckpt_dir} holds checkpoints that cannot be read; move them away to start over")
+        if not resumed and self.folder.has_checkpoints():
+            raise ResumeError(f"{self.folder.checkpoints} holds checkpoints that cannot be read; move them away to "
+                              "start over")
         # Written only now: the resume checks have passed, the folder is this run's. (Hydra writes nothing into it
         # itself: hydra.output_subdir is null, so a refused command leaves an existing run untouched.)
-        self._write_run_files()
+        if self.is_main:
+            self.folder.write_run_files(environment=self.environment, cfg=cfg, overrides=self.overrides,
+                                        config={**self.config_dict, "method_info": self.method.info()},
+                                        noise_record=self.noise_record)
         cell = runid.cell_name(cfg.dataset.name, cfg.backbone.name, cfg.method.name)
-        logger = RunLogger(self.out_dir, self.config_dict, name=f"{cell}/seed{cfg.seed}", group=cell,
+        logger = RunLogger(self.folder, self.config_dict, name=f"{cell}/seed{cfg.seed}", group=cell,
                            resume_rows=self.history) if self.is_main else _NoLogger()
         status, exit_code = "running", 1
         self._stop = StopSignals().install()
         self._say(self.startup_line(resumed))
-        notes = [busy_cpu_note(torch.get_num_threads()) if self.device.type == "cpu" else None,
-                 None if not self.speed.bf16 or native_bf16(self.device) else
-                 f"note: {self.environment['device_name']} has no native bf16 (AMX or AVX512-BF16 on a CPU), so "
-                 "trainer.precision=bf16 is emulated here and slower than fp32; use trainer.precision=fp32"]
-        for note in filter(None, notes):
+        for note in startup_notes(self.run):
             self._say(note)
         started, epochs_here = time.perf_counter(), 0
         try:
@@ -339,19 +236,15 @@ class Trainer:
                 row = self._run_epoch(epoch)
                 self.history.append(row)
                 if self.is_main:
-                    save_checkpoint(self.state(), self.ckpt_dir)
+                    self.folder.save_checkpoint(self.state())
                 logger.log(row)
                 epochs_here += 1
-                wall = time.perf_counter() - started
-                eta = wall / epochs_here * (t.epochs - epoch - 1)
-                self._say(f"epoch {epoch + 1}/{t.epochs}  loss {row['train_loss']:.4f}  train acc "
-                          f"{row['train_acc']:.2f}  test err {row['test_err']:.2f}  ({row['train_img_per_s']:.0f} img/s)"
-                          f"  elapsed {_clock(wall)}  ETA {_clock(eta)}")
+                self._say(epoch_line(row, t.epochs, time.perf_counter() - started, epochs_here))
                 if epoch + 1 < t.epochs:
                     self._write_summary(status)  # epochs done and best so far, readable while the run goes on
                 if epoch + 1 < t.epochs and self._should_stop():  # the epoch's checkpoint is the position
                     raise Preempted(f"{self._stop.name}: stopped after epoch {epoch + 1} (saved to "
-                                    f"{self.ckpt_dir / 'last.pt'}); run the same command again to continue",
+                                    f"{self.folder.last}); run the same command again to continue",
                                     interrupted=self._stop.interrupted)
             status, exit_code = "completed", 0
         except FloatingPointError:
@@ -370,7 +263,7 @@ class Trainer:
             summary = self._write_summary(status)
             logger.summary(summary)
             logger.finish(exit_code)
-            self.close()
+            self.run.close()
             if status == "preempted":  # everything is saved: now the handler we displaced (submitit's requeue, say)
                 self._stop.chain()
         return summary
@@ -380,39 +273,22 @@ class Trainer:
         t = self.cfg.trainer
         lr = self.optimizer.param_groups[0]["lr"]
         train, terms = self.train_epoch(epoch)
-        self._check_finite(f"in epoch {epoch + 1}", {"loss": train["train_loss"], **terms})
+        check_finite(f"in epoch {epoch + 1}", {"loss": train["train_loss"], **terms})
         start = time.perf_counter()
         test = evaluate(self.model, self.test_loader, t.limit_eval_batches, self.autocast)
-        row = runfiles.MetricsRow(epoch=epoch + 1, lr=lr, **train, **test, eval_time_s=time.perf_counter() - start,
-                                  terms=terms).to_dict()
-        self._check_finite(f"by the end of epoch {epoch + 1}", {"test_nll": row["test_nll"]})  # NaN weights
+        row = runfiles.MetricsRow(epoch=epoch + 1, lr=lr, **train, test_n=test["test_n"], terms=terms,
+                                  test={m.name: test[f"test_{m.name}"] for m in metrics.METRICS},
+                                  eval_time_s=time.perf_counter() - start).to_dict()
+        check_finite(f"by the end of epoch {epoch + 1}", {"test_nll": row["test_nll"]})  # NaN weights
         self.scheduler.step()
         self.epoch = epoch + 1
         self.time_offset += row["train_time_s"]
         if row["test_acc"] > self.best["test_acc"]:
             self.best = {"test_acc": row["test_acc"], "test_err": row["test_err"], "epoch": epoch + 1}
             if t.save_best and self.is_main:
-                atomic_save({"model": self.model.state_dict(), "epoch": epoch + 1, "test_acc": row["test_acc"],
-                             "config": self.config_dict}, self.ckpt_dir / "best.pt")
+                self.folder.save_best({"model": self.model.state_dict(), "epoch": epoch + 1,
+                                       "test_acc": row["test_acc"], "config": self.config_dict})
         return row
-
-    def startup_line(self, resumed: bool) -> str:
-        """One line: where the run writes, fresh or resumed, device and threads, data, backbone, method, run length
-        and seed, and the speed settings in force."""
-        cfg, env = self.cfg, self.environment
-        if not resumed:
-            where = "fresh run"
-        elif self.partial is not None:
-            where = f"resumed in epoch {self.partial['epoch'] + 1} at step {self.partial['epoch_step']}"
-        else:
-            where = f"resumed after epoch {self.epoch}/{cfg.trainer.epochs}"
-        device = f"{self.device} ({env['device_name']}" + (
-            f", {env['torch_threads']} CPU thread{'s' if env['torch_threads'] > 1 else ''})" if self.device.type == "cpu" else ")")
-        method = ", ".join(f"{k}={v}" for k, v in self.config_dict["method"].items() if k != "name")
-        return (f"{self.out_dir}: {where} | {device} | {cfg.dataset.name}: {self.train_size} train / {self.test_size} "
-                f"test images, {self.num_classes} classes | {cfg.backbone.name} ({self.num_params / 1e6:.2f}M params) "
-                f"| {cfg.method.name}" + (f" ({method})" if method else "") + f" | {cfg.trainer.epochs} epochs, seed "
-                f"{cfg.seed} | speed: {self.speed.describe()}")
 
     def _say(self, line: str, to_stdout: bool = True) -> None:
         """A line for the person watching: stdout and the run's train.log (rank 0 only)."""
@@ -420,52 +296,98 @@ class Trainer:
             return
         if to_stdout:
             print(line, flush=True)
-        with open(self.out_dir / runfiles.LOG, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
-
-    def _write_run_files(self) -> None:
-        """The files that describe the run (dlb/run/folder.py), written once its checks have passed."""
-        if not self.is_main:
-            return
-        from omegaconf import OmegaConf
-
-        runfiles.write_json(self.out_dir / runfiles.ENVIRONMENT, self.environment)
-        runfiles.write_json(self.out_dir / runfiles.CONFIG, {**self.config_dict, "method_info": self.method.info()})
-        hydra_dir = self.out_dir / ".hydra"
-        hydra_dir.mkdir(exist_ok=True)
-        OmegaConf.save(self.cfg, hydra_dir / "config.yaml")
-        if self.overrides is not None:
-            OmegaConf.save(OmegaConf.create(list(self.overrides)), hydra_dir / "overrides.yaml")
-        if self.noise_record is not None:
-            atomic_save(self.noise_record, self.out_dir / "noisy_labels.pt")
-
-    def close(self) -> None:
-        """Release what the run holds: its GPU slot, the process group it created. Idempotent."""
-        if self.slot is not None:
-            self.slot.close()
-        if self._own_group and distributed.dist.is_initialized():
-            distributed.dist.destroy_process_group()
-            self._own_group = False
+        self.folder.add_log_line(line)
 
     def _write_summary(self, status: str) -> dict:
-        cfg, last = self.cfg, (self.history[-1] if self.history else {})
-        summary = runfiles.Summary(
-            status=status, cell=runid.cell_name(cfg.dataset.name, cfg.backbone.name, cfg.method.name),
-            dataset=cfg.dataset.name, backbone=cfg.backbone.name, method=cfg.method.name, seed=cfg.seed,
-            epochs=cfg.trainer.epochs, epochs_completed=self.epoch, steps=self.step,
-            best_test_acc=self.best.get("test_acc") if self.history else None,
-            best_test_err=self.best.get("test_err"), best_epoch=self.best.get("epoch"),
-            **{f"last_{k}": last.get(k) for k in ("test_acc", "test_err", "test_nll", "test_ece")},
-            train_time_s=self.time_offset, peak_memory_bytes=peak_memory_bytes(self.device),
-            num_params=self.num_params, train_size=self.train_size, num_classes=self.num_classes,
-            data=self.data_fingerprint, augment=cfg.augment.name, noise=cfg.noise.name, noise_rate=cfg.noise.rate,
-            noise_seed=cfg.noise.seed, noise_rate_realised=self.noise_rate_realised, method_info=self.method.info(),
-            world_size=self.world_size, global_batch=self.world_size * cfg.trainer.batch_size, device=str(self.device),
-            environment=self.environment,
-        ).to_dict()
+        summary = run_summary(self, status)
         if self.is_main:
-            runfiles.write_json(self.out_dir / runfiles.SUMMARY, summary)
+            self.folder.write_summary(summary)
         return summary
+
+    def startup_line(self, resumed: bool) -> str:
+        return startup_line(self, resumed)
+
+
+def epoch_line(row: dict, epochs: int, wall: float, epochs_here: int) -> str:
+    """The line after an epoch; `wall`: seconds since this process began training, `epochs_here` epochs ago."""
+    eta = wall / epochs_here * (epochs - row["epoch"])
+    return (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.2f}  test err "
+            f"{row['test_err']:.2f}  ({row['train_img_per_s']:.0f} img/s)  elapsed {_clock(wall)}  ETA {_clock(eta)}")
+
+
+def check_resumable(run: Run, state: dict) -> None:
+    """Raise ResumeError unless the checkpoint `state` in the run's folder may be continued by this run: resume=true,
+    the same data, the same identity (dlb/run/identity.py), the same number of processes."""
+    if not run.cfg.resume:
+        raise ResumeError(f"{run.out_dir} already holds a run (epoch {state['epoch']}); pass resume=true to "
+                          "continue it, or pick another output dir with hydra.run.dir=<dir>")
+    data_diffs = runid.data_differences(state.get("data"), run.data_fingerprint)
+    if data_diffs:
+        raise ResumeError(f"{run.out_dir} holds a run trained on other data ({'; '.join(data_diffs)}); its "
+                          "results belong to that data: give this data its own output dir (hydra.run.dir=<dir>), "
+                          "or point dataset.root back at the data that run used")
+    diffs = runid.differences(state.get("config", {}), run.config_dict)
+    if diffs:
+        raise ResumeError(f"{run.out_dir} holds a run with a different config ({'; '.join(diffs)}); "
+                          "use another output dir (hydra.run.dir=<dir>) for this one")
+    if state.get("world_size", 1) != run.world_size:  # DDP: the global batch is world_size x batch_size
+        raise ResumeError(f"{run.out_dir} holds a run trained by {state.get('world_size', 1)} process(es); "
+                          f"resume it with as many (this is {run.world_size}), or use another output dir")
+
+
+def check_finite(where: str, terms: dict[str, float]) -> None:
+    if not all(math.isfinite(v) for v in terms.values()):
+        raise Diverged(f"training diverged {where} ({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); "
+                       "the last good checkpoint is kept: lower optim.lr (or the method's loss weights) and start "
+                       "over in another output dir (hydra.run.dir=<dir>)")
+
+
+def startup_notes(run: Run) -> list[str]:
+    """Warnings for the start-up: a busy CPU, bf16 emulated in software."""
+    notes = [busy_cpu_note(torch.get_num_threads()) if run.device.type == "cpu" else None,
+             None if not run.speed.bf16 or native_bf16(run.device) else
+             f"note: {run.environment['device_name']} has no native bf16 (AMX or AVX512-BF16 on a CPU), so "
+             "trainer.precision=bf16 is emulated here and slower than fp32; use trainer.precision=fp32"]
+    return [n for n in notes if n]
+
+
+def run_summary(tr: Trainer, status: str) -> dict:
+    """summary.json of a run so far: its status, results and what it ran on."""
+    cfg, last = tr.cfg, (tr.history[-1] if tr.history else {})
+    return runfiles.Summary(
+        status=status, cell=runid.cell_name(cfg.dataset.name, cfg.backbone.name, cfg.method.name),
+        dataset=cfg.dataset.name, backbone=cfg.backbone.name, method=cfg.method.name, seed=cfg.seed,
+        epochs=cfg.trainer.epochs, epochs_completed=tr.epoch, steps=tr.step,
+        best_test_acc=tr.best.get("test_acc") if tr.history else None,
+        best_test_err=tr.best.get("test_err"), best_epoch=tr.best.get("epoch"),
+        last_test={m.name: last.get(f"test_{m.name}") for m in metrics.METRICS},
+        train_time_s=tr.time_offset, peak_memory_bytes=peak_memory_bytes(tr.device),
+        num_params=tr.num_params, train_size=tr.train_size, num_classes=tr.num_classes,
+        data=tr.data_fingerprint, augment=cfg.augment.name, noise=cfg.noise.name, noise_rate=cfg.noise.rate,
+        noise_seed=cfg.noise.seed, noise_rate_realised=tr.noise_rate_realised, method_info=tr.method.info(),
+        world_size=tr.world_size, global_batch=tr.world_size * cfg.trainer.batch_size, device=str(tr.device),
+        environment=tr.environment,
+    ).to_dict()
+
+
+def startup_line(tr: Trainer, resumed: bool) -> str:
+    """One line: where the run writes, fresh or resumed, device and threads, data, backbone, method, run length and
+    seed, and the speed settings in force."""
+    cfg, env = tr.cfg, tr.environment
+    if not resumed:
+        where = "fresh run"
+    elif tr.partial is not None:
+        where = f"resumed in epoch {tr.partial['epoch'] + 1} at step {tr.partial['epoch_step']}"
+    else:
+        where = f"resumed after epoch {tr.epoch}/{cfg.trainer.epochs}"
+    threads = env["torch_threads"]
+    device = f"{tr.device} ({env['device_name']}" + (
+        f", {threads} CPU thread{'s' if threads > 1 else ''})" if tr.device.type == "cpu" else ")")
+    method = ", ".join(f"{k}={v}" for k, v in tr.config_dict["method"].items() if k != "name")
+    return (f"{tr.out_dir}: {where} | {device} | {cfg.dataset.name}: {tr.train_size} train / {tr.test_size} "
+            f"test images, {tr.num_classes} classes | {cfg.backbone.name} ({tr.num_params / 1e6:.2f}M params) "
+            f"| {cfg.method.name}" + (f" ({method})" if method else "") + f" | {cfg.trainer.epochs} epochs, seed "
+            f"{cfg.seed} | speed: {tr.speed.describe()}")
 
 
 def _clock(seconds: float) -> str:
@@ -475,5 +397,6 @@ def _clock(seconds: float) -> str:
 
 
 def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
-    with RunLock(out_dir):  # first of all: a second process aimed at this folder stops here, before touching it
-        return Trainer(cfg, out_dir, overrides=overrides).fit()
+    # First of all: a second process aimed at this folder stops here, before touching it.
+    with runfiles.RunFolder(out_dir).lock():
+        return Trainer(build_run(cfg, out_dir, overrides=overrides)).fit()

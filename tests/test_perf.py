@@ -21,6 +21,7 @@ from dlb.config import validate
 from dlb.errors import ConfigError
 from dlb.data.datasets import ArrayDataset
 from dlb.data.loader import Batch
+from dlb.methods import METHODS
 from dlb.methods.dlb import DLB
 from dlb.train import load_config
 from dlb.trainer import Trainer
@@ -190,7 +191,7 @@ def resolved(device: str, steps: int, *overrides: str):
     cfg = compose(["dataset=cifar10", "backbone=resnet8", *overrides])
     validate(cfg)
     return resolve_speed(cfg.trainer, cfg.optim, torch.device(device), steps,
-                         split_backward=cfg.method.get("backward") == "split")
+                         METHODS[cfg.method.name].rules_out(cfg.method))
 
 
 def test_auto_speed_settings_per_device_and_run_length():
@@ -463,13 +464,13 @@ def test_bf16_autocast_on_cpu_trains_every_method_close_to_fp32(method, tmp_path
 def test_keep_heap_sets_glibcs_malloc_and_the_speed_line_says_whether_it_took(tmp_path, monkeypatch):
     import platform
 
-    from dlb import trainer as trainer_mod
+    from dlb import build as build_mod
     from dlb.device.speed import keep_heap
 
     if platform.libc_ver()[0] == "glibc":
         assert keep_heap()
     cfg = compose(["dataset=cifar10", "backbone=resnet8", "trainer.device=cpu"])
-    monkeypatch.setattr(trainer_mod, "keep_heap", lambda: False)  # a C library without mallopt
+    monkeypatch.setattr(build_mod, "keep_heap", lambda: False)  # a C library without mallopt
     t = Trainer(cfg, tmp_path / "run", data=fake_data())
     assert not t.speed.keep_heap and "heap" not in t.speed.describe()
     with pytest.raises(ConfigError, match="trainer.keep_heap"):

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import dlb.run.checkpoint as ckpt
 import dlb.trainer as trainer_mod
 from conftest import REPO, compose, metric_rows
-from dlb.run.checkpoint import RunLock, load_checkpoint, save_checkpoint
+from dlb.run.folder import RunFolder
 from dlb.errors import ConfigError, Diverged, OutputError, Preempted
 from dlb.methods.dlb import DLB
 from dlb.models import build_model
@@ -152,27 +152,48 @@ def _state(epoch, weight):
     return {"epoch": epoch, "model": {"w": torch.full((4,), float(weight))}}
 
 
-def test_truncated_last_checkpoint_falls_back_to_prev_with_a_warning(tmp_path):
-    save_checkpoint(_state(1, 1.0), tmp_path)
-    save_checkpoint(_state(2, 2.0), tmp_path)
-    last = tmp_path / "last.pt"
+def test_truncated_last_checkpoint_falls_back_to_prev_with_a_warning(tmp_path, capsys):
+    folder = RunFolder(tmp_path)
+    folder.save_checkpoint(_state(1, 1.0))
+    folder.save_checkpoint(_state(2, 2.0))
+    last = folder.last
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-    with pytest.warns(UserWarning, match=r"last\.pt is unreadable.*falling back to .*prev\.pt"):
-        state = load_checkpoint(tmp_path)
+    state = folder.load_checkpoint()
     assert state["epoch"] == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and re.match(r"dlb: warning: checkpoint .*last\.pt is unreadable.*falling back to .*prev\.pt",
+                                      err[0])
 
 
-def test_killed_between_the_renames_resumes_from_prev_with_a_warning(tmp_path):
-    save_checkpoint(_state(1, 1.0), tmp_path)
-    save_checkpoint(_state(2, 2.0), tmp_path)
-    os.replace(tmp_path / "last.pt", tmp_path / "prev.pt")  # what save_checkpoint's first rename does
-    (tmp_path / "last.pt.tmp").write_bytes(b"half a checkpoint")
-    with pytest.warns(UserWarning, match=r"last\.pt is missing.*prev\.pt"):
-        assert load_checkpoint(tmp_path)["epoch"] == 2
+def test_a_resumed_run_keeps_a_readable_prev_after_a_truncated_last(data, tmp_path, capsys):
+    out, short = tmp_path / "run", ("trainer.epochs=2", "trainer.limit_train_batches=2")
+    Trainer(cfg_for(data[0], *short), out).fit()  # two epochs: last.pt (epoch 2), prev.pt (epoch 1)
+    folder = RunFolder(out)
+    folder.last.write_bytes(folder.last.read_bytes()[:100])
+    capsys.readouterr()
+    summary = Trainer(cfg_for(data[0], *short), out).fit()  # resumes from prev.pt and trains epoch 2 again
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    err = capsys.readouterr().err
+    assert "dlb: warning: checkpoint" in err and "dlb: warning: kept the unreadable" in err
+    aside = list(folder.checkpoints.glob("last.pt.corrupt-*"))
+    assert len(aside) == 1 and aside[0].stat().st_size == 100  # kept for inspection
+    assert torch.load(folder.prev, weights_only=False)["epoch"] == 1  # readable, not the truncated file
+    assert torch.load(folder.last, weights_only=False)["epoch"] == 2
+
+
+def test_killed_between_the_renames_resumes_from_prev_with_a_warning(tmp_path, capsys):
+    folder = RunFolder(tmp_path)
+    folder.save_checkpoint(_state(1, 1.0))
+    folder.save_checkpoint(_state(2, 2.0))
+    os.replace(folder.last, folder.prev)  # what save_checkpoint's first rename does
+    (folder.checkpoints / "last.pt.tmp").write_bytes(b"half a checkpoint")
+    assert folder.load_checkpoint()["epoch"] == 2
+    assert re.match(r"dlb: warning: checkpoint .*last\.pt is missing.*prev\.pt", capsys.readouterr().err)
 
 
 def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
-    save_checkpoint(_state(1, 1.0), tmp_path)
+    folder = RunFolder(tmp_path)
+    folder.save_checkpoint(_state(1, 1.0))
     real = torch.save
 
     def fill_the_disk(obj, f, *a, **kw):
@@ -181,12 +202,12 @@ def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, mo
 
     monkeypatch.setattr(ckpt.torch, "save", fill_the_disk)
     with pytest.raises(OutputError, match=r"^cannot write .*last\.pt\.tmp: No space left on device; free some space"):
-        save_checkpoint(_state(2, 2.0), tmp_path)
+        folder.save_checkpoint(_state(2, 2.0))
     monkeypatch.setattr(ckpt.torch, "save", real)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no partial temp file left behind
+    assert sorted(p.name for p in folder.checkpoints.iterdir()) == ["last.pt"]  # no partial temp file left behind
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert load_checkpoint(tmp_path)["epoch"] == 1
+        assert folder.load_checkpoint()["epoch"] == 1
 
 
 # A child that dies by SIGKILL inside a checkpoint write: half the bytes of its Nth file, or right after
@@ -459,13 +480,13 @@ def test_random_overrides_validate_or_fail_with_one_line_naming_a_key(overrides)
 # --- output dirs ------------------------------------------------------------------------------------------------
 def test_second_run_into_a_locked_dir_fails_fast_naming_the_holder(data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    with RunLock(out):  # another run holds the folder
+    with RunFolder(out).lock():  # another run holds the folder
         code, err = run_cli(monkeypatch, capsys, *RUN_ARGS, f"dataset.root={data[0]}", f"hydra.run.dir={out}")
     assert code == EXIT_USER_ERROR and len(err) == 1, err
     assert re.match(rf"dlb: error: {re.escape(str(out))} is in use by another run \(pid {os.getpid()} on .+\); "
                     r"wait for it to finish, or pick another output dir", err[0]), err
     assert not (out / "checkpoints").exists() and not (out / "summary.json").exists()
-    with RunLock(out):  # released: the next run gets it
+    with RunFolder(out).lock():  # released: the next run gets it
         pass
 
 

@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-import dlb.trainer as trainer_mod
 from conftest import REPO, compose, metric_rows
 from dlb.config import validate
 from dlb.errors import ResumeError
+from dlb.run.folder import RunFolder
 from dlb.trainer import Trainer
 
 def tiny_cfg(root, *overrides):
@@ -47,13 +47,13 @@ def test_one_epoch_smoke_writes_every_output(fake_cifar, tmp_path, method):
 
 
 def _interrupt_after_first_checkpoint(monkeypatch):
-    real = trainer_mod.save_checkpoint
+    real = RunFolder.save_checkpoint
 
-    def save_then_die(state, ckpt_dir):
-        real(state, ckpt_dir)
+    def save_then_die(folder, state):
+        real(folder, state)
         raise KeyboardInterrupt  # the process dies right after epoch 1's checkpoint is on disk
 
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(RunFolder, "save_checkpoint", save_then_die)
 
 
 @pytest.mark.parametrize("method", ["ce", "dlb", "pskd", "cskd"])

@@ -2,6 +2,7 @@
 beyond float rounding (trainer.faithful pins the official numerics)."""
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -75,13 +76,14 @@ class Speed:
                           f"eval batch {self.eval_batch_size}"]) + heap
 
 
-def resolve_speed(t, o, device: torch.device, steps: int, split_backward: bool = False) -> Speed:
+def resolve_speed(t, o, device: torch.device, steps: int, ruled_out: Collection[str] = ()) -> Speed:
     """trainer.faithful/channels_last/compile/precision/keep_heap and optim.fused for this device; `steps`: the run's
-    optimizer steps. auto: on CPU what the repo's benchmark measured faster (results/bench/cpu_resnet32_b64_speed.md:
-    channels_last, fused SGD, compile default once the run is long enough to repay compiling, the kept heap); on CUDA
-    what its structure predicts, not yet measured (channels_last, fused, CUDA graphs, or compile default with DLB's
-    split backward, which CUDA graphs would break). faithful: the official code's numerics (config.validate refuses an
-    explicit conflicting switch)."""
+    optimizer steps; `ruled_out`: the device features the method's configuration cannot run with (Method.rules_out).
+    auto: on CPU what the repo's benchmark measured faster (results/bench/cpu_resnet32_b64_speed.md: channels_last,
+    fused SGD, compile default once the run is long enough to repay compiling, the kept heap); on CUDA what its
+    structure predicts, not yet measured (channels_last, fused, CUDA graphs, or compile default where the method
+    rules CUDA graphs out). faithful: the official code's numerics (config.validate refuses an explicit conflicting
+    switch)."""
     cuda = device.type == "cuda"
     eval_batch = t.eval_batch_size if t.eval_batch_size != "auto" else EVAL_BATCH["cuda" if cuda else "cpu"]
     # (the heap and the evaluation batch change no number: faithful keeps them; eval rounding aside)
@@ -94,7 +96,7 @@ def resolve_speed(t, o, device: torch.device, steps: int, split_backward: bool =
     compile = str(t.compile)
     if compile == "auto":
         if cuda:
-            compile = "default" if split_backward else "reduce-overhead"
+            compile = "default" if "cuda_graphs" in ruled_out else "reduce-overhead"
         else:
             compile = "default" if device.type == "cpu" and steps >= CPU_COMPILE_MIN_STEPS else "none"
     return Speed(channels_last=channels_last, fused=fused, compile=compile, bf16=t.precision == "bf16",

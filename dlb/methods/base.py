@@ -58,9 +58,9 @@ class Method(nn.Module):
     paired_rows: bool = False
     # Needs a finished ce run of the same cell (tfkd_self's teacher): dlb.sweep runs the ce jobs in a stage before.
     needs_teacher: bool = False
-    # False when the method runs the model other than through model(x) (model.forward_features): the
-    # DistributedDataParallel wrapper would not see those forwards, so trainer.ddp=true is refused.
-    ddp: bool = True
+    # Options that change speed or memory, never the numbers (at most float rounding): not part of a run's identity
+    # (dlb.run.identity), so a run may be resumed, averaged or used as a teacher whatever their values.
+    speed_only_options: tuple[str, ...] = ()
     # --- how tables (dlb.report), figures (dlb.plot) and the cost table (scripts/method_costs.py) show it
     label: str = ""  # display name; register_method sets it to the registered name unless the class gives one
     order: int = 100  # row position in tables, ascending (the paper's order); ties and unset ones by name
@@ -92,6 +92,13 @@ class Method(nn.Module):
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
         """Raise dlb.errors.ConfigError for out-of-range values. Types are already checked by the schema."""
+
+    @classmethod
+    def rules_out(cls, cfg: Any) -> dict[str, tuple[str, Any, str]]:
+        """The device features this configuration of the method cannot run with: {feature: (config key, value,
+        why and the fix)}, read by config.validate (which refuses them) and by speed resolution (which avoids them).
+        Features: "cuda_graphs" (trainer.compile=reduce-overhead), "ddp" (trainer.ddp=true)."""
+        return {}
 
     def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return (logits of the batch's first len(logits) rows, {term name: weighted loss term}).

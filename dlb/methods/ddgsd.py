@@ -43,7 +43,6 @@ def feature_mmd(f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
 @register_method("ddgsd")
 class DDGSD(Method):
     num_views = 2
-    ddp = False  # features_and_logits calls model.forward_features
     order, color = 6, "C4"
     cost = Cost("2 (one call on both views)", "no", "A(2B) − A(B) ≈ A: both views kept for backward",
                 lambda A, P, N, K, B, img: A)
@@ -55,6 +54,12 @@ class DDGSD(Method):
         T: float = 4.0
         kl_weight: float = 1.0
         mmd_weight: float = 5e-4
+
+    @classmethod
+    def rules_out(cls, cfg):
+        # features_and_logits calls model.forward_features, which the DistributedDataParallel wrapper never sees
+        return {"ddp": ("trainer.ddp", True, f"method={cfg.name} runs model.forward_features, which "
+                        "DistributedDataParallel does not wrap (gradients would not be averaged); train it on one GPU")}
 
     @classmethod
     def validate_config(cls, cfg):

@@ -74,6 +74,18 @@ class DLB(Method):
         # the last batch's forward (same gradient up to float rounding; peak activation memory ~ CE's instead of ~2x)
         backward: Backward = Backward.joint
 
+    speed_only_options = ("backward",)  # split: the same gradient with half the activation memory
+
+    @classmethod
+    def rules_out(cls, cfg):
+        if cfg.get("backward") != "split":
+            return {}
+        # split's first backward completes a CUDA-graph tree generation; the second forward then starts a new one,
+        # which frees the gradients that backward wrote into the graph pool (pytorch#169545)
+        return {"cuda_graphs": ("method.backward", "split", "CUDA graphs (trainer.compile=reduce-overhead) would free "
+                                "the gradients of split's first backward; use trainer.compile=default, or "
+                                "method.backward=joint with CUDA graphs")}
+
     @classmethod
     def validate_config(cls, cfg):
         if cfg.T <= 0:

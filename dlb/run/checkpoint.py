@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import threading
-import warnings
+import time
 from pathlib import Path
 
 import torch
@@ -51,25 +51,30 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(state: dict, ckpt_dir: Path) -> Path:
-    """Write ckpt_dir/last.pt; the one it replaces becomes prev.pt (kept until the new one is on disk)."""
-    ckpt_dir = Path(ckpt_dir)
-    last, prev = ckpt_dir / "last.pt", ckpt_dir / "prev.pt"
-    tmp = ckpt_dir / "last.pt.tmp"
+def save_checkpoint(state: dict, last: Path, prev: Path) -> Path:
+    """Write `last`; the file it replaces becomes `prev` (kept until the new one is on disk)."""
+    last, prev = Path(last), Path(prev)
+    tmp = last.with_name(last.name + ".tmp")
     _write_synced(state, tmp)
     if last.exists():
         os.replace(last, prev)
-    os.replace(tmp, last)  # a crash between the two renames leaves prev.pt, which load_checkpoint falls back to
+    os.replace(tmp, last)  # a crash between the two renames leaves `prev`, which load_checkpoint falls back to
     return last
 
 
-def load_checkpoint(ckpt_dir: Path) -> dict | None:
-    """The newest readable checkpoint in ckpt_dir (last.pt, else prev.pt with a warning saying why), or None."""
-    ckpt_dir = Path(ckpt_dir)
-    candidates = [p for p in (ckpt_dir / "last.pt", ckpt_dir / "prev.pt") if p.exists()]
-    if candidates and candidates[0].name == "prev.pt":  # killed between save_checkpoint's two renames
-        warnings.warn(f"checkpoint {ckpt_dir / 'last.pt'} is missing (the run died while saving it); "
-                      f"resuming from the previous checkpoint {candidates[0]}")
+def warn(message: str) -> None:
+    """One line on stderr: what happened to the run folder and what is done about it."""
+    print(f"dlb: warning: {message}", file=sys.stderr, flush=True)
+
+
+def load_checkpoint(last: Path, prev: Path) -> tuple[dict | None, Path | None]:
+    """(state, its file): the newest readable checkpoint of `last`, else `prev` (with a warning saying why), or
+    (None, None)."""
+    last, prev = Path(last), Path(prev)
+    candidates = [p for p in (last, prev) if p.exists()]
+    if candidates and candidates[0] == prev:  # killed between save_checkpoint's two renames
+        warn(f"checkpoint {last} is missing (the run died while saving it); resuming from the previous checkpoint "
+             f"{prev}")
     for i, path in enumerate(candidates):
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
@@ -77,21 +82,30 @@ def load_checkpoint(ckpt_dir: Path) -> dict | None:
                 raise ValueError("not a dlb checkpoint")
         except Exception as e:  # truncated write, disk corruption, foreign file
             later = candidates[i + 1 :]
-            warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
-                          + (f"falling back to {later[0]}" if later else "no older checkpoint to fall back to"))
+            warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                 + (f"falling back to {later[0]}" if later else "no older checkpoint to fall back to"))
             continue
-        return state
-    return None
+        return state, path
+    return None, None
+
+
+def set_aside(path: Path) -> None:
+    """Rename an unreadable checkpoint to `<name>.corrupt-<time>` (kept for inspection), so that no later rotation
+    puts it under a checkpoint name."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    warn(f"kept the unreadable {path} as {aside}")
 
 
 class RunLock:
-    """An exclusive flock on <out_dir>/.lock for the life of a run, so two processes never write one run folder.
+    """An exclusive flock on a run folder's lock file (RunFolder.lock) for the life of a run, so two processes never
+    write one run folder.
 
     The kernel drops a flock when its process dies (even by SIGKILL), so a crashed run never leaves the folder
     locked; the file's text (pid, host) only serves the error message. Under torchrun only rank 0 takes it."""
 
-    def __init__(self, out_dir: str | Path):
-        self.path = Path(out_dir) / ".lock"
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
         self._file = None
 
     def __enter__(self) -> "RunLock":
@@ -111,7 +125,7 @@ class RunLock:
             raise OutputError(f"{self.path.parent} is in use by another run ({holder}); wait for it to finish, or "
                               "pick another output dir with hydra.run.dir=<dir>") from None
         except OSError as e:  # a file system without flock (some network mounts): run, but say it's unguarded
-            warnings.warn(f"cannot lock {self.path} ({e.strerror}); nothing stops a second run from writing here")
+            warn(f"cannot lock {self.path} ({e.strerror}); nothing stops a second run from writing here")
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")

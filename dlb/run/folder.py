@@ -1,5 +1,5 @@
-"""The files of a run folder, defined once: written by the trainer, read by the report, the teacher search and the
-demo.
+"""A run folder, defined once: RunFolder names every file in it and writes and reads them, for the trainer, the
+report, the teacher search and the demo.
 
   config.json        the resolved config this folder's run uses (written once the trainer's checks have passed)
   summary.json       Summary: status and results so far, rewritten at the start, after every epoch and at the end
@@ -7,25 +7,28 @@ demo.
   environment.json   versions, device, code commit
   train.log          the start-up line, progress and every epoch line
   .hydra/            the composed config and the command-line overrides
-  checkpoints/       last.pt, prev.pt, best.pt
+  checkpoints/       last.pt (prev.pt: the one before it, until the new one is on disk), best.pt
+  .lock              held by the run writing the folder (dlb.run.checkpoint.RunLock)
   noisy_labels.pt    under label noise: the labels trained on
+  wandb_id.txt       logger=wandb: the W&B run this folder logs to, so a resumed run continues it
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-CONFIG, SUMMARY, METRICS, ENVIRONMENT, LOG = "config.json", "summary.json", "metrics.jsonl", "environment.json", \
-    "train.log"
+from dlb import metrics
+from dlb.run import checkpoint
 
 
 @dataclass
 class MetricsRow:
-    """One epoch. `train_<term>` columns hold the method's loss terms and diagnostics (train_ce, train_kd,
-    train_consistency, ...): `terms` here, flattened into the row."""
+    """One epoch. `test` holds the value of every metric of dlb.metrics.METRICS by name (`test_<name>` columns);
+    `terms` the method's loss terms and diagnostics (`train_<term>` columns: train_ce, train_kd, ...)."""
     epoch: int
     lr: float
     train_loss: float
@@ -33,16 +36,18 @@ class MetricsRow:
     train_time_s: float
     train_img_per_s: float
     train_images: int
-    test_acc: float
-    test_err: float
-    test_nll: float
-    test_ece: float
+    test: dict[str, float]
     test_n: int
     eval_time_s: float
     terms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        row = {k: v for k, v in dataclasses.asdict(self).items() if k != "terms"}
+        row = {}
+        for k, v in dataclasses.asdict(self).items():
+            if k == "test":
+                row.update({f"test_{m.name}": v[m.name] for m in metrics.METRICS})
+            elif k != "terms":
+                row[k] = v
         return {**row, **{f"train_{k}": v for k, v in self.terms.items()}}
 
 
@@ -63,10 +68,8 @@ class Summary:
     best_test_acc: Optional[float] = None  # best over epochs: what the official code reports
     best_test_err: Optional[float] = None
     best_epoch: Optional[int] = None
-    last_test_acc: Optional[float] = None
-    last_test_err: Optional[float] = None
-    last_test_nll: Optional[float] = None
-    last_test_ece: Optional[float] = None
+    # the last epoch's value of every metric of dlb.metrics.METRICS by name: `last_test_<name>` in summary.json
+    last_test: dict = field(default_factory=dict)
     train_time_s: float = 0.0
     peak_memory_bytes: Optional[int] = None
     num_params: Optional[int] = None
@@ -84,8 +87,19 @@ class Summary:
     device: str = ""
     environment: dict = field(default_factory=dict)  # versions, device name, threads, code commit
 
+    def __getattr__(self, name: str):  # summary.last_test_err: the field's value, None where not recorded
+        if name.startswith("last_test_") and name != "last_test_":
+            return self.__dict__.get("last_test", {}).get(name.removeprefix("last_test_"))
+        raise AttributeError(name)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = {}
+        for k, v in dataclasses.asdict(self).items():
+            if k == "last_test":
+                d.update({f"last_test_{m.name}": v.get(m.name) for m in metrics.METRICS})
+            else:
+                d[k] = v
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Summary":
@@ -93,8 +107,10 @@ class Summary:
         not a summary at all."""
         if not isinstance(d, dict):
             raise ValueError("summary is not a JSON object")
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"last_test"}
         known = {k: v for k, v in d.items() if k in names}
+        known["last_test"] = {m.name: d.get(f"last_test_{m.name}") for m in metrics.METRICS}
+        names |= {f"last_test_{m.name}" for m in metrics.METRICS}
         for f in dataclasses.fields(cls):
             if f.name not in known and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 known[f.name] = None
@@ -105,7 +121,7 @@ class Summary:
     @classmethod
     def read(cls, run_dir: str | Path) -> "Summary":
         """Raises OSError, ValueError (json.JSONDecodeError included) when the file is missing or unreadable."""
-        return cls.from_dict(json.loads((Path(run_dir) / SUMMARY).read_text()))
+        return cls.from_dict(json.loads(RunFolder(run_dir).summary.read_text()))
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -117,12 +133,104 @@ def write_json(path: Path, obj: Any) -> None:
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """metrics.jsonl rows; a line cut short by a killed process is skipped (the rows before it are still good)."""
-    rows = []
-    for line in (Path(run_dir) / METRICS).read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return RunFolder(run_dir).read_metrics()
+
+
+class RunFolder:
+    """A run's output folder: the path of each of its files (the module docstring), and their writing and reading.
+    Checkpoints go through dlb.run.checkpoint (atomic writes, prev.pt rotation, fallback on load)."""
+
+    CONFIG, SUMMARY, METRICS, ENVIRONMENT, LOG = "config.json", "summary.json", "metrics.jsonl", "environment.json", \
+        "train.log"
+    HYDRA, HYDRA_CONFIG, HYDRA_OVERRIDES = ".hydra", "config.yaml", "overrides.yaml"
+    CHECKPOINTS, LAST, PREV, BEST = "checkpoints", "last.pt", "prev.pt", "best.pt"
+    LOCK, NOISY_LABELS, WANDB_ID = ".lock", "noisy_labels.pt", "wandb_id.txt"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        p, ckpt = self.path, self.path / self.CHECKPOINTS
+        self.config, self.summary, self.metrics = p / self.CONFIG, p / self.SUMMARY, p / self.METRICS
+        self.environment, self.log, self.lock_file = p / self.ENVIRONMENT, p / self.LOG, p / self.LOCK
+        self.noisy_labels, self.wandb_id = p / self.NOISY_LABELS, p / self.WANDB_ID
+        self.hydra_config, self.hydra_overrides = (p / self.HYDRA / self.HYDRA_CONFIG,
+                                                   p / self.HYDRA / self.HYDRA_OVERRIDES)
+        self.checkpoints, self.last, self.prev, self.best = ckpt, ckpt / self.LAST, ckpt / self.PREV, ckpt / self.BEST
+        self.loaded_from: Path | None = None  # the checkpoint load_checkpoint read
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # --- checkpoints
+    def lock(self) -> checkpoint.RunLock:
+        return checkpoint.RunLock(self.lock_file)
+
+    def save_checkpoint(self, state: dict) -> Path:
+        return checkpoint.save_checkpoint(state, self.last, self.prev)
+
+    def load_checkpoint(self) -> dict | None:
+        state, self.loaded_from = checkpoint.load_checkpoint(self.last, self.prev)
+        return state
+
+    def set_aside_unreadable_last(self) -> None:
+        """After a load fell back to prev.pt: rename the unreadable last.pt aside, so the next save's rotation keeps
+        the good prev.pt instead of putting the unreadable file under its name."""
+        if self.loaded_from == self.prev and self.last.exists():
+            checkpoint.set_aside(self.last)
+
+    def has_checkpoints(self) -> bool:
+        return any(self.checkpoints.glob("*.pt"))
+
+    def save_best(self, state: dict) -> None:
+        checkpoint.atomic_save(state, self.best)
+
+    # --- the files describing the run
+    def write_run_files(self, *, environment: dict, config: dict, cfg, overrides: list[str] | None,
+                        noise_record: dict | None) -> None:
+        """environment.json, config.json, .hydra/ and noisy_labels.pt, written once the run's checks have passed."""
+        from omegaconf import OmegaConf
+
+        write_json(self.environment, environment)
+        write_json(self.config, config)
+        self.hydra_config.parent.mkdir(exist_ok=True)
+        OmegaConf.save(cfg, self.hydra_config)
+        if overrides is not None:
+            OmegaConf.save(OmegaConf.create(list(overrides)), self.hydra_overrides)
+        if noise_record is not None:
+            checkpoint.atomic_save(noise_record, self.noisy_labels)
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.summary, summary)
+
+    def read_config(self) -> dict:
+        return json.loads(self.config.read_text())
+
+    def add_log_line(self, line: str) -> None:
+        with open(self.log, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+    # --- metrics.jsonl
+    def start_metrics(self, rows: list[dict]) -> None:
+        """Rewrite metrics.jsonl with `rows` (a resumed run's history: rows after its checkpoint never happened)."""
+        with open(self.metrics, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    def add_metrics(self, row: dict) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def read_metrics(self) -> list[dict]:
+        rows = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows
+
+
+# The file names as module constants, for readers that take them from here.
+CONFIG, SUMMARY, METRICS, ENVIRONMENT, LOG = (RunFolder.CONFIG, RunFolder.SUMMARY, RunFolder.METRICS,
+                                              RunFolder.ENVIRONMENT, RunFolder.LOG)

@@ -1,6 +1,7 @@
 """What identifies a run: the config keys that change what is computed, and the data it was computed on.
 
-Every other config key only changes placement, speed or logging (FREE_KEYS). This one list decides
+Every other config key only changes placement, speed or logging (FREE_KEYS, and the options each method declares
+speed-only: Method.speed_only_options). This one list decides
   * whether a run folder may be resumed by a command (the trainer refuses one whose identity differs),
   * which runs the report averages as seeds of one table cell (same identity but the seed),
   * which CE run tfkd_self takes as its teacher (same identity but the method),
@@ -25,7 +26,6 @@ FREE_KEYS = (
     "trainer.device", "trainer.jobs_per_gpu", "trainer.progress", "trainer.eval_batch_size", "trainer.save_best",
     "trainer.threads", "trainer.compile", "trainer.channels_last", "optim.fused", "trainer.faithful",  # speed
     "trainer.keep_heap",
-    "method.backward",  # DLB's split backward: the same gradient with half the activation memory
     "method_info",  # config.json: what the method resolved itself (tfkd_self's teacher, found by identity)
 )
 # The parts of the identity already spelled out by the cell's folder (dataset/backbone/method[+augment][+noise]).
@@ -49,8 +49,13 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def is_free(key: str) -> bool:
-    return key.startswith("_") or any(key == f or key.startswith(f + ".") for f in FREE_KEYS)
+def is_free(key: str, method: str | None = None) -> bool:
+    """Whether `key` never changes what a run of `method` computes."""
+    from dlb.methods.base import METHODS  # (here: the methods' package imports the teacher search, which imports us)
+
+    speed_only = METHODS[method].speed_only_options if method in METHODS else ()
+    return key.startswith("_") or any(key == f or key.startswith(f + ".") for f in FREE_KEYS) or \
+        key.removeprefix("method.") in speed_only
 
 
 def has_noise(name: str, rate: float) -> bool:
@@ -61,7 +66,9 @@ def identity(config: dict) -> dict:
     """The flattened config keys that change what a run computes (config: the resolved config as a dict).
     Without label noise (noise=none, or a rate of 0, which flips no label) the noise keys compute nothing, so they
     are left out too: a noise sweep's 0% runs are the clean runs of other grids."""
-    ident = {k: v for k, v in flatten(config).items() if not is_free(k) and not (k in NEUTRAL and v == NEUTRAL[k])}
+    flat = flatten(config)
+    ident = {k: v for k, v in flat.items()
+             if not is_free(k, flat.get("method.name")) and not (k in NEUTRAL and v == NEUTRAL[k])}
     if not has_noise(ident.get("noise.name", "none"), ident.get("noise.rate", 0)):
         ident = {k: v for k, v in ident.items() if not k.startswith("noise.")}
     return ident

@@ -5,7 +5,6 @@ Like timm's update_summary, one call writes the same row everywhere. W&B is best
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import warnings
@@ -45,12 +44,11 @@ def wandb_mode(requested: str | None) -> str:
 
 
 class RunLogger:
-    def __init__(self, out_dir: Path, cfg: dict, *, name: str, group: str, resume_rows: list[dict]):
-        self.out_dir = Path(out_dir)
-        self.metrics_path = self.out_dir / "metrics.jsonl"
+    def __init__(self, folder, cfg: dict, *, name: str, group: str, resume_rows: list[dict]):
+        """`folder`: the run's RunFolder (dlb.run.folder)."""
+        self.folder = folder
         # Rewrite the file from the checkpoint's history: rows of epochs after the checkpoint never happened.
-        with open(self.metrics_path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in resume_rows)
+        folder.start_metrics(resume_rows)
         self.wandb = None
         lcfg = cfg["logger"]
         if lcfg["name"] == "wandb":
@@ -58,7 +56,7 @@ class RunLogger:
 
     def _start_wandb(self, lcfg: dict, cfg: dict, *, name: str, group: str) -> None:
         mode = wandb_mode(lcfg.get("mode"))
-        id_file = self.out_dir / "wandb_id.txt"
+        id_file = self.folder.wandb_id
         try:
             import wandb
 
@@ -66,15 +64,13 @@ class RunLogger:
             id_file.write_text(run_id)
             self.wandb = wandb.init(project=lcfg["project"], entity=lcfg.get("entity"), group=group, name=name,
                                     tags=list(lcfg.get("tags") or []), config=cfg, id=run_id, resume="allow",
-                                    dir=str(self.out_dir), mode=mode)
+                                    dir=str(self.folder.path), mode=mode)
         except Exception as e:  # never let W&B stop a run
             warnings.warn(f"W&B could not start ({type(e).__name__}: {e}); continuing with local files only")
             self.wandb = None
 
     def log(self, row: dict) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
+        self.folder.add_metrics(row)
         self._wandb_call("log", row, step=row.get("epoch"))
 
     def summary(self, summary: dict) -> None:

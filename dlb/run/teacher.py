@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from dlb.run import folder as runfiles
+from dlb.run.folder import RunFolder
 from dlb.run import identity as runid
 from dlb.errors import ConfigError
 from dlb.models import build_model
@@ -35,7 +36,7 @@ def _matches(run_dir: Path, identity: dict, data: dict | None) -> bool:
     and subset, recipe, augmentation, label noise, backbone and seed), trained on the same data where both know it."""
     try:
         summary = runfiles.Summary.read(run_dir)
-        config = json.loads((run_dir / runfiles.CONFIG).read_text())
+        config = runfiles.RunFolder(run_dir).read_config()
     except (OSError, ValueError, TypeError):
         return False  # a run being written right now, or not ours
     if summary.method != "ce" or summary.status != "completed":
@@ -86,21 +87,22 @@ def _train_command(run_cfg, root: Path) -> str:
 
 
 def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, data: dict | None = None) -> Path:
-    """checkpoints/best.pt of the one completed CE run under search_root(...) matching this run (see _matches);
+    """The best-weights checkpoint (RunFolder.best) of the one completed CE run under search_root(...) matching this run (see _matches);
     `data`: this run's data fingerprint."""
     from omegaconf import OmegaConf
 
     root = search_root(out_dir, teacher_root)
     identity = _without_method(runid.identity(OmegaConf.to_container(run_cfg, resolve=True, enum_to_str=True)))
-    found = [run_dir / "checkpoints" / "best.pt" for run_dir in sorted(p.parent for p in root.glob("**/summary.json"))
-             if (run_dir / "checkpoints" / "best.pt").is_file() and _matches(run_dir, identity, data)]
+    runs = [RunFolder(p.parent) for p in sorted(root.glob(f"**/{RunFolder.SUMMARY}"))]
+    found = [run.best for run in runs if run.best.is_file() and _matches(run.path, identity, data)]
     found = [p.resolve() for p in found]
     what = (f"completed CE run with dataset={run_cfg.dataset.name} backbone={run_cfg.backbone.name} "
             f"seed={run_cfg.seed} and this run's other settings")
     if not found:
-        raise ConfigError(f"method.teacher=auto: found no {what} (and its checkpoints/best.pt) in "
-                          f"{root}/**/summary.json; train it first: {_train_command(run_cfg, root)}  (or set "
-                          "method.teacher=<best.pt or run dir>, method.teacher_root=<dir to search>)")
+        best = f"{RunFolder.CHECKPOINTS}/{RunFolder.BEST}"
+        raise ConfigError(f"method.teacher=auto: found no {what} (and its {best}) in "
+                          f"{root}/**/{RunFolder.SUMMARY}; train it first: {_train_command(run_cfg, root)}  (or set "
+                          f"method.teacher=<{RunFolder.BEST} or run dir>, method.teacher_root=<dir to search>)")
     if len(found) > 1:
         raise ConfigError(f"method.teacher=auto: {len(found)} runs match ({what}) under {root}: "
                           f"{', '.join(str(p) for p in found)}; pick one with method.teacher=<path>")
@@ -108,12 +110,13 @@ def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, data: dict | 
 
 
 def checkpoint_file(teacher: str | Path) -> Path:
-    """The checkpoint a method.teacher path names: the file itself, or a run dir's checkpoints/best.pt."""
+    """The checkpoint a method.teacher path names: the file itself, or a run dir's best weights (RunFolder.best)."""
     path = Path(teacher).expanduser()
     if path.is_dir():
-        path = path / "checkpoints" / "best.pt"
+        path = RunFolder(path).best
     if not path.is_file():
-        raise ConfigError(f"method.teacher={teacher}: no checkpoint at {path}; give a best.pt, a run dir, or auto")
+        raise ConfigError(f"method.teacher={teacher}: no checkpoint at {path}; give a {RunFolder.BEST}, a run dir, or "
+                          "auto")
     return path.resolve()
 
 
