@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dlb import REPO  # noqa: E402
-from scripts.bench import defaults, official, throughput  # noqa: E402
+from scripts.bench import modes, official  # noqa: E402
 from scripts.bench.cli import parser  # noqa: E402
 from scripts.bench.tables import stop_on_sigterm  # noqa: E402
 
@@ -54,9 +54,9 @@ def main(argv=None) -> int:
     if a.out is None:
         a.out = REPO / "results" / "bench" / (f"{kind}_{mode}" if mode in ("vs_official", "eval_batch")
                                               else f"{kind}_{a.backbone}_b{a.batch_size}_{mode}")
-    run = {"vs_official": official.run_vs_official, "compile_cost": defaults.run_compile_cost,
-           "keep_heap": defaults.run_keep_heap, "eval_batch": defaults.run_eval_batch, "speed": throughput.run_speed,
-           "jobs": throughput.run_jobs, "throughput": throughput.run_throughput}[mode]
+    run = {"vs_official": official.run_vs_official, "compile_cost": modes.run_compile_cost,
+           "keep_heap": modes.run_keep_heap, "eval_batch": modes.run_eval_batch, "speed": modes.run_speed,
+           "jobs": modes.run_jobs, "throughput": modes.run_throughput}[mode]
     run(a, command)
     return 0
 

@@ -156,10 +156,9 @@ def measure_pair(ca: dict, cb: dict, data, tmp: str) -> dict:
 
 
 def measure(c: dict, data, tmp: str) -> dict:
-    res: dict = {"method": c["method"], "keep_heap": c.get("keep_heap", "auto")}
     trainer, cfg = make_trainer(c, tmp, data)
     dev = trainer.device
-    res["device"] = str(dev)
+    res: dict = {"method": c["method"], "keep_heap": c.get("keep_heap", "auto"), "device": str(dev)}
     rss_before = _rss_bytes()
     step, timed_steps = make_step(trainer, c)
     # (a) the model-only step
@@ -168,7 +167,6 @@ def measure(c: dict, data, tmp: str) -> dict:
     sync(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-
     # Step, loop, step again (A B A): the loop is compared with the steps around it, so a drift in the machine's
     # load during the run cancels to first order.
     res["step_img_per_s_runs"] = [timed_steps() for _ in range(c["repeats"])]
@@ -176,7 +174,6 @@ def measure(c: dict, data, tmp: str) -> dict:
         saved = saved_for_backward_bytes(step, exclude=trainer.model.parameters())
         res["saved_activation_bytes"], res["peak_saved_activation_bytes"] = saved["total"], saved["peak"]
     res["method_state_bytes"] = method_state_bytes(trainer.method)
-
     # (b) the full loop: Trainer.train_epoch, each repeat a new epoch of `steps` steps
     if c.get("barrier"):
         _wait_barrier(*c["barrier"])
@@ -199,8 +196,7 @@ def measure(c: dict, data, tmp: str) -> dict:
         res["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
     res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     res["rss_growth_bytes"] = res["peak_rss_bytes"] - rss_before
-
-    # (f) evaluation throughput
+    # (c) evaluation throughput
     if c["eval"]:
         evaluate(trainer.model, trainer.test_loader, 1, trainer.autocast)  # warm-up
         evals = []
@@ -239,11 +235,9 @@ def measure_compile_cost(c: dict, data, tmp: str) -> dict:
             trainer.train_epoch(epoch)
             walls.append(time.perf_counter() - t0)
         res[mode] = {"epoch_s": walls, "steps": trainer.step // 2}
-    steps = res["none"]["steps"]
-    res["compile_s"] = (res["default"]["epoch_s"][0] - res["default"]["epoch_s"][1]) - (
-        res["none"]["epoch_s"][0] - res["none"]["epoch_s"][1])
-    res["eager_s_per_step"] = res["none"]["epoch_s"][1] / steps
-    res["compiled_s_per_step"] = res["default"]["epoch_s"][1] / steps
+    steps, (c0, c1), (e0, e1) = res["none"]["steps"], res["default"]["epoch_s"], res["none"]["epoch_s"]
+    res["compile_s"] = (c0 - c1) - (e0 - e1)
+    res["eager_s_per_step"], res["compiled_s_per_step"] = e1 / steps, c1 / steps
     saved = res["eager_s_per_step"] - res["compiled_s_per_step"]
     res["repaid_after_steps"] = res["compile_s"] / saved if saved > 0 else None
     return res

@@ -72,7 +72,6 @@ def write_synthetic_cifar100(root: Path, n_train: int, n_test: int) -> dict:
 
 
 OFFICIAL_WORKERS = 16  # the official scripts' --num_workers default (dlb.py/base.py L22)
-# --contenders: every row by default
 CONTENDERS = ("official", "official-workers", "ours", "ours-full", "ours-heap-off", "faithful", "ours-bf16")
 
 
@@ -128,11 +127,8 @@ def run_vs_official(a, command: str) -> None:
     official = Path(a.vs_official).resolve()
     if not (official / "dlb.py").is_file() or not (official / "base.py").is_file():
         sys.exit(f"benchmark: {official} holds no dlb.py/base.py of github.com/Meta-knowledge-Lab/DLB")
-    m = machine("cpu")
-    m["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS", "unset")
-    methods = a.methods.split(",")
-    workers = a.pil_workers
-    contenders = a.contenders.split(",")
+    m = machine("cpu") | {"omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")}
+    methods, workers, contenders = a.methods.split(","), a.pil_workers, a.contenders.split(",")
     if "official" not in contenders or set(contenders) - set(CONTENDERS):
         sys.exit(f"benchmark: --contenders {a.contenders}: choose from {','.join(CONTENDERS)}, official included "
                  "(the ratios are against it)")

@@ -50,7 +50,6 @@ def mb(x) -> str:
 def header(m: dict, a, command: str, title: str, settings: str | None = None) -> str:
     """The table's first lines: command, machine and its load at start, code; `settings` replaces the line describing
     the in-memory step/loop measurement."""
-    dev = device_label(m, a.device)
     busy = (" (other jobs were running: absolute CPU figures are pessimistic, ratios within one run are the "
             "comparable numbers)" if m["load_avg_1m_at_start"] >= 0.5 * (m["cpu_count"] or 1) else "")
     if settings is None:
@@ -62,10 +61,9 @@ def header(m: dict, a, command: str, title: str, settings: str | None = None) ->
     return (f"## {title}\n\n"
             f"- command: `{command}`\n- machine: {m['host']}, {m['cpu']} ({m['cpu_count']} cores, torch threads "
             f"{m['torch_threads']}){', GPU ' + m['gpu'] if m.get('gpu') else ''}; load average "
-            f"{m['load_avg_1m_at_start']} at start{busy}\n"
-            f"- device: {dev}; torch {m['torch']}{', CUDA ' + m['cuda'] if m.get('cuda') else ''}; {m['date']}; "
-            f"code {m.get('git_commit', 'unknown')[:10]}{' (uncommitted changes)' if m.get('git_dirty') else ''}\n"
-            f"- settings: {settings}\n")
+            f"{m['load_avg_1m_at_start']} at start{busy}\n- device: {device_label(m, a.device)}; torch {m['torch']}"
+            f"{', CUDA ' + m['cuda'] if m.get('cuda') else ''}; {m['date']}; code {m.get('git_commit', 'unknown')[:10]}"
+            f"{' (uncommitted changes)' if m.get('git_dirty') else ''}\n- settings: {settings}\n")
 
 
 def write_outputs(out: Path, md: str, payload: dict, quiet: bool = False) -> None:
