@@ -19,12 +19,13 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from dlb.bench import THROUGHPUT_FILE
 from dlb.config import compose
 from dlb.data.datasets import TRAIN_SIZES
 from dlb.methods import METHODS
 
 from dlb import REPO  # noqa: E402
+
+THROUGHPUT_FILE = REPO / "results" / "bench" / "throughput.json"  # written by scripts/benchmark.py
 
 
 def _values(key: str, value: str) -> list[str]:

@@ -36,36 +36,28 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dlb import bench  # noqa: E402
+from dlb import REPO  # noqa: E402
+from scripts.bench import modes, official  # noqa: E402
+from scripts.bench.cli import parser  # noqa: E402
+from scripts.bench.tables import stop_on_sigterm  # noqa: E402
 
 
 def main(argv=None) -> int:
-    a = bench.parser(__doc__).parse_args(argv)
+    a = parser(__doc__).parse_args(argv)
     if a.warmup < 1:
         sys.exit("benchmark: --warmup must be >= 1 (DLB's first step has no last batch; compile happens there)")
-    bench.stop_on_sigterm()
+    stop_on_sigterm()
     command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     kind = "cuda" if a.device.startswith("cuda") else "cpu"
-    mode = ("speed" if a.speed else "jobs" if a.jobs else "compile_cost" if a.compile_cost
-            else "keep_heap" if a.keep_heap else "vs_official" if a.vs_official
-            else "eval_batch" if a.eval_batch_sizes else "throughput")
+    mode = ("vs_official" if a.vs_official else "compile_cost" if a.compile_cost else "keep_heap" if a.keep_heap
+            else "eval_batch" if a.eval_batch_sizes else "speed" if a.speed else "jobs" if a.jobs else "throughput")
     if a.out is None:
-        a.out = bench.REPO / "results" / "bench" / (f"{kind}_{mode}" if mode in ("vs_official", "eval_batch")
-                                                    else f"{kind}_{a.backbone}_b{a.batch_size}_{mode}")
-    if a.vs_official:
-        bench.run_vs_official(a, command)
-    elif a.compile_cost:
-        bench.run_compile_cost(a, command)
-    elif a.keep_heap:
-        bench.run_keep_heap(a, command)
-    elif a.eval_batch_sizes:
-        bench.run_eval_batch(a, command)
-    elif a.speed:
-        bench.run_speed(a, command)
-    elif a.jobs:
-        bench.run_jobs(a, command)
-    else:
-        bench.run_throughput(a, command)
+        a.out = REPO / "results" / "bench" / (f"{kind}_{mode}" if mode in ("vs_official", "eval_batch")
+                                              else f"{kind}_{a.backbone}_b{a.batch_size}_{mode}")
+    run = {"vs_official": official.run_vs_official, "compile_cost": modes.run_compile_cost,
+           "keep_heap": modes.run_keep_heap, "eval_batch": modes.run_eval_batch, "speed": modes.run_speed,
+           "jobs": modes.run_jobs, "throughput": modes.run_throughput}[mode]
+    run(a, command)
     return 0
 
 
