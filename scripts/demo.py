@@ -39,6 +39,7 @@ from dlb.device.placement import resolve_device  # noqa: E402
 from dlb.device.speed import native_bf16  # noqa: E402
 from dlb.errors import ConfigError, DatasetError  # noqa: E402
 from dlb.run.folder import CONFIG, Summary, read_metrics  # noqa: E402
+from dlb.train import EXIT_INTERRUPTED, EXIT_PREEMPTED, load_config  # noqa: E402
 
 IMPORT_S = time.perf_counter() - STARTED  # what each training process also spends before its first step
 METHODS = ("ce", "dlb")
@@ -156,7 +157,6 @@ def step_seconds(overrides: list[str], warmup: int = 2, steps: int = 5) -> tuple
     from dlb.device.placement import set_threads
     from dlb.device.speed import build_optimizer, keep_heap, resolve_speed
     from dlb.methods import build_method
-    from dlb.train import load_config
 
     torch.manual_seed(0)
     per_step, cfg = {}, None
@@ -261,19 +261,24 @@ def train(method: str, cmd: list[str], next_ratio: float | None) -> None:
     time / this run's) at the same start-up time and scaled epoch time."""
     start, first_line_at, refined = time.perf_counter(), None, False
     with subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            first_line_at = first_line_at or time.perf_counter()  # the start-up line: data loaded, model built
-            m = re.match(r"epoch (\d+)/(\d+)  ", line)
-            if m and not refined:
-                refined = True
-                epoch_s, epochs = time.perf_counter() - first_line_at, int(m[2])
-                rest = (epochs - int(m[1])) * epoch_s
-                if next_ratio is not None:
-                    rest += first_line_at - start + epochs * epoch_s * next_ratio
-                say(f"estimate: about {_clock(rest)} left ({method.upper()}'s first epoch took {_clock(epoch_s)})")
+        try:
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                first_line_at = first_line_at or time.perf_counter()  # the start-up line: data loaded, model built
+                m = re.match(r"epoch (\d+)/(\d+)  ", line)
+                if m and not refined:
+                    refined = True
+                    epoch_s, epochs = time.perf_counter() - first_line_at, int(m[2])
+                    rest = (epochs - int(m[1])) * epoch_s
+                    if next_ratio is not None:
+                        rest += first_line_at - start + epochs * epoch_s * next_ratio
+                    say(f"estimate: about {_clock(rest)} left ({method.upper()}'s first epoch took {_clock(epoch_s)})")
+        except KeyboardInterrupt:  # Ctrl-C reached the run too: it saves its position and stops
+            proc.wait()
+    if proc.returncode in (EXIT_PREEMPTED, EXIT_INTERRUPTED):  # the run saved its position before stopping
+        sys.exit(f"demo: the {method.upper()} run stopped; run the same command again to continue where it stopped")
     if proc.returncode:
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
+        sys.exit(f"demo: the {method.upper()} run failed with exit code {proc.returncode} (the lines above say why)")
 
 
 def main(overrides: list[str]) -> None:

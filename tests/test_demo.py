@@ -182,3 +182,12 @@ def test_demo_with_overrides_runs(tmp_path):
     finally:
         for f in folders:
             shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("code,says", [(75, "run stopped; run the same command again"), (2, "failed with exit code 2")])
+def test_a_stopped_or_failed_run_ends_the_demo_in_one_line(capsys, code, says):
+    demo = load_demo()
+    with pytest.raises(SystemExit) as stop:
+        demo.train("dlb", [sys.executable, "-c", f"print('epoch 1/2  loss 1'); raise SystemExit({code})"], None)
+    assert says in str(stop.value.code) and "\n" not in str(stop.value.code)
+    assert capsys.readouterr().out.splitlines()[0] == "epoch 1/2  loss 1"
