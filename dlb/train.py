@@ -39,6 +39,14 @@ from dlb.groups import group_options, has_option, is_group
 
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 2, 3, 75, 130
 
+if __name__ != "__main__":
+    # Imported (the dlb-train script; a launcher's worker process, which composes the job's config before calling
+    # hydra_main): the structured schema now. `python -m dlb.train` registers it in main(), after the checks that
+    # need no torch.
+    from dlb.config import register_configs
+
+    register_configs()
+
 
 class JobFailed(Exception):
     """A multirun job's user error or divergence: already printed; the sweep goes on and exits with `code`."""
