@@ -25,6 +25,7 @@ define install_venv
 	$(PY) -m pip install -q -e ".[test]"
 	@$(PY) -c "import torch, torchvision, hydra, timm, wandb; print('installed: torch', torch.__version__, '| torchvision', torchvision.__version__, '| hydra', hydra.__version__, '| timm', timm.__version__, '| wandb', wandb.__version__)"
 	@touch $(INSTALLED)
+	@echo "Enter the environment (once per shell) to run the README's python commands: source $(VENV)/bin/activate"
 endef
 
 install: ## Create $(VENV) and install the package with pinned torch/torchvision/hydra/timm/wandb and test tools
@@ -33,13 +34,13 @@ install: ## Create $(VENV) and install the package with pinned torch/torchvision
 $(INSTALLED): pyproject.toml
 	$(install_venv)
 
-test: $(NEEDS_INSTALL) ## Run the test suite (CPU, a few minutes; slow tests at reduced size; installs on first use)
+test: $(NEEDS_INSTALL) ## Run the test suite (CPU, about 10-12 min on 2 cores; slow tests at reduced size; installs on first use)
 	$(TEST_ENV) $(PY) -m pytest -q
 
 test-all: $(NEEDS_INSTALL) ## Run the test suite including full-size slow tests
 	$(TEST_ENV) DLB_SLOW_FULL=1 $(PY) -m pytest -q
 
-demo: $(NEEDS_INSTALL) ## CE vs DLB on Fashion-MNIST (10k train images, resnet8), ~3 min on 2 CPU cores (ARGS="seed=1 ...")
+demo: $(NEEDS_INSTALL) ## CE vs DLB on Fashion-MNIST (10k train images, resnet8), ~3-5 min on 2 CPU cores (ARGS="seed=1 ...")
 	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py $(ARGS)
 
 train: ## The paper's default run on a GPU: CIFAR-100, ResNet-32, DLB (ARGS="..." adds overrides)

@@ -13,10 +13,11 @@ from typing import Any, List, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from dlb import CONFIGS  # noqa: F401  (defined in dlb/__init__.py; read here by dlb.train)
+from dlb import CONFIGS
 from dlb.data.augment import BatchAugment, CutMixViews
 from dlb.data.datasets import DATASETS
 from dlb.errors import ConfigError
+from dlb.groups import group_options  # noqa: F401  (read from configs/ and dlb/methods/ without torch)
 from dlb.data.loader import Augment, LoaderKind
 from dlb.run.loggers import LoggerName, WandbMode
 from dlb.methods import METHODS
@@ -164,18 +165,6 @@ def register_configs() -> None:
 def scale(x: float, num: float, den: float) -> float:
     """`${dlb_scale:x,num,den}` = x * (num / den), in that order (Tf-KD's lr * (batch_size / 128))."""
     return x * (num / den)
-
-
-def group_options(group: str) -> list[str]:
-    """The options of a config group: its YAML files in configs/<group>/ and its entries in Hydra's ConfigStore."""
-    register_configs()
-    stored = []
-    if group.split("/")[0] != "hydra":  # Hydra's own groups are not options of this package
-        try:
-            stored = [name.removesuffix(".yaml") for name in ConfigStore.instance().list(group)]
-        except IOError:  # no such group
-            pass
-    return sorted({p.stem for p in (CONFIGS / group).glob("*.yaml")} | set(stored))
 
 
 def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:

@@ -12,6 +12,10 @@ Exit codes (docs/reliability.md):
       command continues
 Under -m (multirun) a job with exit code 2 or 3 does not stop the sweep: its line is printed, the other jobs run,
 and the sweep exits with the first such code at the end. A stop signal stops the whole sweep (exit code 75).
+
+`--help`, an override Hydra cannot parse and an unknown config group option are answered before torch is imported
+(dlb/groups.py reads the options from configs/ and the method files' source); a config that needs the structured
+schema (a key's type or range) loads the methods, and so torch, first.
 """
 from __future__ import annotations
 
@@ -29,12 +33,19 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
                               OmegaConfBaseException)
 
-from dlb.run.checkpoint import WRITE_ERRNOS
-from dlb.config import CONFIGS, compose, group_options, register_configs, to_container, validate
+from dlb import CONFIGS
 from dlb.errors import ConfigError, DatasetError, Diverged, OutputError, Preempted, ResumeError
+from dlb.groups import group_options, has_option, is_group
 
-register_configs()
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 2, 3, 75, 130
+
+if __name__ != "__main__":
+    # Imported (the dlb-train script; a launcher's worker process, which composes the job's config before calling
+    # hydra_main): the structured schema now. `python -m dlb.train` registers it in main(), after the checks that
+    # need no torch.
+    from dlb.config import register_configs
+
+    register_configs()
 
 
 class JobFailed(Exception):
@@ -46,10 +57,6 @@ class JobFailed(Exception):
 
 
 # --- one line per user error ----------------------------------------------------------------------------------
-def _is_group(name: str) -> bool:
-    return bool(re.fullmatch(r"\w+(/\w+)*", name)) and bool(group_options(name))
-
-
 def _group_options(group: str) -> str:
     return ", ".join(group_options(group)) or f"the files in configs/{group}/"
 
@@ -64,6 +71,13 @@ def _config_groups() -> str:
 OmegaConf.register_new_resolver("dlb_config_groups", _config_groups, replace=True)
 
 
+def help_text() -> str:
+    """`--help`: configs/hydra/help/dlb.yaml's template, rendered here because Hydra composes the whole config (the
+    methods' schemas, and so torch) before printing its help."""
+    help_cfg = OmegaConf.load(CONFIGS / "hydra" / "help" / "dlb.yaml")
+    return OmegaConf.create({"hydra": {"help": help_cfg}}).hydra.help.template
+
+
 def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -75,9 +89,11 @@ def _override_for(key: str, overrides: Sequence[str]) -> str:
 
 
 def _culprit(overrides: Sequence[str]) -> tuple[str, str] | None:
-    """(override, why) for the first override Hydra can't take: unparsable, or a config group given anything but
-    an option name (Hydra answers those with a bare ValueError or TypeError that doesn't say which override)."""
+    """(override, why) for the first override Hydra can't take: unparsable, a config group given anything but an
+    option name (Hydra answers those with a bare ValueError or TypeError that doesn't say which override), or an
+    option that no config file or method has. Reads no schema, so it runs before torch is imported."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
 
     parser = OverridesParser.create()
     for o in overrides:
@@ -87,8 +103,14 @@ def _culprit(overrides: Sequence[str]) -> tuple[str, str] | None:
             return o, (f"not a valid override ({str(e).splitlines()[0]}); quote values with special characters, "
                        "e.g. key='a value'")
         key = parsed.key_or_group
-        if _is_group(key) and not parsed.is_sweep_override() and not isinstance(parsed.value(), str):
+        if not is_group(key) or parsed.is_delete() or key.split("/")[0] in ("hydra", "schema"):
+            continue
+        if not parsed.is_sweep_override() and not isinstance(parsed.value(), str):
             return o, f"{key} is a config group; use one of {_group_options(key)}"
+        value = parsed.value()
+        for option in value.list if isinstance(value, ChoiceSweep) else [value]:
+            if isinstance(option, str) and not has_option(key, option):
+                return o, f"no {key} config named {option!r}; use one of {_group_options(key)}"
     return None
 
 
@@ -101,7 +123,7 @@ def error_line(e: BaseException, overrides: Sequence[str] = ()) -> str:
     if isinstance(e, MissingConfigException):
         parts = (e.missing_cfg_file or "").split("/")
         # The longest leading part that is a config group folder: option names may hold slashes (noise=/tmp/x).
-        n = next((i for i in range(len(parts) - 1, 0, -1) if _is_group("/".join(parts[:i]))), 0)
+        n = next((i for i in range(len(parts) - 1, 0, -1) if is_group("/".join(parts[:i]))), 0)
         if n:
             group, option = "/".join(parts[:n]), "/".join(parts[n:])
             return f"{_override_for(group, overrides)}: no {group} config named {option!r}; use one of " \
@@ -135,6 +157,8 @@ def error_line(e: BaseException, overrides: Sequence[str] = ()) -> str:
 
 def check(cfg: DictConfig) -> None:
     """validate, and resolve every interpolation now: a bad ${...} fails here, not in the middle of a run."""
+    from dlb.config import to_container, validate
+
     try:
         validate(cfg)
         to_container(cfg)
@@ -148,6 +172,8 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     bad = _culprit(overrides)
     if bad is not None:
         raise ConfigError(f"{bad[0]}: {bad[1]}")
+    from dlb.config import compose
+
     try:
         cfg = compose(overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as e:  # Hydra raises ValueError for some overrides
@@ -177,6 +203,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except (ConfigError, DatasetError, ResumeError, OutputError) as e:
         _stop(EXIT_USER_ERROR, e)
     except OSError as e:
+        from dlb.run.checkpoint import WRITE_ERRNOS
+
         if e.errno not in WRITE_ERRNOS:
             raise
         _stop(EXIT_USER_ERROR, OutputError(f"cannot write {e.filename}: {e.strerror}; free some space or make it "
@@ -197,11 +225,17 @@ def main() -> None:
     error of the command line is one line and exit code 2 instead of Hydra's block of text."""
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user asked for tracebacks: let them through
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises its errors to us instead of printing them
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        print(help_text().rstrip())
+        return
     overrides = [a for a in sys.argv[1:] if not a.startswith("-") and ("=" in a or a.startswith("~"))]
     bad = _culprit(overrides)
     if bad is not None and not full_error:
         print(f"dlb: error: {bad[0]}: {bad[1]}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    from dlb.config import register_configs  # the structured schema: the methods' Config dataclasses, and torch
+
+    register_configs()
     try:
         hydra_main()
     except JobFailed as e:
@@ -214,6 +248,8 @@ def main() -> None:
         print(f"dlb: error: {error_line(e, overrides)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except OSError as e:  # Hydra creating the output dir
+        from dlb.run.checkpoint import WRITE_ERRNOS
+
         if full_error or _from_a_job(e) or e.errno not in WRITE_ERRNOS:
             raise
         print(f"dlb: error: cannot write {e.filename}: {e.strerror}; pick another output dir with "

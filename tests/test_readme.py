@@ -1,12 +1,12 @@
-"""The README's commands run as written (on tiny fake data where they need data): the 'DLB in your own training
-loop' example, the inspection commands, the sweep dry runs and the one-cell recipe (train, report, plot)."""
+"""The README's commands run as written after its set-up (`make install`, then the environment entered as the Quick
+start says), on tiny fake data where they need data: the 'DLB in your own training loop' example, the inspection
+commands, the sweep dry runs and the one-cell recipe (train, report, plot)."""
 from __future__ import annotations
 
 import os
 import re
 import shlex
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -53,12 +53,29 @@ def _readme_command(start: str) -> list[str]:
     raise AssertionError(f"README lost its command {start!r}")
 
 
+def _setup() -> list[str]:
+    """The Quick start's set-up lines, up to and including the one that enters the environment."""
+    quick = re.search(r"## Quick start.*?```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    lines = [line.split("#")[0].strip() for line in quick.group(1).splitlines()]
+    enter = next((i for i, line in enumerate(lines) if line.startswith("source ")), None)
+    assert enter is not None, "README's Quick start no longer says how to enter the environment"
+    return lines[:enter + 1]
+
+
+def test_readme_enters_the_environment_right_after_installing_it():
+    assert _setup() == ["make install", "source .venv/bin/activate"]
+
+
 def _run(cmd: list[str], tmp_path, env=None) -> subprocess.CompletedProcess:
-    """Run a README command with this interpreter, paths under multirun/ and reports/ moved into tmp_path; it must
-    succeed without a traceback."""
+    """Run a README command as a reader would, in a shell that entered the environment as the Quick start says, paths
+    under multirun/ and reports/ moved into tmp_path; it must succeed without a traceback."""
     assert cmd[0] == "python"
+    enter = _setup()[-1]
+    if not (REPO / enter.split()[-1]).is_file():
+        pytest.skip(f"no {enter.split()[-1]} here: the README's `make install` was not run in this checkout")
     args = [re.sub(r"(^|=)(multirun|reports)/", lambda m: f"{m[1]}{tmp_path}/{m[2]}/", a) for a in cmd[1:]]
-    r = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+    r = subprocess.run(["bash", "-c", f"{enter} && {shlex.join(['python', *args])}"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", **(env or {})})
     assert "Traceback (most recent call last)" not in r.stderr, r.stderr[-3000:]
     assert r.returncode == 0, f"{' '.join(cmd)}: exit {r.returncode}\n{r.stderr[-3000:]}"

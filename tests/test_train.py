@@ -142,3 +142,29 @@ def test_cli_run_writes_hydra_config(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / ".hydra" / "config.yaml").exists() and (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("args,code", [(["--help"], 0), (["dataset=nope"], 2), (["method=ce,nope"], 2),
+                                       (["method.T=["], 2), (["method=1"], 2)])
+def test_help_and_override_errors_answer_before_torch(args, code):
+    """--help, unparsable overrides and unknown group options are answered without importing torch (seconds
+    sooner on a busy machine); the import log shows every module the command loaded."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "dlb.train", *args], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "dlb.groups" in imported and "hydra" in imported  # (dlb.train itself runs as __main__)
+    assert not {"torch", "torchvision", "timm"} & imported
+    assert r.returncode == code, r.stderr[-2000:]
+    if code:  # one line naming the override
+        lines = [line for line in r.stderr.splitlines() if not line.startswith("import time:")]
+        assert len(lines) == 1 and lines[0].startswith(f"dlb: error: {args[0]}: "), lines
+    else:
+        assert "method: ce, cskd" in r.stdout and "--cfg job" in r.stdout and "$CONFIG" not in r.stdout
+
+
+def test_method_names_are_read_from_the_method_files_without_torch():
+    """The `method` group's options, read from the source for --help, are exactly the registry's keys."""
+    from dlb.groups import method_names
+    from dlb.methods import METHODS
+
+    assert method_names() == sorted(METHODS)
