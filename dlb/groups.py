@@ -1,8 +1,9 @@
 """The config groups a user picks from (dataset=, backbone=, method=, ...) and their options, read without importing
 torch: `python -m dlb.train --help` and a mistyped option answer before the training stack loads.
 
-A group's options are its YAML files in configs/<group>/; the `method` group's are the names the files in
-dlb/methods/ register with `@register_method("<name>")`, read from their source (importing them imports torch).
+A group's options are its YAML files in configs/<group>/; the `method` and `dataset` groups' are the names their
+files register (`@register_method("<name>")` in dlb/methods/, `@register_dataset("<name>", ...)` in
+dlb/data/datasets/, and in the files DLB_PLUGINS names), read from the source: importing them imports torch.
 """
 from __future__ import annotations
 
@@ -10,26 +11,32 @@ import ast
 import re
 from pathlib import Path
 
-from dlb import CONFIGS
+from dlb import CONFIGS, plugins
 
-METHODS_DIR = Path(__file__).resolve().parent / "methods"
+PACKAGE = Path(__file__).resolve().parent
+# group -> (the decorator that registers an option, the package folder of the repo's own options)
+REGISTERED = {"method": ("register_method", PACKAGE / "methods"),
+              "dataset": ("register_dataset", PACKAGE / "data" / "datasets")}
 
 
-def method_names() -> list[str]:
-    """Every `@register_method("<name>")` in dlb/methods/*.py: the registry's keys, without importing torch."""
+def registered_names(group: str) -> list[str]:
+    """Every `@<decorator>("<name>", ...)` of a registered group, in its package and the plugin files: the keys of
+    its registry (the tests check they agree), without importing torch."""
+    decorator, folder = REGISTERED[group]
     names = []
-    for path in sorted(METHODS_DIR.glob("*.py")):
+    for path in [*sorted(folder.glob("*.py")), *plugins.paths()]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ClassDef):
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
                 names += [d.args[0].value for d in node.decorator_list
-                          if isinstance(d, ast.Call) and getattr(d.func, "id", None) == "register_method"
+                          if isinstance(d, ast.Call) and getattr(d.func, "id", None) == decorator
                           and d.args and isinstance(d.args[0], ast.Constant)]
     return sorted(names)
 
 
 def group_options(group: str) -> list[str]:
-    """The options of a config group: its YAML files in configs/<group>/, and for `method` the registered methods."""
-    return sorted({p.stem for p in (CONFIGS / group).glob("*.yaml")} | set(method_names() if group == "method" else ()))
+    """The options of a config group: its YAML files in configs/<group>/ and, for a registered group, its names."""
+    registered = registered_names(group) if group in REGISTERED else []
+    return sorted({p.stem for p in (CONFIGS / group).glob("*.yaml")} | set(registered))
 
 
 def is_group(name: str) -> bool:
@@ -37,5 +44,5 @@ def is_group(name: str) -> bool:
 
 
 def has_option(group: str, option: str) -> bool:
-    """Whether `group=option` names a config: a YAML file (also in a subfolder: option `a/b`) or a method."""
-    return (CONFIGS / group / f"{option}.yaml").is_file() or (group == "method" and option in method_names())
+    """Whether `group=option` names a config: a YAML file (also in a subfolder: option `a/b`) or a registered name."""
+    return (CONFIGS / group / f"{option}.yaml").is_file() or (group in REGISTERED and option in registered_names(group))

@@ -35,7 +35,7 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, Interpolatio
 
 from dlb import CONFIGS
 from dlb.errors import ConfigError, DatasetError, Diverged, OutputError, Preempted, ResumeError
-from dlb.groups import group_options, has_option, is_group
+from dlb.groups import REGISTERED, group_options, has_option, is_group
 
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 2, 3, 75, 130
 
@@ -64,7 +64,7 @@ def _group_options(group: str) -> str:
 def _config_groups() -> str:
     """The user-facing config groups and their options, one line each, for `--help` (configs/hydra/help/dlb.yaml)."""
     groups = sorted({str(d.relative_to(CONFIGS)) for d in CONFIGS.rglob("*") if d.is_dir() and any(d.glob("*.yaml"))}
-                    | {"method", "dataset"})  # registered by their files in dlb/methods/, dlb/data/datasets/
+                    | set(REGISTERED))  # (their options are registered by files, not YAML)
     return "\n".join(f"{g}: {_group_options(g)}" for g in groups if g != "hydra" and not g.startswith("hydra/"))
 
 

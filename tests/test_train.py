@@ -162,9 +162,11 @@ def test_help_and_override_errors_answer_before_torch(args, code):
         assert "method: ce, cskd" in r.stdout and "--cfg job" in r.stdout and "$CONFIG" not in r.stdout
 
 
-def test_method_names_are_read_from_the_method_files_without_torch():
-    """The `method` group's options, read from the source for --help, are exactly the registry's keys."""
-    from dlb.groups import method_names
+def test_registered_names_are_read_from_the_files_without_torch():
+    """The `method` and `dataset` groups' options, read from the source for --help, are exactly the registries' keys."""
+    from dlb.data.datasets import DATASETS
+    from dlb.groups import registered_names
     from dlb.methods import METHODS
 
-    assert method_names() == sorted(METHODS)
+    assert registered_names("method") == sorted(METHODS)
+    assert registered_names("dataset") == sorted(DATASETS)
