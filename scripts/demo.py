@@ -38,7 +38,7 @@ from dlb.data.loader import Batch  # noqa: E402
 from dlb.device.placement import resolve_device  # noqa: E402
 from dlb.device.speed import native_bf16  # noqa: E402
 from dlb.errors import ConfigError, DatasetError  # noqa: E402
-from dlb.run.folder import CONFIG, Summary, read_metrics  # noqa: E402
+from dlb.run.folder import CONFIG, RunFolder, Summary, read_metrics  # noqa: E402
 from dlb.train import EXIT_INTERRUPTED, EXIT_PREEMPTED, load_config  # noqa: E402
 
 IMPORT_S = time.perf_counter() - STARTED  # what each training process also spends before its first step
@@ -142,7 +142,7 @@ def run_dir(method: str, overrides: list[str]) -> str:
 
 
 def epochs_done(method: str, overrides: list[str]) -> int:
-    summary = REPO / run_dir(method, overrides) / "summary.json"
+    summary = RunFolder(REPO / run_dir(method, overrides)).summary
     return json.loads(summary.read_text()).get("epochs_completed", 0) if summary.is_file() else 0
 
 

@@ -25,6 +25,7 @@ from dlb.analysis import stats
 from dlb.analysis.runs import (CELL, DIVERGED, SETTING, UNFINISHED, collect_runs, collect_wandb_runs,  # noqa: F401
                                compared, mean_std, setting_kind, sort_key, table)
 from dlb.methods import METHODS, comparisons, label
+from dlb.run.folder import RunFolder
 
 DEFAULT_PAPER = REPO / "results" / "paper" / "reference.yaml"
 
@@ -330,7 +331,7 @@ def parse_seeds(text: str) -> list[int]:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m dlb.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("roots", nargs="*", help="folders searched recursively for run folders (summary.json)")
+    p.add_argument("roots", nargs="*", help=f"folders searched recursively for run folders ({RunFolder.SUMMARY})")
     p.add_argument("--wandb", action="append", default=[], metavar="ENTITY/PROJECT", help="also read this W&B project")
     p.add_argument("--out", default=None, help="output folder (default: reports/<name>; results/ holds the "
                    "committed tables)")
@@ -350,8 +351,8 @@ def main(argv=None) -> int:
         runs, skipped = runs + r, skipped + s
     sources = [*args.roots, *(f"wandb:{w}" for w in args.wandb)]
     if not runs:
-        print(f"dlb.report: no runs found in {', '.join(sources)} (a run is a folder with summary.json and "
-              ".hydra/config.yaml, as dlb.train writes)", file=sys.stderr)
+        print(f"dlb.report: no runs found in {', '.join(sources)} (a run is a folder with {RunFolder.SUMMARY}, as "
+              "dlb.train writes)", file=sys.stderr)
         for s in skipped:
             print(f"  skipped {s['path']}: {s['reason']}", file=sys.stderr)
         return 2

@@ -151,23 +151,22 @@ def load_config(path: Path) -> dict:
 
 
 def load_run_dir(run_dir: Path) -> Run:
+    folder = runfiles.RunFolder(run_dir)
     try:
-        summary = json.loads((run_dir / runfiles.SUMMARY).read_text())
+        summary = json.loads(folder.summary.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SkipRun(f"unreadable summary.json ({type(e).__name__}: {e})") from None
-    # config.json is what the trainer ran with (written after its checks); .hydra/config.yaml can belong to a
+        raise SkipRun(f"unreadable {folder.SUMMARY} ({type(e).__name__}: {e})") from None
+    # config.json is what the trainer ran with (written after its checks); Hydra's config.yaml can belong to a
     # later command that was refused, so it is only the fallback (older runs, hand-made folders).
-    config_path = run_dir / runfiles.CONFIG
+    config_path = folder.config if folder.config.is_file() else folder.hydra_config
     if not config_path.is_file():
-        config_path = run_dir / ".hydra" / "config.yaml"
-    if not config_path.is_file():
-        raise SkipRun("no config.json or .hydra/config.yaml next to summary.json")
+        raise SkipRun(f"no {folder.CONFIG} or {folder.hydra_config.relative_to(run_dir)} next to {folder.SUMMARY}")
     try:
         config = json.loads(config_path.read_text()) if config_path.suffix == ".json" else load_config(config_path)
     except Exception as e:
         raise SkipRun(f"unreadable {config_path.relative_to(run_dir)} ({type(e).__name__}: {e})") from None
     run = make_run(str(run_dir), summary, config, lambda: runfiles.read_metrics(run_dir))
-    run.overrides = read_overrides(run_dir / ".hydra" / "overrides.yaml")
+    run.overrides = read_overrides(folder.hydra_overrides)
     return run
 
 
@@ -196,7 +195,7 @@ def collect_runs(roots) -> tuple[list[Run], list[dict]]:
         if not root.exists():
             skipped.append({"path": str(root), "reason": "root does not exist"})
             continue
-        for summary_path in sorted(root.rglob(runfiles.SUMMARY)):
+        for summary_path in sorted(root.rglob(runfiles.RunFolder.SUMMARY)):
             run_dir = summary_path.parent
             if run_dir.resolve() in seen:  # overlapping roots
                 continue

@@ -22,6 +22,7 @@ from dlb.data.datasets import CIFAR100_MEAN, CIFAR100_STD, ArrayDataset
 from dlb.device.memory import saved_for_backward_bytes
 from dlb.metrics import evaluate
 from dlb.models import build_model
+from dlb.build import build_run
 from dlb.trainer import Trainer
 
 RESULT_TAG = "BENCH_RESULT "
@@ -77,7 +78,8 @@ def method_spec(spec: str) -> tuple[str, list[str]]:
 
 
 def make_trainer(c: dict, out_dir: str, data):
-    """The one place the benchmark builds a Trainer: configuration c on the in-memory data."""
+    """The one place the benchmark builds a run (dlb.build, as every training run) and its Trainer: configuration c on
+    the in-memory data."""
     method, method_settings = method_spec(c["method"])
     overrides = ["dataset=cifar100", "dataset.root=unused", f"dataset.loader={c.get('loader', 'device')}",
                  f"dataset.num_workers={c['pil_workers']}", f"backbone={c['backbone']}", f"method={method}",
@@ -93,7 +95,7 @@ def make_trainer(c: dict, out_dir: str, data):
     cfg = compose(overrides)
     validate(cfg)
     OmegaConf.set_struct(cfg, False)
-    return Trainer(cfg, out_dir, data=data), cfg
+    return Trainer(build_run(cfg, out_dir, data=data)), cfg
 
 
 def make_step(trainer, c: dict):
