@@ -72,6 +72,12 @@ def estimate_hours(fixed: list[str], jobs: list[list[str]]) -> tuple[float | Non
     return (None if missing else total), sorted(missing)
 
 
+def _seed(overrides: list[str]) -> int:
+    """The seed a job runs with: its seed= override, else the config's default."""
+    given = [o.partition("=")[2] for o in overrides if o.startswith("seed=")]
+    return int(given[-1]) if given else int(compose([o for o in overrides if "," not in o]).seed)
+
+
 def stages(jobs: list[list[str]]) -> list[list[list[str]]]:
     methods = {o.split("=", 1)[1] for job in jobs for o in job if o.startswith("method=")}
     if not any(m in METHODS and METHODS[m].needs_teacher for m in methods) or "ce" not in methods:
@@ -97,10 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="Hydra overrides, at least experiment=<name>")
     p.add_argument("--run", action="store_true", help="launch the grid (default: print the plan only)")
     p.add_argument("--no-estimate", action="store_true", help="skip the training-time estimate")
+    p.add_argument("--part", metavar="I/N", help="only the jobs whose seed %% N == I: N processes side by side, each "
+                   "with its share of the seeds (a run several experiments share has one seed, so no two parts ever "
+                   "train the same run)")
     args = p.parse_intermixed_args(argv)
     if not any(o.startswith("experiment=") for o in args.overrides):
         p.error("name the experiment: experiment=<name> (see configs/experiment/)")
     fixed, jobs = plan(args.overrides)
+    if args.part:
+        i, _, n = args.part.partition("/")
+        if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+            p.error(f"--part {args.part}: use I/N with 0 <= I < N, e.g. --part 0/2 and --part 1/2")
+        jobs = [job for job in jobs if _seed(fixed + job) % int(n) == int(i)]
     parts = stages(jobs)
     for i, stage in enumerate(parts, 1):
         print(f"# stage {i}/{len(parts)}: {len(stage)} jobs")
@@ -120,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Training-time estimate: {hours:.1f} {kind} hours on {device} (measured img/s x images x epochs; "
                   "evaluation and start-up not included)" + ("; not a GPU figure: measure on the GPU with "
                   "scripts/benchmark.py --device cuda" if kind == "CPU" else ""))
-    if not args.run:
+    if not args.run or not jobs:  # (a part may hold none of the grid's seeds)
         return 0
     for stage in parts:
         cmd = [sys.executable, "-m", "dlb.train", "-m", *fixed, *_multirun_args(stage)]

@@ -50,5 +50,6 @@ def test_claims_target_runs_every_claim_experiment_into_one_folder():
     out = make("-n", "reproduce-claims-cpu", "PY=python3", "SWEEP_ROOT=/tmp/sw").stdout
     claims = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("cpu_claim[0-9]*.yaml"))
     assert len(claims) >= 5 and all(out.count(f" {e} ") + out.count(f" {e};") == 2 for e in claims), out
-    assert out.count("hydra.sweep.dir=/tmp/sw/cpu_claims") == 2 and "cpu_dlb_sensitivity" in out
-    assert "-m dlb.report /tmp/sw/cpu_claims --seeds 0,1,2" in out
+    assert out.count("hydra.sweep.dir=/tmp/sw/cpu_claims") == 4 and "cpu_dlb_sensitivity" in out
+    assert "--part 0/2" in out and "--part 1/2" in out  # two processes, each with its share of the seeds
+    assert "-m dlb.report /tmp/sw/cpu_claims --seeds 0,1,2,3,4" in out
