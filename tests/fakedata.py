@@ -7,49 +7,16 @@ compare them with what the loader returns.
 from __future__ import annotations
 
 import gzip
-import hashlib
-import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from dlb.data.datasets.cifar import write_py2_pickle
+
 
 # ---------------------------------------------------------------- CIFAR
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Pickles bytes as Python 2 `str` (BINSTRING opcodes), like the real CIFAR archives, which were
-    written by Python 2: loaded with encoding="latin1" their keys come back as str, with "bytes" as bytes."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
-
-def _py2(obj):
-    """Turn every str into bytes (a Python 2 str), recursively through dicts and lists."""
-    if isinstance(obj, str):
-        return obj.encode("latin1")
-    if isinstance(obj, dict):
-        return {_py2(k): _py2(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_py2(v) for v in obj]
-    return obj
-
-
-def _write_py2_pickle(path: Path, obj) -> str:
-    with open(path, "wb") as f:
-        _Py2Pickler(f, protocol=2).dump(_py2(obj))
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def fake_cifar_split(name: str, train: bool, n: int) -> tuple[np.ndarray, list[int]]:
@@ -83,19 +50,19 @@ def write_fake_cifar(root, name: str = "cifar10", n_train: int = 10, n_test: int
                  "data": train_data[index], "filenames": [f"img_{j}.png" for j in index]}
         if name == "cifar100":
             batch["coarse_labels"] = [label // 5 for label in batch[label_key]]
-        md5s[fname] = _write_py2_pickle(folder / fname, batch)
+        md5s[fname] = write_py2_pickle(folder / fname, batch)
     test_file = spec.test_list[0][0]
     batch = {"batch_label": "testing batch 1 of 1", label_key: test_labels, "data": test_data,
              "filenames": [f"test_{j}.png" for j in range(n_test)]}
     if name == "cifar100":
         batch["coarse_labels"] = [label // 5 for label in test_labels]
-    md5s[test_file] = _write_py2_pickle(folder / test_file, batch)
+    md5s[test_file] = write_py2_pickle(folder / test_file, batch)
 
     if name == "cifar10":
         meta = {"num_cases_per_batch": 10000, "label_names": cifar_class_names(name), "num_vis": 3072}
     else:
         meta = {"fine_label_names": cifar_class_names(name), "coarse_label_names": [f"super_{i}" for i in range(20)]}
-    md5s[spec.meta["filename"]] = _write_py2_pickle(folder / spec.meta["filename"], meta)
+    md5s[spec.meta["filename"]] = write_py2_pickle(folder / spec.meta["filename"], meta)
 
     if monkeypatch is not None:
         monkeypatch.setattr(spec, "train_list", [[f, md5s[f]] for f in train_files])

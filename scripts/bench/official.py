@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -19,32 +17,10 @@ import torchvision
 from dlb import REPO
 from dlb.config import compose
 from dlb.data.datasets import TRAIN_SIZES
+from dlb.data.datasets.cifar import write_py2_pickle
 from dlb.device.speed import resolve_speed
 
 from .tables import fmt, machine, publish
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Pickles bytes as Python 2 `str` (BINSTRING opcodes), as in the real CIFAR batches, written by Python 2: read
-    with encoding="latin1" (torchvision, dlb.data) their keys come back as str."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
-
-def _py2(obj):
-    """Every str as bytes (a Python 2 str), through dicts and lists."""
-    if isinstance(obj, dict):
-        return {_py2(k): _py2(v) for k, v in obj.items()}
-    return obj.encode("latin1") if isinstance(obj, str) else [_py2(v) for v in obj] if isinstance(obj, list) else obj
 
 
 def write_synthetic_cifar100(root: Path, n_train: int, n_test: int) -> dict:
@@ -64,8 +40,7 @@ def write_synthetic_cifar100(root: Path, n_train: int, n_test: int) -> dict:
     files[spec.meta["filename"]] = {"fine_label_names": [f"class_{i}" for i in range(100)],
                                     "coarse_label_names": [f"super_{i}" for i in range(20)]}
     for fname, obj in files.items():
-        with open(folder / fname, "wb") as f:
-            _Py2Pickler(f, protocol=2).dump(_py2(obj))
+        write_py2_pickle(folder / fname, obj)
     site = str(Path(__file__).resolve().parent / "site")
     return {**os.environ, "DLB_BENCH_CIFAR100": str(root),
             "PYTHONPATH": os.pathsep.join([site, os.environ.get("PYTHONPATH", "")])}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,37 @@ def _unpickle(path: Path) -> dict:
     with open(path, "rb") as f:
         entry = pickle.load(f, encoding="latin1")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Pickles bytes as Python 2 `str` (BINSTRING opcodes), as in the real CIFAR batches, written by Python 2: read
+    with encoding="latin1" (as _unpickle and torchvision do) their keys come back as str."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def _py2(obj):
+    """Every str as bytes (a Python 2 str), through dicts and lists."""
+    if isinstance(obj, dict):
+        return {_py2(k): _py2(v) for k, v in obj.items()}
+    return obj.encode("latin1") if isinstance(obj, str) else [_py2(v) for v in obj] if isinstance(obj, list) else obj
+
+
+def write_py2_pickle(path: Path, obj) -> str:
+    """Write `obj` as the CIFAR archives store a batch (a Python 2 pickle), for small CIFAR folders made elsewhere (the
+    tests' fake data, the benchmark's synthetic CIFAR-100); returns the file's md5."""
+    with open(path, "wb") as f:
+        _Py2Pickler(f, protocol=2).dump(_py2(obj))
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
 def _md5(path: Path) -> str:
