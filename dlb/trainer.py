@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from dlb.build import Run, build_run
+from dlb.config import to_container
 from dlb.data.datasets import ArrayDataset
 from dlb.device import distributed
 from dlb.device.memory import peak_memory_bytes
@@ -227,6 +228,8 @@ class Trainer:
         status, exit_code = "running", 1
         self._stop = StopSignals().install()
         self._say(self.startup_line(resumed))
+        if self.overrides is not None:  # (a run from the command line)
+            self._say(f"to continue this run after a stop: {self.folder.resume_command(self.overrides)}")
         for note in startup_notes(self.run):
             self._say(note)
         started, epochs_here = time.perf_counter(), 0
@@ -252,9 +255,12 @@ class Trainer:
             raise
         except Preempted as e:
             status = "stopped" if e.interrupted else "preempted"
+            log_stop(self, str(e))
             raise
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside a step: the last checkpoint stays as it was
             status = "stopped"
+            log_stop(self, f"Ctrl-C: stopped at once in epoch {self.epoch + 1} (step {self.step}); it continues from "
+                           "the last checkpoint")
             raise
         finally:
             if status == "running":
@@ -335,6 +341,21 @@ def check_resumable(run: Run, state: dict) -> None:
                           f"resume it with as many (this is {run.world_size}), or use another output dir")
 
 
+def log_stop(tr: Trainer, what: str) -> None:
+    """train.log's line for a stop: the signal, where the run stopped, and the command that continues it."""
+    if tr.is_main:
+        how = tr.folder.resume_command(tr.overrides) if tr.overrides is not None else "the same command"
+        tr.folder.add_log_line(f"stopped: {what}; continue with: {how}")
+
+
+def complete_line(folder: runfiles.RunFolder, summary: dict) -> str:
+    """The one line for a run that is already complete."""
+    err = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "?"  # noqa: E731  (folders of older versions)
+    return (f"{folder}: already complete, nothing to do | {summary.get('epochs_completed')} epochs | test err: last "
+            f"{err(summary.get('last_test_err'))}, best {err(summary.get('best_test_err'))} (epoch "
+            f"{summary.get('best_epoch')})")
+
+
 def check_finite(where: str, terms: dict[str, float]) -> None:
     if not all(math.isfinite(v) for v in terms.values()):
         raise Diverged(f"training diverged {where} ({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); "
@@ -397,6 +418,11 @@ def _clock(seconds: float) -> str:
 
 
 def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
-    # First of all: a second process aimed at this folder stops here, before touching it.
-    with runfiles.RunFolder(out_dir).lock():
+    folder = runfiles.RunFolder(out_dir)
+    done = folder.completed(to_container(cfg)) if cfg.resume else None
+    if done is not None:  # one line, and not a file touched (not even the lock's)
+        print(complete_line(folder, done), flush=True)
+        return done
+    # Then: a second process aimed at this folder stops here, before touching it.
+    with folder.lock():
         return Trainer(build_run(cfg, out_dir, overrides=overrides)).fit()

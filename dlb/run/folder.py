@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import shlex
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from dlb import metrics
-from dlb.run import checkpoint
+from dlb.run import checkpoint, identity
 
 
 @dataclass
@@ -131,6 +135,20 @@ def write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def hydra_quoted(text: str) -> str:
+    """`text` as a quoted value of Hydra's override grammar: a quote, and the backslashes before a quote or at the
+    end, escaped."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text) + "'"
+
+
+def shell_quoted(word: str) -> str:
+    """`word` for a POSIX shell: as it is when nothing in it is special, else in double quotes when nothing in it
+    is special there either (hydra.run.dir='...' stays readable), else in single quotes."""
+    if re.fullmatch(r"[\w@%+=:,./-]+", word, re.ASCII):
+        return word
+    return f'"{word}"' if not re.search(r'[$`"\\!]', word) else shlex.quote(word)
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """metrics.jsonl rows; a line cut short by a killed process is skipped (the rows before it are still good)."""
     return RunFolder(run_dir).read_metrics()
@@ -182,6 +200,44 @@ class RunFolder:
 
     def save_best(self, state: dict) -> None:
         checkpoint.atomic_save(state, self.best)
+
+    # --- a finished run, a refused one
+    def completed(self, config: dict) -> dict | None:
+        """summary.json of the finished run this folder holds for `config` (the resolved config of a command aimed at
+        it): completed after config's epochs, of the same identity and data folder, with a readable checkpoint
+        (last.pt, prev.pt or best.pt). None otherwise: the trainer decides (a fresh folder, a run to resume or to
+        refuse). Reads only."""
+        try:
+            summary, saved = json.loads(self.summary.read_text()), self.read_config()
+            if summary.get("status") != "completed" or summary.get("epochs_completed") != config["trainer"]["epochs"]:
+                return None
+            if identity.differences(saved, config) or saved["dataset"].get("root") != config["dataset"].get("root"):
+                return None  # (other data may hide behind another root: the trainer compares the fingerprints)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return summary if any(checkpoint.readable(p) for p in (self.last, self.prev, self.best)) else None
+
+    def remove_if_unused(self, keep: Path) -> None:
+        """Remove this folder if it holds nothing but its lock file, then each parent below `keep` left empty: the
+        folders made for a command that was then refused."""
+        if not self.path.is_dir() or any(p != self.lock_file for p in self.path.iterdir()):
+            return
+        self.lock_file.unlink(missing_ok=True)
+        for folder in (self.path, *self.path.parents):
+            if folder == keep or not folder.is_relative_to(keep):
+                return
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: it holds something else
+                return
+
+    def resume_command(self, overrides: list[str]) -> str:
+        """The shell command that continues this run: `python -m dlb.train <its overrides> hydra.run.dir='<folder>'`.
+        The folder is quoted for Hydra's override grammar (its name holds `=` and `,`), every word for the shell."""
+        words = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "resume"]  # (resume=true: the default)
+        words.append(f"hydra.run.dir={hydra_quoted(str(self.path.absolute()))}")
+        python = "python" if shutil.which("python") == sys.executable else sys.executable
+        return " ".join(shell_quoted(w) for w in (python, "-m", "dlb.train", *words))
 
     # --- the files describing the run
     def write_run_files(self, *, environment: dict, config: dict, cfg, overrides: list[str] | None,
