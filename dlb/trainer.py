@@ -228,8 +228,6 @@ class Trainer:
         status, exit_code = "running", 1
         self._stop = StopSignals().install()
         self._say(self.startup_line(resumed))
-        if self.overrides is not None:  # (a run from the command line)
-            self._say(f"to continue this run after a stop: {self.folder.resume_command(self.overrides)}")
         for note in startup_notes(self.run):
             self._say(note)
         started, epochs_here = time.perf_counter(), 0
@@ -255,12 +253,11 @@ class Trainer:
             raise
         except Preempted as e:
             status = "stopped" if e.interrupted else "preempted"
-            log_stop(self, str(e))
+            log_stop(self, e)
             raise
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside a step: the last checkpoint stays as it was
             status = "stopped"
-            log_stop(self, f"Ctrl-C: stopped at once in epoch {self.epoch + 1} (step {self.step}); it continues from "
-                           "the last checkpoint")
+            log_stop(self, None)
             raise
         finally:
             if status == "running":
@@ -341,8 +338,11 @@ def check_resumable(run: Run, state: dict) -> None:
                           f"resume it with as many (this is {run.world_size}), or use another output dir")
 
 
-def log_stop(tr: Trainer, what: str) -> None:
-    """train.log's line for a stop: the signal, where the run stopped, and the command that continues it."""
+def log_stop(tr: Trainer, e: Preempted | None) -> None:
+    """train.log's line for a stop (Preempted, or None for a second Ctrl-C): the signal, where the run stopped, and
+    the command that continues it."""
+    what = str(e) if e is not None else (f"Ctrl-C: stopped at once in epoch {tr.epoch + 1} (step {tr.step}); it "
+                                         "continues from the last checkpoint")
     if tr.is_main:
         how = tr.folder.resume_command(tr.overrides) if tr.overrides is not None else "the same command"
         tr.folder.add_log_line(f"stopped: {what}; continue with: {how}")
@@ -364,8 +364,11 @@ def check_finite(where: str, terms: dict[str, float]) -> None:
 
 
 def startup_notes(run: Run) -> list[str]:
-    """Warnings for the start-up: a busy CPU, bf16 emulated in software."""
-    notes = [busy_cpu_note(torch.get_num_threads()) if run.device.type == "cpu" else None,
+    """The lines after the start-up line: the command that continues the run (a run from the command line), and
+    warnings: a busy CPU, bf16 emulated in software."""
+    notes = [None if run.overrides is None else
+             f"to continue this run after a stop: {run.folder.resume_command(run.overrides)}",
+             busy_cpu_note(torch.get_num_threads()) if run.device.type == "cpu" else None,
              None if not run.speed.bf16 or native_bf16(run.device) else
              f"note: {run.environment['device_name']} has no native bf16 (AMX or AVX512-BF16 on a CPU), so "
              "trainer.precision=bf16 is emulated here and slower than fp32; use trainer.precision=fp32"]
