@@ -37,6 +37,7 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, Interpolatio
 from dlb import CONFIGS
 from dlb.errors import ConfigError, DatasetError, Diverged, OutputError, Preempted, ResumeError
 from dlb.groups import REGISTERED, group_options, has_option, is_group
+from dlb.run.command import quoted_override
 
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 2, 3, 75, 130
 
@@ -101,8 +102,9 @@ def _culprit(overrides: Sequence[str]) -> tuple[str, str] | None:
         try:
             parsed = parser.parse_override(o)
         except HydraException as e:  # OverrideParseException, or the grammar's own HydraException
-            return o, (f"not a valid override ({str(e).splitlines()[0]}); quote values with special characters, "
-                       "e.g. key='a value'")
+            key, _, value = o.partition("=")  # (a run folder's name holds = and ,: quoted, it is one value)
+            return o, (f"not a valid override ({str(e).splitlines()[0]}); quote a value with special characters for "
+                       f"Hydra and the shell: {quoted_override(key, value)}")
         key = parsed.key_or_group
         if not is_group(key) or parsed.is_delete() or key.split("/")[0] in ("hydra", "schema"):
             continue

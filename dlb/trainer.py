@@ -26,6 +26,7 @@ from dlb.metrics import evaluate
 from dlb.run import folder as runfiles
 from dlb.run import identity as runid
 from dlb.run.checkpoint import StopSignals
+from dlb.run.command import resume_command
 from dlb.run.loggers import RunLogger
 from dlb.run.record import rng_states, set_rng_states
 
@@ -344,7 +345,7 @@ def log_stop(tr: Trainer, e: Preempted | None) -> None:
     what = str(e) if e is not None else (f"Ctrl-C: stopped at once in epoch {tr.epoch + 1} (step {tr.step}); it "
                                          "continues from the last checkpoint")
     if tr.is_main:
-        how = tr.folder.resume_command(tr.overrides) if tr.overrides is not None else "the same command"
+        how = resume_command(tr.out_dir, tr.overrides) if tr.overrides is not None else "the same command"
         tr.folder.add_log_line(f"stopped: {what}; continue with: {how}")
 
 
@@ -367,7 +368,7 @@ def startup_notes(run: Run) -> list[str]:
     """The lines after the start-up line: the command that continues the run (a run from the command line), and
     warnings: a busy CPU, bf16 emulated in software."""
     notes = [None if run.overrides is None else
-             f"to continue this run after a stop: {run.folder.resume_command(run.overrides)}",
+             f"to continue this run after a stop: {resume_command(run.out_dir, run.overrides)}",
              busy_cpu_note(torch.get_num_threads()) if run.device.type == "cpu" else None,
              None if not run.speed.bf16 or native_bf16(run.device) else
              f"note: {run.environment['device_name']} has no native bf16 (AMX or AVX512-BF16 on a CPU), so "

@@ -185,6 +185,28 @@ def test_a_finished_run_run_again_says_so_in_one_line_and_touches_nothing(images
         assert files_and_times(out) == before
 
 
+def test_an_unquoted_run_folder_is_one_line_giving_the_override_to_type():
+    from dlb.errors import ConfigError
+    from dlb.train import load_config
+
+    folder = "outputs/cifar100/cifar_resnet32/dlb/method.T=4,optim.lr=0.1/seed0"
+    with pytest.raises(ConfigError, match=r"^hydra\.run\.dir=.*: not a valid override .*for Hydra and the shell: ") as e:
+        load_config([f"hydra.run.dir={folder}"])
+    assert str(e.value).endswith(f"""shell: "hydra.run.dir='{folder}'\"""")
+
+
+@pytest.mark.parametrize("folder", ["outputs/c/dlb/method.T=4,optim.lr=0.1/seed0", "/tmp/it's a \\ $HOME folder\\"])
+def test_a_quoted_override_reaches_hydra_as_the_folder_it_names(folder):
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dlb.run.command import quoted_override
+
+    (word,) = shlex.split(quoted_override("hydra.run.dir", folder))  # what the shell hands over
+    assert OverridesParser.create().parse_override(word).value() == folder
+
+
 def test_the_printed_command_continues_a_stopped_run_from_anywhere(images, tmp_path):
     """SIGTERM: train.log says where the run stopped and how to continue; the start-up's command, run as printed by
     bash from another folder, continues it in its own folder (a name holding `=` and `,`)."""

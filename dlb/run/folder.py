@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
-import shlex
-import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,20 +131,6 @@ def write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def hydra_quoted(text: str) -> str:
-    """`text` as a quoted value of Hydra's override grammar: a quote, and the backslashes before a quote or at the
-    end, escaped."""
-    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text) + "'"
-
-
-def shell_quoted(word: str) -> str:
-    """`word` for a POSIX shell: as it is when nothing in it is special, else in double quotes when nothing in it
-    is special there either (hydra.run.dir='...' stays readable), else in single quotes."""
-    if re.fullmatch(r"[\w@%+=:,./-]+", word, re.ASCII):
-        return word
-    return f'"{word}"' if not re.search(r'[$`"\\!]', word) else shlex.quote(word)
-
-
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """metrics.jsonl rows; a line cut short by a killed process is skipped (the rows before it are still good)."""
     return RunFolder(run_dir).read_metrics()
@@ -230,14 +212,6 @@ class RunFolder:
                 folder.rmdir()
             except OSError:  # not empty: it holds something else
                 return
-
-    def resume_command(self, overrides: list[str]) -> str:
-        """The shell command that continues this run: `python -m dlb.train <its overrides> hydra.run.dir='<folder>'`.
-        The folder is quoted for Hydra's override grammar (its name holds `=` and `,`), every word for the shell."""
-        words = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "resume"]  # (resume=true: the default)
-        words.append(f"hydra.run.dir={hydra_quoted(str(self.path.absolute()))}")
-        python = "python" if shutil.which("python") == sys.executable else sys.executable
-        return " ".join(shell_quoted(w) for w in (python, "-m", "dlb.train", *words))
 
     # --- the files describing the run
     def write_run_files(self, *, environment: dict, config: dict, cfg, overrides: list[str] | None,
