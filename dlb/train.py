@@ -23,6 +23,7 @@ import difflib
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import hydra
@@ -36,6 +37,7 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, Interpolatio
 from dlb import CONFIGS
 from dlb.errors import ConfigError, DatasetError, Diverged, OutputError, Preempted, ResumeError
 from dlb.groups import REGISTERED, group_options, has_option, is_group
+from dlb.run.command import quoted_override
 
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 2, 3, 75, 130
 
@@ -100,8 +102,9 @@ def _culprit(overrides: Sequence[str]) -> tuple[str, str] | None:
         try:
             parsed = parser.parse_override(o)
         except HydraException as e:  # OverrideParseException, or the grammar's own HydraException
-            return o, (f"not a valid override ({str(e).splitlines()[0]}); quote values with special characters, "
-                       "e.g. key='a value'")
+            key, _, value = o.partition("=")  # (a run folder's name holds = and ,: quoted, it is one value)
+            return o, (f"not a valid override ({str(e).splitlines()[0]}); quote a value with special characters for "
+                       f"Hydra and the shell: {quoted_override(key, value)}")
         key = parsed.key_or_group
         if not is_group(key) or parsed.is_delete() or key.split("/")[0] in ("hydra", "schema"):
             continue
@@ -201,6 +204,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         check(cfg)
         summary = run(cfg, HydraConfig.get().runtime.output_dir, list(HydraConfig.get().overrides.task))
     except (ConfigError, DatasetError, ResumeError, OutputError) as e:
+        _remove_unused_job_folder()
         _stop(EXIT_USER_ERROR, e)
     except OSError as e:
         from dlb.run.checkpoint import WRITE_ERRNOS
@@ -220,6 +224,17 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return summary["best_test_err"]  # what a Hydra sweeper would minimise
 
 
+def _remove_unused_job_folder() -> None:
+    """A refused job leaves no folder behind: Hydra makes the job's folder (and its parents) before the job runs.
+    Only folders left empty go, up to the sweep's folder (or the working directory, or the run folder's parent)."""
+    from dlb.run.folder import RunFolder
+
+    hc = HydraConfig.get()
+    folder = Path(hc.runtime.output_dir)
+    keep = Path(hc.sweep.dir).absolute() if hc.mode == RunMode.MULTIRUN else Path.cwd()
+    RunFolder(folder).remove_if_unused(keep if folder.is_relative_to(keep) else folder.parent)
+
+
 def main() -> None:
     """`python -m dlb.train` and `dlb-train`: Hydra's command line (overrides, --cfg, -m, --help), except that an
     error of the command line is one line and exit code 2 instead of Hydra's block of text."""
@@ -236,6 +251,12 @@ def main() -> None:
     from dlb.config import register_configs  # the structured schema: the methods' Config dataclasses, and torch
 
     register_configs()
+    if not full_error and not any(a.startswith("-") or a.startswith("hydra.mode=") for a in sys.argv[1:]):
+        try:  # a single run: checked before Hydra makes its folder, so a refused command leaves none
+            load_config(overrides)
+        except ConfigError as e:
+            print(f"dlb: error: {e}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
     try:
         hydra_main()
     except JobFailed as e:

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from dlb.build import Run, build_run
+from dlb.config import to_container
 from dlb.data.datasets import ArrayDataset
 from dlb.device import distributed
 from dlb.device.memory import peak_memory_bytes
@@ -25,6 +26,7 @@ from dlb.metrics import evaluate
 from dlb.run import folder as runfiles
 from dlb.run import identity as runid
 from dlb.run.checkpoint import StopSignals
+from dlb.run.command import resume_command
 from dlb.run.loggers import RunLogger
 from dlb.run.record import rng_states, set_rng_states
 
@@ -252,9 +254,11 @@ class Trainer:
             raise
         except Preempted as e:
             status = "stopped" if e.interrupted else "preempted"
+            log_stop(self, e)
             raise
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside a step: the last checkpoint stays as it was
             status = "stopped"
+            log_stop(self, None)
             raise
         finally:
             if status == "running":
@@ -335,6 +339,24 @@ def check_resumable(run: Run, state: dict) -> None:
                           f"resume it with as many (this is {run.world_size}), or use another output dir")
 
 
+def log_stop(tr: Trainer, e: Preempted | None) -> None:
+    """train.log's line for a stop (Preempted, or None for a second Ctrl-C): the signal, where the run stopped, and
+    the command that continues it."""
+    what = str(e) if e is not None else (f"Ctrl-C: stopped at once in epoch {tr.epoch + 1} (step {tr.step}); it "
+                                         "continues from the last checkpoint")
+    if tr.is_main:
+        how = resume_command(tr.out_dir, tr.overrides) if tr.overrides is not None else "the same command"
+        tr.folder.add_log_line(f"stopped: {what}; continue with: {how}")
+
+
+def complete_line(folder: runfiles.RunFolder, summary: dict) -> str:
+    """The one line for a run that is already complete."""
+    err = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "?"  # noqa: E731  (folders of older versions)
+    return (f"{folder}: already complete, nothing to do | {summary.get('epochs_completed')} epochs | test err: last "
+            f"{err(summary.get('last_test_err'))}, best {err(summary.get('best_test_err'))} (epoch "
+            f"{summary.get('best_epoch')})")
+
+
 def check_finite(where: str, terms: dict[str, float]) -> None:
     if not all(math.isfinite(v) for v in terms.values()):
         raise Diverged(f"training diverged {where} ({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); "
@@ -343,8 +365,11 @@ def check_finite(where: str, terms: dict[str, float]) -> None:
 
 
 def startup_notes(run: Run) -> list[str]:
-    """Warnings for the start-up: a busy CPU, bf16 emulated in software."""
-    notes = [busy_cpu_note(torch.get_num_threads()) if run.device.type == "cpu" else None,
+    """The lines after the start-up line: the command that continues the run (a run from the command line), and
+    warnings: a busy CPU, bf16 emulated in software."""
+    notes = [None if run.overrides is None else
+             f"to continue this run after a stop: {resume_command(run.out_dir, run.overrides)}",
+             busy_cpu_note(torch.get_num_threads()) if run.device.type == "cpu" else None,
              None if not run.speed.bf16 or native_bf16(run.device) else
              f"note: {run.environment['device_name']} has no native bf16 (AMX or AVX512-BF16 on a CPU), so "
              "trainer.precision=bf16 is emulated here and slower than fp32; use trainer.precision=fp32"]
@@ -397,6 +422,11 @@ def _clock(seconds: float) -> str:
 
 
 def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
-    # First of all: a second process aimed at this folder stops here, before touching it.
-    with runfiles.RunFolder(out_dir).lock():
+    folder = runfiles.RunFolder(out_dir)
+    done = folder.completed(to_container(cfg)) if cfg.resume else None
+    if done is not None:  # one line, and not a file touched (not even the lock's)
+        print(complete_line(folder, done), flush=True)
+        return done
+    # Then: a second process aimed at this folder stops here, before touching it.
+    with folder.lock():
         return Trainer(build_run(cfg, out_dir, overrides=overrides)).fit()

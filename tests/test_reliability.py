@@ -290,6 +290,9 @@ def test_sigterm_and_sigusr1_save_mid_epoch_and_resume_equals_an_uninterrupted_r
                                   "run the same command again to continue$", lines[-1]), child.out[-2000:]
         assert "Traceback" not in child.out
         assert json.loads((out / "summary.json").read_text())["status"] == "preempted"
+        stop = RunFolder(out).log.read_text().splitlines()[-1]  # train.log says it too, and how to continue
+        assert re.search(rf" stopped: {sig.name}: saved epoch {epoch} step \d+ of {STEPS} .*; continue with: "
+                         r".* -m dlb\.train .*hydra\.run\.dir=", stop), stop
         state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
         assert state["epoch"] == epoch - 1 and 0 < state["partial"]["epoch_step"] < STEPS
         assert state["step"] == (epoch - 1) * STEPS + state["partial"]["epoch_step"]

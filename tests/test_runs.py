@@ -18,7 +18,7 @@ from PIL import Image
 import dlb.trainer as trainer_mod
 from conftest import REPO, compose
 from dlb.run import identity as runid
-from dlb.train import EXIT_INTERRUPTED, EXIT_USER_ERROR
+from dlb.train import EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USER_ERROR
 from dlb.trainer import Trainer
 from fakedata import write_fake_imagefolder
 
@@ -67,7 +67,7 @@ def test_other_data_in_a_run_folder_is_refused_in_one_line_and_the_folder_is_unt
     assert folder_state(out) == before
     # The data it was trained on is still welcome: the same command resumes (here: finds it complete).
     again = cli([*args, f"dataset.root={images / 'a'}"])
-    assert again.returncode == 0 and "resumed after epoch 1/1" in again.stdout, again.stderr[-2000:]
+    assert again.returncode == 0 and f"{out}: already complete" in again.stdout, again.stderr[-2000:]
 
 
 def test_fingerprint_names_sizes_classes_and_content(images):
@@ -129,18 +129,113 @@ def test_an_ablation_runs_in_its_own_folder_and_the_same_command_resumes_it(imag
     cell = tmp_path / "outputs" / "debug" / "imagefolder" / "cifar_resnet8" / "dlb"
     assert sorted(p.name for p in cell.iterdir()) == ["debug=step", "debug=step,method.T=4"]
     again = cli([*args, "method.T=4"], cwd=tmp_path)
-    assert again.returncode == 0 and "resumed after epoch 1/1" in again.stdout, again.stderr[-2000:]
+    assert again.returncode == 0 and "already complete" in again.stdout, again.stderr[-2000:]
     assert json.loads((cell / "debug=step,method.T=4" / "seed0" / "config.json").read_text())["method"]["T"] == 4.0
 
 
-def test_a_plain_multirun_has_deterministic_folders_and_a_rerun_resumes(images, tmp_path):
+def test_a_plain_multirun_has_deterministic_folders_and_a_rerun_skips_its_finished_runs(images, tmp_path):
     args = ["-m", *TRAIN, f"dataset.root={images / 'a'}", "debug=step", "method=ce,dlb"]
     first = cli(args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     runs = sorted(p.parent.relative_to(tmp_path) for p in tmp_path.rglob("summary.json"))
     assert [str(r) for r in runs] == [f"multirun/imagefolder/cifar_resnet8/{m}/debug=step/seed0" for m in ("ce", "dlb")]
+    before = {r: files_and_times(tmp_path / r) for r in runs}
     again = cli(args, cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.count("resumed after epoch 1/1") == 2, again.stdout[-2000:]
+    assert again.returncode == 0 and again.stdout.count(": already complete, nothing to do") == 2, again.stdout[-2000:]
+    assert {r: files_and_times(tmp_path / r) for r in runs} == before
+
+
+# --- first contact: refused commands, finished runs, folders named back --------------------------------------------
+def files_and_times(folder: Path) -> dict:
+    """Every file under `folder` (the lock file too): its bytes and its modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("argv", [["method.T=-1"], ["method.T=NaN"], ["trainer.epochs=0"],
+                                  ["dataset=cifar10", "dataset.root=/nonexistent", "trainer.device=cpu"],  # no data
+                                  ["-m", "method.T=-1"]])
+def test_a_refused_command_leaves_no_folder(argv, tmp_path, monkeypatch, capsys):
+    from test_reliability import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()  # an outputs folder of earlier runs stays
+    (tmp_path / "outputs" / "kept").write_text("")
+    code, err = run_cli(monkeypatch, capsys, *argv)
+    assert code == EXIT_USER_ERROR and err[0].startswith("dlb: error: "), err
+    assert len(err) == 1 or "-m" in argv, err  # (under -m Hydra adds a line naming the failed job's overrides)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == (["multirun", "multirun/multirun.yaml"] if "-m" in argv else []) + ["outputs", "outputs/kept"]
+
+
+def test_a_finished_run_run_again_says_so_in_one_line_and_touches_nothing(images, tmp_path):
+    args = [*TRAIN, f"dataset.root={images / 'a'}", "debug=step"]
+    assert cli(args, cwd=tmp_path).returncode == 0
+    (out,) = [p.parent for p in tmp_path.rglob("summary.json")]
+    summary = json.loads((out / "summary.json").read_text())
+    for damage in (None, "last.pt"):  # a finished run whose last.pt is unreadable (prev.pt or best.pt intact) too
+        if damage:
+            (out / "checkpoints" / damage).write_bytes(b"not a checkpoint")
+        before = files_and_times(out)
+        again = cli(args, cwd=tmp_path)
+        assert again.returncode == 0 and again.stderr == "", again.stderr[-2000:]
+        assert again.stdout.splitlines() == [
+            f"{out}: already complete, nothing to do | 1 epochs | test err: last {summary['last_test_err']:.2f}, "
+            f"best {summary['best_test_err']:.2f} (epoch 1)"]
+        assert files_and_times(out) == before
+
+
+def test_an_unquoted_run_folder_is_one_line_giving_the_override_to_type():
+    from dlb.errors import ConfigError
+    from dlb.train import load_config
+
+    folder = "outputs/cifar100/cifar_resnet32/dlb/method.T=4,optim.lr=0.1/seed0"
+    with pytest.raises(ConfigError, match=r"^hydra\.run\.dir=.*: not a valid override .*for Hydra and the shell: ") as e:
+        load_config([f"hydra.run.dir={folder}"])
+    assert str(e.value).endswith(f"""shell: "hydra.run.dir='{folder}'\"""")
+
+
+@pytest.mark.parametrize("folder", ["outputs/c/dlb/method.T=4,optim.lr=0.1/seed0", "/tmp/it's a \\ $HOME folder\\"])
+def test_a_quoted_override_reaches_hydra_as_the_folder_it_names(folder):
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dlb.run.command import quoted_override
+
+    (word,) = shlex.split(quoted_override("hydra.run.dir", folder))  # what the shell hands over
+    assert OverridesParser.create().parse_override(word).value() == folder
+
+
+def test_the_printed_command_continues_a_stopped_run_from_anywhere(images, tmp_path):
+    """SIGTERM: train.log says where the run stopped and how to continue; the start-up's command, run as printed by
+    bash from another folder, continues it in its own folder (a name holding `=` and `,`)."""
+    args = [*TRAIN, f"dataset.root={images / 'a'}", "trainer.epochs=3", "trainer.batch_size=4", "dataset.image_size=12",
+            "method.T=4"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "dlb.train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    command = None
+    for line in child.stdout:
+        command = line.split(": ", 1)[1].strip() if line.startswith("to continue this run after a stop: ") else command
+        if line.startswith("epoch 1/3"):  # training is under way
+            break
+    child.send_signal(signal.SIGTERM)
+    child.communicate(timeout=120)
+    assert child.returncode == EXIT_PREEMPTED and command is not None
+    (out,) = [p.parent for p in tmp_path.rglob("summary.json")]
+    assert "=" in out.parent.name and "," in out.parent.name
+    stop = (out / "train.log").read_text().splitlines()[-1]
+    assert re.search(r" stopped: SIGTERM: (saved epoch \d step \d+ of 12|stopped after epoch \d) .*; continue with: "
+                     + re.escape(command) + "$", stop), stop
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = subprocess.run(["bash", "-c", command], cwd=elsewhere, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert re.match(rf"{re.escape(str(out))}: resumed (in|after) epoch", resumed.stdout), resumed.stdout[-2000:]
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    assert list(elsewhere.iterdir()) == []
 
 
 # --- what a person watching sees --------------------------------------------------------------------------------
@@ -238,6 +333,8 @@ def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_survives(images, 
     with pytest.raises(KeyboardInterrupt):
         PressedTwice(tiny_cfg(images / "a", "trainer.epochs=3", "method=dlb"), out).fit()
     assert json.loads((out / "summary.json").read_text())["status"] == "stopped"
+    assert re.search(r" stopped: Ctrl-C: stopped at once in epoch 2 \(step \d+\); it continues from the last checkpoint; "
+                     "continue with: the same command$", (out / "train.log").read_text().splitlines()[-1])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     resumed = Trainer(tiny_cfg(images / "a", "trainer.epochs=3", "method=dlb"), out)
     assert resumed.try_resume() and resumed.epoch == 1 and resumed.partial is None
@@ -251,6 +348,8 @@ def test_an_unwritable_existing_run_folder_is_one_line_naming_the_path(images, t
     out = tmp_path / "run"
     args = [*TRAIN, f"dataset.root={images / 'a'}", "debug=step", f"hydra.run.dir={out}"]
     assert cli(args).returncode == 0
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "status": "stopped"}))  # a run to continue
 
     def read_only(path, *a, **kw):  # what a read-only folder answers (also to root, unlike chmod)
         if str(path).startswith(str(out)) and (a[0] if a else kw.get("mode", "r")) != "r":

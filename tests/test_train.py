@@ -145,7 +145,8 @@ def test_cli_run_writes_hydra_config(tmp_path):
 
 
 @pytest.mark.parametrize("args,code", [(["--help"], 0), (["dataset=nope"], 2), (["method=ce,nope"], 2),
-                                       (["method.T=["], 2), (["method=1"], 2)])
+                                       (["method.T=["], 2), (["method=1"], 2),
+                                       (["hydra.run.dir=outputs/c/dlb/method.T=4,optim.lr=0.1/seed0"], 2)])
 def test_help_and_override_errors_answer_before_torch(args, code):
     """--help, unparsable overrides and unknown group options are answered without importing torch (seconds
     sooner on a busy machine); the import log shows every module the command loaded."""

@@ -67,6 +67,22 @@ def warn(message: str) -> None:
     print(f"dlb: warning: {message}", file=sys.stderr, flush=True)
 
 
+def _load(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise ValueError("not a dlb checkpoint")
+    return state
+
+
+def readable(path: Path) -> bool:
+    """Whether `path` holds a checkpoint load_checkpoint would take (read quietly: no warning either way)."""
+    try:
+        _load(path)
+        return True
+    except Exception:  # missing, truncated, corrupt, foreign
+        return False
+
+
 def load_checkpoint(last: Path, prev: Path) -> tuple[dict | None, Path | None]:
     """(state, its file): the newest readable checkpoint of `last`, else `prev` (with a warning saying why), or
     (None, None)."""
@@ -77,9 +93,7 @@ def load_checkpoint(last: Path, prev: Path) -> tuple[dict | None, Path | None]:
              f"{prev}")
     for i, path in enumerate(candidates):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if not isinstance(state, dict) or "epoch" not in state:
-                raise ValueError("not a dlb checkpoint")
+            state = _load(path)
         except Exception as e:  # truncated write, disk corruption, foreign file
             later = candidates[i + 1 :]
             warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "

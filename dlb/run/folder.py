@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dlb import metrics
-from dlb.run import checkpoint
+from dlb.run import checkpoint, identity
 
 
 @dataclass
@@ -182,6 +182,36 @@ class RunFolder:
 
     def save_best(self, state: dict) -> None:
         checkpoint.atomic_save(state, self.best)
+
+    # --- a finished run, a refused one
+    def completed(self, config: dict) -> dict | None:
+        """summary.json of the finished run this folder holds for `config` (the resolved config of a command aimed at
+        it): completed after config's epochs, of the same identity and data folder, with a readable checkpoint
+        (last.pt, prev.pt or best.pt). None otherwise: the trainer decides (a fresh folder, a run to resume or to
+        refuse). Reads only."""
+        try:
+            summary, saved = json.loads(self.summary.read_text()), self.read_config()
+            if summary.get("status") != "completed" or summary.get("epochs_completed") != config["trainer"]["epochs"]:
+                return None
+            if identity.differences(saved, config) or saved["dataset"].get("root") != config["dataset"].get("root"):
+                return None  # (other data may hide behind another root: the trainer compares the fingerprints)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return summary if any(checkpoint.readable(p) for p in (self.last, self.prev, self.best)) else None
+
+    def remove_if_unused(self, keep: Path) -> None:
+        """Remove this folder if it holds nothing but its lock file, then each parent below `keep` left empty: the
+        folders made for a command that was then refused."""
+        if not self.path.is_dir() or any(p != self.lock_file for p in self.path.iterdir()):
+            return
+        self.lock_file.unlink(missing_ok=True)
+        for folder in (self.path, *self.path.parents):
+            if folder == keep or not folder.is_relative_to(keep):
+                return
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: it holds something else
+                return
 
     # --- the files describing the run
     def write_run_files(self, *, environment: dict, config: dict, cfg, overrides: list[str] | None,
