@@ -84,6 +84,11 @@ def _flags(variant: pd.DataFrame, expected: list[int]) -> list[str]:
     return flags
 
 
+def _numbers(used: pd.DataFrame) -> dict:
+    return {"n": len(used), "seeds": sorted(int(s) for s in used["seed"]), "best": mean_std(used["best_err"]),
+            "last": mean_std(used["last_err"])}
+
+
 def summarize(df: pd.DataFrame, expected: list[int], paper: dict | None = None) -> list[dict]:
     """One row per cell variant: numbers over usable runs, and every flag."""
     rows = []
@@ -91,9 +96,8 @@ def summarize(df: pd.DataFrame, expected: list[int], paper: dict | None = None) 
         cell = dict(zip(CELL, cell))
         used = g[g["usable"]]
         rows.append({**cell, "setting": g["setting"].iloc[0], "kind": g["kind"].iloc[0], "variant": variant,
-                     "swept": g["swept"].iloc[0], "n": len(used), "seeds": sorted(int(s) for s in used["seed"]),
-                     "best": mean_std(used["best_err"]), "last": mean_std(used["last_err"]),
-                     "paper": paper_value(paper, cell), "flags": _flags(g, expected),
+                     "swept": g["swept"].iloc[0], **_numbers(used), "paper": paper_value(paper, cell),
+                     "flags": _flags(g, expected),
                      "runs": list(used["path"]), "all_runs": list(g["path"])})
     return rows
 
@@ -163,8 +167,7 @@ def ablations(df: pd.DataFrame, runs: pd.DataFrame) -> list[dict]:
         rows = []
         for variant, v in g.groupby("variant", sort=False):
             used = v[v["usable"]]
-            row = {"values": v["values"].iloc[0], "n": len(used), "seeds": sorted(int(s) for s in used["seed"]),
-                   "best": mean_std(used["best_err"]), "last": mean_std(used["last_err"])}
+            row = {"values": v["values"].iloc[0], **_numbers(used)}
             if base is not None:
                 row["vs_base"] = _paired(base, used.set_index("seed"))
             rows.append(row)
@@ -260,12 +263,9 @@ def render_markdown(report: dict) -> str:
     lines += ["", "## Flags", ""]
     flagged = [r for r in report["rows"] if r["flags"]]
     for r in flagged:
-        name = f"{r['dataset']}/{r['backbone']}/{r['method']}" + (f" [{r['setting']}]" if r["setting"] else "")
-        name += f" ({r['variant']})" if r["variant"] else ""
-        lines += [f"- `{name}`:"]
-        lines += [f"  - {f}" for f in r["flags"]]
-    if not flagged:
-        lines.append("None.")
+        where = f" [{r['setting']}]" * bool(r["setting"]) + f" ({r['variant']})" * bool(r["variant"])
+        lines += [f"- `{r['dataset']}/{r['backbone']}/{r['method']}{where}`:", *(f"  - {f}" for f in r["flags"])]
+    lines += [] if flagged else ["None."]
     lines += ["", f"## Skipped ({len(report['skipped'])})", ""]
     lines += [f"- `{s['path']}`: {s['reason']}" for s in report["skipped"]] or ["None."]
     return "\n".join(lines) + "\n"
@@ -335,11 +335,8 @@ def main(argv=None) -> int:
     if not args.roots and not args.wandb:
         p.error("give at least one ROOT folder or --wandb ENTITY/PROJECT")
 
-    runs, skipped = collect_runs(args.roots)
-    for project in args.wandb:
-        r, s = collect_wandb_runs(project)
-        runs, skipped = runs + r, skipped + s
     sources = [*args.roots, *(f"wandb:{w}" for w in args.wandb)]
+    runs, skipped = collect_runs(sources)
     if not runs:
         print(f"dlb.report: no runs found in {', '.join(sources)} (a run is a folder with {RunFolder.SUMMARY}, as "
               "dlb.train writes)", file=sys.stderr)
