@@ -245,9 +245,7 @@ def plot_sensitivity(df: pd.DataFrame, out: Path, source: str = "") -> list[Path
         if len(keys) != 2 or not all(k.startswith("method.") for k in keys) or runs["variant"].nunique() < 4:
             continue
         cell = dict(zip(CELL, cell))
-        grid = {}
-        for _, g in runs.groupby("variant", sort=False):
-            grid[tuple(g["values"].iloc[0][k] for k in keys)] = g
+        grid = {tuple(g["values"].iloc[0][k] for k in keys): g for _, g in runs.groupby("variant", sort=False)}
         # Every point from the same seeds (those all points have), so no point is a mean of more runs than another.
         common = set.intersection(*(set(g["seed"]) for g in grid.values()))
         if common:

@@ -91,12 +91,8 @@ class Run:
             return []
 
 
-def _get(d: dict, keys: tuple):
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
+def _get(config: dict, group: str, key: str = "name"):
+    return config[group].get(key) if isinstance(config.get(group), dict) else None
 
 
 def make_run(path: str, summary, config, history_fn: Callable[[], list[dict]] = list) -> Run:
@@ -109,14 +105,14 @@ def make_run(path: str, summary, config, history_fn: Callable[[], list[dict]] = 
         raise SkipRun("config is not a mapping")
     run = Run(path, summary, config, history_fn)
     for name in ("dataset", "backbone", "method"):
-        value = getattr(fields, name) or _get(config, (name, "name"))
+        value = getattr(fields, name) or _get(config, name)
         if not isinstance(value, str) or not value:
             raise SkipRun(f"no {name} name in summary or config")
         run.cell[name] = value
-    noise, rate = str(_get(config, ("noise", "name")) or "none"), _number(_get(config, ("noise", "rate"))) or 0.0
+    noise, rate = str(_get(config, "noise") or "none"), _number(_get(config, "noise", "rate")) or 0.0
     if not runid.has_noise(noise, rate):  # a rate of 0 is clean training
         noise, rate = "none", 0.0
-    run.cell.update(augment=str(_get(config, ("augment", "name")) or "none"), noise=noise, rate=rate)
+    run.cell.update(augment=str(_get(config, "augment") or "none"), noise=noise, rate=rate)
     seed = fields.seed if fields.seed is not None else config.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise SkipRun("no integer seed in summary or config")
@@ -203,13 +199,12 @@ WANDB_STATUS = {"finished": "completed", "running": "running", "crashed": "faile
                 "killed": "failed"}
 
 
-def collect_wandb_runs(project: str, api=None) -> tuple[list[Run], list[dict]]:
+def collect_wandb_runs(project: str) -> tuple[list[Run], list[dict]]:
+    """(runs, skipped) of a W&B project "entity/project"."""
     try:
-        if api is None:
-            import wandb
+        import wandb
 
-            api = wandb.Api()
-        wandb_runs = list(api.runs(project))
+        wandb_runs = list(wandb.Api().runs(project))
     except Exception as e:
         return [], [{"path": f"wandb:{project}", "reason": f"could not list W&B runs ({type(e).__name__}: {e})"}]
     runs, skipped = [], []
