@@ -158,9 +158,7 @@ def ablations(df: pd.DataFrame, runs: pd.DataFrame) -> list[dict]:
     out = []
     for cell, g in df[df["swept"] != ""].groupby(list(CELL), sort=False):
         where = dict(zip(CELL, cell))
-        same = runs
-        for k in SETTING:
-            same = same[same[k] == where[k]]
+        same = runs[(runs[list(SETTING)] == pd.Series(where)[list(SETTING)]).all(axis=1)]
         bases = [b for b in (METHODS[where["method"]].compared_with if where["method"] in METHODS else ())
                  if b in set(same["method"])]
         base = same[same["method"] == bases[0]].set_index("seed") if bases else None
