@@ -119,20 +119,18 @@ def judge(paper: dict | None, runs: pd.DataFrame) -> list[dict]:
 
 def disagreements(entry: dict) -> list[str]:
     """The comparisons whose last-epoch and best-epoch verdicts differ, in words."""
-    out = []
-    for c in entry["comparisons"] + entry["growth"]:
-        if entry["kind"] != "cost" and c["last"]["verdict"] != c["best"]["verdict"]:
-            out.append(f"{_against(c)}: {c['last']['verdict'].value.lower()} on the last epoch, "
-                       f"{c['best']['verdict'].value.lower()} on the test-selected best epoch")
-    return out
+    return [f"{_against(c)}: {c['last']['verdict'].value.lower()} on the last epoch, "
+            f"{c['best']['verdict'].value.lower()} on the test-selected best epoch"
+            for c in entry["comparisons"] + entry["growth"]
+            if entry["kind"] != "cost" and c["last"]["verdict"] != c["best"]["verdict"]]
 
 
 def _against(c: dict) -> str:
     if "rates" in c:
         rates = f"rate {c['rates'][0]:g} -> {c['rates'][-1]:g}"
         return f"growth of the advantage over {c['base']} ({c['backbone']}, {rates})"
-    where = f"{c['dataset']}/{c['backbone']}" + (f", {c['setting']}" if c["setting"] else "")
-    return f"{c['cost']} vs {c['base']} ({where})" if "cost" in c else f"{c['method']} vs {c['base']} ({where})"
+    where = f"{c['dataset']}/{c['backbone']}" + f", {c['setting']}" * bool(c["setting"])
+    return f"{c['method']} vs {c['base']} ({where})"
 
 
 def _epoch_columns(c: dict) -> dict:
