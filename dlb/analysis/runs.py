@@ -129,6 +129,17 @@ def make_run(path: str, summary, config, history_fn: Callable[[], list[dict]] = 
     return run
 
 
+def load_config(path: Path) -> dict:
+    """The run's config as a plain dict; interpolations resolved where they can be outside Hydra."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(path)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # e.g. ${hydra:...}: compare the interpolation strings as written instead
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
 def load_run_dir(run_dir: Path) -> Run:
     folder = runfiles.RunFolder(run_dir)
     try:
@@ -141,22 +152,12 @@ def load_run_dir(run_dir: Path) -> Run:
     if not config_path.is_file():
         raise SkipRun(f"no {folder.CONFIG} or {folder.hydra_config.relative_to(run_dir)} next to {folder.SUMMARY}")
     try:
-        config = json.loads(config_path.read_text()) if config_path.suffix == ".json" else _load_yaml(config_path)
+        config = json.loads(config_path.read_text()) if config_path.suffix == ".json" else load_config(config_path)
     except Exception as e:
         raise SkipRun(f"unreadable {config_path.relative_to(run_dir)} ({type(e).__name__}: {e})") from None
     run = make_run(str(run_dir), summary, config, lambda: runfiles.read_metrics(run_dir))
     run.overrides = read_overrides(folder.hydra_overrides)
     return run
-
-
-def _load_yaml(path: Path) -> dict:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(path)
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # e.g. ${hydra:...}: compare the interpolation strings as written instead
-        return OmegaConf.to_container(cfg, resolve=False)
 
 
 def read_overrides(path: Path) -> dict | None:
