@@ -1,17 +1,5 @@
-"""The paper's claims, judged on runs paired by seed: the report's "Claims" view (rule: docs/statistics.md).
-
-A claim (results/paper/reference.yaml, `claims:`) names (base, method, setting) pairs. For each setting where the
-run table has both cells (runs.compared: one variant each), the runs are paired by seed:
-
-  * error claims: base error − method error per seed, in points (positive: the method is better), judged by the
-    paired t-test (dlb/analysis/stats.py) on the last epoch and, beside it, on the best epoch — the epoch the paper
-    and the official code select on the test set. Holm–Bonferroni over the claim's comparisons, per epoch.
-  * cost claims: method / base per seed for each measured cost, against the claim's limit: HOLDS when every seed
-    is within it, DOES NOT HOLD when none is, else INCONCLUSIVE (a bound, not an estimate: no test).
-
-A claim with `grows: noise_rate` also judges, per seed, whether the method's advantage grows from the lowest to the
-highest rate of each (dataset, backbone). Nothing here knows the dataset or the scale.
-"""
+"""The paper's claims (results/paper/reference.yaml, `claims:`) judged on runs paired by seed: the report's "Claims"
+view. The rule, for error, cost and growth claims: docs/statistics.md."""
 from __future__ import annotations
 
 import pandas as pd
@@ -21,7 +9,6 @@ from dlb.analysis.runs import COSTS, SETTING, sort_key
 from dlb.analysis.stats import Verdict
 
 EPOCHS = {"last": "last_err", "best": "best_err"}  # verdict epoch -> run-table column
-EPOCH_NAMES = {"last": "last epoch", "best": "best epoch (selected on the test set, the paper's protocol)"}
 # On the CPU, summary.json's peak_memory_bytes is the process's peak RSS (data, libraries and all), not what training
 # holds: not a measure of a method's memory, so cost claims leave it out there (results/method_costs.md measures
 # the activation memory on any device).
@@ -40,15 +27,11 @@ def pairs_of(runs: pd.DataFrame, base: str, method: str, kind: str | None = None
             yield where, b.set_index("seed"), m.set_index("seed")
 
 
-def paired_diffs(b: pd.DataFrame, m: pd.DataFrame, column: str) -> pd.Series:
-    """base − method per seed both have a number for."""
-    return (b[column] - m[column]).dropna().sort_index()
-
-
-def error_comparison(where: dict, base: str, method: str, b: pd.DataFrame, m: pd.DataFrame) -> dict:
-    out = {**where, "base": base, "method": method}
+def paired_errors(b: pd.DataFrame, m: pd.DataFrame) -> dict:
+    """Per epoch: the paired statistics of base − method error over the seeds both have a number for."""
+    out = {}
     for epoch, column in EPOCHS.items():
-        d = paired_diffs(b, m, column)
+        d = (b[column] - m[column]).dropna().sort_index()
         out[epoch] = {**stats.paired(d.tolist()), "seeds": [int(s) for s in d.index]}
     return out
 
@@ -105,8 +88,7 @@ def cost_comparisons(claim: dict, runs: pd.DataFrame) -> list[dict]:
 
 
 def judge(paper: dict | None, runs: pd.DataFrame) -> list[dict]:
-    """Every claim of the reference file that names pairs, with its comparisons and verdicts, in claim order.
-    `runs`: the usable rows runs.compared() keeps."""
+    """Every claim of the reference file that names pairs, judged on `runs` (runs.compared()), in claim order."""
     claims = [(name, c) for name, c in ((paper or {}).get("claims") or {}).items()
               if isinstance(c, dict) and c.get("pairs")]
     out = []
@@ -114,13 +96,12 @@ def judge(paper: dict | None, runs: pd.DataFrame) -> list[dict]:
         entry = {"name": name, "number": claim.get("number"), "statement": claim.get("statement"),
                  "source": claim.get("source"), "kind": claim.get("kind", "error"), "growth": []}
         if entry["kind"] == "cost":
-            entry["comparisons"] = cost_comparisons(claim, runs)
-            verdicts = [c["verdict"] for c in entry["comparisons"]]
-            entry["verdict"] = {"last": stats.overall(verdicts) if verdicts else None}
-            entry["verdict"]["best"] = entry["verdict"]["last"]
-            out.append(entry)
+            comparisons = cost_comparisons(claim, runs)
+            verdict = stats.overall([c["verdict"] for c in comparisons]) if comparisons else None
+            out.append({**entry, "comparisons": comparisons, "verdict": {"last": verdict, "best": verdict}})
             continue
-        comparisons = sorted((error_comparison(where, p["base"], p["method"], b, m) for p in claim["pairs"]
+        comparisons = sorted(({**where, "base": p["base"], "method": p["method"], **paired_errors(b, m)}
+                              for p in claim["pairs"]
                               for where, b, m in pairs_of(runs, p["base"], p["method"], p["setting"])
                               if where["dataset"] in (claim.get("datasets") or [where["dataset"]])),
                              key=lambda c: tuple(sort_key(k, c[k]) for k in SETTING))
@@ -128,42 +109,38 @@ def judge(paper: dict | None, runs: pd.DataFrame) -> list[dict]:
             noisy = {(c["dataset"], c["backbone"], c["augment"]) for c in comparisons if c["rate"] > 0}
             comparisons = [c for c in comparisons if (c["dataset"], c["backbone"], c["augment"]) in noisy]
             entry["growth"] = growth_comparisons(comparisons)
-        entry["comparisons"] = comparisons
-        entry["verdict"] = {}
+        judged = comparisons + entry["growth"]
         for epoch in EPOCHS:
-            judged = comparisons + entry["growth"]
             _judge(judged, epoch)
-            entry["verdict"][epoch] = stats.overall([c[epoch]["verdict"] for c in judged]) if judged else None
-        out.append(entry)
+        out.append({**entry, "comparisons": comparisons, "verdict": {
+            e: stats.overall([c[e]["verdict"] for c in judged]) if judged else None for e in EPOCHS}})
     return out
 
 
 def disagreements(entry: dict) -> list[str]:
     """The comparisons whose last-epoch and best-epoch verdicts differ, in words."""
-    out = []
-    for c in entry["comparisons"] + entry["growth"]:
-        if entry["kind"] != "cost" and c["last"]["verdict"] != c["best"]["verdict"]:
-            out.append(f"{_against(c)}: {c['last']['verdict'].value.lower()} on the last epoch, "
-                       f"{c['best']['verdict'].value.lower()} on the test-selected best epoch")
-    return out
+    return [f"{_against(c)}: {c['last']['verdict'].value.lower()} on the last epoch, "
+            f"{c['best']['verdict'].value.lower()} on the test-selected best epoch"
+            for c in entry["comparisons"] + entry["growth"]
+            if entry["kind"] != "cost" and c["last"]["verdict"] != c["best"]["verdict"]]
 
 
 def _against(c: dict) -> str:
     if "rates" in c:
         rates = f"rate {c['rates'][0]:g} -> {c['rates'][-1]:g}"
         return f"growth of the advantage over {c['base']} ({c['backbone']}, {rates})"
-    where = f"{c['dataset']}/{c['backbone']}" + (f", {c['setting']}" if c["setting"] else "")
-    return f"{c['cost']} vs {c['base']} ({where})" if "cost" in c else f"{c['method']} vs {c['base']} ({where})"
+    where = f"{c['dataset']}/{c['backbone']}" + f", {c['setting']}" * bool(c["setting"])
+    return f"{c['method']} vs {c['base']} ({where})"
 
 
-def _epoch_columns(s: dict) -> dict:
-    return {"mean [95% CI, unadjusted]": stats.fmt_interval(s), "p (Holm)": stats.fmt_p(s["p_holm"]),
-            "verdict": stats.fmt_decision(s, s["verdict"])}
+def _epoch_columns(c: dict) -> dict:
+    return {f"{e}: {k}": t for e in EPOCHS for k, t in (
+        ("mean [95% CI, unadjusted]", stats.fmt_interval(c[e])), ("p (Holm)", stats.fmt_p(c[e]["p_holm"])),
+        ("verdict", stats.fmt_decision(c[e], c[e]["verdict"])))}
 
 
 def render_markdown(claims: list[dict], label) -> list[str]:
-    """The "Claims" section: a heading per claim that has comparisons, its verdicts on both epochs, a table of its
-    paired comparisons; the claims without runs in one line."""
+    """The "Claims" section: per claim with comparisons its verdicts and table; the others in one line."""
     judged = [c for c in claims if c["comparisons"]]
     if not claims:
         return []
@@ -200,9 +177,8 @@ def render_markdown(claims: list[dict], label) -> list[str]:
                 "dataset": x["dataset"], "backbone": x["backbone"], "setting": x["setting"] or "—",
                 "base → method": f"{label(x['base'])} → {label(x['method'])}",
                 "seeds": ",".join(map(str, x["last"]["seeds"])) or "—",
-                "last: per seed": " ".join(f"{d:+.2f}" for d in x["last"]["values"]) or "—",
-                **{f"last: {k}": t for k, t in _epoch_columns(x["last"]).items()},
-                **{f"best: {k}": t for k, t in _epoch_columns(x["best"]).items()}} for x in c["comparisons"]])
+                "last: per seed": " ".join(f"{d:+.2f}" for d in x["last"]["values"]) or "—", **_epoch_columns(x)}
+                for x in c["comparisons"]])
         if c["growth"]:
             lines += ["", "Does the advantage grow with the noise rate (highest rate − lowest, per seed)?", ""]
             lines += stats.markdown_table([{
@@ -210,8 +186,7 @@ def render_markdown(claims: list[dict], label) -> list[str]:
                 "base → method": f"{label(g['base'])} → {label(g['method'])}",
                 "last: mean advantage by rate": ", ".join(f"{r:g}: {a:+.2f}" for r, a in g["last"]["by_rate"].items()),
                 "last: growth per seed": " ".join(f"{d:+.2f}" for d in g["last"]["values"]) or "—",
-                **{f"last: {k}": t for k, t in _epoch_columns(g["last"]).items()},
-                **{f"best: {k}": t for k, t in _epoch_columns(g["best"]).items()}} for g in c["growth"]])
+                **_epoch_columns(g)} for g in c["growth"]])
         lines.append("")
     empty = [str(c["number"]) for c in claims if not c["comparisons"]]
     if empty:

@@ -3,9 +3,7 @@ method's sensitivity to two of its hyper-parameters (a cell whose variants diffe
 
     python -m dlb.plot outputs multirun --out results/figures [--wandb [--wandb-project ENTITY/PROJECT]]
 
-A ROOT "wandb:ENTITY/PROJECT" reads the runs of a W&B project. Only usable runs are plotted (completed, all epochs,
-not diverged; see dlb.report); runs of one cell with different configs are drawn as separate lines, never averaged.
-Each figure's subtitle says which runs it shows.
+A ROOT "wandb:ENTITY/PROJECT" reads a W&B project. Only usable runs are plotted, variants as separate lines.
 """
 from __future__ import annotations
 
@@ -31,8 +29,7 @@ from dlb.analysis.runs import CELL, SETTING, Run, collect_runs, compared, mean_s
 
 ZOOM_FRACTION = 0.25  # the right panel of the curves shows the last quarter of training, where methods differ
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-# Line style and marker per setting (clean, noise rate, augmentation) where one panel shows several settings of a
-# method, so that two series never look alike. Markers also make runs of one or a few epochs visible at all.
+# Per setting where one panel shows several, so no two series look alike; markers also show one-epoch runs.
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 MAX_MARKERS = 20  # per line; longer runs get a marker every n epochs
@@ -52,32 +49,21 @@ def _seeds(runs: list[Run]) -> str:
     return ",".join(str(r.seed) for r in sorted(runs, key=lambda r: r.seed))
 
 
-class Histories:
-    """metrics.jsonl rows per run, read once."""
-
-    def __init__(self):
-        self.rows: dict[str, list[dict]] = {}
-
-    def __call__(self, run: Run) -> list[dict]:
-        if run.path not in self.rows:
-            self.rows[run.path] = run.history()
-        return self.rows[run.path]
-
-    def series(self, runs: list[Run], key: str) -> dict[int, list[float]]:
-        """epoch -> the values of `key` over the runs that logged it at that epoch."""
-        out: dict[int, list[float]] = {}
-        for run in runs:
-            for row in self(run):
-                v, epoch = row.get(key), row.get("epoch")
-                if isinstance(v, (int, float)) and isinstance(epoch, int):
-                    out.setdefault(epoch, []).append(float(v))
-        return dict(sorted(out.items()))
+def _series(runs: list[Run], key: str, hist: dict) -> dict[int, list[float]]:
+    """epoch -> the values of `key` over the runs that logged it then; hist: metrics.jsonl rows by path, read once."""
+    out: dict[int, list[float]] = {}
+    for run in runs:
+        if run.path not in hist:
+            hist[run.path] = run.history()
+        for row in hist[run.path]:
+            v, epoch = row.get(key), row.get("epoch")
+            if isinstance(v, (int, float)) and isinstance(epoch, int):
+                out.setdefault(epoch, []).append(float(v))
+    return dict(sorted(out.items()))
 
 
 def _lines(df: pd.DataFrame):
-    """(label, color, usable runs) per cell variant with runs (rows of the run table); variant labels only where a
-    cell has several. A cell with more than MAX_CURVE_VARIANTS variants gives the one at the method's defaults only
-    (the sensitivity plot shows the others)."""
+    """(label, color, usable runs) per cell variant; past MAX_CURVE_VARIANTS only the one at the method's defaults."""
     usable = df[df["usable"]]
     for (*_, method), cell in usable.groupby(list(CELL), sort=False):
         variants = list(cell["variant"].unique())
@@ -101,8 +87,7 @@ def _band(ax, series: dict[int, list[float]], label: str, color, linestyle="-", 
 
 
 def _legend_below(fig, axes) -> None:
-    """One legend for all panels, below them: long labels never cover the data, and every panel's lines are named
-    (the panels of a figure show the same series)."""
+    """One legend for all panels, below them, so that long labels never cover the data."""
     entries = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -112,8 +97,9 @@ def _legend_below(fig, axes) -> None:
                    ncol=2 if len(entries) > 1 else 1, fontsize=8, frameon=False)
 
 
-def _finish(fig, title: str, subtitle: str, path: Path) -> Path:
+def _finish(fig, title: str, subtitle: str, source: str, path: Path) -> Path:
     fig.suptitle(title, fontsize=12, y=0.995)
+    subtitle += f"; from {source}" if source else ""
     fig.text(0.5, 0.94, subtitle, ha="center", va="top", fontsize=8, color="0.3", wrap=True)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,11 +108,11 @@ def _finish(fig, title: str, subtitle: str, path: Path) -> Path:
     return path
 
 
-def plot_curves(df: pd.DataFrame, out: Path, hist: Histories, source: str = "") -> list[Path]:
+def plot_curves(df: pd.DataFrame, out: Path, hist: dict, source: str = "") -> list[Path]:
     """Test error vs epoch per (dataset, backbone, setting): one line per method, mean over seeds, min-max band."""
     files = []
     for (dataset, backbone, *_), group in df.groupby(list(SETTING), sort=False):
-        lines = [(label, color, runs, hist.series(runs, "test_err")) for label, color, runs in _lines(group)]
+        lines = [(label, color, runs, _series(runs, "test_err", hist)) for label, color, runs in _lines(group)]
         lines = [line for line in lines if line[3]]
         if not lines:
             continue
@@ -145,27 +131,24 @@ def plot_curves(df: pd.DataFrame, out: Path, hist: Histories, source: str = "") 
         ax_zoom.set(xlabel="epoch", ylabel="test error (%)", title=f"epochs {zoom_from}-{last_epoch} (zoom)")
         for ax in (ax_all, ax_zoom):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+            ax.grid(alpha=0.3)
         if zoom_values:
             lo, hi = min(zoom_values), max(zoom_values)
             pad = max(0.1, 0.1 * (hi - lo))
             ax_zoom.set_ylim(lo - pad, hi + pad)
-        for ax in (ax_all, ax_zoom):
-            ax.grid(alpha=0.3)
         _legend_below(fig, (ax_all, ax_zoom))
         setting = group["setting"].iloc[0]
         n = sum(len(runs) for _, _, runs, _ in lines)
         name = f"curves_{dataset}_{backbone}" + (f"_{_slug(setting)}" if setting else "") + ".png"
         files.append(_finish(
             fig, f"{dataset} / {backbone}" + (f" / {setting}" if setting else "") + ": test error",
-            f"{n} runs; line = mean over seeds, band = min-max; usable (completed) runs only"
-            + (f"; from {source}" if source else ""), out / name))
+            f"{n} runs; line = mean over seeds, band = min-max; usable (completed) runs only", source, out / name))
     return files
 
 
 def plot_noise(df: pd.DataFrame, out: Path, metric: str = "best", source: str = "", paper: dict | None = None
                ) -> list[Path]:
-    """Error vs training-label noise rate per method (rate 0 = the clean runs), where a dataset/backbone has runs
-    at two or more rates. The paper's values, where the reference file has numbers, are drawn on the `metric` panel."""
+    """Error vs label-noise rate per method (rate 0: clean runs) where there are two rates; the paper's on `metric`."""
     files = []
     used = compared(df)[0]  # one variant per cell, as the comparisons
     for (dataset, backbone), group in used[used["augment"] == "none"].groupby(["dataset", "backbone"], sort=False):
@@ -205,12 +188,12 @@ def plot_noise(df: pd.DataFrame, out: Path, metric: str = "best", source: str = 
             ax.grid(alpha=0.3)
         _legend_below(fig, axes)
         files.append(_finish(fig, f"{dataset} / {backbone}: test error vs label noise",
-                             f"{n_runs} runs; mean ± std over seeds; rate 0 = clean runs"
-                             + (f"; from {source}" if source else ""), out / f"noise_{dataset}_{backbone}.png"))
+                             f"{n_runs} runs; mean ± std over seeds; rate 0 = clean runs", source,
+                             out / f"noise_{dataset}_{backbone}.png"))
     return files
 
 
-def plot_dlb_dynamics(df: pd.DataFrame, out: Path, hist: Histories, notes: list[str], source: str = "") -> list[Path]:
+def plot_dlb_dynamics(df: pd.DataFrame, out: Path, hist: dict, notes: list[str], source: str = "") -> list[Path]:
     """train_consistency (the paper's consistency analysis) and train_kd vs epoch for the DLB runs."""
     files = []
     dlb = df[df["method"].str.contains("dlb")]
@@ -223,7 +206,7 @@ def plot_dlb_dynamics(df: pd.DataFrame, out: Path, hist: Histories, notes: list[
             style = settings.index(setting)
             for label, color, runs in _lines(cell):
                 label += f" [{setting}]" if setting else ""
-                found = {key: hist.series(runs, key) for key in panels}
+                found = {key: _series(runs, key, hist) for key in panels}
                 for key, series in found.items():
                     if series:
                         panels[key].append((f"{label} (n={len(runs)}, seeds {_seeds(runs)})", color, series, style))
@@ -248,14 +231,13 @@ def plot_dlb_dynamics(df: pd.DataFrame, out: Path, hist: Histories, notes: list[
             ax.grid(alpha=0.3)
         _legend_below(fig, axes)
         files.append(_finish(fig, f"{dataset} / {backbone}: DLB training dynamics",
-                             f"{n_runs} runs; line = mean over seeds, band = min-max"
-                             + (f"; from {source}" if source else ""), out / f"dlb_dynamics_{dataset}_{backbone}.png"))
+                             f"{n_runs} runs; line = mean over seeds, band = min-max", source,
+                             out / f"dlb_dynamics_{dataset}_{backbone}.png"))
     return files
 
 
 def plot_sensitivity(df: pd.DataFrame, out: Path, source: str = "") -> list[Path]:
-    """Heat maps of mean test error over a grid of two method hyper-parameters, for each cell swept in exactly those
-    two method keys (e.g. experiment=cpu_dlb_sensitivity: DLB's T x alpha)."""
+    """Heat maps of mean test error per cell swept in exactly two method keys (e.g. DLB's T x alpha)."""
     files = []
     usable = df[df["usable"]]
     for cell, runs in usable.groupby(list(CELL), sort=False):
@@ -263,9 +245,7 @@ def plot_sensitivity(df: pd.DataFrame, out: Path, source: str = "") -> list[Path
         if len(keys) != 2 or not all(k.startswith("method.") for k in keys) or runs["variant"].nunique() < 4:
             continue
         cell = dict(zip(CELL, cell))
-        grid = {}
-        for _, g in runs.groupby("variant", sort=False):
-            grid[tuple(g["values"].iloc[0][k] for k in keys)] = g
+        grid = {tuple(g["values"].iloc[0][k] for k in keys): g for _, g in runs.groupby("variant", sort=False)}
         # Every point from the same seeds (those all points have), so no point is a mean of more runs than another.
         common = set.intersection(*(set(g["seed"]) for g in grid.values()))
         if common:
@@ -297,24 +277,17 @@ def plot_sensitivity(df: pd.DataFrame, out: Path, source: str = "") -> list[Path
                              f"{' [' + setting + ']' if setting else ''}: sensitivity to "
                              f"{keys[0]} x {keys[1]}",
                              f"{n_runs} runs, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
-                             + (" (the seeds every point has)" if common else "; mean over seeds where n > 1")
-                             + (f"; from {source}" if source else ""),
-                             out / f"sensitivity_{_slug(name)}.png"))
+                             + (" (the seeds every point has)" if common else "; mean over seeds where n > 1"),
+                             source, out / f"sensitivity_{_slug(name)}.png"))
     return files
 
 
 def plot_all(runs: list[Run], out, *, metric: str = "best", source: str = "", notes: list[str] | None = None,
              paper: dict | None = None) -> list[Path]:
     """Every figure the runs allow; returns the files written. Reasons for figures not drawn go to `notes`."""
-    out = Path(out)
-    notes = [] if notes is None else notes
-    df = table(runs)
-    hist = Histories()
-    files = plot_curves(df, out, hist, source)
-    files += plot_noise(df, out, metric, source, paper)
-    files += plot_dlb_dynamics(df, out, hist, notes, source)
-    files += plot_sensitivity(df, out, source)
-    return files
+    out, notes, df, hist = Path(out), [] if notes is None else notes, table(runs), {}
+    return (plot_curves(df, out, hist, source) + plot_noise(df, out, metric, source, paper)
+            + plot_dlb_dynamics(df, out, hist, notes, source) + plot_sensitivity(df, out, source))
 
 
 def log_to_wandb(files: list[Path], project: str | None) -> str:

@@ -4,10 +4,8 @@ judged, and every reason a number might not be trustworthy.
 
     python -m dlb.report outputs multirun [--wandb ENTITY/PROJECT] [--seeds 0,1,2] [--out reports/x] [--name report]
 
-Writes <out>/<name>.md, .tex and .json (default out: reports/<name>/) and prints the Markdown. Runs are read into
-one table (dlb/analysis/runs.py). Nothing is averaged silently: runs of one cell whose configs differ are separate
-variants, unfinished and diverged runs are left out of the means and flagged, and files that can't be read are
-listed as skipped. The statistics are described in docs/statistics.md.
+Writes <out>/<name>.md, .tex and .json (default out: reports/<name>/) and prints the Markdown. Nothing is averaged
+silently: variants stay apart, unfinished/diverged runs are flagged, unreadable ones listed (docs/statistics.md).
 """
 from __future__ import annotations
 
@@ -23,7 +21,7 @@ from dlb import REPO
 from dlb.analysis import claims as claims_view
 from dlb.analysis import stats
 from dlb.analysis.runs import (CELL, DIVERGED, SETTING, UNFINISHED, collect_runs, collect_wandb_runs,  # noqa: F401
-                               compared, mean_std, setting_kind, sort_key, table)
+                               compared, fmt_value, mean_std, setting_kind, sort_key, table)
 from dlb.methods import METHODS, comparisons, label
 from dlb.run.folder import RunFolder
 
@@ -40,8 +38,7 @@ def load_paper(path) -> dict | None:
 
 
 def paper_value(paper: dict | None, cell: dict) -> dict:
-    """{"status": "value" | "unknown" | "absent", "value", "source", "table"} for a cell (its CELL keys) in the
-    reference file, whose keys read "dlb", "cutout+dlb", "symmetric@0.4+dlb" ("@*": any rate)."""
+    """{"status": "value" | "unknown" | "absent", "value", "source", "table"} of a cell in the reference file."""
     absent = {"status": "absent", "value": None, "source": None, "table": None}
     if not paper:
         return absent
@@ -87,6 +84,11 @@ def _flags(variant: pd.DataFrame, expected: list[int]) -> list[str]:
     return flags
 
 
+def _numbers(used: pd.DataFrame) -> dict:
+    return {"n": len(used), "seeds": sorted(int(s) for s in used["seed"]), "best": mean_std(used["best_err"]),
+            "last": mean_std(used["last_err"])}
+
+
 def summarize(df: pd.DataFrame, expected: list[int], paper: dict | None = None) -> list[dict]:
     """One row per cell variant: numbers over usable runs, and every flag."""
     rows = []
@@ -94,9 +96,8 @@ def summarize(df: pd.DataFrame, expected: list[int], paper: dict | None = None) 
         cell = dict(zip(CELL, cell))
         used = g[g["usable"]]
         rows.append({**cell, "setting": g["setting"].iloc[0], "kind": g["kind"].iloc[0], "variant": variant,
-                     "swept": g["swept"].iloc[0], "n": len(used), "seeds": sorted(int(s) for s in used["seed"]),
-                     "best": mean_std(used["best_err"]), "last": mean_std(used["last_err"]),
-                     "paper": paper_value(paper, cell), "flags": _flags(g, expected),
+                     "swept": g["swept"].iloc[0], **_numbers(used), "paper": paper_value(paper, cell),
+                     "flags": _flags(g, expected),
                      "runs": list(used["path"]), "all_runs": list(g["path"])})
     return rows
 
@@ -132,17 +133,11 @@ def check(delta: float | None, claim: dict | None) -> str:
 
 
 def _paired(b: pd.DataFrame, m: pd.DataFrame) -> dict:
-    out = {}
-    for epoch, column in claims_view.EPOCHS.items():
-        d = claims_view.paired_diffs(b, m, column)
-        s = stats.paired(d.tolist())
-        out[epoch] = {**s, "seeds": [int(x) for x in d.index], "verdict": stats.verdict(s)}
-    return out
+    return {e: {**s, "verdict": stats.verdict(s)} for e, s in claims_view.paired_errors(b, m).items()}
 
 
 def compare(runs: pd.DataFrame, paper: dict | None = None) -> list[dict]:
-    """base − method error per seed (positive: the method is better) for each comparison (a method's
-    `compared_with`) present in a setting, with its paired statistics and the paper's claim for it."""
+    """Per setting, each comparison (a method's `compared_with`) with its paired statistics and the paper's claim."""
     out = []
     for base, method in comparisons():
         for where, b, m in claims_view.pairs_of(runs, base, method):
@@ -159,22 +154,18 @@ def compare(runs: pd.DataFrame, paper: dict | None = None) -> list[dict]:
 
 
 def ablations(df: pd.DataFrame, runs: pd.DataFrame) -> list[dict]:
-    """Per cell with swept keys: one row per variant, by the swept keys, with the paired difference against the
-    method's first baseline (`compared_with`) present in the same setting ("vs_base": {"last", "best"})."""
+    """Per cell with swept keys: one row per variant, paired against the method's first baseline in the setting."""
     out = []
     for cell, g in df[df["swept"] != ""].groupby(list(CELL), sort=False):
         where = dict(zip(CELL, cell))
-        same = runs
-        for k in SETTING:
-            same = same[same[k] == where[k]]
+        same = runs[(runs[list(SETTING)] == pd.Series(where)[list(SETTING)]).all(axis=1)]
         bases = [b for b in (METHODS[where["method"]].compared_with if where["method"] in METHODS else ())
                  if b in set(same["method"])]
         base = same[same["method"] == bases[0]].set_index("seed") if bases else None
         rows = []
         for variant, v in g.groupby("variant", sort=False):
             used = v[v["usable"]]
-            row = {"values": v["values"].iloc[0], "n": len(used), "seeds": sorted(int(s) for s in used["seed"]),
-                   "best": mean_std(used["best_err"]), "last": mean_std(used["last_err"])}
+            row = {"values": v["values"].iloc[0], **_numbers(used)}
             if base is not None:
                 row["vs_base"] = _paired(base, used.set_index("seed"))
             rows.append(row)
@@ -261,7 +252,7 @@ def render_markdown(report: dict) -> str:
         if a["unswept"]:
             lines.append(f"Flagged: the runs also differ in {a['unswept']} (not swept).")
         lines.append("")
-        lines += md([{**{k: v if isinstance(v, str) else json.dumps(v) for k, v in x["values"].items()},
+        lines += md([{**{k: fmt_value(v) for k, v in x["values"].items()},
                       "n": x["n"], "seeds": _seeds(x["seeds"]), "last err": fmt_err(x["last"]),
                       "best err": fmt_err(x["best"]), **(_paired_columns(x["vs_base"]) if a["base"] else {})}
                      for x in a["variants"]])
@@ -270,12 +261,9 @@ def render_markdown(report: dict) -> str:
     lines += ["", "## Flags", ""]
     flagged = [r for r in report["rows"] if r["flags"]]
     for r in flagged:
-        name = f"{r['dataset']}/{r['backbone']}/{r['method']}" + (f" [{r['setting']}]" if r["setting"] else "")
-        name += f" ({r['variant']})" if r["variant"] else ""
-        lines += [f"- `{name}`:"]
-        lines += [f"  - {f}" for f in r["flags"]]
-    if not flagged:
-        lines.append("None.")
+        where = f" [{r['setting']}]" * bool(r["setting"]) + f" ({r['variant']})" * bool(r["variant"])
+        lines += [f"- `{r['dataset']}/{r['backbone']}/{r['method']}{where}`:", *(f"  - {f}" for f in r["flags"])]
+    lines += [] if flagged else ["None."]
     lines += ["", f"## Skipped ({len(report['skipped'])})", ""]
     lines += [f"- `{s['path']}`: {s['reason']}" for s in report["skipped"]] or ["None."]
     return "\n".join(lines) + "\n"
@@ -345,11 +333,8 @@ def main(argv=None) -> int:
     if not args.roots and not args.wandb:
         p.error("give at least one ROOT folder or --wandb ENTITY/PROJECT")
 
-    runs, skipped = collect_runs(args.roots)
-    for project in args.wandb:
-        r, s = collect_wandb_runs(project)
-        runs, skipped = runs + r, skipped + s
     sources = [*args.roots, *(f"wandb:{w}" for w in args.wandb)]
+    runs, skipped = collect_runs(sources)
     if not runs:
         print(f"dlb.report: no runs found in {', '.join(sources)} (a run is a folder with {RunFolder.SUMMARY}, as "
               "dlb.train writes)", file=sys.stderr)

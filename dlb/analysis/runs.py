@@ -1,10 +1,5 @@
-"""Finished runs as one table: every run folder (summary.json with config.json or .hydra/config.yaml, written by
-dlb/trainer.py and Hydra) or W&B run, one DataFrame row each. The report, the claims and the figures read only it.
-
-A cell is (dataset, backbone, method, setting); runs of a cell whose configs (seed and run-free keys aside,
-dlb/run/identity.py) differ are its variants. The keys that take two or more values forming a full grid over the
-variants are the cell's swept keys (an ablation); any other key that differs is flagged (docs/statistics.md).
-"""
+"""Finished runs (run folders or W&B runs) as one DataFrame row each, with each cell's variants and swept keys
+(docs/statistics.md). The report, the claims and the figures read only this table."""
 from __future__ import annotations
 
 import dataclasses
@@ -79,8 +74,7 @@ class Run:
 
     @property
     def epochs_done(self) -> int | None:
-        """Finished epochs: the summary's count, or more where metrics.jsonl already holds later epochs (a summary
-        written at the start of a run, or by a trainer that updates it only at the end)."""
+        """Finished epochs: the summary's count, or more where metrics.jsonl already logs later ones."""
         done = self.summary.get("epochs_completed")
         done = done if isinstance(done, int) and not isinstance(done, bool) else None
         if self.state == UNFINISHED:
@@ -97,12 +91,8 @@ class Run:
             return []
 
 
-def _get(d: dict, keys: tuple):
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
+def _get(config: dict, group: str, key: str = "name"):
+    return config[group].get(key) if isinstance(config.get(group), dict) else None
 
 
 def make_run(path: str, summary, config, history_fn: Callable[[], list[dict]] = list) -> Run:
@@ -115,14 +105,14 @@ def make_run(path: str, summary, config, history_fn: Callable[[], list[dict]] = 
         raise SkipRun("config is not a mapping")
     run = Run(path, summary, config, history_fn)
     for name in ("dataset", "backbone", "method"):
-        value = getattr(fields, name) or _get(config, (name, "name"))
+        value = getattr(fields, name) or _get(config, name)
         if not isinstance(value, str) or not value:
             raise SkipRun(f"no {name} name in summary or config")
         run.cell[name] = value
-    noise, rate = str(_get(config, ("noise", "name")) or "none"), _number(_get(config, ("noise", "rate"))) or 0.0
+    noise, rate = str(_get(config, "noise") or "none"), _number(_get(config, "noise", "rate")) or 0.0
     if not runid.has_noise(noise, rate):  # a rate of 0 is clean training
         noise, rate = "none", 0.0
-    run.cell.update(augment=str(_get(config, ("augment", "name")) or "none"), noise=noise, rate=rate)
+    run.cell.update(augment=str(_get(config, "augment") or "none"), noise=noise, rate=rate)
     seed = fields.seed if fields.seed is not None else config.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise SkipRun("no integer seed in summary or config")
@@ -183,8 +173,7 @@ def read_overrides(path: Path) -> dict | None:
 
 
 def collect_runs(roots) -> tuple[list[Run], list[dict]]:
-    """Every run folder (a summary.json) under the roots. Returns (runs, skipped), skipped = [{path, reason}].
-    A root "wandb:ENTITY/PROJECT" reads that W&B project instead."""
+    """(runs, skipped [{path, reason}]) of every run folder under the roots; a root "wandb:E/P": that W&B project."""
     runs, skipped, seen = [], [], set()
     for root in roots:
         if str(root).startswith("wandb:"):
@@ -211,14 +200,12 @@ WANDB_STATUS = {"finished": "completed", "running": "running", "crashed": "faile
                 "killed": "failed"}
 
 
-def collect_wandb_runs(project: str, api=None) -> tuple[list[Run], list[dict]]:
-    """Runs of a W&B project ("entity/project"): run.config is the resolved config, run.summary the summary."""
+def collect_wandb_runs(project: str) -> tuple[list[Run], list[dict]]:
+    """(runs, skipped) of a W&B project "entity/project"."""
     try:
-        if api is None:
-            import wandb
+        import wandb
 
-            api = wandb.Api()
-        wandb_runs = list(api.runs(project))
+        wandb_runs = list(wandb.Api().runs(project))
     except Exception as e:
         return [], [{"path": f"wandb:{project}", "reason": f"could not list W&B runs ({type(e).__name__}: {e})"}]
     runs, skipped = [], []
@@ -243,14 +230,15 @@ def _same(a, b) -> bool:
     return a == b or (_number(a) is not None and _number(b) is not None and float(a) == float(b))
 
 
+def _text(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def swept_keys(configs: list[dict], overrides: list[dict] | None = None) -> tuple[list[str], list[str]]:
-    """(swept, unswept) among the keys in which the variants' configs differ. Data fingerprints are never swept.
-    With the runs' command-line overrides: the keys they set (`method.T=2`), and the keys under a config group whose
-    choice differs between the runs (`optim=sgd` / `optim=adam`). Without (W&B runs, hand-made folders): the largest
-    set of keys whose value combinations over the variants form the full grid (ties: the set that separates most
-    variants, then by name)."""
+    """(swept, unswept) among the keys the variants' configs differ in (rule: docs/statistics.md); grid ties go to
+    the set that separates most variants, then by name."""
     keys = sorted({k for c in configs for k in c})
-    values = {k: {json.dumps(c.get(k, ABSENT), sort_keys=True, default=str) for c in configs} for k in keys}
+    values = {k: {_text(c.get(k, ABSENT)) for c in configs} for k in keys}
     differing = [k for k in keys if len(values[k]) > 1]
     if overrides:
         set_keys = {k for o in overrides for k in o}
@@ -261,8 +249,7 @@ def swept_keys(configs: list[dict], overrides: list[dict] | None = None) -> tupl
     for size in range(len(candidates), 0, -1):
         best = None
         for subset in itertools.combinations(candidates, size):
-            points = {tuple(json.dumps(c.get(k, ABSENT), sort_keys=True, default=str) for k in subset)
-                      for c in configs}
+            points = {tuple(_text(c.get(k, ABSENT)) for k in subset) for c in configs}
             if len(points) == math.prod(len(values[k]) for k in subset) and (best is None or len(points) > best[0]):
                 best = (len(points), list(subset))
         if best:
@@ -272,7 +259,6 @@ def swept_keys(configs: list[dict], overrides: list[dict] | None = None) -> tupl
 
 @functools.cache
 def _composed_defaults(method: str) -> dict:
-    """The flattened config `python -m dlb.train method=<method>` composes; {} where it can't be composed."""
     try:
         from omegaconf import OmegaConf
 
@@ -284,7 +270,7 @@ def _composed_defaults(method: str) -> dict:
 
 
 def at_defaults(method: str, values: dict) -> bool:
-    """Do these swept-key values equal the method's defaults (Method.Config; other keys: the composed config)?"""
+    """Do these values equal the method's defaults (Method.Config; other keys: `dlb.train method=<method>`'s)?"""
     config = METHODS[method].Config() if method in METHODS else None
     for key, value in values.items():
         name = key.split(".", 1)[1] if key.startswith("method.") else None
@@ -311,17 +297,15 @@ def sort_key(kind: str, name):
 
 def _order(v) -> tuple:
     """Variants in order of their values: numbers by size, then everything else by text."""
-    return (0, float(v), "") if _number(v) is not None else (1, 0.0, _fmt_value(v))
+    return (0, float(v), "") if _number(v) is not None else (1, 0.0, fmt_value(v))
 
 
-def _fmt_value(v) -> str:
+def fmt_value(v) -> str:
     return v if isinstance(v, str) else json.dumps(v)
 
 
 def table(runs: list[Run]) -> pd.DataFrame:
-    """One row per run: the CELL keys, setting/kind, variant (the swept keys' values, "" without a sweep), swept and
-    unswept (the cell's keys, comma-joined), seed, status, state, usable (ok and the first run of its seed in its
-    variant), duplicate_of, best_err and last_<metric> for METRICS, the COSTS, device, path and the Run itself."""
+    """One row per run (the columns below); usable: ok and the first run of its seed in its variant."""
     records = []
     for run in runs:
         s = run.summary
@@ -337,16 +321,15 @@ def table(runs: list[Run]) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     df = pd.DataFrame(records)
     df["variant"], df["values"], df["swept"], df["unswept"], df["variant_rank"] = "", None, "", "", 0
-    df["values"] = df["values"].astype(object)
     for _, cell in df.groupby(list(CELL), sort=False):
-        configs = {json.dumps(c, sort_keys=True, default=str): c for c in cell["config"]}
+        configs = {_text(c): c for c in cell["config"]}
         overrides = [r.overrides for r in cell["run"] if r.overrides is not None]
         swept, unswept = swept_keys(list(configs.values()), overrides)
         points = sorted({tuple(_order(c.get(k, ABSENT)) for k in swept + unswept) for c in configs.values()})
         for i, config in zip(cell.index, cell["config"]):
             values = {k: config.get(k, ABSENT) for k in swept + unswept}
             df.at[i, "values"] = values
-            df.at[i, "variant"] = ", ".join(f"{k}={_fmt_value(v)}" for k, v in values.items())
+            df.at[i, "variant"] = ", ".join(f"{k}={fmt_value(v)}" for k, v in values.items())
             df.at[i, "variant_rank"] = points.index(tuple(_order(v) for v in values.values()))
         df.loc[cell.index, "swept"], df.loc[cell.index, "unswept"] = ", ".join(swept), ", ".join(unswept)
     df = df.sort_values(["seed", "path"], kind="stable")
@@ -357,19 +340,13 @@ def table(runs: list[Run]) -> pd.DataFrame:
     used = first.set_index(same_seed)["path"].to_dict()
     df["duplicate_of"] = [used.get(tuple(r)) if state == OK and not usable else None
                           for r, state, usable in zip(df[same_seed].itertuples(index=False), df["state"], df["usable"])]
-    return sort_runs(df.drop(columns="config"))[columns]
-
-
-def sort_runs(df: pd.DataFrame, by=(*CELL, "variant_rank")) -> pd.DataFrame:
-    """In the paper's order: dataset, backbone, augment, noise, rate, method."""
-    order = ("dataset", "backbone", "augment", "noise", "rate", "method", "variant_rank")
-    keys = [k for k in order if k in by and k in df.columns]
-    return df.sort_values(keys, key=lambda col: col.map(lambda v: sort_key(col.name, v)), kind="stable")
+    df = df.sort_values([*CELL, "variant_rank"], key=lambda col: col.map(lambda v: sort_key(col.name, v)),
+                        kind="stable")  # the paper's order
+    return df[columns]
 
 
 def mean_std(values) -> dict:
-    """mean and sample std (ddof=1); None where undefined (no values; std of one value). The one place both are
-    computed."""
+    """mean and sample std (ddof=1); None where undefined."""
     values = [float(v) for v in values if v is not None and not pd.isna(v)]
     s = pd.Series(values, dtype=float)
     return {"mean": float(s.mean()) if values else None, "std": float(s.std(ddof=1)) if len(values) >= 2 else None,
@@ -377,8 +354,7 @@ def mean_std(values) -> dict:
 
 
 def compared(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """The usable runs that comparisons and claims use: per cell its one variant, or of an ablation the variant at
-    the method's defaults. Also a note per cell left out (no single variant at the defaults)."""
+    """The usable runs comparisons and claims use (one variant per cell), and a note per cell left out."""
     keep, notes = [], []
     for cell, runs in df[df["usable"]].groupby(list(CELL), sort=False):
         variants = runs["variant"].unique()

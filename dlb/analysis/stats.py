@@ -1,14 +1,12 @@
-"""Paired statistics for method comparisons: Student t interval and test on per-seed differences, Holm–Bonferroni
-over a claim's comparisons, and how many seeds the observed spread would need (docs/statistics.md).
-
-The t distribution comes from the regularized incomplete beta function (Numerical Recipes' continued fraction), so
-the analysis needs no scipy.
-"""
+"""Paired statistics on per-seed differences (docs/statistics.md); Student's t from the regularized incomplete beta
+function (Numerical Recipes' continued fraction), so the analysis needs no scipy."""
 from __future__ import annotations
 
 import math
 import statistics
 from enum import Enum
+
+import pandas as pd
 
 LEVEL = 0.95  # confidence of every interval; two-sided tests at 1 - LEVEL
 MIN_PAIRS = 2  # no comparison is judged on one seed
@@ -66,8 +64,7 @@ def t_quantile(p: float, df: int) -> float:
 
 
 def seeds_needed(mean: float, sd: float, alpha: float = 1 - LEVEL) -> str:
-    """Smallest n with t_{1-alpha/2, n-1} * sd / sqrt(n) < |mean|: the seeds that would decide a comparison whose
-    per-seed differences keep this mean and spread, tested at level alpha."""
+    """Smallest n with t_{1-alpha/2, n-1} * sd / sqrt(n) < |mean|: the seeds that would decide the comparison."""
     if mean == 0:
         return "none: mean is 0"
     if sd == 0:
@@ -83,8 +80,7 @@ def seeds_needed(mean: float, sd: float, alpha: float = 1 - LEVEL) -> str:
 
 
 def paired(diffs: list[float]) -> dict:
-    """Mean, sample std, LEVEL t interval and two-sided paired-t p-value of per-seed differences. Fewer than
-    MIN_PAIRS: mean only (interval, p and seeds needed None)."""
+    """Mean, sample std, LEVEL t interval and two-sided paired-t p-value; below MIN_PAIRS the mean only."""
     n = len(diffs)
     out = {"n": n, "values": list(diffs), "mean": statistics.fmean(diffs) if diffs else None, "std": None,
            "lo": None, "hi": None, "p": None, "seeds_needed": None}
@@ -108,8 +104,7 @@ def holm(p_values: list[float | None]) -> list[float | None]:
 
 
 def verdict(stats: dict, p_adjusted: float | None = None) -> Verdict:
-    """Positive differences favour the claim. HOLDS / DOES NOT HOLD where the (adjusted) p is below 1 - LEVEL, by
-    the sign of the mean (for a single comparison: the LEVEL interval excludes 0); else INCONCLUSIVE."""
+    """HOLDS / DOES NOT HOLD by the sign of the mean where the (adjusted) p < 1 - LEVEL; else INCONCLUSIVE."""
     p = stats["p"] if p_adjusted is None else p_adjusted
     if p is None or p >= 1 - LEVEL:
         return Verdict.inconclusive
@@ -146,7 +141,5 @@ def fmt_decision(s: dict, verdict: Verdict) -> str:
 
 def markdown_table(rows: list[dict]) -> list[str]:
     """The rows (dicts of one shape) as a Markdown table, cells as text; | escaped."""
-    import pandas as pd
-
     cells = [{k: str(v).replace("|", "\\|").replace("\n", " ") for k, v in r.items()} for r in rows]
     return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True).splitlines()
