@@ -206,3 +206,15 @@ def test_noise_claim_leaves_out_clean_comparisons_without_noisy_runs(tmp_path):
     c4 = claim(build(root), 4)
     assert {(c["backbone"], c["rate"]) for c in c4["comparisons"]} == {("cifar_resnet8", 0.0), ("cifar_resnet8", 0.4)}
     assert len(claim(build(root), 1)["comparisons"]) == 2
+
+
+def test_a_claim_is_judged_on_any_dataset_the_runs_have(tmp_path):
+    """The claims name the paper's datasets, but the view judges the runs it is given: a CPU proxy on Fashion-MNIST
+    (results/cpu_claims) is judged like a CIFAR grid."""
+    root = tmp_path / "runs"
+    for seed, (ce, dlb) in enumerate([(16.0, 15.0), (16.5, 15.6), (15.8, 14.7)]):
+        for method, err in (("ce", ce), ("dlb", dlb)):
+            write_run(root, f"f/r/{method}/seed{seed}", [err], method=method, seed=seed, dataset="fashion_mnist")
+    c1 = claim(build(root), 1)
+    assert [c["dataset"] for c in c1["comparisons"]] == ["fashion_mnist"]
+    assert c1["comparisons"][0]["last"]["verdict"] == Verdict.holds

@@ -102,8 +102,7 @@ def judge(paper: dict | None, runs: pd.DataFrame) -> list[dict]:
             continue
         comparisons = sorted(({**where, "base": p["base"], "method": p["method"], **paired_errors(b, m)}
                               for p in claim["pairs"]
-                              for where, b, m in pairs_of(runs, p["base"], p["method"], p["setting"])
-                              if where["dataset"] in (claim.get("datasets") or [where["dataset"]])),
+                              for where, b, m in pairs_of(runs, p["base"], p["method"], p["setting"])),
                              key=lambda c: tuple(sort_key(k, c[k]) for k in SETTING))
         if claim.get("grows") == "noise_rate":  # clean comparisons count as rate 0 where there are noisy ones
             noisy = {(c["dataset"], c["backbone"], c["augment"]) for c in comparisons if c["rate"] > 0}
