@@ -61,6 +61,44 @@ def test_a_dataset_from_a_plugin_file_is_an_option_and_trains(tmp_path):
     assert (summary["data"]["train_size"], summary["data"]["num_classes"]) == (300, 4)
 
 
+TINY_NET = '''
+"""A backbone in one file: a timm model registered by name (any timm model trains as backbone=timm backbone.name=...)."""
+from timm.models import register_model
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes=10, **kwargs):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                      nn.Flatten())
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+@register_model
+def tiny_plugin_net(pretrained=False, **kwargs):
+    return TinyNet(**kwargs)
+'''
+
+
+def test_a_backbone_from_a_plugin_file_trains_through_timms_registry(tmp_path):
+    """Adding a backbone is one file: a @register_model function, used as backbone=timm backbone.name=<it>."""
+    (tmp_path / "tiny_net.py").write_text(TINY_NET)
+    (tmp_path / "blobs.py").write_text(BLOBS)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "dlb.train", "dataset=blobs", "backbone=timm",
+                        "backbone.name=tiny_plugin_net", "method=dlb", "debug=step", f"hydra.run.dir={out}"], cwd=REPO,
+                       env=plugin_env(tmp_path),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["backbone"] == "tiny_plugin_net"
+    assert summary["num_params"] == 3 * 8 * 9 + 8 + 2 * 8 + 8 * 4 + 4
+
+
 @pytest.mark.parametrize("plugin,message", [
     (None, r"^dlb: error: DLB_PLUGINS: \S+nowhere\.py is not a \.py file or a folder; fix the path, or remove it "
            r"from DLB_PLUGINS$"),
