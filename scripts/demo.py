@@ -219,17 +219,18 @@ def seed_noise_line(backbone: str, ce_err: float, dlb_err: float, path: Path = S
     ahead = f"DLB is {diff:.2f} points ahead of CE" if diff >= 0 else f"DLB is {-diff:.2f} points behind CE"
     rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
     results = json.loads(path.read_text())
-    ce = next((r for r in results["rows"] if (r["backbone"], r["method"], r["setting"], r["main"]) ==
-               (backbone, "ce", "", True)), None)
-    paired = next((c for claim in results["claims"] for c in claim["comparisons"]
-                   if (c["backbone"], c["setting"], c["base"], c["method"]) == (backbone, "", "ce", "dlb")), None)
-    if ce is None or paired is None or ce["best"]["std"] is None:
+    ce = next((r for r in results["rows"] if (r["backbone"], r["method"], r["setting"], r.get("variant", "")) ==
+               (backbone, "ce", "", "")), None)
+    paired = next((c["best"] for claim in results["claims"] for c in claim["comparisons"]
+                   if (c["backbone"], c["setting"], c.get("base"), c.get("method")) == (backbone, "", "ce", "dlb")), None)
+    if ce is None or paired is None or ce["best"]["std"] is None or paired.get("lo") is None:
         return f"{ahead} on one seed; {rel} has no multi-seed {backbone} result to compare it with: rerun with seed=1, 2"
-    spread, gain, gain_sd = ce["best"]["std"], paired["diff"]["mean"], paired["diff"]["std"]
+    spread = ce["best"]["std"]
     size = "less" if abs(diff) < spread else "more"
     meaning = "one seed cannot tell it from noise" if size == "less" else "yet one seed is no proof"
     return (f"{ahead} on one seed: {size} than one run's seed-to-seed spread (CE ±{spread:.2f} points over seeds "
-            f"{', '.join(map(str, ce['seeds']))} in {rel}, where DLB beat CE by {gain:+.2f} ± {gain_sd:.2f} on "
+            f"{', '.join(map(str, ce['seeds']))} in {rel}, where DLB beat CE by {paired['mean']:+.2f} points, 95 % "
+            f"interval [{paired['lo']:+.2f}, {paired['hi']:+.2f}], on {paired['n']} "
             f"paired seeds), so {meaning}; rerun with other seeds: make demo ARGS=\"seed=1\"")
 
 

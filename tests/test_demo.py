@@ -133,21 +133,22 @@ def test_no_data_and_no_apt_names_the_one_command(monkeypatch, capsys):
 def test_seed_noise_line_reads_the_spread_from_the_results_file(tmp_path):
     """The figures come from the file: a made-up file gives its numbers; the committed one gives its own."""
     demo = load_demo()
-    results = {"rows": [{"backbone": "cifar_resnet8", "method": "ce", "setting": "", "main": True, "seeds": [0, 1, 2],
+    results = {"rows": [{"backbone": "cifar_resnet8", "method": "ce", "setting": "", "variant": "", "seeds": [0, 1, 2],
                          "best": {"std": 2.345}}],
                "claims": [{"comparisons": [{"backbone": "cifar_resnet8", "setting": "", "base": "ce", "method": "dlb",
-                                            "diff": {"mean": 0.625, "std": 0.125}}]}]}
+                                            "best": {"mean": 0.625, "lo": -0.125, "hi": 1.375, "n": 3}}]}]}
     path = tmp_path / "claims.json"
     path.write_text(json.dumps(results))
     line = demo.seed_noise_line("cifar_resnet8", 16.0, 15.81, path)
     assert "DLB is 0.19 points ahead of CE on one seed: less than" in line and "±2.35 points" in line
-    assert "+0.62 ± 0.12" in line and str(path) in line and "\n" not in line
+    assert "+0.62 points, 95 % interval [-0.12, +1.38], on 3 paired seeds" in line and str(path) in line
+    assert "\n" not in line
     assert "more than" in demo.seed_noise_line("cifar_resnet8", 16.0, 12.0, path)
     assert "no multi-seed cifar_resnet20 result" in demo.seed_noise_line("cifar_resnet20", 16.0, 15.0, path)
 
     committed = json.loads(demo.SEED_RESULTS.read_text())
-    ce = next(r for r in committed["rows"] if (r["backbone"], r["method"], r["setting"], r["main"]) ==
-              ("cifar_resnet8", "ce", "", True))
+    ce = next(r for r in committed["rows"] if (r["backbone"], r["method"], r["setting"], r["variant"]) ==
+              ("cifar_resnet8", "ce", "", ""))
     line = demo.seed_noise_line("cifar_resnet8", 16.0, 15.81)
     assert f"±{ce['best']['std']:.2f} points" in line and "results/cpu_claims/cpu_claims.json" in line
 
