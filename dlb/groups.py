@@ -8,6 +8,8 @@ dlb/data/datasets/, and in the files DLB_PLUGINS names), read from the source: i
 from __future__ import annotations
 
 import ast
+import functools
+import os
 import re
 from pathlib import Path
 
@@ -22,6 +24,12 @@ REGISTERED = {"method": ("register_method", PACKAGE / "methods"),
 def registered_names(group: str) -> list[str]:
     """Every `@<decorator>("<name>", ...)` of a registered group, in its package and the plugin files: the keys of
     its registry (the tests check they agree), without importing torch."""
+    return list(_registered(group, os.environ.get(plugins.ENV, "")))
+
+
+@functools.lru_cache(maxsize=None)
+def _registered(group: str, plugin_paths: str) -> tuple[str, ...]:
+    """Parsed once per process and DLB_PLUGINS value: every override check asks for the options again."""
     decorator, folder = REGISTERED[group]
     names = []
     for path in [*sorted(folder.glob("*.py")), *plugins.paths()]:
@@ -30,7 +38,7 @@ def registered_names(group: str) -> list[str]:
                 names += [d.args[0].value for d in node.decorator_list
                           if isinstance(d, ast.Call) and getattr(d.func, "id", None) == decorator
                           and d.args and isinstance(d.args[0], ast.Constant)]
-    return sorted(names)
+    return tuple(sorted(names))
 
 
 def group_options(group: str) -> list[str]:
