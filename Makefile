@@ -98,10 +98,13 @@ reproduce-claims-cpu: ## The paper's claims at CPU scale, into results/cpu_claim
 bench: ## Training-speed benchmark: resnet32 CE vs DLB, batch 64, CPU, into results/bench/ (ARGS="--device cuda ...")
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) scripts/benchmark.py $(ARGS)
 
-# A bare GPU image may have torch, timm and pytest but not hydra/omegaconf: their pure-Python wheels travel in .whl/.
-gpu-wheels: ## Wheels of hydra-core, omegaconf, antlr4 (pinned) into .whl/ for scripts/gpu_check.sh on a bare GPU image
-	rm -rf .whl && $(PY) -m pip wheel -q --no-deps -w .whl hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
+# A bare GPU image may have torch, timm and pytest but not Hydra: its pure-Python wheels (the versions installed here)
+# travel in .whl/, and Fashion-MNIST's idx files (where this machine has them) in data/fashion-mnist for stage claims.
+GPU_WHEELS = hydra-core omegaconf antlr4-python3-runtime hydra-joblib-launcher hydra-submitit-launcher submitit
+gpu-wheels: ## Wheels of Hydra and its launchers into .whl/, Fashion-MNIST into data/fashion-mnist, for scripts/gpu_check.sh
+	rm -rf .whl && $(PY) -m pip wheel -q --no-deps -w .whl $$($(PY) -m pip freeze | grep -iE "^($$(echo $(GPU_WHEELS) | tr ' ' '|'))==")
 	@ls .whl
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then mkdir -p data/fashion-mnist && cp -u /usr/share/datasets/fashion-mnist/*.gz data/fashion-mnist/; fi
 
 gpu-check: ## The GPU check: tests + benchmark on a GPU machine without internet (~9 min), into results/bench/gpu_check/ (GPU_CHECK_SMOKE=1: toy, CPU)
 	bash scripts/gpu_check.sh

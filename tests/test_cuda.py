@@ -1,13 +1,15 @@
 """GPU checks, skipped without CUDA (scripts/gpu_check.sh runs them on a GPU machine): the training step makes no host
 sync, the epoch's syncs do not grow with its steps, CUDA graphs (trainer.compile=reduce-overhead) and bf16 keep DLB's
-numbers and its cached target intact, in both backward modes, DDP runs over NCCL, and GPU slots hand out distinct
-slots. `DLB_CUDA_TESTS_ON_CPU=1` runs the same tests on the CPU (their logic, not the GPU's behaviour), for working on
+numbers and its cached target intact, in both backward modes, DDP runs over NCCL, GPU slots hand out distinct
+slots, and the command line trains with the default speed settings and with trainer.faithful=true, a SIGTERM saves
+and the same command continues to the uninterrupted run's result. `DLB_CUDA_TESTS_ON_CPU=1` runs the same tests on the CPU (their logic, not the GPU's behaviour), for working on
 them without a GPU."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -16,7 +18,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose
+from conftest import REPO, compose, metric_rows
 from dlb.config import validate
 from dlb.data.datasets import ArrayDataset
 from dlb.data.loader import Batch
@@ -210,3 +212,38 @@ def test_two_runs_take_two_slots_of_one_gpu(tmp_path, monkeypatch):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("speed", ["default", "faithful"])
+def test_cli_stopped_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path, speed):
+    """`python -m dlb.train` on this device, with the default speed settings (on CUDA: channels_last, fused SGD,
+    CUDA graphs) or trainer.faithful=true: a SIGTERM mid-run saves and exits, the same command continues, and the
+    run ends with the metric rows and weights of one never stopped (trainer.deterministic=true)."""
+    from fakedata import write_fake_fashion_mnist
+    from test_reliability import Child
+
+    from dlb.train import EXIT_PREEMPTED
+
+    write_fake_fashion_mnist(tmp_path / "data" / "FashionMNIST" / "raw", n_train=2048, n_test=256)
+    args = ["dataset=fashion_mnist", f"dataset.root={tmp_path}/data", "backbone=resnet8", "method=dlb",
+            f"trainer.device={DEVICE}", "trainer.epochs=3", "trainer.batch_size=32", "trainer.deterministic=true",
+            "trainer.progress=true", *(["trainer.faithful=true"] if speed == "faithful" else [])]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    child = Child(env, [*args, f"hydra.run.dir={full}"])
+    assert child.finish(600) == 0, child.out[-3000:]
+    expected = "faithful" if speed == "faithful" else "compile reduce-overhead" if ON_GPU else "fused SGD"
+    assert expected in child.out, child.out[-3000:]  # the start-up line names the resolved speed settings
+    child = Child(env, [*args, f"hydra.run.dir={cut}"])
+    child.wait_until(lambda: (child.position() or (0, 0))[0] == 2, timeout=600)
+    child.p.send_signal(signal.SIGTERM)
+    assert child.finish(120) == EXIT_PREEMPTED, child.out[-3000:]
+    assert json.loads((cut / "summary.json").read_text())["status"] == "preempted"
+    child = Child(env, [*args, f"hydra.run.dir={cut}"])
+    assert child.finish(600) == 0, child.out[-3000:]
+    assert "resumed" in child.out, child.out[-3000:]
+    assert metric_rows(cut) == metric_rows(full)
+    weights = [torch.load(d / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+               for d in (full, cut)]
+    for k, v in weights[0].items():
+        assert torch.equal(v, weights[1][k]), k
