@@ -13,9 +13,10 @@ Exit codes (docs/reliability.md):
 Under -m (multirun) a job with exit code 2 or 3 does not stop the sweep: its line is printed, the other jobs run,
 and the sweep exits with the first such code at the end. A stop signal stops the whole sweep (exit code 75).
 
-`--help`, an override Hydra cannot parse and an unknown config group option are answered before torch is imported
-(dlb/groups.py reads the options from configs/ and the method files' source); a config that needs the structured
-schema (a key's type or range) loads the methods, and so torch, first.
+`--help` and every error of the config (an override Hydra cannot parse, an unknown option, a key's type or range, a
+conflict of settings) are answered before torch is imported: dlb/groups.py reads the options, and what the checks
+need of each method and dataset, from configs/ and the registering files' source. Only a run that passes imports
+the training stack.
 """
 from __future__ import annotations
 
@@ -40,14 +41,6 @@ from dlb.groups import REGISTERED, group_options, has_option, is_group
 from dlb.run.command import quoted_override
 
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 2, 3, 75, 130
-
-if __name__ != "__main__":
-    # Imported (the dlb-train script; a launcher's worker process, which composes the job's config before calling
-    # hydra_main): the structured schema now. `python -m dlb.train` registers it in main(), after the checks that
-    # need no torch.
-    from dlb.config import register_configs
-
-    register_configs()
 
 
 class JobFailed(Exception):
@@ -198,10 +191,10 @@ def _stop(code: int, e: BaseException) -> None:
 # An absolute config path: found the same whether this runs as `python -m dlb.train`, the dlb-train script or main()
 @hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
-    from dlb.trainer import run
-
     try:
         check(cfg)
+        from dlb.trainer import run  # the training stack (torch), once the config is known to be good
+
         summary = run(cfg, HydraConfig.get().runtime.output_dir, list(HydraConfig.get().overrides.task))
     except (ConfigError, DatasetError, ResumeError, OutputError) as e:
         _remove_unused_job_folder()
@@ -248,7 +241,7 @@ def main() -> None:
     if bad is not None and not full_error:
         print(f"dlb: error: {bad[0]}: {bad[1]}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    from dlb.config import register_configs  # the structured schema: the methods' Config dataclasses, and torch
+    from dlb.config import register_configs  # the structured schema, the methods' Config dataclasses among it
 
     register_configs()
     if not full_error and not any(a.startswith("-") or a.startswith("hydra.mode=") for a in sys.argv[1:]):
