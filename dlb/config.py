@@ -32,7 +32,10 @@ class DatasetConfig:
     name: str = MISSING  # a registered dataset (validate checks it)
     root: Optional[str] = "${data_root}"  # imagefolder: null until given
     download: bool = False  # fetch missing archives (needs internet)
-    train_subset: Optional[int] = None  # first n of a fixed (seed-independent) permutation; null = all
+    # first n of a fixed (seed-independent) permutation; null = all. More than the split holds is refused: by
+    # validate for a dataset that declares its sizes, once read for one that does not (an image folder: there
+    # debug=tiny's 256 needs that many images, or dataset.train_subset=null dataset.test_subset=null)
+    train_subset: Optional[int] = None
     test_subset: Optional[int] = None
     image_size: int = 32  # training resolution; imagefolder images are resized to it on load
     augment: Augment = Augment.crop_flip  # crop_flip (CIFAR) | rrc_flip (TinyImageNet) | none
