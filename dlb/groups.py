@@ -40,14 +40,14 @@ def registered_names(group: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _registrations(group: str, plugin_paths: str) -> tuple[tuple[Path, ast.Module, dict[str, ast.AST]], ...]:
-    """(file, its syntax tree, {registered name: the decorated node}) for each file that registers options. Parsed
-    once per process and DLB_PLUGINS value: every override check asks for the options again."""
+def _registrations(group: str, plugin_paths: str) -> tuple[tuple[Path, ast.Module, dict[str, tuple]], ...]:
+    """(file, its syntax tree, {registered name: (the decorated node, the decorator's call)}) for each file that
+    registers options. Parsed once per process and DLB_PLUGINS value: every override check asks again."""
     decorator, folder = REGISTERED[group]
     found = []
     for path in [*sorted(folder.glob("*.py")), *plugins.paths()]:
         tree = ast.parse(path.read_text(), str(path))
-        entries = {d.args[0].value: node for node in tree.body for d in getattr(node, "decorator_list", ())
+        entries = {d.args[0].value: (node, d) for node in tree.body for d in getattr(node, "decorator_list", ())
                    if isinstance(d, ast.Call) and getattr(d.func, "id", None) == decorator
                    and d.args and isinstance(d.args[0], ast.Constant)}
         if entries:
@@ -72,7 +72,7 @@ def _registry(group: str, plugin_paths: str) -> dict[str, Any]:
                 found.update(_dataset_facts(entries))
             else:
                 namespace = _stand_ins(path, tree, _method_base())
-                found.update({name: _complete(namespace[node.name]) for name, node in entries.items()})
+                found.update({name: _complete(namespace[node.name]) for name, (node, _) in entries.items()})
         except Exception:  # the slow path: import the registry (and so torch)
             if group == "method":
                 from dlb.methods import METHODS as imported
@@ -82,14 +82,13 @@ def _registry(group: str, plugin_paths: str) -> dict[str, Any]:
     return found
 
 
-def _dataset_facts(entries: dict[str, ast.AST]) -> dict[str, types.SimpleNamespace]:
+def _dataset_facts(entries: dict[str, tuple]) -> dict[str, types.SimpleNamespace]:
     """A dataset's sizes and config values: its decorator's keyword arguments, which must be literals."""
     found = {}
-    for name, node in entries.items():
-        call = next(d for d in node.decorator_list if getattr(d, "args", None) and d.args[0].value == name)
-        if len(call.args) != 1 or any(k.arg is None for k in call.keywords):
-            raise ValueError(f"dataset {name}: not one name and keyword arguments")
-        config = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    for name, (_, call) in entries.items():
+        config = {k.arg: ast.literal_eval(k.value) for k in call.keywords}  # ValueError where not a literal
+        if None in config:
+            raise ValueError(f"dataset {name}: **arguments")
         found[name] = types.SimpleNamespace(train_size=config.pop("train_size", None),
                                             test_size=config.pop("test_size", None), config=config)
     return found

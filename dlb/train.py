@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
                               OmegaConfBaseException)
 
-from dlb import CONFIGS
+from dlb import CONFIGS, plugins
 from dlb.errors import ConfigError, DatasetError, Diverged, OutputError, Preempted, ResumeError
 from dlb.groups import REGISTERED, group_options, has_option, is_group
 from dlb.run.command import quoted_override
@@ -83,8 +83,8 @@ def _override_for(key: str, overrides: Sequence[str]) -> str:
     return typed[0] if typed else key
 
 
-def _culprit(overrides: Sequence[str]) -> tuple[str, str] | None:
-    """(override, why) for the first override Hydra can't take: unparsable, a config group given anything but an
+def _culprit(overrides: Sequence[str]) -> str | None:
+    """"<override>: <why>" for the first override Hydra can't take: unparsable, a config group given anything but an
     option name (Hydra answers those with a bare ValueError or TypeError that doesn't say which override), or an
     option that no config file or method has. Reads no schema, so it runs before torch is imported."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -96,17 +96,17 @@ def _culprit(overrides: Sequence[str]) -> tuple[str, str] | None:
             parsed = parser.parse_override(o)
         except HydraException as e:  # OverrideParseException, or the grammar's own HydraException
             key, _, value = o.partition("=")  # (a run folder's name holds = and ,: quoted, it is one value)
-            return o, (f"not a valid override ({str(e).splitlines()[0]}); quote a value with special characters for "
-                       f"Hydra and the shell: {quoted_override(key, value)}")
+            return (f"{o}: not a valid override ({str(e).splitlines()[0]}); quote a value with special characters "
+                    f"for Hydra and the shell: {quoted_override(key, value)}")
         key = parsed.key_or_group
         if not is_group(key) or parsed.is_delete() or key.split("/")[0] in ("hydra", "schema"):
             continue
         if not parsed.is_sweep_override() and not isinstance(parsed.value(), str):
-            return o, f"{key} is a config group; use one of {_group_options(key)}"
+            return f"{o}: {key} is a config group; use one of {_group_options(key)}"
         value = parsed.value()
         for option in value.list if isinstance(value, ChoiceSweep) else [value]:
             if isinstance(option, str) and not has_option(key, option):
-                return o, f"no {key} config named {option!r}; use one of {_group_options(key)}"
+                return f"{o}: no {key} config named {option!r}; use one of {_group_options(key)}"
     return None
 
 
@@ -147,7 +147,7 @@ def error_line(e: BaseException, overrides: Sequence[str] = ()) -> str:
         return f"{typed}: {what}; give a value of the key's type (`python -m dlb.train --cfg job` shows the defaults)"
     culprit = _culprit(overrides)
     if culprit is not None:
-        return f"{culprit[0]}: {culprit[1]}"
+        return culprit
     return f"{first} (overrides: {' '.join(overrides) or 'none'})"
 
 
@@ -165,9 +165,9 @@ def check(cfg: DictConfig) -> None:
 def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The validated config `python -m dlb.train <overrides>` runs with. Anything wrong with the overrides raises
     ConfigError whose message is the one line the command prints."""
-    bad = _culprit(overrides)
-    if bad is not None:
-        raise ConfigError(f"{bad[0]}: {bad[1]}")
+    culprit = _culprit(overrides)
+    if culprit is not None:
+        raise ConfigError(culprit)
     from dlb.config import compose
 
     try:
@@ -237,19 +237,19 @@ def main() -> None:
         print(help_text().rstrip())
         return
     overrides = [a for a in sys.argv[1:] if not a.startswith("-") and ("=" in a or a.startswith("~"))]
-    bad = _culprit(overrides)
-    if bad is not None and not full_error:
-        print(f"dlb: error: {bad[0]}: {bad[1]}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    from dlb.config import register_configs  # the structured schema, the methods' Config dataclasses among it
-
-    register_configs()
-    if not full_error and not any(a.startswith("-") or a.startswith("hydra.mode=") for a in sys.argv[1:]):
-        try:  # a single run: checked before Hydra makes its folder, so a refused command leaves none
-            load_config(overrides)
+    if not full_error:
+        try:  # a single run is checked whole, before Hydra makes its folder: a refused command leaves none
+            if not any(a.startswith("-") or a.startswith("hydra.mode=") for a in sys.argv[1:]):
+                load_config(overrides)
+            elif (culprit := _culprit(overrides)) is not None:
+                raise ConfigError(culprit)
         except ConfigError as e:
             print(f"dlb: error: {e}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
+    from dlb.config import register_configs  # the structured schema (read without torch: dlb/groups.py)
+
+    register_configs()
+    plugins.load()  # the checks read DLB_PLUGINS files' source; now they run: a broken one is one line, exit code 2
     try:
         hydra_main()
     except JobFailed as e:
