@@ -50,6 +50,9 @@ class JobFailed(Exception):
         super().__init__(line)
         self.code = code
 
+    def __reduce__(self):  # a launcher's worker process sends it back pickled
+        return JobFailed, (self.code, str(self))
+
 
 # --- one line per user error ----------------------------------------------------------------------------------
 def _group_options(group: str) -> str:
