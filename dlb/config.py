@@ -157,7 +157,7 @@ def register_configs() -> None:
     cs.store(group="schema/noise", name="base", node=NoiseConfig)
     for name, cls in registry("method").items():  # `method=<name>`: the method's Config dataclass and its defaults
         cs.store(group="method", name=name, node=cls.Config)
-    for name, spec in registry("dataset").items():  # `dataset=<name>`: the schema with the values the dataset's file declares
+    for name, spec in registry("dataset").items():  # `dataset=<name>`: the schema, with the values its file declares
         cs.store(group="dataset", name=name, node=DatasetConfig(name=name, **spec.config))
 
 
@@ -217,7 +217,7 @@ def validate(cfg: DictConfig) -> None:
         _fail("trainer.eval_batch_size", t.eval_batch_size, "use auto, or a whole number >= 1")
     if t.device not in DEVICES and not str(t.device).startswith("cuda:"):
         _fail("trainer.device", t.device, f"use one of {', '.join(DEVICES)} or cuda:<index>")
-    _validate_speed(cfg, method.rules_out(cfg.method))
+    _validate_speed(cfg)
     if t.threads is not None and t.threads < 1:
         _fail("trainer.threads", t.threads, "must be >= 1, or null for $OMP_NUM_THREADS or every usable core")
     for key in ("limit_train_batches", "limit_eval_batches"):
@@ -247,9 +247,8 @@ def validate(cfg: DictConfig) -> None:
         _fail("seed", cfg.seed, "must be >= 0")
 
 
-def _validate_speed(cfg: DictConfig, ruled_out: dict) -> None:
-    """Speed and placement switches (docs/performance.md); `ruled_out`: the device features the method's
-    configuration cannot run with (Method.rules_out)."""
+def _validate_speed(cfg: DictConfig) -> None:
+    """Speed and placement switches (docs/performance.md)."""
     t = cfg.trainer
     if t.jobs_per_gpu < 1:
         _fail("trainer.jobs_per_gpu", t.jobs_per_gpu, "must be >= 1 (runs sharing one GPU with trainer.device=slot)")
@@ -266,6 +265,7 @@ def _validate_speed(cfg: DictConfig, ruled_out: dict) -> None:
             if value not in ("auto", faithful):
                 _fail(key, value, f"conflicts with trainer.faithful=true (which means {key}={str(faithful).lower()});"
                       " drop one of the two")
+    ruled_out = registry("method")[cfg.method.name].rules_out(cfg.method)  # what this configuration can't run with
     if t.compile == "reduce-overhead" and "cuda_graphs" in ruled_out:
         _fail(*ruled_out["cuda_graphs"])
     if t.ddp:

@@ -47,7 +47,7 @@ def _registrations(group: str, plugin_paths: str) -> tuple[tuple[Path, ast.Modul
     found = []
     for path in [*sorted(folder.glob("*.py")), *plugins.paths()]:
         tree = ast.parse(path.read_text(), str(path))
-        entries = {d.args[0].value: (node, d) for node in tree.body for d in getattr(node, "decorator_list", ())
+        entries = {d.args[0].value: (node, d) for node in ast.walk(tree) for d in getattr(node, "decorator_list", ())
                    if isinstance(d, ast.Call) and getattr(d.func, "id", None) == decorator
                    and d.args and isinstance(d.args[0], ast.Constant)}
         if entries:
@@ -143,7 +143,8 @@ def _stand_ins(path: Path, tree: ast.Module, base: type | None) -> dict[str, Any
 def _complete(cls: type) -> type:
     """`cls`, after checking that its validate_config and rules_out, and the file's functions they call, find every
     global name they read (one the stand-in left out needs torch)."""
-    todo = [(f.__code__, f.__globals__) for f in (getattr(m, "__func__", m) for m in (cls.validate_config, cls.rules_out))]
+    checks = [getattr(m, "__func__", m) for m in (cls.validate_config, cls.rules_out)]
+    todo = [(f.__code__, f.__globals__) for f in checks]
     seen = set()
     while todo:
         code, names = todo.pop()
