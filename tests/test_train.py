@@ -178,6 +178,15 @@ def test_help_and_config_errors_answer_before_torch(args, code, named, tmp_path)
         assert "method: ce, cskd" in r.stdout and "--cfg job" in r.stdout and "$CONFIG" not in r.stdout
 
 
+def test_the_dlb_train_script_imports_neither_schema_nor_torch():
+    """`dlb-train` (pyproject.toml: dlb.train:main) imports dlb.train as a module; main() then checks as above."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", "import dlb.train"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert r.returncode == 0 and "dlb.train" in imported, r.stderr[-2000:]
+    assert not {"dlb.config", "torch", "torchvision", "timm"} & imported
+
+
 PLUGIN = '''
 from __future__ import annotations
 
