@@ -70,8 +70,8 @@ OmegaConf.register_new_resolver("dlb_config_groups", _config_groups, replace=Tru
 
 
 def help_text() -> str:
-    """`--help`: configs/hydra/help/dlb.yaml's template, rendered here because Hydra composes the whole config (the
-    methods' schemas, and so torch) before printing its help."""
+    """`--help`: configs/hydra/help/dlb.yaml's template, rendered here: Hydra's --help composes the whole config
+    first."""
     help_cfg = OmegaConf.load(CONFIGS / "hydra" / "help" / "dlb.yaml")
     return OmegaConf.create({"hydra": {"help": help_cfg}}).hydra.help.template
 
