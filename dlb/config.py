@@ -1,28 +1,24 @@
 """Structured-config schema (Hydra ConfigStore) and the range checks that types alone can't express.
 
 The YAML files in configs/ fill these dataclasses (a method's own Config dataclass is the whole `method=<name>`
-entry; a dataset's file gives the values of its `dataset=<name>` entry); Hydra rejects unknown keys, wrong types and values outside a Choice while composing, and `validate` rejects
-out-of-range values before any data is read or model built. `compose` gives the config a command line runs with.
+entry; a dataset's file gives the values of its `dataset=<name>` entry); Hydra rejects unknown keys, wrong types and
+values outside a Choice while composing, and `validate` rejects out-of-range values before any data is read or model
+built. `compose` gives the config a command line runs with. The methods' and datasets' facts come from their files'
+source (dlb.groups.registry), so none of this imports torch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dlb import CONFIGS
-from dlb.data.augment import BatchAugment, CutMixViews
-from dlb.data.datasets import DATASETS
+from dlb.choice import (Augment, BatchAugment, CompileMode, CutMixViews, LoaderKind, LoggerName, NoiseName, Precision,
+                        WandbMode)
 from dlb.errors import ConfigError
-from dlb.groups import group_options  # noqa: F401  (read from configs/ and dlb/methods/ without torch)
-from dlb.data.loader import Augment, LoaderKind
-from dlb.run.loggers import LoggerName, WandbMode
-from dlb.methods import METHODS
-from dlb.data.noise import NoiseName
-from dlb.device.speed import CompileMode, Precision
+from dlb.groups import group_options, registry  # noqa: F401  (group_options: for the tests)
 
 # Options the schema can't type as a Choice: trainer.device also takes cuda:<index>; optim.fused and
 # trainer.channels_last take auto or a bool.
@@ -36,7 +32,10 @@ class DatasetConfig:
     name: str = MISSING  # a registered dataset (validate checks it)
     root: Optional[str] = "${data_root}"  # imagefolder: null until given
     download: bool = False  # fetch missing archives (needs internet)
-    train_subset: Optional[int] = None  # first n of a fixed (seed-independent) permutation; null = all
+    # first n of a fixed (seed-independent) permutation; null = all. More than the split holds is refused: by
+    # validate for a dataset that declares its sizes, once read for one that does not (an image folder: there
+    # debug=tiny's 256 needs that many images, or dataset.train_subset=null dataset.test_subset=null)
+    train_subset: Optional[int] = None
     test_subset: Optional[int] = None
     image_size: int = 32  # training resolution; imagefolder images are resized to it on load
     augment: Augment = Augment.crop_flip  # crop_flip (CIFAR) | rrc_flip (TinyImageNet) | none
@@ -156,9 +155,9 @@ def register_configs() -> None:
     cs.store(group="schema/logger", name="base", node=LoggerConfig)
     cs.store(group="schema/augment", name="base", node=AugmentConfig)
     cs.store(group="schema/noise", name="base", node=NoiseConfig)
-    for name, cls in METHODS.items():  # `method=<name>` is the method's Config dataclass, its defaults included
+    for name, cls in registry("method").items():  # `method=<name>`: the method's Config dataclass and its defaults
         cs.store(group="method", name=name, node=cls.Config)
-    for name, spec in DATASETS.items():  # `dataset=<name>`: the schema with the values the dataset's file declares
+    for name, spec in registry("dataset").items():  # `dataset=<name>`: the schema, with the values its file declares
         cs.store(group="dataset", name=name, node=DatasetConfig(name=name, **spec.config))
 
 
@@ -184,12 +183,13 @@ def _fail(key: str, value: Any, why: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Reject values that are well-typed but unusable. Raises ConfigError naming the key and the fix."""
     d, t, o = cfg.dataset, cfg.trainer, cfg.optim
-    if d.name not in DATASETS:
-        _fail("dataset.name", d.name, f"unknown dataset; use one of {', '.join(sorted(DATASETS))}")
+    datasets, methods = registry("dataset"), registry("method")
+    if d.name not in datasets:
+        _fail("dataset.name", d.name, f"unknown dataset; use one of {', '.join(sorted(datasets))}")
     if not d.root:
         _fail("dataset.root", d.root, f"dataset={d.name} needs a data folder: set dataset.root=<dir>"
               + ("" if d.name == "imagefolder" else " (or the DLB_DATA environment variable)"))
-    spec = DATASETS[d.name]
+    spec = datasets[d.name]
     for key, split, size in (("train_subset", "training", spec.train_size), ("test_subset", "test", spec.test_size)):
         if d[key] is not None and d[key] < 1:
             _fail(f"dataset.{key}", d[key], "must be >= 1, or null for the whole split")
@@ -203,10 +203,11 @@ def validate(cfg: DictConfig) -> None:
     if not 0 <= d.rotation <= 180:
         _fail("dataset.rotation", d.rotation, "the rotation range in degrees must be in [0, 180] (0: none; Tf-KD's "
               "recipe uses 15)")
-    if cfg.method.name not in METHODS:
-        _fail("method.name", cfg.method.name, f"unknown method; use one of {', '.join(sorted(METHODS))}")
-    _check_keys_and_numbers(cfg, METHODS[cfg.method.name].Config)
-    METHODS[cfg.method.name].validate_config(cfg.method)
+    if cfg.method.name not in methods:
+        _fail("method.name", cfg.method.name, f"unknown method; use one of {', '.join(sorted(methods))}")
+    method = methods[cfg.method.name]
+    _check_keys_and_numbers(cfg, method.Config)
+    method.validate_config(cfg.method)
     if t.epochs < 1:
         _fail("trainer.epochs", t.epochs, "must be >= 1")
     if t.batch_size < 1:
@@ -241,7 +242,7 @@ def validate(cfg: DictConfig) -> None:
         _fail("optim.milestones", list(o.milestones), "epochs must be >= 1")
     if any(not 0 < f < 1 for f in o.milestone_fractions):
         _fail("optim.milestone_fractions", list(o.milestone_fractions), "fractions must be in (0, 1)")
-    _validate_augment_and_noise(cfg, METHODS[cfg.method.name].num_views)
+    _validate_augment_and_noise(cfg, method.num_views)
     if cfg.seed < 0:
         _fail("seed", cfg.seed, "must be >= 0")
 
@@ -264,7 +265,7 @@ def _validate_speed(cfg: DictConfig) -> None:
             if value not in ("auto", faithful):
                 _fail(key, value, f"conflicts with trainer.faithful=true (which means {key}={str(faithful).lower()});"
                       " drop one of the two")
-    ruled_out = METHODS[cfg.method.name].rules_out(cfg.method)  # what this method's configuration cannot run with
+    ruled_out = registry("method")[cfg.method.name].rules_out(cfg.method)  # what this configuration can't run with
     if t.compile == "reduce-overhead" and "cuda_graphs" in ruled_out:
         _fail(*ruled_out["cuda_graphs"])
     if t.ddp:

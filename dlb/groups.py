@@ -1,5 +1,6 @@
-"""The config groups a user picks from (dataset=, backbone=, method=, ...) and their options, read without importing
-torch: `python -m dlb.train --help` and a mistyped option answer before the training stack loads.
+"""The config groups a user picks from (dataset=, backbone=, method=, ...), their options, and what the config checks
+need of each registered option, all read without importing torch: `python -m dlb.train --help` and any config error
+answer before the training stack loads.
 
 A group's options are its YAML files in configs/<group>/; the `method` and `dataset` groups' are the names their
 files register (`@register_method("<name>")` in dlb/methods/, `@register_dataset("<name>", ...)` in
@@ -7,11 +8,18 @@ dlb/data/datasets/, and in the files DLB_PLUGINS names), read from the source: i
 """
 from __future__ import annotations
 
+import __future__
 import ast
+import builtins
+import copy
+import dis
 import functools
 import os
 import re
+import sys
+import types
 from pathlib import Path
+from typing import Any
 
 from dlb import CONFIGS, plugins
 
@@ -19,26 +27,169 @@ PACKAGE = Path(__file__).resolve().parent
 # group -> (the decorator that registers an option, the package folder of the repo's own options)
 REGISTERED = {"method": ("register_method", PACKAGE / "methods"),
               "dataset": ("register_dataset", PACKAGE / "data" / "datasets")}
+# What the config checks (dlb/config.py) and run identities read of a method class (dlb/methods/base.py says what
+# each is): a method's stand-in holds only these.
+SCHEMA = ("Config", "validate_config", "rules_out", "num_views", "speed_only_options")
+TORCH_FREE = ("dlb.choice", "dlb.errors")  # what a stand-in may import, besides the standard library
 
 
 def registered_names(group: str) -> list[str]:
     """Every `@<decorator>("<name>", ...)` of a registered group, in its package and the plugin files: the keys of
     its registry (the tests check they agree), without importing torch."""
-    return list(_registered(group, os.environ.get(plugins.ENV, "")))
+    return sorted(name for _, _, entries in _registrations(group, os.environ.get(plugins.ENV, "")) for name in entries)
 
 
 @functools.lru_cache(maxsize=None)
-def _registered(group: str, plugin_paths: str) -> tuple[str, ...]:
-    """Parsed once per process and DLB_PLUGINS value: every override check asks for the options again."""
+def _registrations(group: str, plugin_paths: str) -> tuple[tuple[Path, ast.Module, dict[str, tuple]], ...]:
+    """(file, its syntax tree, {registered name: (the decorated node, the decorator's call)}) for each file that
+    registers options. Parsed once per process and DLB_PLUGINS value: every override check asks again."""
     decorator, folder = REGISTERED[group]
-    names = []
+    found = []
     for path in [*sorted(folder.glob("*.py")), *plugins.paths()]:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
-                names += [d.args[0].value for d in node.decorator_list
-                          if isinstance(d, ast.Call) and getattr(d.func, "id", None) == decorator
-                          and d.args and isinstance(d.args[0], ast.Constant)]
-    return tuple(sorted(names))
+        tree = ast.parse(path.read_text(), str(path))
+        entries = {d.args[0].value: (node, d) for node in ast.walk(tree) for d in getattr(node, "decorator_list", ())
+                   if isinstance(d, ast.Call) and getattr(d.func, "id", None) == decorator
+                   and d.args and isinstance(d.args[0], ast.Constant)}
+        if entries:
+            found.append((path, tree, entries))
+    return tuple(found)
+
+
+def registry(group: str) -> dict[str, Any]:
+    """What the config checks need of each registered option, read from the source without torch: for a method a
+    stand-in class (the SCHEMA attributes of the registered class), for a dataset its declared facts (train_size,
+    test_size and the `dataset=<name>` entry's values, `config`). A file whose reading fails is imported instead
+    (the registry's own entries: the same answers, after torch loads)."""
+    return _registry(group, os.environ.get(plugins.ENV, ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _registry(group: str, plugin_paths: str) -> dict[str, Any]:
+    found = {}
+    for path, tree, entries in _registrations(group, plugin_paths):
+        try:
+            if group == "dataset":
+                found.update(_dataset_facts(entries))
+            else:
+                namespace = _stand_ins(path, tree, _method_base())
+                found.update({name: _complete(namespace[node.name]) for name, (node, _) in entries.items()})
+        except Exception:  # the slow path: import the registry (and so torch)
+            if group == "method":
+                from dlb.methods import METHODS as imported
+            else:
+                from dlb.data.datasets import DATASETS as imported
+            found.update({name: imported[name] for name in entries})
+    return found
+
+
+def _dataset_facts(entries: dict[str, tuple]) -> dict[str, types.SimpleNamespace]:
+    """A dataset's sizes and config values: its decorator's keyword arguments, which must be literals."""
+    found = {}
+    for name, (_, call) in entries.items():
+        config = {k.arg: ast.literal_eval(k.value) for k in call.keywords}  # ValueError where not a literal
+        if None in config:
+            raise ValueError(f"dataset {name}: **arguments")
+        found[name] = types.SimpleNamespace(train_size=config.pop("train_size", None),
+                                            test_size=config.pop("test_size", None), config=config)
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def _method_base() -> type:
+    """The stand-in of dlb.methods.base.Method: the defaults of the SCHEMA attributes."""
+    path = PACKAGE / "methods" / "base.py"
+    return _complete(_stand_ins(path, ast.parse(path.read_text(), str(path)), None)["Method"])
+
+
+def _stand_ins(path: Path, tree: ast.Module, base: type | None) -> dict[str, Any]:
+    """The namespace of a method file run without torch: each class derived from Method (`base`; None: this is
+    base.py, whose Method is the root) with only its SCHEMA statements, and those of the file's other statements
+    that run without torch: undecorated functions, literal constants, Choice classes, imports of the standard
+    library and TORCH_FREE. Raises when a Method class cannot be run so."""
+    flags = __future__.annotations.compiler_flag if any(
+        isinstance(n, ast.ImportFrom) and n.module == "__future__" and "annotations" in [a.name for a in n.names]
+        for n in tree.body) else 0
+    module = types.ModuleType(f"dlb_schema_{path.stem}")  # importable only while it runs (dataclasses look it up),
+    namespace, methods = vars(module), {"Method"}  # so a pickle of its classes (a launcher's jobs) holds them by value
+    namespace["Method"] = base
+    sys.modules[module.__name__] = module
+    try:
+        for node in tree.body:
+            is_method = isinstance(node, ast.ClassDef) and bool({node.name, *map(_name, node.bases)} & methods)
+            if is_method:
+                methods.add(node.name)
+                if base is not None and any(_name(b) not in methods for b in node.bases):
+                    raise ValueError(f"{path}: {node.name} derives from a class outside this file but Method")
+                node = copy.copy(node)
+                node.bases, node.decorator_list = [b for b in node.bases if _name(b) in methods], []
+                node.body = [s for s in node.body if _binds(s) & set(SCHEMA)] or [ast.Pass()]
+            elif not _runs_without_torch(node):
+                continue
+            try:
+                exec(compile(ast.Module([node], []), str(path), "exec", flags=flags, dont_inherit=True), namespace)
+            except Exception:
+                if is_method:
+                    raise
+                continue
+            if is_method:  # Hydra reads a dataclass's annotations by its module's name: evaluated while it has one
+                for klass in namespace[node.name].Config.__mro__[:-1]:
+                    klass.__annotations__ = {k: eval(v, namespace) if isinstance(v, str) else v  # the file's text
+                                             for k, v in vars(klass).get("__annotations__", {}).items()}
+    finally:
+        del sys.modules[module.__name__]
+    return namespace
+
+
+def _complete(cls: type) -> type:
+    """`cls`, after checking that its validate_config and rules_out, and the file's functions they call, find every
+    global name they read (one the stand-in left out needs torch)."""
+    checks = [getattr(m, "__func__", m) for m in (cls.validate_config, cls.rules_out)]
+    todo = [(f.__code__, f.__globals__) for f in checks]
+    seen = set()
+    while todo:
+        code, names = todo.pop()
+        todo += [(c, names) for c in code.co_consts if isinstance(c, types.CodeType)]
+        for name in {i.argval for i in dis.get_instructions(code) if i.opname == "LOAD_GLOBAL"} - seen:
+            seen.add(name)
+            if isinstance(names.get(name), types.FunctionType):
+                todo.append((names[name].__code__, names[name].__globals__))
+            elif name not in names and not hasattr(builtins, name):
+                raise NameError(f"{cls.__name__}'s checks read {name}, which its stand-in has not")
+    return cls
+
+
+def _name(node: ast.AST) -> str | None:
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _binds(node: ast.AST) -> set[str]:
+    """The names a statement binds."""
+    if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+        return {node.name}
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+
+
+def _runs_without_torch(node: ast.AST) -> bool:
+    """Whether a statement of a method file runs without torch: an undecorated function, a Choice class, a literal
+    constant, an import of the standard library or of TORCH_FREE."""
+    if isinstance(node, ast.FunctionDef):
+        return not node.decorator_list
+    if isinstance(node, ast.ClassDef):
+        return not node.decorator_list and "Choice" in {_name(b) for b in node.bases}
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        try:
+            ast.literal_eval(node.value)
+        except ValueError:
+            return False
+        return True
+    if isinstance(node, ast.Import):
+        modules = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        modules = [node.module if node.level == 0 else "."]  # relative: a package of the file's own
+    else:
+        return False
+    return all(m in TORCH_FREE or m.split(".")[0] in sys.stdlib_module_names for m in modules)
 
 
 def group_options(group: str) -> list[str]:

@@ -13,9 +13,10 @@ Exit codes (docs/reliability.md):
 Under -m (multirun) a job with exit code 2 or 3 does not stop the sweep: its line is printed, the other jobs run,
 and the sweep exits with the first such code at the end. A stop signal stops the whole sweep (exit code 75).
 
-`--help`, an override Hydra cannot parse and an unknown config group option are answered before torch is imported
-(dlb/groups.py reads the options from configs/ and the method files' source); a config that needs the structured
-schema (a key's type or range) loads the methods, and so torch, first.
+`--help` and every error of the config (an override Hydra cannot parse, an unknown option, a key's type or range, a
+conflict of settings) are answered before torch is imported: dlb/groups.py reads the options, and what the checks
+need of each method and dataset, from configs/ and the registering files' source. Only a run that passes imports
+the training stack.
 """
 from __future__ import annotations
 
@@ -34,20 +35,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
                               OmegaConfBaseException)
 
-from dlb import CONFIGS
+from dlb import CONFIGS, plugins
 from dlb.errors import ConfigError, DatasetError, Diverged, OutputError, Preempted, ResumeError
 from dlb.groups import REGISTERED, group_options, has_option, is_group
 from dlb.run.command import quoted_override
 
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 2, 3, 75, 130
-
-if __name__ != "__main__":
-    # Imported (the dlb-train script; a launcher's worker process, which composes the job's config before calling
-    # hydra_main): the structured schema now. `python -m dlb.train` registers it in main(), after the checks that
-    # need no torch.
-    from dlb.config import register_configs
-
-    register_configs()
 
 
 class JobFailed(Exception):
@@ -56,6 +49,9 @@ class JobFailed(Exception):
     def __init__(self, code: int, line: str):
         super().__init__(line)
         self.code = code
+
+    def __reduce__(self):  # a launcher's worker process sends it back pickled
+        return JobFailed, (self.code, str(self))
 
 
 # --- one line per user error ----------------------------------------------------------------------------------
@@ -74,8 +70,8 @@ OmegaConf.register_new_resolver("dlb_config_groups", _config_groups, replace=Tru
 
 
 def help_text() -> str:
-    """`--help`: configs/hydra/help/dlb.yaml's template, rendered here because Hydra composes the whole config (the
-    methods' schemas, and so torch) before printing its help."""
+    """`--help`: configs/hydra/help/dlb.yaml's template, rendered here: Hydra's --help composes the whole config
+    first."""
     help_cfg = OmegaConf.load(CONFIGS / "hydra" / "help" / "dlb.yaml")
     return OmegaConf.create({"hydra": {"help": help_cfg}}).hydra.help.template
 
@@ -90,8 +86,8 @@ def _override_for(key: str, overrides: Sequence[str]) -> str:
     return typed[0] if typed else key
 
 
-def _culprit(overrides: Sequence[str]) -> tuple[str, str] | None:
-    """(override, why) for the first override Hydra can't take: unparsable, a config group given anything but an
+def _culprit(overrides: Sequence[str]) -> str | None:
+    """"<override>: <why>" for the first override Hydra can't take: unparsable, a config group given anything but an
     option name (Hydra answers those with a bare ValueError or TypeError that doesn't say which override), or an
     option that no config file or method has. Reads no schema, so it runs before torch is imported."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -103,17 +99,17 @@ def _culprit(overrides: Sequence[str]) -> tuple[str, str] | None:
             parsed = parser.parse_override(o)
         except HydraException as e:  # OverrideParseException, or the grammar's own HydraException
             key, _, value = o.partition("=")  # (a run folder's name holds = and ,: quoted, it is one value)
-            return o, (f"not a valid override ({str(e).splitlines()[0]}); quote a value with special characters for "
-                       f"Hydra and the shell: {quoted_override(key, value)}")
+            return (f"{o}: not a valid override ({str(e).splitlines()[0]}); quote a value with special characters "
+                    f"for Hydra and the shell: {quoted_override(key, value)}")
         key = parsed.key_or_group
         if not is_group(key) or parsed.is_delete() or key.split("/")[0] in ("hydra", "schema"):
             continue
         if not parsed.is_sweep_override() and not isinstance(parsed.value(), str):
-            return o, f"{key} is a config group; use one of {_group_options(key)}"
+            return f"{o}: {key} is a config group; use one of {_group_options(key)}"
         value = parsed.value()
         for option in value.list if isinstance(value, ChoiceSweep) else [value]:
             if isinstance(option, str) and not has_option(key, option):
-                return o, f"no {key} config named {option!r}; use one of {_group_options(key)}"
+                return f"{o}: no {key} config named {option!r}; use one of {_group_options(key)}"
     return None
 
 
@@ -154,7 +150,7 @@ def error_line(e: BaseException, overrides: Sequence[str] = ()) -> str:
         return f"{typed}: {what}; give a value of the key's type (`python -m dlb.train --cfg job` shows the defaults)"
     culprit = _culprit(overrides)
     if culprit is not None:
-        return f"{culprit[0]}: {culprit[1]}"
+        return culprit
     return f"{first} (overrides: {' '.join(overrides) or 'none'})"
 
 
@@ -172,9 +168,9 @@ def check(cfg: DictConfig) -> None:
 def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The validated config `python -m dlb.train <overrides>` runs with. Anything wrong with the overrides raises
     ConfigError whose message is the one line the command prints."""
-    bad = _culprit(overrides)
-    if bad is not None:
-        raise ConfigError(f"{bad[0]}: {bad[1]}")
+    culprit = _culprit(overrides)
+    if culprit is not None:
+        raise ConfigError(culprit)
     from dlb.config import compose
 
     try:
@@ -198,10 +194,10 @@ def _stop(code: int, e: BaseException) -> None:
 # An absolute config path: found the same whether this runs as `python -m dlb.train`, the dlb-train script or main()
 @hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
-    from dlb.trainer import run
-
     try:
         check(cfg)
+        from dlb.trainer import run  # the training stack (torch), once the config is known to be good
+
         summary = run(cfg, HydraConfig.get().runtime.output_dir, list(HydraConfig.get().overrides.task))
     except (ConfigError, DatasetError, ResumeError, OutputError) as e:
         _remove_unused_job_folder()
@@ -244,19 +240,19 @@ def main() -> None:
         print(help_text().rstrip())
         return
     overrides = [a for a in sys.argv[1:] if not a.startswith("-") and ("=" in a or a.startswith("~"))]
-    bad = _culprit(overrides)
-    if bad is not None and not full_error:
-        print(f"dlb: error: {bad[0]}: {bad[1]}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    from dlb.config import register_configs  # the structured schema: the methods' Config dataclasses, and torch
-
-    register_configs()
-    if not full_error and not any(a.startswith("-") or a.startswith("hydra.mode=") for a in sys.argv[1:]):
-        try:  # a single run: checked before Hydra makes its folder, so a refused command leaves none
-            load_config(overrides)
+    if not full_error:
+        try:  # a single run is checked whole, before Hydra makes its folder: a refused command leaves none
+            if not any(a.startswith("-") or a.startswith("hydra.mode=") for a in sys.argv[1:]):
+                load_config(overrides)
+            elif (culprit := _culprit(overrides)) is not None:
+                raise ConfigError(culprit)
         except ConfigError as e:
             print(f"dlb: error: {e}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
+    from dlb.config import register_configs  # the structured schema (read without torch: dlb/groups.py)
+
+    register_configs()
+    plugins.load()  # the checks read DLB_PLUGINS files' source; now they run: a broken one is one line, exit code 2
     try:
         hydra_main()
     except JobFailed as e:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -144,23 +145,112 @@ def test_cli_run_writes_hydra_config(tmp_path):
     assert (out / ".hydra" / "config.yaml").exists() and (out / "summary.json").exists()
 
 
-@pytest.mark.parametrize("args,code", [(["--help"], 0), (["dataset=nope"], 2), (["method=ce,nope"], 2),
-                                       (["method.T=["], 2), (["method=1"], 2),
-                                       (["hydra.run.dir=outputs/c/dlb/method.T=4,optim.lr=0.1/seed0"], 2)])
-def test_help_and_override_errors_answer_before_torch(args, code):
-    """--help, unparsable overrides and unknown group options are answered without importing torch (seconds
-    sooner on a busy machine); the import log shows every module the command loaded."""
-    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "dlb.train", *args], cwd=REPO, capture_output=True,
-                       text=True, timeout=120)
+def _train_importtime(args, tmp_path, env=None):
+    """`python -m dlb.train <args>` into tmp_path/run, with the import log: (result, imported modules, stderr lines)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "dlb.train", *args, f"hydra.run.dir={tmp_path}/run"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    return r, imported, [line for line in r.stderr.splitlines() if not line.startswith("import time:")]
+
+
+@pytest.mark.parametrize("args,code,named", [
+    (["--help"], 0, None), (["dataset=nope"], 2, None), (["method=ce,nope"], 2, None), (["method.T=["], 2, None),
+    (["method=1"], 2, None), (["hydra.run.dir=outputs/c/dlb/method.T=4,optim.lr=0.1/seed0"], 2, None),
+    # a key's type or range, a Choice's values, a conflict of settings: answered by the schema and validate
+    (["method=dlb", "method.T=abc"], 2, "method.T=abc"), (["method=dlb", "method.T=-1"], 2, "method.T=-1.0"),
+    (["trainer.epochs=abc"], 2, None), (["trainer.epochs=0"], 2, None), (["optim.lr=-1"], 2, "optim.lr=-1.0"),
+    (["dataset=cifar10", "dataset.train_subset=10000000"], 2, "dataset.train_subset=10000000"),
+    (["trainer.precision=fp8"], 2, None), (["method=dlb", "method.backward=nope"], 2, "method.backward=nope"),
+    (["method=dlb", "method.backward=split", "trainer.compile=reduce-overhead"], 2, "method.backward='split'"),
+    (["method=ddgsd", "trainer.ddp=true"], 2, "trainer.ddp=True"),
+    (["method=tfkd_reg", "method.correct_prob=2"], 2, "method.correct_prob=2.0")])
+def test_help_and_config_errors_answer_before_torch(args, code, named, tmp_path):
+    """--help and every config error are answered without importing torch (seconds sooner on a busy machine), as
+    one line naming the override, and nothing is created; the import log shows every module the command loaded."""
+    r, imported, lines = _train_importtime(args, tmp_path)
     assert "dlb.groups" in imported and "hydra" in imported  # (dlb.train itself runs as __main__)
     assert not {"torch", "torchvision", "timm"} & imported
     assert r.returncode == code, r.stderr[-2000:]
-    if code:  # one line naming the override
-        lines = [line for line in r.stderr.splitlines() if not line.startswith("import time:")]
-        assert len(lines) == 1 and lines[0].startswith(f"dlb: error: {args[0]}: "), lines
+    assert not (tmp_path / "run").exists()
+    if code:
+        assert len(lines) == 1 and lines[0].startswith(f"dlb: error: {named or args[0]}: "), lines
     else:
         assert "method: ce, cskd" in r.stdout and "--cfg job" in r.stdout and "$CONFIG" not in r.stdout
+
+
+def test_the_dlb_train_script_imports_neither_schema_nor_torch():
+    """`dlb-train` (pyproject.toml: dlb.train:main) imports dlb.train as a module; main() then checks as above."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", "import dlb.train"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert r.returncode == 0 and "dlb.train" in imported, r.stderr[-2000:]
+    assert not {"dlb.config", "torch", "torchvision", "timm"} & imported
+
+
+PLUGIN = '''
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dlb.errors import ConfigError
+from dlb.methods.base import Method, batch_ce, register_method
+
+LIMIT = 10.0
+
+
+def _check(scale: torch.Tensor | float) -> None:
+    if not 0 < scale <= {limit}:
+        raise ConfigError(f"method.scale={{scale}}: must be in (0, {{LIMIT}}]")
+
+
+@register_method("scaled")
+class Scaled(Method):
+    num_views = 1
+    cost = object()  # (not what the checks read)
+
+    @dataclass
+    class Config:
+        name: str = "scaled"
+        scale: float = 1.0
+
+    @classmethod
+    def validate_config(cls, cfg):
+        _check(cfg.scale)
+
+    def training_step(self, model, batch):
+        logits = model(batch.views[0])
+        return logits, {{"ce": self.scale * batch_ce(logits, batch)}}
+'''
+
+
+@pytest.mark.parametrize("limit,fast", [("LIMIT", True), ("torch.finfo().max and LIMIT", False)])
+def test_a_plugin_methods_config_error_is_one_line(tmp_path, limit, fast):
+    """A DLB_PLUGINS method's own range check answers as the package's do: read from its source without torch, or,
+    when the check needs more of the file than that reading runs (here torch), with the file imported: same line."""
+    (tmp_path / "scaled.py").write_text(PLUGIN.format(limit=limit))
+    env = {**os.environ, "DLB_PLUGINS": str(tmp_path / "scaled.py")}
+    r, imported, lines = _train_importtime(["method=scaled", "method.scale=-1", "dataset=cifar10"], tmp_path, env)
+    assert r.returncode == 2 and lines == ["dlb: error: method.scale=-1.0: must be in (0, 10.0]"], r.stderr[-2000:]
+    assert ("torch" not in imported) == fast
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_image_folder_smaller_than_the_subset_is_refused(tmp_path):
+    """An image folder's size is known once read: a subset larger than it is one line, exit code 2, no run folder."""
+    from fakedata import write_fake_imagefolder
+
+    write_fake_imagefolder(tmp_path / "images")  # 3 classes x 3 training images
+    out = tmp_path / "outputs" / "run"
+    r = subprocess.run([sys.executable, "-m", "dlb.train", "dataset=imagefolder", f"dataset.root={tmp_path}/images",
+                        "dataset.image_size=8", "backbone=resnet8", "method=ce", "debug=step",
+                        "dataset.train_subset=10", "dataset.test_subset=null", f"hydra.run.dir={out}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip() == (f"dlb: error: dataset.train_subset=10: the training split of dataset=imagefolder "
+                                f"({tmp_path}/images) has only 9 images; use at most 9, or null for the whole split")
+    assert not out.exists()
 
 
 def test_registered_names_are_read_from_the_files_without_torch():
@@ -171,3 +261,25 @@ def test_registered_names_are_read_from_the_files_without_torch():
 
     assert registered_names("method") == sorted(METHODS)
     assert registered_names("dataset") == sorted(DATASETS)
+
+
+def test_the_config_checks_read_the_registries_facts_from_the_source():
+    """dlb.groups.registry, read without importing the files, gives what importing them gives: each method's Config
+    fields and defaults, num_views and speed_only_options; each dataset's sizes and config values."""
+    import dataclasses
+
+    from dlb.data.datasets import DATASETS
+    from dlb.groups import registry
+    from dlb.methods import METHODS
+
+    def fields(config):
+        return [(f.name, f.default) for f in dataclasses.fields(config)]
+
+    for name, stand_in in registry("method").items():
+        method = METHODS[name]
+        assert stand_in is not method and stand_in.__module__.startswith("dlb_schema_"), name  # (not imported)
+        assert fields(stand_in.Config) == fields(method.Config), name
+        assert (stand_in.num_views, stand_in.speed_only_options) == (method.num_views, method.speed_only_options)
+    for name, facts in registry("dataset").items():
+        spec = DATASETS[name]
+        assert (facts.train_size, facts.test_size, facts.config) == (spec.train_size, spec.test_size, spec.config)

@@ -15,21 +15,8 @@ import math
 import numpy as np
 import torch
 
-from dlb.choice import Choice
+from dlb.choice import BatchAugment, CutMixViews
 from dlb.data.loader import Batch
-
-
-class BatchAugment(Choice):
-    """augment.name: the batch augmentation `build` returns."""
-    none = "none"
-    cutout = "cutout"
-    cutmix = "cutmix"
-
-
-class CutMixViews(Choice):
-    """augment.views: see CutMix."""
-    shared = "shared"
-    independent = "independent"
 
 
 class _Augment:

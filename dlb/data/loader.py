@@ -17,23 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dlb.choice import Choice
+from dlb.choice import Augment, LoaderKind
 
 if TYPE_CHECKING:
     from dlb.data.datasets import ArrayDataset
-
-
-class Augment(Choice):
-    """dataset.augment: the per-image augmentation of a training batch."""
-    crop_flip = "crop_flip"  # random crop with zero padding, horizontal flip (CIFAR)
-    rrc_flip = "rrc_flip"  # random resized crop, horizontal flip (TinyImageNet)
-    none = "none"
-
-
-class LoaderKind(Choice):
-    """dataset.loader: make_loader's kind."""
-    device = "device"  # DeviceLoader: uint8 data and batched augmentation on the device
-    torch = "torch"  # TorchLoader: PIL transforms in DataLoader workers
 
 
 @dataclass

@@ -12,14 +12,7 @@ import hashlib
 
 import torch
 
-from dlb.choice import Choice
-
-
-class NoiseName(Choice):
-    """noise.name: how noisy_labels flips a label."""
-    none = "none"
-    symmetric = "symmetric"
-    asymmetric = "asymmetric"
+from dlb.choice import NoiseName
 
 
 # CIFAR-10's standard asymmetric map (Patrini et al. 2017): truck->automobile, bird->airplane, deer->horse, cat<->dog.

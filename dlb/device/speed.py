@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 import torch
 
-from dlb.choice import Choice
-
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 KEEP_HEAP = ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20))
@@ -40,9 +38,6 @@ def build_optimizer(o, params, fused: bool) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
                            **kind)
 
-
-# trainer.compile: torch.compile's modes, none (eager), and auto (resolve_speed picks one for the device).
-CompileMode = Choice("CompileMode", [(m, m) for m in ("auto", "none", "default", "reduce-overhead", "max-autotune")])
 
 # trainer.compile=auto on CPU compiles only runs of at least this many optimizer steps. Measured on a 2-core Xeon
 # (results/bench/cpu_resnet32_b64_compile_cost.md): a cold compile of resnet32 costs about 29 s (CE and DLB) and
@@ -109,13 +104,6 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-class Precision(Choice):
-    """trainer.precision: fp32 (the official numerics) or bf16 autocast of the forwards (CUDA, or a CPU with native
-    bf16: dlb.utils.native_bf16); losses and metrics are computed from fp32 logits either way."""
-    fp32 = "fp32"
-    bf16 = "bf16"
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:

@@ -10,21 +10,6 @@ import secrets
 import warnings
 from pathlib import Path
 
-from dlb.choice import Choice
-
-
-class LoggerName(Choice):
-    """logger.name: where rows go besides metrics.jsonl."""
-    none = "none"
-    wandb = "wandb"
-
-
-class WandbMode(Choice):
-    """logger.mode: wandb.init's mode (null: wandb_mode decides)."""
-    online = "online"
-    offline = "offline"
-    disabled = "disabled"
-
 
 def wandb_mode(requested: str | None) -> str:
     """online if asked, or if an API key is configured (env or ~/.netrc); else offline."""
