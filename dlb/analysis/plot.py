@@ -35,8 +35,7 @@ MAX_MARKERS = 20  # per line; longer runs get a marker every n epochs
 MAX_CURVE_VARIANTS = 4  # a cell with more variants (a hyper-parameter sweep) shows its main one in the curves
 
 
-def method_color(method: str):
-    """The method's own colour (`Method.color`); None for a method without one."""
+def method_color(method: str):  # `Method.color`; None for a method without one
     return METHODS[method].color if method in METHODS else None
 
 
@@ -318,7 +317,3 @@ def main(argv=None) -> int:
     if args.wandb:
         print(log_to_wandb(files, args.wandb_project) if files else "W&B: no figures to log")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

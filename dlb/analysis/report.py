@@ -165,9 +165,8 @@ def build_report(runs, skipped: list[dict], *, seeds: list[int] | None = None, p
 
 # --- rendering ------------------------------------------------------------------------------------------------
 def fmt_err(stat: dict, pm: str = " ± ", dash: str = "—") -> str:
-    if stat["mean"] is None:
-        return dash
-    return f"{stat['mean']:.2f}{pm}" + (f"{stat['std']:.2f}" if stat["std"] is not None else dash)
+    return dash if stat["mean"] is None else f"{stat['mean']:.2f}{pm}" + (
+        dash if stat["std"] is None else f"{stat['std']:.2f}")
 
 
 def fmt_paper(p: dict, dash: str = "—") -> str:
@@ -235,12 +234,12 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+LATEX_SPECIAL = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                               "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"})
 
 
 def latex_escape(text) -> str:
-    return "".join(LATEX_SPECIAL.get(c, c) for c in str(text))
+    return str(text).translate(LATEX_SPECIAL)
 
 
 def _tex(rows: list[dict], spec: str) -> list[str]:
@@ -320,7 +319,3 @@ def main(argv=None) -> int:
     print(markdown)
     print(f"wrote {out / args.name}.md, .tex, .json", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

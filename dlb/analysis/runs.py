@@ -188,8 +188,8 @@ def collect_wandb_runs(project: str) -> tuple[list[Run], list[dict]]:
     for wr in wandb_runs:
         where = f"wandb:{project}/{getattr(wr, 'id', '?')}"
         try:
-            summary = getattr(wr.summary, "_json_dict", None) or dict(wr.summary)
-            summary = {k: v for k, v in summary.items() if not k.startswith("_")}
+            summary = {k: v for k, v in (getattr(wr.summary, "_json_dict", None) or dict(wr.summary)).items()
+                       if not k.startswith("_")}
             if "status" not in summary:  # the trainer never wrote its summary: judge by the W&B state
                 summary["status"] = WANDB_STATUS.get(getattr(wr, "state", ""), "failed")
             config = {k: v for k, v in dict(wr.config).items() if not k.startswith("_")}
@@ -232,8 +232,7 @@ def swept_keys(configs: list[dict], overrides: list[dict] | None = None) -> tupl
 @functools.cache
 def _composed_defaults(method: str) -> dict:
     try:
-        from dlb.config import compose
-
+        from dlb.config import compose  # Hydra's composition, only where a variant needs the defaults
         return runid.flatten(OmegaConf.to_container(compose([f"method={method}"]), resolve=False))
     except Exception:
         return {}
