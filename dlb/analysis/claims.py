@@ -164,8 +164,7 @@ def render_markdown(claims: list[dict]) -> list[str]:
         head = (f"**{v['last']}**" if c["kind"] == "cost" else
                 f"last epoch **{v['last']}**; best epoch (test-selected, paper's protocol) **{v['best']}**")
         lines += [f"### Claim {c['number']}: {c['statement']} — {head}", "", f"Source: {c['source']}.", ""]
-        differ = disagreements(c)
-        if differ:
+        if differ := disagreements(c):
             lines += ["The two epochs disagree: " + "; ".join(differ) + ".", ""]
         if c["kind"] == "cost":
             lines += stats.markdown_table([{
@@ -186,7 +185,6 @@ def render_markdown(claims: list[dict]) -> list[str]:
                 "last: growth per seed": " ".join(f"{d:+.2f}" for d in g["last"]["values"]) or "—",
                 **_epoch_columns(g)} for g in c["growth"]])
         lines.append("")
-    empty = [str(c["number"]) for c in claims if not c["comparisons"]]
-    if empty:
+    if empty := [str(c["number"]) for c in claims if not c["comparisons"]]:
         lines += [f"Claims without runs of both their cells: {', '.join(empty)}.", ""]
     return lines

@@ -146,17 +146,14 @@ def plot_noise(df: pd.DataFrame, out: Path, metric: str = "best", source: str = 
     files = []
     used = compared(df)[0]  # one variant per cell, as the comparisons
     for (dataset, backbone), group in used[used["augment"] == "none"].groupby(["dataset", "backbone"], sort=False):
-        if not (group["noise"] != "none").any():
-            continue
         points: dict[tuple, dict[float, pd.DataFrame]] = {}  # (method, noise name) -> rate -> usable runs
         paper_points: dict[str, dict[float, float]] = {}  # method -> rate -> the paper's error
-        noise_names = sorted(set(group["noise"]) - {"none"})
+        noise_names = sorted(set(group["noise"]) - {"none"})  # none: no figure
         for cell, runs in group.groupby(list(CELL), sort=False):
             cell = dict(zip(CELL, cell))
             for noise in ([cell["noise"]] if cell["noise"] != "none" else noise_names):
                 points.setdefault((cell["method"], noise), {})[cell["rate"]] = runs
-            known = paper_value(paper, cell)
-            if known["status"] == "value":
+            if (known := paper_value(paper, cell))["status"] == "value":
                 paper_points.setdefault(cell["method"], {})[cell["rate"]] = known["value"]
         points = {k: v for k, v in points.items() if len(v) >= 2}
         if not points:
