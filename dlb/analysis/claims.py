@@ -35,17 +35,6 @@ def paired_errors(b: pd.DataFrame, m: pd.DataFrame) -> dict:
     return out
 
 
-def _judge(comparisons: list[dict], epoch: str) -> None:
-    """Holm over the comparisons' p-values of this epoch, then each one's verdict."""
-    adjusted = stats.holm([c[epoch]["p"] for c in comparisons])
-    family = sum(p is not None for p in adjusted)
-    for c, p in zip(comparisons, adjusted):
-        s = c[epoch]
-        s["p_holm"], s["verdict"] = p, stats.verdict(s, p)
-        if p is not None and family > 1:  # enough seeds to hold at Holm's strictest step (Bonferroni)
-            s["seeds_needed"] = stats.seeds_needed(s["mean"], s["std"], (1 - stats.LEVEL) / family)
-
-
 def growth_comparisons(comparisons: list[dict]) -> list[dict]:
     """Per (dataset, backbone, augment, base, method): the advantage at the highest noise rate minus the one at the
     lowest (a clean comparison is rate 0), seed by seed."""
@@ -109,8 +98,13 @@ def judge(paper: dict | None, runs: pd.DataFrame) -> list[dict]:
             comparisons = [c for c in comparisons if (c["dataset"], c["backbone"], c["augment"]) in noisy]
             entry["growth"] = growth_comparisons(comparisons)
         judged = comparisons + entry["growth"]
-        for epoch in EPOCHS:
-            _judge(judged, epoch)
+        for epoch in EPOCHS:  # Holm over the claim's p-values of this epoch, then each comparison's verdict
+            adjusted = stats.holm([c[epoch]["p"] for c in judged])
+            family = sum(p is not None for p in adjusted)
+            for s, p in zip((c[epoch] for c in judged), adjusted):
+                s["p_holm"], s["verdict"] = p, stats.verdict(s, p)
+                if p is not None and family > 1:  # enough seeds to hold at Holm's strictest step (Bonferroni)
+                    s["seeds_needed"] = stats.seeds_needed(s["mean"], s["std"], (1 - stats.LEVEL) / family)
         out.append({**entry, "comparisons": comparisons, "verdict": {
             e: stats.overall([c[e]["verdict"] for c in judged]) if judged else None for e in EPOCHS}})
     return out
