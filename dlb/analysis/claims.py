@@ -7,6 +7,7 @@ import pandas as pd
 from dlb.analysis import stats
 from dlb.analysis.runs import COSTS, SETTING, sort_key
 from dlb.analysis.stats import Verdict
+from dlb.methods import label
 
 EPOCHS = {"last": "last_err", "best": "best_err"}  # verdict epoch -> run-table column
 # On the CPU, summary.json's peak_memory_bytes is the process's peak RSS (data, libraries and all), not what training
@@ -18,10 +19,8 @@ NOT_ON_CPU = ("peak_memory_bytes",)
 def pairs_of(runs: pd.DataFrame, base: str, method: str, kind: str | None = None):
     """(setting dict, {seed: base row}, {seed: method row}) per setting with both cells (in table order)."""
     for setting, group in runs.groupby(list(SETTING), sort=False):
-        if kind is not None and group["kind"].iloc[0] != kind:
-            continue
         b, m = group[group["method"] == base], group[group["method"] == method]
-        if len(b) and len(m):
+        if len(b) and len(m) and kind in (None, group["kind"].iloc[0]):
             where = {**{k: getattr(v, "item", lambda: v)() for k, v in zip(SETTING, setting)},
                      "setting": group["setting"].iloc[0]}
             yield where, b.set_index("seed"), m.set_index("seed")
@@ -34,17 +33,6 @@ def paired_errors(b: pd.DataFrame, m: pd.DataFrame) -> dict:
         d = (b[column] - m[column]).dropna().sort_index()
         out[epoch] = {**stats.paired(d.tolist()), "seeds": [int(s) for s in d.index]}
     return out
-
-
-def _judge(comparisons: list[dict], epoch: str) -> None:
-    """Holm over the comparisons' p-values of this epoch, then each one's verdict."""
-    adjusted = stats.holm([c[epoch]["p"] for c in comparisons])
-    family = sum(p is not None for p in adjusted)
-    for c, p in zip(comparisons, adjusted):
-        s = c[epoch]
-        s["p_holm"], s["verdict"] = p, stats.verdict(s, p)
-        if p is not None and family > 1:  # enough seeds to hold at Holm's strictest step (Bonferroni)
-            s["seeds_needed"] = stats.seeds_needed(s["mean"], s["std"], (1 - stats.LEVEL) / family)
 
 
 def growth_comparisons(comparisons: list[dict]) -> list[dict]:
@@ -69,6 +57,7 @@ def growth_comparisons(comparisons: list[dict]) -> list[dict]:
 
 
 def cost_comparisons(claim: dict, runs: pd.DataFrame) -> list[dict]:
+    """Per pair, setting and cost of the claim's limits: method / base per seed against the limit."""
     out = []
     for pair in claim.get("pairs") or []:
         for where, b, m in pairs_of(runs, pair["base"], pair["method"], pair["setting"]):
@@ -109,27 +98,37 @@ def judge(paper: dict | None, runs: pd.DataFrame) -> list[dict]:
             comparisons = [c for c in comparisons if (c["dataset"], c["backbone"], c["augment"]) in noisy]
             entry["growth"] = growth_comparisons(comparisons)
         judged = comparisons + entry["growth"]
-        for epoch in EPOCHS:
-            _judge(judged, epoch)
+        for epoch in EPOCHS:  # Holm over the claim's p-values of this epoch, then each comparison's verdict
+            adjusted = stats.holm([c[epoch]["p"] for c in judged])
+            family = sum(p is not None for p in adjusted)
+            for s, p in zip((c[epoch] for c in judged), adjusted):
+                s["p_holm"], s["verdict"] = p, stats.verdict(s, p)
+                if p is not None and family > 1:  # enough seeds to hold at Holm's strictest step (Bonferroni)
+                    s["seeds_needed"] = stats.seeds_needed(s["mean"], s["std"], (1 - stats.LEVEL) / family)
         out.append({**entry, "comparisons": comparisons, "verdict": {
             e: stats.overall([c[e]["verdict"] for c in judged]) if judged else None for e in EPOCHS}})
     return out
 
 
+# --- rendering ------------------------------------------------------------------------------------------------
+def seeds_text(seeds: list[int]) -> str:
+    return ",".join(map(str, seeds)) or "—"
+
+
+def pair_columns(x: dict, setting: bool = True, **more) -> dict:
+    """The columns that name a comparison: where (and `more`), then base → method."""
+    return {"dataset": x["dataset"], "backbone": x["backbone"], **({"setting": x["setting"] or "—"} if setting else {}),
+            **more, "base → method": f"{label(x['base'])} → {label(x['method'])}"}
+
+
 def disagreements(entry: dict) -> list[str]:
     """The comparisons whose last-epoch and best-epoch verdicts differ, in words."""
-    return [f"{_against(c)}: {c['last']['verdict'].value.lower()} on the last epoch, "
-            f"{c['best']['verdict'].value.lower()} on the test-selected best epoch"
-            for c in entry["comparisons"] + entry["growth"]
+    return [(f"growth of the advantage over {c['base']} ({c['backbone']}, rate {c['rates'][0]:g} -> {c['rates'][-1]:g})"
+             if "rates" in c else f"{c['method']} vs {c['base']} ({c['dataset']}/{c['backbone']}"
+             + f", {c['setting']}" * bool(c["setting"]) + ")")
+            + f": {c['last']['verdict'].value.lower()} on the last epoch, {c['best']['verdict'].value.lower()} on the "
+            "test-selected best epoch" for c in entry["comparisons"] + entry["growth"]
             if entry["kind"] != "cost" and c["last"]["verdict"] != c["best"]["verdict"]]
-
-
-def _against(c: dict) -> str:
-    if "rates" in c:
-        rates = f"rate {c['rates'][0]:g} -> {c['rates'][-1]:g}"
-        return f"growth of the advantage over {c['base']} ({c['backbone']}, {rates})"
-    where = f"{c['dataset']}/{c['backbone']}" + f", {c['setting']}" * bool(c["setting"])
-    return f"{c['method']} vs {c['base']} ({where})"
 
 
 def _epoch_columns(c: dict) -> dict:
@@ -138,13 +137,12 @@ def _epoch_columns(c: dict) -> dict:
         ("verdict", stats.fmt_decision(c[e], c[e]["verdict"])))}
 
 
-def render_markdown(claims: list[dict], label) -> list[str]:
+def render_markdown(claims: list[dict]) -> list[str]:
     """The "Claims" section: per claim with comparisons its verdicts and table; the others in one line."""
-    judged = [c for c in claims if c["comparisons"]]
     if not claims:
         return []
     lines = ["## Claims", ""]
-    if not judged:
+    if not any(c["comparisons"] for c in claims):
         return lines + [f"No claim has runs of both its cells (claims {', '.join(str(c['number']) for c in claims)})."
                         "", ""]
     lines += ["Error claims: base error − method error per seed (runs paired by seed), points, positive = the method "
@@ -155,39 +153,32 @@ def render_markdown(claims: list[dict], label) -> list[str]:
               "verdict is on the last epoch (no selection on the test set); the best epoch, selected on the test "
               "set as in the paper, is judged beside it. Cost claims: method / base per seed against the claim's "
               "limit. Rule: docs/statistics.md.", ""]
-    for c in judged:
+    for c in (c for c in claims if c["comparisons"]):
         v = c["verdict"]
         head = (f"**{v['last']}**" if c["kind"] == "cost" else
                 f"last epoch **{v['last']}**; best epoch (test-selected, paper's protocol) **{v['best']}**")
         lines += [f"### Claim {c['number']}: {c['statement']} — {head}", "", f"Source: {c['source']}.", ""]
-        differ = disagreements(c)
-        if differ:
+        if differ := disagreements(c):
             lines += ["The two epochs disagree: " + "; ".join(differ) + ".", ""]
         if c["kind"] == "cost":
             lines += stats.markdown_table([{
-                "dataset": x["dataset"], "backbone": x["backbone"], "setting": x["setting"] or "—", "cost": x["cost"],
-                "base → method": f"{label(x['base'])} → {label(x['method'])}",
-                "seeds": ",".join(map(str, x["seeds"])) or "—",
+                **pair_columns(x, cost=x["cost"]), "seeds": seeds_text(x["seeds"]),
                 "method / base per seed": " ".join(f"{r:.3f}" for r in x["ratio"]["values"]) or "—",
                 "mean": "—" if x["ratio"]["mean"] is None else f"{x['ratio']['mean']:.3f}",
                 "limit": f"≤ {x['limit']:g}", "verdict": x["verdict"].value} for x in c["comparisons"]])
         else:
             lines += stats.markdown_table([{
-                "dataset": x["dataset"], "backbone": x["backbone"], "setting": x["setting"] or "—",
-                "base → method": f"{label(x['base'])} → {label(x['method'])}",
-                "seeds": ",".join(map(str, x["last"]["seeds"])) or "—",
+                **pair_columns(x), "seeds": seeds_text(x["last"]["seeds"]),
                 "last: per seed": " ".join(f"{d:+.2f}" for d in x["last"]["values"]) or "—", **_epoch_columns(x)}
                 for x in c["comparisons"]])
         if c["growth"]:
             lines += ["", "Does the advantage grow with the noise rate (highest rate − lowest, per seed)?", ""]
             lines += stats.markdown_table([{
-                "dataset": g["dataset"], "backbone": g["backbone"],
-                "base → method": f"{label(g['base'])} → {label(g['method'])}",
+                **pair_columns(g, setting=False),
                 "last: mean advantage by rate": ", ".join(f"{r:g}: {a:+.2f}" for r, a in g["last"]["by_rate"].items()),
                 "last: growth per seed": " ".join(f"{d:+.2f}" for d in g["last"]["values"]) or "—",
                 **_epoch_columns(g)} for g in c["growth"]])
         lines.append("")
-    empty = [str(c["number"]) for c in claims if not c["comparisons"]]
-    if empty:
+    if empty := [str(c["number"]) for c in claims if not c["comparisons"]]:
         lines += [f"Claims without runs of both their cells: {', '.join(empty)}.", ""]
     return lines

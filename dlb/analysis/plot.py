@@ -19,13 +19,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from dlb.methods import METHODS, label as method_label  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dlb.analysis.report import DEFAULT_PAPER, load_paper, paper_value  # noqa: E402
 from dlb.analysis.runs import CELL, SETTING, Run, collect_runs, compared, mean_std, table  # noqa: E402
+from dlb.methods import METHODS, label as method_label  # noqa: E402
 
 ZOOM_FRACTION = 0.25  # the right panel of the curves shows the last quarter of training, where methods differ
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -36,8 +35,7 @@ MAX_MARKERS = 20  # per line; longer runs get a marker every n epochs
 MAX_CURVE_VARIANTS = 4  # a cell with more variants (a hyper-parameter sweep) shows its main one in the curves
 
 
-def method_color(method: str):
-    """The method's own colour (`Method.color`); None for a method without one."""
+def method_color(method: str):  # `Method.color`; None for a method without one
     return METHODS[method].color if method in METHODS else None
 
 
@@ -45,8 +43,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
-def _seeds(runs: list[Run]) -> str:
-    return ",".join(str(r.seed) for r in sorted(runs, key=lambda r: r.seed))
+def _with_runs(label: str, runs: list[Run]) -> str:
+    return f"{label} (n={len(runs)}, seeds {','.join(str(r.seed) for r in sorted(runs, key=lambda r: r.seed))})"
 
 
 def _series(runs: list[Run], key: str, hist: dict) -> dict[int, list[float]]:
@@ -64,8 +62,7 @@ def _series(runs: list[Run], key: str, hist: dict) -> dict[int, list[float]]:
 
 def _lines(df: pd.DataFrame):
     """(label, color, usable runs) per cell variant; past MAX_CURVE_VARIANTS only the one at the method's defaults."""
-    usable = df[df["usable"]]
-    for (*_, method), cell in usable.groupby(list(CELL), sort=False):
+    for (*_, method), cell in df[df["usable"]].groupby(list(CELL), sort=False):
         variants = list(cell["variant"].unique())
         if len(variants) > MAX_CURVE_VARIANTS:
             variants = list(compared(cell)[0]["variant"].unique())
@@ -76,28 +73,30 @@ def _lines(df: pd.DataFrame):
             yield label, (color if i == 0 else None), runs
 
 
-def _band(ax, series: dict[int, list[float]], label: str, color, linestyle="-", marker="o"):
+def _band(ax, series: dict[int, list[float]], label: str, color, linestyle="-", marker="o") -> None:
+    """The mean over seeds as a line, their min-max as a band."""
     epochs = list(series)
-    mean = [sum(v) / len(v) for v in series.values()]
-    (line,) = ax.plot(epochs, mean, label=label, color=color, linestyle=linestyle, linewidth=1.4, marker=marker,
-                      markersize=4, markevery=max(1, len(epochs) // MAX_MARKERS))
+    (line,) = ax.plot(epochs, [sum(v) / len(v) for v in series.values()], label=label, color=color,
+                      linestyle=linestyle, linewidth=1.4, marker=marker, markersize=4,
+                      markevery=max(1, len(epochs) // MAX_MARKERS))
     ax.fill_between(epochs, [min(v) for v in series.values()], [max(v) for v in series.values()],
                     color=line.get_color(), alpha=0.18, linewidth=0)
-    return epochs, mean
 
 
-def _legend_below(fig, axes) -> None:
-    """One legend for all panels, below them, so that long labels never cover the data."""
-    entries = {}
-    for ax in axes:
+def _epoch_axes(ax, ylabel: str, title: str) -> None:
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.grid(alpha=0.3)
+
+
+def _finish(fig, title: str, subtitle: str, source: str, path: Path) -> Path:
+    entries = {}  # one legend for all panels, below them, so that long labels never cover the data
+    for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(label, handle)
     if entries:
         fig.legend(list(entries.values()), list(entries), loc="upper center", bbox_to_anchor=(0.5, 0.0),
                    ncol=2 if len(entries) > 1 else 1, fontsize=8, frameon=False)
-
-
-def _finish(fig, title: str, subtitle: str, source: str, path: Path) -> Path:
     fig.suptitle(title, fontsize=12, y=0.995)
     subtitle += f"; from {source}" if source else ""
     fig.text(0.5, 0.94, subtitle, ha="center", va="top", fontsize=8, color="0.3", wrap=True)
@@ -112,37 +111,32 @@ def plot_curves(df: pd.DataFrame, out: Path, hist: dict, source: str = "") -> li
     """Test error vs epoch per (dataset, backbone, setting): one line per method, mean over seeds, min-max band."""
     files = []
     for (dataset, backbone, *_), group in df.groupby(list(SETTING), sort=False):
-        lines = [(label, color, runs, _series(runs, "test_err", hist)) for label, color, runs in _lines(group)]
-        lines = [line for line in lines if line[3]]
+        lines = [(_with_runs(label, runs), color, runs, series) for label, color, runs in _lines(group)
+                 if (series := _series(runs, "test_err", hist))]
         if not lines:
             continue
         fig, (ax_all, ax_zoom) = plt.subplots(1, 2, figsize=(11, 4.6))
         last_epoch = max(max(s) for *_, s in lines)
         zoom_from = max(1, int(last_epoch * (1 - ZOOM_FRACTION)))
         zoom_values = []
-        for label, color, runs, series in lines:
-            text = f"{label} (n={len(runs)}, seeds {_seeds(runs)})"
+        for text, color, _, series in lines:
             _band(ax_all, series, text, color)
             zoomed = {e: v for e, v in series.items() if e >= zoom_from}
             if zoomed:
                 _band(ax_zoom, zoomed, text, color)
                 zoom_values += [x for v in zoomed.values() for x in v]
-        ax_all.set(xlabel="epoch", ylabel="test error (%)", title="all epochs")
-        ax_zoom.set(xlabel="epoch", ylabel="test error (%)", title=f"epochs {zoom_from}-{last_epoch} (zoom)")
-        for ax in (ax_all, ax_zoom):
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-            ax.grid(alpha=0.3)
+        _epoch_axes(ax_all, "test error (%)", "all epochs")
+        _epoch_axes(ax_zoom, "test error (%)", f"epochs {zoom_from}-{last_epoch} (zoom)")
         if zoom_values:
             lo, hi = min(zoom_values), max(zoom_values)
             pad = max(0.1, 0.1 * (hi - lo))
             ax_zoom.set_ylim(lo - pad, hi + pad)
-        _legend_below(fig, (ax_all, ax_zoom))
         setting = group["setting"].iloc[0]
         n = sum(len(runs) for _, _, runs, _ in lines)
-        name = f"curves_{dataset}_{backbone}" + (f"_{_slug(setting)}" if setting else "") + ".png"
         files.append(_finish(
             fig, f"{dataset} / {backbone}" + (f" / {setting}" if setting else "") + ": test error",
-            f"{n} runs; line = mean over seeds, band = min-max; usable (completed) runs only", source, out / name))
+            f"{n} runs; line = mean over seeds, band = min-max; usable (completed) runs only", source,
+            out / (f"curves_{dataset}_{backbone}" + (f"_{_slug(setting)}" if setting else "") + ".png")))
     return files
 
 
@@ -152,23 +146,19 @@ def plot_noise(df: pd.DataFrame, out: Path, metric: str = "best", source: str = 
     files = []
     used = compared(df)[0]  # one variant per cell, as the comparisons
     for (dataset, backbone), group in used[used["augment"] == "none"].groupby(["dataset", "backbone"], sort=False):
-        if not (group["noise"] != "none").any():
-            continue
         points: dict[tuple, dict[float, pd.DataFrame]] = {}  # (method, noise name) -> rate -> usable runs
         paper_points: dict[str, dict[float, float]] = {}  # method -> rate -> the paper's error
-        noise_names = sorted(set(group["noise"]) - {"none"})
+        noise_names = sorted(set(group["noise"]) - {"none"})  # none: no figure
         for cell, runs in group.groupby(list(CELL), sort=False):
             cell = dict(zip(CELL, cell))
             for noise in ([cell["noise"]] if cell["noise"] != "none" else noise_names):
                 points.setdefault((cell["method"], noise), {})[cell["rate"]] = runs
-            known = paper_value(paper, cell)
-            if known["status"] == "value":
+            if (known := paper_value(paper, cell))["status"] == "value":
                 paper_points.setdefault(cell["method"], {})[cell["rate"]] = known["value"]
         points = {k: v for k, v in points.items() if len(v) >= 2}
         if not points:
             continue
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-        n_runs = len({p for rates in points.values() for runs in rates.values() for p in runs["path"]})
         for ax, which in zip(axes, ("best", "last")):
             for (method, noise), rates in sorted(points.items()):
                 xs = sorted(rates)
@@ -178,15 +168,14 @@ def plot_noise(df: pd.DataFrame, out: Path, metric: str = "best", source: str = 
                             linestyle="-" if noise == noise_names[0] else "--",
                             label=f"{method_label(method)}, {noise} "
                                   f"(n per rate: {'/'.join(str(len(rates[x])) for x in xs)})")
-            if which == metric and paper_points:
-                for method, rates in sorted(paper_points.items()):
-                    ax.plot([100 * x for x in sorted(rates)], [rates[x] for x in sorted(rates)], linestyle="none",
-                            marker="x", markersize=8, color=method_color(method),
-                            label=f"{method_label(method)}, paper")
+            shown = which == metric and paper_points
+            for method, rates in sorted(paper_points.items()) if shown else ():
+                ax.plot([100 * x for x in sorted(rates)], [rates[x] for x in sorted(rates)], linestyle="none",
+                        marker="x", markersize=8, color=method_color(method), label=f"{method_label(method)}, paper")
             ax.set(xlabel="training-label noise rate (%)", ylabel="test error (%)",
-                   title=f"{which} epoch" + (" (× = the paper's value)" if which == metric and paper_points else ""))
+                   title=f"{which} epoch" + (" (× = the paper's value)" if shown else ""))
             ax.grid(alpha=0.3)
-        _legend_below(fig, axes)
+        n_runs = len({p for rates in points.values() for runs in rates.values() for p in runs["path"]})
         files.append(_finish(fig, f"{dataset} / {backbone}: test error vs label noise",
                              f"{n_runs} runs; mean ± std over seeds; rate 0 = clean runs", source,
                              out / f"noise_{dataset}_{backbone}.png"))
@@ -196,51 +185,44 @@ def plot_noise(df: pd.DataFrame, out: Path, metric: str = "best", source: str = 
 def plot_dlb_dynamics(df: pd.DataFrame, out: Path, hist: dict, notes: list[str], source: str = "") -> list[Path]:
     """train_consistency (the paper's consistency analysis) and train_kd vs epoch for the DLB runs."""
     files = []
-    dlb = df[df["method"].str.contains("dlb")]
-    for (dataset, backbone), group in dlb.groupby(["dataset", "backbone"], sort=False):
-        panels = {"train_consistency": [], "train_kd": []}
+    ylabels = {"train_consistency": "fraction of samples whose prediction\nagrees with the last step's",
+               "train_kd": "KD term (α · T² · KL to the last batch)"}
+    for (dataset, backbone), group in df[df["method"].str.contains("dlb")].groupby(["dataset", "backbone"], sort=False):
+        panels = {key: [] for key in ylabels}
         n_runs = 0
         settings = sorted(set(group["setting"]))  # one line style and marker each
         for _, cell in group.groupby(list(CELL), sort=False):
             setting = cell["setting"].iloc[0]
-            style = settings.index(setting)
             for label, color, runs in _lines(cell):
-                label += f" [{setting}]" if setting else ""
                 found = {key: _series(runs, key, hist) for key in panels}
                 for key, series in found.items():
                     if series:
-                        panels[key].append((f"{label} (n={len(runs)}, seeds {_seeds(runs)})", color, series, style))
+                        text = _with_runs(label + (f" [{setting}]" if setting else ""), runs)
+                        panels[key].append((text, color, series, settings.index(setting)))
                 n_runs += len(runs) if any(found.values()) else 0
+        name = f"dlb_dynamics_{dataset}_{backbone}"
         if not any(panels.values()):
-            notes.append(f"dlb_dynamics_{dataset}_{backbone}: skipped, the runs log neither train_consistency "
-                         "nor train_kd")
+            notes.append(f"{name}: skipped, the runs log neither train_consistency nor train_kd")
             continue
         if not panels["train_consistency"]:
-            notes.append(f"dlb_dynamics_{dataset}_{backbone}: train_consistency not logged; train_kd only")
+            notes.append(f"{name}: train_consistency not logged; train_kd only")
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-        ylabels = {"train_consistency": "fraction of samples whose prediction\nagrees with the last step's",
-                   "train_kd": "KD term (α · T² · KL to the last batch)"}
         for ax, (key, lines) in zip(axes, panels.items()):
             for label, color, series, style in lines:
                 _band(ax, series, label, color, LINESTYLES[style % len(LINESTYLES)], MARKERS[style % len(MARKERS)])
             if not lines:
                 ax.text(0.5, 0.5, f"{key} not logged by these runs", ha="center", va="center",
                         transform=ax.transAxes, color="0.4")
-            ax.set(xlabel="epoch", ylabel=ylabels[key], title=key)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-        _legend_below(fig, axes)
+            _epoch_axes(ax, ylabels[key], key)
         files.append(_finish(fig, f"{dataset} / {backbone}: DLB training dynamics",
-                             f"{n_runs} runs; line = mean over seeds, band = min-max", source,
-                             out / f"dlb_dynamics_{dataset}_{backbone}.png"))
+                             f"{n_runs} runs; line = mean over seeds, band = min-max", source, out / f"{name}.png"))
     return files
 
 
 def plot_sensitivity(df: pd.DataFrame, out: Path, source: str = "") -> list[Path]:
     """Heat maps of mean test error per cell swept in exactly two method keys (e.g. DLB's T x alpha)."""
     files = []
-    usable = df[df["usable"]]
-    for cell, runs in usable.groupby(list(CELL), sort=False):
+    for cell, runs in df[df["usable"]].groupby(list(CELL), sort=False):
         keys = runs["swept"].iloc[0].split(", ")
         if len(keys) != 2 or not all(k.startswith("method.") for k in keys) or runs["variant"].nunique() < 4:
             continue
@@ -253,7 +235,6 @@ def plot_sensitivity(df: pd.DataFrame, out: Path, source: str = "") -> list[Path
         rows = sorted({a for a, _ in grid}, key=float)
         cols = sorted({b for _, b in grid}, key=float)
         fig, axes = plt.subplots(1, 2, figsize=(4 + 1.3 * len(cols) * 2, 1.5 + 0.7 * len(rows)))
-        n_runs = sum(len(g) for g in grid.values())
         for ax, which in zip(axes, ("best", "last")):
             means = [[mean_std(grid[(a, b)][f"{which}_err"])["mean"] if (a, b) in grid
                       else float("nan") for b in cols] for a in rows]
@@ -274,9 +255,9 @@ def plot_sensitivity(df: pd.DataFrame, out: Path, source: str = "") -> list[Path
         setting = runs["setting"].iloc[0]
         name = f"{cell['dataset']}/{cell['backbone']}/{cell['method']}_{setting}"
         files.append(_finish(fig, f"{cell['dataset']} / {cell['backbone']} / {method_label(cell['method'])}"
-                             f"{' [' + setting + ']' if setting else ''}: sensitivity to "
-                             f"{keys[0]} x {keys[1]}",
-                             f"{n_runs} runs, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+                             f"{' [' + setting + ']' if setting else ''}: sensitivity to {keys[0]} x {keys[1]}",
+                             f"{sum(len(g) for g in grid.values())} runs, seed{'s' if len(seeds) > 1 else ''} "
+                             f"{','.join(map(str, seeds))}"
                              + (" (the seeds every point has)" if common else "; mean over seeds where n > 1"),
                              source, out / f"sensitivity_{_slug(name)}.png"))
     return files
@@ -328,14 +309,8 @@ def main(argv=None) -> int:
     notes: list[str] = []
     files = plot_all(runs, args.out, metric=args.metric, source=", ".join(args.roots), notes=notes,
                      paper=load_paper(args.paper))
-    for note in notes:
-        print(f"note: {note}")
-    for f in files:
-        print(f)
+    for line in [*(f"note: {note}" for note in notes), *files]:
+        print(line)
     if args.wandb:
         print(log_to_wandb(files, args.wandb_project) if files else "W&B: no figures to log")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

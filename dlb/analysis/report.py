@@ -16,10 +16,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from dlb import REPO
 from dlb.analysis import claims as claims_view
 from dlb.analysis import stats
+from dlb.analysis.claims import pair_columns, seeds_text
 from dlb.analysis.runs import (CELL, DIVERGED, SETTING, UNFINISHED, collect_runs, collect_wandb_runs,  # noqa: F401
                                compared, fmt_value, mean_std, setting_kind, sort_key, table)
 from dlb.methods import METHODS, comparisons, label
@@ -29,8 +31,6 @@ DEFAULT_PAPER = REPO / "results" / "paper" / "reference.yaml"
 
 
 def load_paper(path) -> dict | None:
-    import yaml
-
     try:
         return yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError):
@@ -39,49 +39,37 @@ def load_paper(path) -> dict | None:
 
 def paper_value(paper: dict | None, cell: dict) -> dict:
     """{"status": "value" | "unknown" | "absent", "value", "source", "table"} of a cell in the reference file."""
-    absent = {"status": "absent", "value": None, "source": None, "table": None}
-    if not paper:
-        return absent
-    parts = [cell["augment"]] if cell["augment"] != "none" else []
     noise = [f"{cell['noise']}@{cell['rate']:g}", f"{cell['noise']}@*"] if cell["noise"] != "none" else [None]
-    keys = ["+".join(parts + ([n] if n else []) + [cell["method"]]) for n in noise]
-    for table_name, ref in (paper.get("tables") or {}).items():
+    augment = [cell["augment"]] if cell["augment"] != "none" else []
+    keys = ["+".join(augment + ([n] if n else []) + [cell["method"]]) for n in noise]
+    for table_name, ref in ((paper or {}).get("tables") or {}).items():
         backbones = ((ref or {}).get("cells") or {}).get(cell["dataset"]) or {}
-        for backbone in (cell["backbone"], "*"):
-            entries = backbones.get(backbone) or {}
-            for key in keys:
-                if key in entries:
-                    entry = entries[key]
-                    value = entry.get("value") if isinstance(entry, dict) else None
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        return {"status": "value", "value": float(value),
-                                "source": entry.get("source") or ref.get("source"), "table": table_name}
-                    return {"status": "unknown", "value": None, "source": ref.get("source"), "table": table_name}
-    return absent
+        for entries in (backbones.get(cell["backbone"]) or {}, backbones.get("*") or {}):
+            for entry in (entries[key] for key in keys if key in entries):
+                value = entry.get("value") if isinstance(entry, dict) else None
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    return {"status": "value", "value": float(value),
+                            "source": entry.get("source") or ref.get("source"), "table": table_name}
+                return {"status": "unknown", "value": None, "source": ref.get("source"), "table": table_name}
+    return {"status": "absent", "value": None, "source": None, "table": None}
 
 
 # --- cells ----------------------------------------------------------------------------------------------------
 def _flags(variant: pd.DataFrame, expected: list[int]) -> list[str]:
-    flags = []
     missing = sorted(set(expected) - set(variant["seed"]))
-    if missing:
-        flags.append(f"missing seeds: {', '.join(map(str, missing))}")
-    unfinished = variant[variant["state"] == UNFINISHED]
-    if len(unfinished):
-        flags.append(f"unfinished: {len(unfinished)} (" + "; ".join(
-            f"seed {r.seed} {r.status} {'?' if r.run.epochs_done is None else r.run.epochs_done}/"
-            f"{r.run.summary.get('epochs', '?')} epochs" for r in unfinished.itertuples()) + ")")
-    diverged = variant[variant["state"] == DIVERGED]
-    if len(diverged):
-        flags.append(f"diverged: {len(diverged)} (seed {', '.join(map(str, diverged['seed']))})")
-    dup = variant[variant["duplicate_of"].notna()]
-    if len(dup):
-        flags.append("duplicate seeds: " + "; ".join(f"seed {s} x{len(g) + 1}, used {g['duplicate_of'].iloc[0]}"
-                                                     for s, g in dup.groupby("seed")))
+    unfinished = [f"seed {r.seed} {r.status} {'?' if r.run.epochs_done is None else r.run.epochs_done}/"
+                  f"{r.run.summary.get('epochs', '?')} epochs" for r in variant[variant["state"] == UNFINISHED].itertuples()]
+    diverged = list(variant[variant["state"] == DIVERGED]["seed"])
+    duplicates = [f"seed {s} x{len(g) + 1}, used {g['duplicate_of'].iloc[0]}"
+                  for s, g in variant[variant["duplicate_of"].notna()].groupby("seed")]
     unswept = variant["unswept"].iloc[0]
-    if unswept:
-        flags.append(f"mismatched config: the runs differ in {unswept}, which the cell's runs do not sweep as a grid")
-    return flags
+    return [flag for flag, found in (
+        (f"missing seeds: {', '.join(map(str, missing))}", missing),
+        (f"unfinished: {len(unfinished)} (" + "; ".join(unfinished) + ")", unfinished),
+        (f"diverged: {len(diverged)} (seed {', '.join(map(str, diverged))})", diverged),
+        ("duplicate seeds: " + "; ".join(duplicates), duplicates),
+        (f"mismatched config: the runs differ in {unswept}, which the cell's runs do not sweep as a grid", unswept),
+    ) if found]
 
 
 def _numbers(used: pd.DataFrame) -> dict:
@@ -93,29 +81,24 @@ def summarize(df: pd.DataFrame, expected: list[int], paper: dict | None = None) 
     """One row per cell variant: numbers over usable runs, and every flag."""
     rows = []
     for (*cell, variant), g in df.groupby([*CELL, "variant"], sort=False):
-        cell = dict(zip(CELL, cell))
-        used = g[g["usable"]]
+        cell, used = dict(zip(CELL, cell)), g[g["usable"]]
         rows.append({**cell, "setting": g["setting"].iloc[0], "kind": g["kind"].iloc[0], "variant": variant,
                      "swept": g["swept"].iloc[0], **_numbers(used), "paper": paper_value(paper, cell),
-                     "flags": _flags(g, expected),
-                     "runs": list(used["path"]), "all_runs": list(g["path"])})
+                     "flags": _flags(g, expected), "runs": list(used["path"]), "all_runs": list(g["path"])})
     return rows
 
 
 # --- method vs base -------------------------------------------------------------------------------------------
 def _claim_for(paper: dict | None, dataset: str, base: str, method: str, kind: str) -> dict | None:
     claims = (paper or {}).get("claims") or {}
-    ranges = claims.get("dlb_error_reduction") or {}
-    if (base, method, kind) == ("ce", "dlb", "clean") and isinstance(ranges.get(dataset), dict):
-        r = ranges[dataset]
+    r = (claims.get("dlb_error_reduction") or {}).get(dataset)
+    if (base, method, kind) == ("ce", "dlb", "clean") and isinstance(r, dict):
         return {"kind": "range", "min": r["min"], "max": r["max"], "source": r.get("source"),
                 "text": f"{r['min']:.2f} to {r['max']:.2f}"}
     for name, claim in claims.items():
-        if name == "dlb_error_reduction" or not isinstance(claim, dict) or claim.get("kind") == "cost":
-            continue
-        if dataset in (claim.get("datasets") or []) and any(
-                p.get("base") == base and p.get("method") == method and p.get("setting") == kind
-                for p in claim.get("pairs") or []):
+        if name != "dlb_error_reduction" and isinstance(claim, dict) and claim.get("kind") != "cost" and dataset in (
+                claim.get("datasets") or []) and any((p.get("base"), p.get("method"), p.get("setting")) == (
+                    base, method, kind) for p in claim.get("pairs") or []):
             return {"kind": "gain", "name": name, "statement": claim.get("statement"), "source": claim.get("source"),
                     "text": f"gain ({name})"}
     return None
@@ -123,10 +106,8 @@ def _claim_for(paper: dict | None, dataset: str, base: str, method: str, kind: s
 
 def check(delta: float | None, claim: dict | None) -> str:
     """The paired mean difference against the paper's claim for the comparison."""
-    if delta is None:
-        return "n/a"
-    if claim is None:
-        return "no claim"
+    if delta is None or claim is None:
+        return "n/a" if delta is None else "no claim"
     if claim["kind"] == "range":
         return "below" if delta < claim["min"] else "above" if delta > claim["max"] else "in range"
     return "gain" if delta > 0 else "no gain"
@@ -141,16 +122,15 @@ def compare(runs: pd.DataFrame, paper: dict | None = None) -> list[dict]:
     out = []
     for base, method in comparisons():
         for where, b, m in claims_view.pairs_of(runs, base, method):
-            claim = _claim_for(paper, where["dataset"], base, method, setting_kind(where["augment"], where["noise"]))
-            d = {**where, "kind": setting_kind(where["augment"], where["noise"]), "base": base, "method": method,
-                 "n_base": len(b), "n_method": len(m), **_paired(b, m), "claim": claim}
+            kind = setting_kind(where["augment"], where["noise"])
+            claim = _claim_for(paper, where["dataset"], base, method, kind)
+            d = {**where, "kind": kind, "base": base, "method": method, "n_base": len(b), "n_method": len(m),
+                 **_paired(b, m), "claim": claim}
             for epoch in claims_view.EPOCHS:
-                d[f"delta_{epoch}"] = d[epoch]["mean"]
-                d[f"check_{epoch}"] = check(d[epoch]["mean"], claim)
+                d[f"delta_{epoch}"], d[f"check_{epoch}"] = d[epoch]["mean"], check(d[epoch]["mean"], claim)
             out.append(d)
     pair_order = {p: i for i, p in enumerate(comparisons())}
-    out.sort(key=lambda d: (*(sort_key(k, d[k]) for k in SETTING), pair_order[(d["base"], d["method"])]))
-    return out
+    return sorted(out, key=lambda d: (*(sort_key(k, d[k]) for k in SETTING), pair_order[(d["base"], d["method"])]))
 
 
 def ablations(df: pd.DataFrame, runs: pd.DataFrame) -> list[dict]:
@@ -162,15 +142,10 @@ def ablations(df: pd.DataFrame, runs: pd.DataFrame) -> list[dict]:
         bases = [b for b in (METHODS[where["method"]].compared_with if where["method"] in METHODS else ())
                  if b in set(same["method"])]
         base = same[same["method"] == bases[0]].set_index("seed") if bases else None
-        rows = []
-        for variant, v in g.groupby("variant", sort=False):
-            used = v[v["usable"]]
-            row = {"values": v["values"].iloc[0], **_numbers(used)}
-            if base is not None:
-                row["vs_base"] = _paired(base, used.set_index("seed"))
-            rows.append(row)
+        variants = [{"values": v["values"].iloc[0], **_numbers(v[v["usable"]]), **({} if base is None else {
+            "vs_base": _paired(base, v[v["usable"]].set_index("seed"))})} for _, v in g.groupby("variant", sort=False)]
         out.append({**where, "setting": g["setting"].iloc[0], "swept": g["swept"].iloc[0].split(", "),
-                    "unswept": g["unswept"].iloc[0], "base": bases[0] if bases else None, "variants": rows})
+                    "unswept": g["unswept"].iloc[0], "base": bases[0] if bases else None, "variants": variants})
     return out
 
 
@@ -190,17 +165,12 @@ def build_report(runs, skipped: list[dict], *, seeds: list[int] | None = None, p
 
 # --- rendering ------------------------------------------------------------------------------------------------
 def fmt_err(stat: dict, pm: str = " ± ", dash: str = "—") -> str:
-    if stat["mean"] is None:
-        return dash
-    return f"{stat['mean']:.2f}{pm}" + (f"{stat['std']:.2f}" if stat["std"] is not None else dash)
+    return dash if stat["mean"] is None else f"{stat['mean']:.2f}{pm}" + (
+        dash if stat["std"] is None else f"{stat['std']:.2f}")
 
 
 def fmt_paper(p: dict, dash: str = "—") -> str:
     return f"{p['value']:.2f}" if p["status"] == "value" else "unknown" if p["status"] == "unknown" else dash
-
-
-def _seeds(seeds: list[int]) -> str:
-    return ",".join(map(str, seeds)) or "—"
 
 
 def _paired_columns(x: dict) -> dict:
@@ -227,60 +197,54 @@ def render_markdown(report: dict) -> str:
         "spread would need (docs/statistics.md). Paper: the reference file's value "
         "(unknown = the paper has the cell but the number is not available offline; — = not in the paper). "
         f"The LaTeX table's check column uses the {report['metric']} epoch.", "",
-    ]
-    lines += claims_view.render_markdown(report["claims"], label)
-    md = stats.markdown_table
-    lines += ["## Cells", ""]
-    lines += md([{"dataset": r["dataset"], "backbone": r["backbone"], "method": label(r["method"]),
-                  "setting": r["setting"] or "—", "variant": r["variant"] or "—", "n": r["n"],
-                  "seeds": _seeds(r["seeds"]), "last err": fmt_err(r["last"]), "best err": fmt_err(r["best"]),
-                  "paper": fmt_paper(r["paper"]), "flags": "; ".join(f.split(":")[0] for f in r["flags"])}
-                 for r in report["rows"]])
+        *claims_view.render_markdown(report["claims"]), "## Cells", "",
+        *stats.markdown_table([{
+            "dataset": r["dataset"], "backbone": r["backbone"], "method": label(r["method"]),
+            "setting": r["setting"] or "—", "variant": r["variant"] or "—", "n": r["n"],
+            "seeds": seeds_text(r["seeds"]), "last err": fmt_err(r["last"]), "best err": fmt_err(r["best"]),
+            "paper": fmt_paper(r["paper"]), "flags": "; ".join(f.split(":")[0] for f in r["flags"])}
+            for r in report["rows"]])]
     if report["deltas"]:
         lines += ["", "## Method vs base (base error − method error per seed, points; positive = the method is "
                       "better)", ""]
-        lines += md([{"dataset": d["dataset"], "backbone": d["backbone"], "setting": d["setting"] or "—",
-                      "base → method": f"{label(d['base'])} → {label(d['method'])}",
-                      "seeds": _seeds(d["last"]["seeds"]), **_paired_columns(d),
-                      "paper claim": d["claim"]["text"] if d["claim"] else "—",
-                      "check (best)": d["check_best"]} for d in report["deltas"]])
+        lines += stats.markdown_table([{
+            **pair_columns(d), "seeds": seeds_text(d["last"]["seeds"]), **_paired_columns(d),
+            "paper claim": d["claim"]["text"] if d["claim"] else "—", "check (best)": d["check_best"]}
+            for d in report["deltas"]])
     for a in report["ablations"]:
         where = f"{a['dataset']} / {a['backbone']} / {label(a['method'])}" + (f" [{a['setting']}]" * bool(a["setting"]))
-        lines += ["", f"## Ablation: {where}, swept {', '.join(a['swept'])}", ""]
-        lines.append(f"Δ = {label(a['base'])} error − variant error, per seed." if a["base"] else
-                     "No baseline of this setting for a paired difference.")
-        if a["unswept"]:
-            lines.append(f"Flagged: the runs also differ in {a['unswept']} (not swept).")
-        lines.append("")
-        lines += md([{**{k: fmt_value(v) for k, v in x["values"].items()},
-                      "n": x["n"], "seeds": _seeds(x["seeds"]), "last err": fmt_err(x["last"]),
-                      "best err": fmt_err(x["best"]), **(_paired_columns(x["vs_base"]) if a["base"] else {})}
-                     for x in a["variants"]])
+        lines += ["", f"## Ablation: {where}, swept {', '.join(a['swept'])}", "",
+                  f"Δ = {label(a['base'])} error − variant error, per seed." if a["base"] else
+                  "No baseline of this setting for a paired difference."]
+        lines += [f"Flagged: the runs also differ in {a['unswept']} (not swept)."] * bool(a["unswept"]) + [""]
+        lines += stats.markdown_table([{
+            **{k: fmt_value(v) for k, v in x["values"].items()}, "n": x["n"], "seeds": seeds_text(x["seeds"]),
+            "last err": fmt_err(x["last"]), "best err": fmt_err(x["best"]),
+            **(_paired_columns(x["vs_base"]) if a["base"] else {})} for x in a["variants"]])
     if report["not_compared"]:
         lines += ["", "Left out of the comparisons and claims: " + "; ".join(report["not_compared"]) + "."]
     lines += ["", "## Flags", ""]
-    flagged = [r for r in report["rows"] if r["flags"]]
-    for r in flagged:
+    for r in report["rows"]:
         where = f" [{r['setting']}]" * bool(r["setting"]) + f" ({r['variant']})" * bool(r["variant"])
-        lines += [f"- `{r['dataset']}/{r['backbone']}/{r['method']}{where}`:", *(f"  - {f}" for f in r["flags"])]
-    lines += [] if flagged else ["None."]
+        lines += [f"- `{r['dataset']}/{r['backbone']}/{r['method']}{where}`:"] * bool(r["flags"])
+        lines += [f"  - {f}" for f in r["flags"]]
+    lines += [] if any(r["flags"] for r in report["rows"]) else ["None."]
     lines += ["", f"## Skipped ({len(report['skipped'])})", ""]
     lines += [f"- `{s['path']}`: {s['reason']}" for s in report["skipped"]] or ["None."]
     return "\n".join(lines) + "\n"
 
 
-LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+LATEX_SPECIAL = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                               "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"})
 
 
 def latex_escape(text) -> str:
-    return "".join(LATEX_SPECIAL.get(c, c) for c in str(text))
+    return str(text).translate(LATEX_SPECIAL)
 
 
 def _tex(rows: list[dict], spec: str) -> list[str]:
     """A booktabs tabular of already escaped cells."""
-    df = pd.DataFrame(rows)
-    return df.style.hide(axis="index").to_latex(column_format=spec, hrules=True).splitlines()
+    return pd.DataFrame(rows).style.hide(axis="index").to_latex(column_format=spec, hrules=True).splitlines()
 
 
 def render_latex(report: dict) -> str:
@@ -349,13 +313,9 @@ def main(argv=None) -> int:
     out = Path(args.out or Path("reports") / args.name)
     out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(report)
-    (out / f"{args.name}.md").write_text(markdown)
-    (out / f"{args.name}.tex").write_text(render_latex(report))
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    for suffix, text in ((".md", markdown), (".tex", render_latex(report)),
+                         (".json", json.dumps(report, indent=1, default=str) + "\n")):
+        (out / f"{args.name}{suffix}").write_text(text)
     print(markdown)
     print(f"wrote {out / args.name}.md, .tex, .json", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

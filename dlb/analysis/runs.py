@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import yaml
+from omegaconf import OmegaConf
 
 from dlb.metrics import METRICS
-from dlb.methods import METHODS, ordered
+from dlb.methods import METHODS
 from dlb.run import folder as runfiles
 from dlb.run import identity as runid
 
@@ -30,6 +32,8 @@ ORDER = {
                  "cifar_densenet40_12"),
     "augment": ("none", "cutout", "cutmix"),
 }
+WANDB_STATUS = {"finished": "completed", "running": "running", "crashed": "failed", "failed": "failed",
+                "killed": "failed"}
 
 
 class SkipRun(ValueError):
@@ -38,6 +42,10 @@ class SkipRun(ValueError):
 
 def _number(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _int(x) -> int | None:
+    return x if isinstance(x, int) and not isinstance(x, bool) else None
 
 
 def setting_name(augment: str, noise: str, rate: float) -> str:
@@ -50,7 +58,6 @@ def setting_kind(augment: str, noise: str) -> str:
     return "noise" if noise != "none" else "augment" if augment != "none" else "clean"
 
 
-# --- runs -----------------------------------------------------------------------------------------------------
 @dataclass
 class Run:
     path: str  # folder, or wandb:<entity>/<project>/<id>
@@ -64,24 +71,12 @@ class Run:
     overrides: dict | None = None  # the command line's overrides (.hydra/overrides.yaml) {key: value}; None: unknown
 
     @property
-    def run_config(self) -> dict:
-        """What a run computes, seed aside (dlb/run/identity.py), and the data it saw where its summary says."""
-        cfg = {k: v for k, v in runid.identity(self.config).items() if k != "seed"}  # (rate 0: no noise keys)
-        data = self.summary.get("data")
-        if isinstance(data, dict):
-            cfg.update({f"data.{k}": data.get(k) for k in ("train_sha256", "test_sha256")})
-        return cfg
-
-    @property
     def epochs_done(self) -> int | None:
         """Finished epochs: the summary's count, or more where metrics.jsonl already logs later ones."""
-        done = self.summary.get("epochs_completed")
-        done = done if isinstance(done, int) and not isinstance(done, bool) else None
-        if self.state == UNFINISHED:
-            logged = [row["epoch"] for row in self.history() if isinstance(row.get("epoch"), int)]
-            if logged and (done is None or max(logged) > done):
-                done = max(logged)
-        return done
+        done = _int(self.summary.get("epochs_completed"))
+        logged = [r["epoch"] for r in self.history() if isinstance(r.get("epoch"), int)] if self.state == UNFINISHED \
+            else []
+        return max(([] if done is None else [done]) + logged, default=None)
 
     def history(self) -> list[dict]:
         """metrics.jsonl rows (one per epoch); [] when they can't be read."""
@@ -113,10 +108,9 @@ def make_run(path: str, summary, config, history_fn: Callable[[], list[dict]] = 
     if not runid.has_noise(noise, rate):  # a rate of 0 is clean training
         noise, rate = "none", 0.0
     run.cell.update(augment=str(_get(config, "augment") or "none"), noise=noise, rate=rate)
-    seed = fields.seed if fields.seed is not None else config.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    run.seed, run.status = _int(fields.seed if fields.seed is not None else config.get("seed")), fields.status
+    if run.seed is None:
         raise SkipRun("no integer seed in summary or config")
-    run.seed, run.status = seed, fields.status
     if not isinstance(run.status, str):
         raise SkipRun("no status in summary")
     epochs, done = fields.epochs, fields.epochs_completed
@@ -129,17 +123,6 @@ def make_run(path: str, summary, config, history_fn: Callable[[], list[dict]] = 
     return run
 
 
-def load_config(path: Path) -> dict:
-    """The run's config as a plain dict; interpolations resolved where they can be outside Hydra."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(path)
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # e.g. ${hydra:...}: compare the interpolation strings as written instead
-        return OmegaConf.to_container(cfg, resolve=False)
-
-
 def load_run_dir(run_dir: Path) -> Run:
     folder = runfiles.RunFolder(run_dir)
     try:
@@ -148,28 +131,27 @@ def load_run_dir(run_dir: Path) -> Run:
         raise SkipRun(f"unreadable {folder.SUMMARY} ({type(e).__name__}: {e})") from None
     # config.json is what the trainer ran with (written after its checks); Hydra's config.yaml can belong to a
     # later command that was refused, so it is only the fallback (older runs, hand-made folders).
-    config_path = folder.config if folder.config.is_file() else folder.hydra_config
-    if not config_path.is_file():
+    path = folder.config if folder.config.is_file() else folder.hydra_config
+    if not path.is_file():
         raise SkipRun(f"no {folder.CONFIG} or {folder.hydra_config.relative_to(run_dir)} next to {folder.SUMMARY}")
     try:
-        config = json.loads(config_path.read_text()) if config_path.suffix == ".json" else load_config(config_path)
+        if path.suffix == ".json":
+            config = json.loads(path.read_text())
+        else:  # interpolations resolved where they can be outside Hydra; else (${hydra:...}) compared as written
+            try:
+                config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+            except Exception:
+                config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception as e:
-        raise SkipRun(f"unreadable {config_path.relative_to(run_dir)} ({type(e).__name__}: {e})") from None
+        raise SkipRun(f"unreadable {path.relative_to(run_dir)} ({type(e).__name__}: {e})") from None
     run = make_run(str(run_dir), summary, config, lambda: runfiles.read_metrics(run_dir))
-    run.overrides = read_overrides(folder.hydra_overrides)
-    return run
-
-
-def read_overrides(path: Path) -> dict | None:
-    """{key: value} of the overrides Hydra recorded ("+method.T=2" -> {"method.T": "2"}); None without the file."""
-    import yaml
-
-    try:
-        lines = yaml.safe_load(path.read_text())
+    try:  # the command line's overrides ("+method.T=2" -> {"method.T": "2"})
+        pairs = [str(o).lstrip("+~").partition("=") for o in yaml.safe_load(folder.hydra_overrides.read_text()) or []
+                 if "=" in str(o)]
+        run.overrides = {k: v for k, _, v in pairs if not k.startswith("hydra.")}
     except (OSError, yaml.YAMLError):
-        return None
-    pairs = [str(o).lstrip("+~").partition("=") for o in lines or [] if "=" in str(o)]
-    return {k: v for k, _, v in pairs if not k.startswith("hydra.")}
+        pass
+    return run
 
 
 def collect_runs(roots) -> tuple[list[Run], list[dict]]:
@@ -180,11 +162,9 @@ def collect_runs(roots) -> tuple[list[Run], list[dict]]:
             r, s = collect_wandb_runs(str(root)[len("wandb:"):])
             runs, skipped = runs + r, skipped + s
             continue
-        root = Path(root)
-        if not root.exists():
+        if not Path(root).exists():
             skipped.append({"path": str(root), "reason": "root does not exist"})
-            continue
-        for summary_path in sorted(root.rglob(runfiles.RunFolder.SUMMARY)):
+        for summary_path in sorted(Path(root).rglob(runfiles.RunFolder.SUMMARY)):
             run_dir = summary_path.parent
             if run_dir.resolve() in seen:  # overlapping roots
                 continue
@@ -194,10 +174,6 @@ def collect_runs(roots) -> tuple[list[Run], list[dict]]:
             except SkipRun as e:
                 skipped.append({"path": str(run_dir), "reason": str(e)})
     return runs, skipped
-
-
-WANDB_STATUS = {"finished": "completed", "running": "running", "crashed": "failed", "failed": "failed",
-                "killed": "failed"}
 
 
 def collect_wandb_runs(project: str) -> tuple[list[Run], list[dict]]:
@@ -212,8 +188,8 @@ def collect_wandb_runs(project: str) -> tuple[list[Run], list[dict]]:
     for wr in wandb_runs:
         where = f"wandb:{project}/{getattr(wr, 'id', '?')}"
         try:
-            summary = getattr(wr.summary, "_json_dict", None) or dict(wr.summary)
-            summary = {k: v for k, v in summary.items() if not k.startswith("_")}
+            summary = {k: v for k, v in (getattr(wr.summary, "_json_dict", None) or dict(wr.summary)).items()
+                       if not k.startswith("_")}
             if "status" not in summary:  # the trainer never wrote its summary: judge by the W&B state
                 summary["status"] = WANDB_STATUS.get(getattr(wr, "state", ""), "failed")
             config = {k: v for k, v in dict(wr.config).items() if not k.startswith("_")}
@@ -226,10 +202,6 @@ def collect_wandb_runs(project: str) -> tuple[list[Run], list[dict]]:
 
 
 # --- variants -------------------------------------------------------------------------------------------------
-def _same(a, b) -> bool:
-    return a == b or (_number(a) is not None and _number(b) is not None and float(a) == float(b))
-
-
 def _text(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -240,30 +212,27 @@ def swept_keys(configs: list[dict], overrides: list[dict] | None = None) -> tupl
     keys = sorted({k for c in configs for k in c})
     values = {k: {_text(c.get(k, ABSENT)) for c in configs} for k in keys}
     differing = [k for k in keys if len(values[k]) > 1]
+    swept = []
     if overrides:
         set_keys = {k for o in overrides for k in o}
         groups = {k for k in set_keys if "." not in k and len({o.get(k) for o in overrides}) > 1}
         swept = [k for k in differing if not k.startswith("data.") and (k in set_keys or k.split(".")[0] in groups)]
-        return swept, [k for k in differing if k not in swept]
-    candidates = [k for k in differing if not k.startswith("data.")][:12]  # grids of more keys are not searched
-    for size in range(len(candidates), 0, -1):
-        best = None
-        for subset in itertools.combinations(candidates, size):
-            points = {tuple(_text(c.get(k, ABSENT)) for k in subset) for c in configs}
-            if len(points) == math.prod(len(values[k]) for k in subset) and (best is None or len(points) > best[0]):
-                best = (len(points), list(subset))
-        if best:
-            return best[1], [k for k in differing if k not in best[1]]
-    return [], differing
+    else:
+        candidates = [k for k in differing if not k.startswith("data.")][:12]  # grids of more keys are not searched
+        for size in range(len(candidates), 0, -1):
+            grids = [(len(points), list(subset)) for subset in itertools.combinations(candidates, size)
+                     if len(points := {tuple(_text(c.get(k, ABSENT)) for k in subset) for c in configs})
+                     == math.prod(len(values[k]) for k in subset)]
+            if grids:
+                swept = max(grids, key=lambda g: g[0])[1]  # the first of the largest
+                break
+    return swept, [k for k in differing if k not in swept]
 
 
 @functools.cache
 def _composed_defaults(method: str) -> dict:
     try:
-        from omegaconf import OmegaConf
-
-        from dlb.config import compose
-
+        from dlb.config import compose  # Hydra's composition, only where a variant needs the defaults
         return runid.flatten(OmegaConf.to_container(compose([f"method={method}"]), resolve=False))
     except Exception:
         return {}
@@ -272,27 +241,23 @@ def _composed_defaults(method: str) -> dict:
 def at_defaults(method: str, values: dict) -> bool:
     """Do these values equal the method's defaults (Method.Config; other keys: `dlb.train method=<method>`'s)?"""
     config = METHODS[method].Config() if method in METHODS else None
+    own = {f"method.{f.name}": getattr(config, f.name) for f in (dataclasses.fields(config) if config else ())}
     for key, value in values.items():
-        name = key.split(".", 1)[1] if key.startswith("method.") else None
-        if config is not None and name in {f.name for f in dataclasses.fields(config)}:
-            default = getattr(config, name)
-        else:
-            default = _composed_defaults(method).get(key, ABSENT)
+        default = own[key] if key in own else _composed_defaults(method).get(key, ABSENT)
+        same = value == default or (_number(value) is not None and _number(default) is not None
+                                    and float(value) == float(default))
         # A key older runs lack computed what its off value does (dlb/run/identity.py, NEUTRAL).
-        if not _same(value, default) and not (value == ABSENT and default in (None, False, 0)):
+        if not same and not (value == ABSENT and default in (None, False, 0)):
             return False
     return True
 
 
 # --- the table ------------------------------------------------------------------------------------------------
 def sort_key(kind: str, name):
-    if kind == "method":
-        order = ordered(set(METHODS) | {name})
-        return order.index(name), name
-    if kind not in ORDER:
-        return name
-    order = ORDER[kind]
-    return (order.index(name), "") if name in order else (len(order), name)
+    if kind == "method":  # `Method.order`, then name; unregistered names last
+        return name not in METHODS, METHODS[name].order if name in METHODS else 0, name
+    order = ORDER.get(kind)
+    return name if order is None else (order.index(name), "") if name in order else (len(order), name)
 
 
 def _order(v) -> tuple:
@@ -306,26 +271,29 @@ def fmt_value(v) -> str:
 
 def table(runs: list[Run]) -> pd.DataFrame:
     """One row per run (the columns below); usable: ok and the first run of its seed in its variant."""
-    records = []
-    for run in runs:
-        s = run.summary
-        records.append({**run.cell, "setting": setting_name(run.cell["augment"], run.cell["noise"], run.cell["rate"]),
-                        "kind": setting_kind(run.cell["augment"], run.cell["noise"]), "seed": run.seed,
-                        "status": run.status, "state": run.state, "best_err": _number(s.get("best_test_err")),
-                        **{f"last_{m.name}": _number(s.get(f"last_test_{m.name}")) for m in METRICS},
-                        **{k: _number(s.get(k)) for k in COSTS}, "device": str(s.get("device") or ""),
-                        "path": run.path, "run": run, "config": run.run_config})
     columns = [*CELL, "setting", "kind", "variant", "values", "swept", "unswept", "seed", "status", "state", "usable",
                "duplicate_of", "best_err", *(f"last_{m.name}" for m in METRICS), *COSTS, "device", "path", "run"]
-    if not records:
+    if not runs:
         return pd.DataFrame(columns=columns)
+    records = []
+    for run in runs:
+        s, c = run.summary, run.cell
+        # What a run computes, seed aside (dlb/run/identity.py), and the data it saw where its summary says.
+        config = {k: v for k, v in runid.identity(run.config).items() if k != "seed"}
+        if isinstance(s.get("data"), dict):
+            config.update({f"data.{k}": s["data"].get(k) for k in ("train_sha256", "test_sha256")})
+        records.append({**c, "setting": setting_name(c["augment"], c["noise"], c["rate"]),
+                        "kind": setting_kind(c["augment"], c["noise"]), "seed": run.seed, "status": run.status,
+                        "state": run.state, "best_err": _number(s.get("best_test_err")),
+                        **{f"last_{m.name}": _number(s.get(f"last_test_{m.name}")) for m in METRICS},
+                        **{k: _number(s.get(k)) for k in COSTS}, "device": str(s.get("device") or ""),
+                        "path": run.path, "run": run, "config": config})
     df = pd.DataFrame(records)
     df["variant"], df["values"], df["swept"], df["unswept"], df["variant_rank"] = "", None, "", "", 0
     for _, cell in df.groupby(list(CELL), sort=False):
-        configs = {_text(c): c for c in cell["config"]}
-        overrides = [r.overrides for r in cell["run"] if r.overrides is not None]
-        swept, unswept = swept_keys(list(configs.values()), overrides)
-        points = sorted({tuple(_order(c.get(k, ABSENT)) for k in swept + unswept) for c in configs.values()})
+        configs = list({_text(c): c for c in cell["config"]}.values())
+        swept, unswept = swept_keys(configs, [r.overrides for r in cell["run"] if r.overrides is not None])
+        points = sorted({tuple(_order(c.get(k, ABSENT)) for k in swept + unswept) for c in configs})
         for i, config in zip(cell.index, cell["config"]):
             values = {k: config.get(k, ABSENT) for k in swept + unswept}
             df.at[i, "values"] = values
@@ -347,10 +315,9 @@ def table(runs: list[Run]) -> pd.DataFrame:
 
 def mean_std(values) -> dict:
     """mean and sample std (ddof=1); None where undefined."""
-    values = [float(v) for v in values if v is not None and not pd.isna(v)]
-    s = pd.Series(values, dtype=float)
-    return {"mean": float(s.mean()) if values else None, "std": float(s.std(ddof=1)) if len(values) >= 2 else None,
-            "values": values}
+    s = pd.Series([float(v) for v in values if v is not None and not pd.isna(v)], dtype=float)
+    return {"mean": float(s.mean()) if len(s) else None, "std": float(s.std(ddof=1)) if len(s) >= 2 else None,
+            "values": s.tolist()}
 
 
 def compared(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -364,9 +331,9 @@ def compared(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
                 k: x for k, x in runs[runs["variant"] == v]["values"].iloc[0].items() if k in swept})]
         if len(variants) == 1:
             keep.append(runs[runs["variant"] == variants[0]])
-        else:
-            where = "/".join(str(c) for c in (cell[0], cell[1], cell[-1])) + f" [{setting_name(*cell[2:5])}]"
-            unswept = runs["unswept"].iloc[0]
-            notes.append(where.replace(" []", "") + (f" (its runs differ in {unswept}, not swept)" if unswept and not
-                                                     swept[0] else " (no single variant at the method's defaults)"))
+            continue
+        where = "/".join(str(c) for c in (cell[0], cell[1], cell[-1])) + f" [{setting_name(*cell[2:5])}]"
+        unswept = runs["unswept"].iloc[0]
+        notes.append(where.replace(" []", "") + (f" (its runs differ in {unswept}, not swept)" if unswept and not
+                                                 swept[0] else " (no single variant at the method's defaults)"))
     return (pd.concat(keep) if keep else df.iloc[:0]), notes

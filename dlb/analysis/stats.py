@@ -2,6 +2,7 @@
 function (Numerical Recipes' continued fraction), so the analysis needs no scipy."""
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from enum import Enum
@@ -22,8 +23,7 @@ class Verdict(str, Enum):
 def _beta_fraction(a: float, b: float, x: float) -> float:
     """Continued fraction of the incomplete beta function (modified Lentz)."""
     tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1 / (d if abs(d) > tiny else tiny)
-    h = d
+    h = d = 1 / (d if abs(d) > tiny else tiny)
     for m in range(1, 300):
         for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
                     -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
@@ -70,13 +70,9 @@ def seeds_needed(mean: float, sd: float, alpha: float = 1 - LEVEL) -> str:
     if sd == 0:
         return str(MIN_PAIRS)
     decided = lambda n: t_quantile(1 - alpha / 2, n - 1) * sd / math.sqrt(n) < abs(mean)  # noqa: E731
-    if not decided(MAX_SEEDS):
-        return f"over {MAX_SEEDS}"
-    lo, hi = MIN_PAIRS - 1, MAX_SEEDS  # the half-width shrinks with n: bisect for the first n that decides
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if decided(mid) else (mid, hi)
-    return str(hi)
+    # the half-width shrinks with n: bisect for the first n that decides
+    n = bisect.bisect_left(range(MIN_PAIRS, MAX_SEEDS + 1), True, key=decided) + MIN_PAIRS
+    return f"over {MAX_SEEDS}" if n > MAX_SEEDS else str(n)
 
 
 def paired(diffs: list[float]) -> dict:
@@ -106,25 +102,20 @@ def holm(p_values: list[float | None]) -> list[float | None]:
 def verdict(stats: dict, p_adjusted: float | None = None) -> Verdict:
     """HOLDS / DOES NOT HOLD by the sign of the mean where the (adjusted) p < 1 - LEVEL; else INCONCLUSIVE."""
     p = stats["p"] if p_adjusted is None else p_adjusted
-    if p is None or p >= 1 - LEVEL:
-        return Verdict.inconclusive
-    return Verdict.holds if stats["mean"] > 0 else Verdict.fails
+    return Verdict.inconclusive if p is None or p >= 1 - LEVEL else Verdict.holds if stats["mean"] > 0 else Verdict.fails
 
 
 def overall(verdicts: list[Verdict]) -> str:
     """A claim's verdict over its comparisons: the common verdict, else how many hold."""
-    if len(set(verdicts)) == 1:
-        return verdicts[0].value
-    return f"HOLDS IN {sum(v == Verdict.holds for v in verdicts)} OF {len(verdicts)}"
+    n = sum(v == Verdict.holds for v in verdicts)
+    return verdicts[0].value if len(set(verdicts)) == 1 else f"HOLDS IN {n} OF {len(verdicts)}"
 
 
 def fmt_interval(s: dict, spec: str = "+.2f") -> str:
     """'+0.60 [+0.10, +1.10]'; the mean alone below MIN_PAIRS; '—' without pairs."""
     if s["mean"] is None:
         return "—"
-    if s["lo"] is None:
-        return f"{s['mean']:{spec}} (1 pair)"
-    return f"{s['mean']:{spec}} [{s['lo']:{spec}}, {s['hi']:{spec}}]"
+    return f"{s['mean']:{spec}} " + ("(1 pair)" if s["lo"] is None else f"[{s['lo']:{spec}}, {s['hi']:{spec}}]")
 
 
 def fmt_p(p: float | None) -> str:
@@ -133,10 +124,8 @@ def fmt_p(p: float | None) -> str:
 
 def fmt_decision(s: dict, verdict: Verdict) -> str:
     """The verdict, and for an inconclusive one the seeds that would decide it."""
-    if verdict != Verdict.inconclusive:
-        return verdict.value
     need = s["seeds_needed"] or f"unknown: fewer than {MIN_PAIRS} pairs"
-    return f"{verdict.value} (seeds needed: {need})"
+    return verdict.value + (f" (seeds needed: {need})" if verdict == Verdict.inconclusive else "")
 
 
 def markdown_table(rows: list[dict]) -> list[str]:
