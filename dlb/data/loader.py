@@ -56,17 +56,13 @@ def _perm_seed(seed: int, epoch: int) -> int:
     return mix_seed(seed, epoch, 0, 0)  # tag 0: epoch order
 
 
-def _aug_seed(seed: int, epoch: int, step: int, rank: int = 0, world: int = 1) -> int:
-    if world > 1:  # tag 3: each DDP rank its own stream (step * world + rank is distinct per (step, rank))
-        return mix_seed(seed, epoch, 3, step * world + rank)
-    return mix_seed(seed, epoch, 1, step)  # tag 1: per-batch augmentation
-
-
-def _batch_aug_seed(seed: int, epoch: int, step: int, rank: int = 0, world: int = 1) -> int:
-    if world > 1:  # tag 4: as tag 3, for the batch-level augmentation
-        return mix_seed(seed, epoch, 4, step * world + rank)
-    # tag 2: batch-level augmentation; a stream of its own, so adding CutOut/CutMix leaves the crops unchanged
-    return mix_seed(seed, epoch, 2, step)
+def _aug_seed(seed: int, epoch: int, step: int, rank: int = 0, world: int = 1, batch_level: bool = False) -> int:
+    """Tag 1: the per-image augmentation of a batch; tag 2: the batch-level one, a stream of its own so adding
+    CutOut/CutMix leaves the crops unchanged. Under DDP tags 3 and 4: each rank its own stream (step * world + rank
+    is distinct per (step, rank))."""
+    if world > 1:
+        return mix_seed(seed, epoch, 3 + batch_level, step * world + rank)
+    return mix_seed(seed, epoch, 1 + batch_level, step)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -290,7 +286,7 @@ class DeviceLoader:
             views = [self._normalise(self._view(x)) for _ in range(self.num_views)]
         batch = Batch(views, self.labels.index_select(0, idx), idx)
         if self.batch_augment is not None:  # after normalisation: CutOut's hole is 0 in normalised space
-            batch = self.batch_augment(batch, _batch_aug_seed(self.seed, epoch, step, self.rank, self.world_size))
+            batch = self.batch_augment(batch, _aug_seed(self.seed, epoch, step, self.rank, self.world_size, True))
         return batch
 
     def iter_from(self, step: int):
@@ -379,7 +375,7 @@ class TorchLoader:
         for step, (*views, y, idx) in enumerate(self.dl):
             batch = Batch([self._to(v) for v in views], self._to(y), self._to(idx))
             if self.batch_augment is not None:
-                batch = self.batch_augment(batch, _batch_aug_seed(self.seed, epoch, step))
+                batch = self.batch_augment(batch, _aug_seed(self.seed, epoch, step, batch_level=True))
             yield batch
 
     def iter_from(self, step: int):
