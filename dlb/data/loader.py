@@ -10,12 +10,14 @@ augmentation (CutOut, CutMix: dlb/data/augment.py) runs last, on the normalised 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from dlb.choice import Choice
 
@@ -203,26 +205,20 @@ class DeviceLoader:
                  batch_order: Callable[[int, torch.Generator], Sequence[torch.Tensor] | torch.Tensor] | None = None,
                  batch_augment: Callable[[Batch, int], Batch] | None = None, rank: int = 0, world_size: int = 1):
         augment = Augment(augment)  # ValueError for an unknown one
-        self.device = torch.device(device)
-        self.rank, self.world_size = rank, world_size
-        self.batch_augment = batch_augment if train else None
+        self.device, self.rank, self.world_size = torch.device(device), rank, world_size
         self.batch_size, self.train, self.seed, self.num_views = batch_size, train, seed, num_views
-        self.augment = augment if train else "none"
-        self.crop_size, self.padding = crop_size, padding
-        self.rotation = rotation if train else 0.0
-        self.shuffle = train if shuffle is None else shuffle
-        self.drop_last, self.channels_last, self.batch_order = drop_last, channels_last, batch_order
+        self.augment, self.rotation = (augment, rotation) if train else ("none", 0.0)
+        self.batch_augment = batch_augment if train else None
+        self.crop_size, self.padding, self.drop_last, self.channels_last = crop_size, padding, drop_last, channels_last
+        self.shuffle, self.batch_order = train if shuffle is None else shuffle, batch_order
         images = ds.images.to(self.device)
         # Unaugmented views must already have the training resolution: resize once, not every batch.
         if self.augment == "none" and images.shape[-2:] != (crop_size, crop_size):
             images = resize_uint8(images, crop_size)
         self.images, self.labels = images, ds.labels.to(self.device)
-        self.n = len(self.labels)
         # (x/255 - mean)/std == x*scale + shift: one fused multiply-add per batch.
-        std = torch.tensor(ds.std, dtype=torch.float32)
-        mean = torch.tensor(ds.mean, dtype=torch.float32)
-        self.scale = (1 / (255 * std)).view(1, 3, 1, 1).to(self.device)
-        self.shift = (-mean / std).view(1, 3, 1, 1).to(self.device)
+        std, mean = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (ds.std, ds.mean))
+        self.scale, self.shift = (1 / (255 * std)).to(self.device), (-mean / std).to(self.device)
         self.gen = torch.Generator(device=self.device)
         self.epoch = 0
         self._batches_cache: tuple[int, list[torch.Tensor]] | None = None
@@ -240,10 +236,8 @@ class DeviceLoader:
             b = b.unbind(0) if isinstance(b, torch.Tensor) else b
             batches = [t.to(self.device, torch.long) for t in b]
         else:
-            if self.shuffle:
-                order = torch.randperm(self.n, generator=self.gen, device=self.device)
-            else:
-                order = torch.arange(self.n, device=self.device)
+            n, dev = len(self.labels), self.device
+            order = torch.randperm(n, generator=self.gen, device=dev) if self.shuffle else torch.arange(n, device=dev)
             size = self.batch_size * (self.world_size if self.train else 1)  # DDP: global batches, sharded below
             batches = list(order.split(size))
             if self.drop_last and batches and len(batches[-1]) < size:
@@ -312,17 +306,12 @@ class _PILDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
-        from PIL import Image
-
         img = Image.fromarray(self.images[i])
         return (*[self.transform(img) for _ in range(self.num_views)], self.labels[i], i)
 
 
 def _seed_worker(worker_id: int) -> None:
-    # DataLoader already seeds torch per worker from its generator; numpy/random are seeded from that.
-    import random
-
-    s = torch.initial_seed() % 2**32
+    s = torch.initial_seed() % 2**32  # DataLoader seeds torch per worker from its generator; numpy/random from that
     np.random.seed(s)
     random.seed(s)
 
@@ -339,14 +328,13 @@ class TorchLoader:
                  channels_last: bool = False, batch_augment: Callable[[Batch, int], Batch] | None = None):
         from torchvision import transforms as T
 
-        augment = Augment(augment)
+        augment = Augment(augment)  # ValueError for an unknown one
         self.device, self.seed, self.channels_last = torch.device(device), seed, channels_last
         self.batch_augment = batch_augment if train else None
-        augment = augment if train else "none"
         h = ds.images.shape[-1]
         aug = {"crop_flip": [T.RandomCrop(crop_size, padding=padding), T.RandomHorizontalFlip()],
                "rrc_flip": [T.RandomResizedCrop(crop_size), T.RandomHorizontalFlip()],
-               "none": [T.Resize(crop_size)] if h != crop_size else []}[augment]
+               "none": [T.Resize(crop_size)] if h != crop_size else []}[augment if train else "none"]
         if rotation and train:
             aug.append(T.RandomRotation(rotation))  # Tf-KD: RandomCrop, RandomHorizontalFlip, RandomRotation
         tf = T.Compose(aug + [T.ToTensor(), T.Normalize(ds.mean, ds.std)])
@@ -384,8 +372,7 @@ class TorchLoader:
 
 
 def make_loader(ds: "ArrayDataset", *, kind: str = "device", **kw):
-    if kind == "device":
-        return DeviceLoader(ds, **kw)
-    if kind == "torch":
-        return TorchLoader(ds, **kw)
-    raise ValueError(f"unknown loader kind {kind!r}; valid kinds: {', '.join(LoaderKind)}")
+    loaders = {"device": DeviceLoader, "torch": TorchLoader}
+    if kind not in loaders:
+        raise ValueError(f"unknown loader kind {kind!r}; valid kinds: {', '.join(LoaderKind)}")
+    return loaders[kind](ds, **kw)
