@@ -10,7 +10,6 @@ augmentation (CutOut, CutMix: dlb/data/augment.py) runs last, on the normalised 
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -181,9 +180,6 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Te
     return torch.cat(out)
 
 
-# ---------------------------------------------------------------------------------------------------------
-
-
 class DeviceLoader:
     """Whole dataset held as uint8 on `device`; batches are drawn, augmented and normalised there in a few
     batched tensor ops (no per-sample Python).
@@ -292,9 +288,6 @@ class DeviceLoader:
         return self.iter_from(0)
 
 
-# ---------------------------------------------------------------------------------------------------------
-
-
 class _PILDataset(torch.utils.data.Dataset):
     """Row i -> PIL image -> transforms, num_views times independently (the official DLB pipeline)."""
 
@@ -310,16 +303,10 @@ class _PILDataset(torch.utils.data.Dataset):
         return (*[self.transform(img) for _ in range(self.num_views)], self.labels[i], i)
 
 
-def _seed_worker(worker_id: int) -> None:
-    s = torch.initial_seed() % 2**32  # DataLoader seeds torch per worker from its generator; numpy/random from that
-    np.random.seed(s)
-    random.seed(s)
-
-
 class TorchLoader:
     """torchvision transforms on PIL images in DataLoader workers (the official DLB code's pipeline), for
-    comparison.  The epoch order is a function of (seed, epoch); augmentation draws come from worker RNGs
-    seeded once from the loader generator (persistent workers), so they reproduce only for a run from
+    comparison.  The epoch order is a function of (seed, epoch); augmentation draws come from worker RNGs, which
+    DataLoader seeds once from the loader generator (persistent workers), so they reproduce only for a run from
     epoch 0 with the same num_workers (and not at all with num_workers=0, which uses the global RNG)."""
 
     def __init__(self, ds: "ArrayDataset", *, batch_size: int, train: bool, device, seed: int = 0,
@@ -343,7 +330,7 @@ class TorchLoader:
         self.dl = torch.utils.data.DataLoader(
             _PILDataset(ds.images.cpu(), ds.labels.cpu(), tf, num_views), batch_size=batch_size,
             shuffle=train if shuffle is None else shuffle, drop_last=drop_last, num_workers=num_workers,
-            generator=self.gen, worker_init_fn=_seed_worker, pin_memory=self.device.type == "cuda",
+            generator=self.gen, pin_memory=self.device.type == "cuda",
             persistent_workers=num_workers > 0)
 
     def set_epoch(self, epoch: int) -> None:

@@ -56,13 +56,8 @@ def load_fashion_mnist(root: Path, train: bool, download: bool, image_size: int)
 
 def _fashion_mnist_files(folder: Path) -> list[Path] | None:
     """The four idx files in `folder` (each either raw or .gz), or None if any is missing."""
-    found = []
-    for stem in FASHION_MNIST_FILES:
-        path = next((folder / (stem + ext) for ext in ("", ".gz") if (folder / (stem + ext)).is_file()), None)
-        if path is None:
-            return None
-        found.append(path)
-    return found
+    found = [next((p for p in (folder / s, folder / f"{s}.gz") if p.is_file()), None) for s in FASHION_MNIST_FILES]
+    return None if None in found else found
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
