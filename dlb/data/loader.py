@@ -74,10 +74,8 @@ def _aug_seed(seed: int, epoch: int, step: int, rank: int = 0, world: int = 1, b
 def crop_flip_params(n: int, h: int, w: int, crop: int, padding: int, g: torch.Generator, device):
     """RandomCrop(crop, padding) + RandomHorizontalFlip: offsets uniform in [0, H+2p-crop] of the padded
     image (torchvision semantics), flip with p=0.5.  Returns (dy, dx, flip), each (n,)."""
-    dy = torch.randint(0, h + 2 * padding - crop + 1, (n,), generator=g, device=device)
-    dx = torch.randint(0, w + 2 * padding - crop + 1, (n,), generator=g, device=device)
-    flip = torch.rand(n, generator=g, device=device) < 0.5
-    return dy, dx, flip
+    dy, dx = (torch.randint(0, size + 2 * padding - crop + 1, (n,), generator=g, device=device) for size in (h, w))
+    return dy, dx, torch.rand(n, generator=g, device=device) < 0.5
 
 
 def apply_crop_flip(x: torch.Tensor, dy, dx, flip, crop: int, padding: int) -> torch.Tensor:
@@ -99,13 +97,11 @@ def rrc_params(n: int, h: int, w: int, g: torch.Generator, device, scale=(0.08, 
     Returns integer boxes (top, left, height, width) and flip, each (n,)."""
     area = h * w
     s = torch.empty(n, tries, device=device).uniform_(scale[0], scale[1], generator=g)
-    logr = torch.empty(n, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
-    ar = torch.exp(logr)
+    ar = torch.exp(torch.empty(n, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g))
     cw = torch.round(torch.sqrt(area * s * ar))
     ch = torch.round(torch.sqrt(area * s / ar))
     ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
-    first = ok.to(torch.uint8).argmax(1, keepdim=True)  # argmax returns the first maximal index
-    any_ok = ok.any(1)
+    first, any_ok = ok.to(torch.uint8).argmax(1, keepdim=True), ok.any(1)  # argmax: the first maximal index
     # Fallback box: python scalars, identical for every sample (depends only on the image shape).
     in_ratio = w / h
     if in_ratio < min(ratio):
@@ -130,8 +126,7 @@ def apply_rrc_flip(x: torch.Tensor, top, left, bh, bw, flip, size: int) -> torch
     averaged) acts as an antialias filter when downscaling.  Returns float in [0,255]."""
     from torchvision.ops import roi_align
 
-    n = x.shape[0]
-    boxes = torch.stack([torch.arange(n, device=x.device), left, top, left + bw, top + bh], 1).float()
+    boxes = torch.stack([torch.arange(x.shape[0], device=x.device), left, top, left + bw, top + bh], 1).float()
     out = roi_align(x.float(), boxes, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
@@ -147,12 +142,10 @@ def apply_rotation(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     pixel back to the input with the inverse rotation in 16.16 fixed point (the NEAREST affine transform of its
     Geometry.c: input column = (A2 + x*A0 + y*A1) >> 16, row alike), which is computed here for the whole batch
     and applied as one gather. Any dtype (uint8 crops, float random-resized crops)."""
-    n, c, h, w = x.shape
-    dev = x.device
+    (n, c, h, w), dev = x.shape, x.device
     # PIL Image.rotate: the angle modulo 360, negated, in radians; the inverse matrix (a b c; d e f) about (w/2, h/2)
     r = -(torch.remainder(angle.to(torch.float64), 360.0) * (math.pi / 180.0))
-    a, b = torch.cos(r), torch.sin(r)
-    d, e = -b, a
+    a, b, d, e = torch.cos(r), torch.sin(r), -torch.sin(r), torch.cos(r)
     cx, cy = w / 2, h / 2
     c0 = a * -cx + b * -cy + cx
     f0 = d * -cx + e * -cy + cy
@@ -175,9 +168,8 @@ def apply_rotation(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
 def resize_uint8(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
     """torchvision Resize on uint8 tensors: bilinear + antialias in float, rounded back to uint8.
     Chunked so a large eval set never materialises as one float copy."""
-    out = [F.interpolate(c.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-           .round_().clamp_(0, 255).to(torch.uint8) for c in images.split(chunk)]
-    return torch.cat(out)
+    return torch.cat([F.interpolate(c.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+                      .round_().clamp_(0, 255).to(torch.uint8) for c in images.split(chunk)])
 
 
 class DeviceLoader:
@@ -228,9 +220,7 @@ class DeviceLoader:
             return self._batches_cache[1]
         self.gen.manual_seed(_perm_seed(self.seed, self.epoch))
         if self.batch_order is not None:
-            b = self.batch_order(self.epoch, self.gen)
-            b = b.unbind(0) if isinstance(b, torch.Tensor) else b
-            batches = [t.to(self.device, torch.long) for t in b]
+            batches = [t.to(self.device, torch.long) for t in self.batch_order(self.epoch, self.gen)]  # rows of 2-D
         else:
             n, dev = len(self.labels), self.device
             order = torch.randperm(n, generator=self.gen, device=dev) if self.shuffle else torch.arange(n, device=dev)
