@@ -197,21 +197,17 @@ for _name, _ctor in CIFAR_MODELS.items():
 def build_model(cfg, num_classes: int) -> torch.nn.Module:
     """The run config's backbone (`cfg.backbone`) for `cfg.dataset.image_size` images and `num_classes` classes; a
     ConfigError when timm has no such model or it cannot take that image size."""
+    name, size = cfg.backbone.name, cfg.dataset.image_size
     try:
-        model = timm.create_model(cfg.backbone.name, num_classes=num_classes, **dict(cfg.backbone.kwargs))
+        model = timm.create_model(name, num_classes=num_classes, **dict(cfg.backbone.kwargs))
     except RuntimeError as e:
         if "Unknown model" in str(e):
-            raise ConfigError(f"backbone.name={cfg.backbone.name!r}: not a timm model; use a backbone config "
+            raise ConfigError(f"backbone.name={name!r}: not a timm model; use a backbone config "
                               "(resnet32, vgg16, ...) or a name from timm.list_models()") from None
         raise
-    _check_input_size(model, cfg.backbone.name, cfg.dataset.image_size)
-    return model
-
-
-def _check_input_size(model: torch.nn.Module, name: str, size: int) -> None:
-    """Fail before training when the backbone can't take the dataset's images at all (a ViT built for 224 px given
-    32 px, a VGG whose pooling shrinks 8 px to nothing): one forward of one blank image on the CPU, in eval mode
-    (no BatchNorm statistics change, no random numbers drawn)."""
+    # Fail before training when the backbone can't take the images at all (a ViT built for 224 px given 32 px, a VGG
+    # whose pooling shrinks 8 px to nothing): one forward of one blank image on the CPU, in eval mode (no BatchNorm
+    # statistics change, no random numbers drawn).
     was_training = model.training
     try:
         with torch.no_grad():
@@ -223,3 +219,4 @@ def _check_input_size(model: torch.nn.Module, name: str, size: int) -> None:
                           f"the timm model the size, e.g. +backbone.kwargs.img_size={size}") from None
     finally:
         model.train(was_training)
+    return model

@@ -150,15 +150,11 @@ class TfKDReg(Method):
             raise ConfigError(f"method.correct_prob={cfg.correct_prob}: must be in (0, 1) "
                               "(the official code uses 0.99)")
 
-    def virtual_teacher(self, batch, num_classes: int) -> torch.Tensor:
-        """u: correct_prob on the label, the rest spread uniformly (lam-mixed under CutMix)."""
-        onehot = onehot_targets(batch, num_classes)
-        rest = (1 - self.correct_prob) / (num_classes - 1)
-        return onehot * (self.correct_prob - rest) + rest
-
     def training_step(self, model, batch):
         logits = model(batch.views[0])
-        u, T = self.virtual_teacher(batch, logits.shape[1]), self.T
+        # the virtual teacher u: correct_prob on the label, the rest spread uniformly (lam-mixed under CutMix)
+        rest, T = (1 - self.correct_prob) / (logits.shape[1] - 1), self.T
+        u = onehot_targets(batch, logits.shape[1]) * (self.correct_prob - rest) + rest
         if self.soften == "official":
             kl = kl_div(log_probs(logits), F.softmax(u / T, dim=1), self.kl_reduction)
         else:

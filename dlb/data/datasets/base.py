@@ -45,8 +45,7 @@ class ArrayDataset:
 
     def subset(self, index: torch.Tensor) -> "ArrayDataset":
         """Same metadata, only the rows selected by `index` (integer indices or a boolean mask)."""
-        return ArrayDataset(self.images[index].contiguous(), self.labels[index].contiguous(), self.num_classes,
-                            self.mean, self.std, self.name, self.classes)
+        return dataclasses.replace(self, images=self.images[index].contiguous(), labels=self.labels[index].contiguous())
 
 
 # ---------------------------------------------------------------- the registry
