@@ -41,8 +41,7 @@ def load_fashion_mnist(root: Path, train: bool, download: bool, image_size: int)
 
     files = _fashion_mnist_files(folder)  # train images, train labels, test images, test labels
     image_path, label_path = files[:2] if train else files[2:]
-    images = _read_idx(image_path, magic=2051)
-    labels = _read_idx(label_path, magic=2049)
+    images, labels = _read_idx(image_path, magic=2051), _read_idx(label_path, magic=2049)
     if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max() > 9:
         raise DatasetError(f"Fashion-MNIST files {image_path} and {label_path} are inconsistent (images "
                            f"{images.shape}, {len(labels)} labels, max label {labels.max()}); delete them and rerun "
