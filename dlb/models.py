@@ -44,8 +44,6 @@ class _CifarNet(nn.Module):
         return self.head
 
     def init_weights(self, conv_mode, linear_std=None, linear_bias_zero=False):
-        """Kaiming-normal convs (conv bias 0), BN weight 1 and bias 0; Linear weights N(0, linear_std) if given, bias 0
-        if asked (else PyTorch's default init)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode=conv_mode, nonlinearity="relu")
