@@ -259,11 +259,7 @@ class DeviceLoader:
         # it, so they get independent parameters.
         self.gen.manual_seed(_aug_seed(self.seed, epoch, step, self.rank, self.world_size))
         x = self.images.index_select(0, idx)
-        if self.augment == "none" and not self.rotation:
-            v = self._normalise(x)
-            views = [v] + [v.clone() for _ in range(self.num_views - 1)]
-        else:
-            views = [self._normalise(self._view(x)) for _ in range(self.num_views)]
+        views = [self._normalise(self._view(x)) for _ in range(self.num_views)]
         batch = Batch(views, self.labels.index_select(0, idx), idx)
         if self.batch_augment is not None:  # after normalisation: CutOut's hole is 0 in normalised space
             batch = self.batch_augment(batch, _aug_seed(self.seed, epoch, step, self.rank, self.world_size, True))

@@ -40,8 +40,7 @@ class Soften(Choice):
 def kl_div(log_q: torch.Tensor, p: torch.Tensor, reduction: str) -> torch.Tensor:
     """KL(p || q) from log q and p. official: nn.KLDivLoss()'s element-wise mean (sum / (B*K)); batchmean: sum / B.
     (Written as sum / count: F.kl_div(reduction="mean") computes the same but warns on every call.)"""
-    total = F.kl_div(log_q, p, reduction="sum")
-    return total / (p.numel() if reduction == "official" else p.shape[0])
+    return F.kl_div(log_q, p, reduction="sum") / (p.numel() if reduction == "official" else p.shape[0])
 
 
 def _check_common(cfg, alpha_default: float, T_default: float, multiplier_default: float) -> None:
