@@ -12,6 +12,8 @@ All nets end in global average pooling, so they also run on 64x64 (or larger) in
 ``forward_head`` maps it to logits and ``get_classifier()`` returns the head.
 """
 
+from functools import partial
+
 import timm
 import torch
 import torch.nn as nn
@@ -20,11 +22,14 @@ from timm.models import register_model
 
 from dlb.errors import ConfigError
 
-__all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "CifarDenseNet", "CifarVGG", "build_model"]
-
 
 class _CifarNet(nn.Module):
     """timm-style API shared by all nets: features -> pooled (B, D), head -> logits (B, K)."""
+
+    def __init__(self, features, num_features, head, num_classes):
+        super().__init__()
+        self.num_classes, self.num_features = num_classes, num_features
+        self.features, self.head = features, head
 
     def forward_features(self, x):
         return self.features(x)
@@ -38,40 +43,37 @@ class _CifarNet(nn.Module):
     def get_classifier(self):
         return self.head
 
-
-# --------------------------------------------------------------------------- ResNet / WRN
+    def init_weights(self, conv_mode, linear_std=None, linear_bias_zero=False):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode=conv_mode, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                if linear_std is not None:
+                    nn.init.normal_(m.weight, 0, linear_std)
+                if linear_bias_zero:
+                    nn.init.zeros_(m.bias)
 
 
 def conv_bn(cin, cout, k=3, stride=1):
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout))
 
 
-class BasicBlock(nn.Module):
-    """3x3 conv-BN-ReLU-3x3 conv-BN, added to the shortcut, then ReLU."""
+class ResidualBlock(nn.Module):
+    """conv-BN layers of kernel sizes `kernels` (ReLU between, the first 3x3 one strided) added to the shortcut, then
+    ReLU. (3, 3): the basic block (cin -> mid -> cout); (1, 3, 1): the bottleneck (cin -> mid -> mid -> cout)."""
 
-    expansion = 1
-
-    def __init__(self, cin, mid, cout, stride=1):
+    def __init__(self, cin, mid, cout, stride, kernels):
         super().__init__()
-        self.branch = nn.Sequential(conv_bn(cin, mid, 3, stride), nn.ReLU(inplace=True), conv_bn(mid, cout))
-        self.shortcut = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
-
-    def forward(self, x):
-        return F.relu(self.branch(x) + self.shortcut(x))
-
-
-class Bottleneck(nn.Module):
-    """1x1 (cin->mid) - 3x3 (mid->mid, strided) - 1x1 (mid->cout) convs with BN, then residual add + ReLU."""
-
-    expansion = 4
-
-    def __init__(self, cin, mid, cout, stride=1):
-        super().__init__()
-        self.branch = nn.Sequential(
-            conv_bn(cin, mid, 1), nn.ReLU(inplace=True),
-            conv_bn(mid, mid, 3, stride), nn.ReLU(inplace=True),
-            conv_bn(mid, cout, 1),
-        )
+        widths, layers = [cin] + [mid] * (len(kernels) - 1) + [cout], []
+        for i, k in enumerate(kernels):
+            s = stride if i == kernels.index(3) else 1
+            layers += [conv_bn(widths[i], widths[i + 1], k, s), nn.ReLU(inplace=True)]
+        self.branch = nn.Sequential(*layers[:-1])
         self.shortcut = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
 
     def forward(self, x):
@@ -79,36 +81,23 @@ class Bottleneck(nn.Module):
 
 
 class CifarResNet(_CifarNet):
-    """3-stage CIFAR ResNet: 3x3 stem (16 ch), stages of `block` at planes 16/32/64 and strides 1/2/2.
+    """3-stage CIFAR ResNet: 3x3 stem (16 ch), stages of blocks at planes 16/32/64 and strides 1/2/2.
 
-    Block outputs are planes * block.expansion; the inner width is planes * width
-    (width=8 turns the Bottleneck ResNet-20 into WRN-20-8, as in the official code's
-    width_per_group=64*8).
+    Block outputs are planes (basic) or 4 x planes (bottleneck); the inner width is planes * width (width=8 turns
+    the bottleneck ResNet-20 into WRN-20-8, as in the official code's width_per_group=64*8).
     """
 
-    def __init__(self, block, depths, num_classes=100, in_chans=3, width=1, planes=(16, 32, 64)):
-        super().__init__()
-        self.num_classes = num_classes
+    def __init__(self, depths, bottleneck=False, width=1, num_classes=100, in_chans=3, planes=(16, 32, 64)):
+        kernels, expansion = ((1, 3, 1), 4) if bottleneck else ((3, 3), 1)
         cin = 16
         layers = [conv_bn(in_chans, cin), nn.ReLU(inplace=True)]
         for i, (p, n) in enumerate(zip(planes, depths)):
-            cout = p * block.expansion
             for j in range(n):
-                layers.append(block(cin, p * width, cout, stride=2 if i > 0 and j == 0 else 1))
-                cin = cout
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.num_features = cin
-        self.head = nn.Linear(cin, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        # the official code leaves the Linear head at PyTorch's default init
-
-
-# --------------------------------------------------------------------------- DenseNet-BC
+                layers.append(ResidualBlock(cin, p * width, p * expansion, 2 if i > 0 and j == 0 else 1, kernels))
+                cin = p * expansion
+        super().__init__(nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), cin,
+                         nn.Linear(cin, num_classes), num_classes)
+        self.init_weights("fan_out")  # the official code leaves the Linear head at PyTorch's default init
 
 
 def bn_relu_conv(cin, cout, k):
@@ -131,8 +120,6 @@ class CifarDenseNet(_CifarNet):
     compressing transitions (BN-ReLU-1x1 conv-avgpool 2), final BN-ReLU-global pool."""
 
     def __init__(self, depths=(6, 6, 6), growth=12, compression=0.5, bn_size=4, num_classes=100, in_chans=3):
-        super().__init__()
-        self.num_classes = num_classes
         c = 2 * growth
         layers = [nn.Conv2d(in_chans, c, 3, padding=1, bias=False)]
         for i, n in enumerate(depths):
@@ -143,21 +130,8 @@ class CifarDenseNet(_CifarNet):
                 layers += [bn_relu_conv(c, int(c * compression), 1), nn.AvgPool2d(2)]
                 c = int(c * compression)
         layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.features = nn.Sequential(*layers)
-        self.num_features = c
-        self.head = nn.Linear(c, num_classes)
-        # official init: Kaiming-normal convs with PyTorch defaults (fan_in), BN 1/0, Linear bias 0
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
-
-
-# --------------------------------------------------------------------------- VGG
+        super().__init__(nn.Sequential(*layers), c, nn.Linear(c, num_classes), num_classes)
+        self.init_weights("fan_in", linear_bias_zero=True)  # official: PyTorch's kaiming_normal_ defaults (fan_in)
 
 
 class CifarVGG(_CifarNet):
@@ -165,8 +139,6 @@ class CifarVGG(_CifarNet):
     and a 512-512-K MLP head. Convs keep their bias, as in the official code."""
 
     def __init__(self, depth=16, num_classes=100, in_chans=3, dropout=0.0):
-        super().__init__()
-        self.num_classes = num_classes
         n = {16: 3, 19: 4}[depth]
         cfg = [64, 64, "M", 128, 128, "M"] + [256] * n + ["M"] + ([512] * n + ["M"]) * 2
         layers, c = [], in_chans
@@ -176,120 +148,64 @@ class CifarVGG(_CifarNet):
             else:
                 layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
                 c = v
-        # at 32x32 the map is already 1x1 so pooling is a no-op; it lets larger inputs work
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.num_features = c
-        # the official head has Dropout layers, but with p=0.0 by default (no-ops)
-        self.head = nn.Sequential(
-            nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(512, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(512, num_classes),
-        )
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        # at 32x32 the map is already 1x1 so pooling is a no-op; it lets larger inputs work.
+        # The official head has Dropout layers, but with p=0.0 by default (no-ops).
+        head = nn.Sequential(nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                             nn.Linear(512, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                             nn.Linear(512, num_classes))
+        super().__init__(nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), c, head, num_classes)
+        self.init_weights("fan_out", linear_std=0.01, linear_bias_zero=True)
 
 
-# --------------------------------------------------------------------------- timm entrypoints
-
+# timm name -> constructor (parameter counts for 100 classes)
+CIFAR_MODELS = {
+    "cifar_resnet8": partial(CifarResNet, (1, 1, 1)),
+    "cifar_resnet20": partial(CifarResNet, (3, 3, 3)),
+    "cifar_resnet32": partial(CifarResNet, (5, 5, 5)),  # ~0.47M params
+    "cifar_resnet56": partial(CifarResNet, (9, 9, 9)),
+    "cifar_resnet110": partial(CifarResNet, (12, 12, 12), bottleneck=True),  # outputs 64/128/256, ~1.17M
+    "cifar_wrn20_8": partial(CifarResNet, (2, 2, 2), bottleneck=True, width=8),  # ~6.87M
+    "cifar_densenet40_12": CifarDenseNet,  # 3 dense blocks x 6 bottleneck layers, growth 12, ~0.19M
+    "cifar_vgg16": partial(CifarVGG, 16),  # ~15.3M
+    "cifar_vgg19": partial(CifarVGG, 19),  # ~20.6M
+}
 # timm.create_model always passes these to the entrypoint; they only matter for pretrained weights
 _TIMM_CFG_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
-def _create(name, ctor, pretrained, kwargs):
-    if pretrained:
-        raise ValueError(f"{name}: no pretrained weights exist for the CIFAR models; use pretrained=False")
-    for k in _TIMM_CFG_KWARGS:
-        kwargs.pop(k, None)
-    num_classes, in_chans = kwargs.pop("num_classes", 100), kwargs.pop("in_chans", 3)
-    if kwargs:
-        raise TypeError(f"{name}: unsupported arguments {sorted(kwargs)} (only num_classes, in_chans)")
-    return ctor(num_classes=num_classes, in_chans=in_chans)
+def _entrypoint(name, ctor):
+    def create(pretrained=False, **kwargs):
+        if pretrained:
+            raise ValueError(f"{name}: no pretrained weights exist for the CIFAR models; use pretrained=False")
+        for k in _TIMM_CFG_KWARGS:
+            kwargs.pop(k, None)
+        num_classes, in_chans = kwargs.pop("num_classes", 100), kwargs.pop("in_chans", 3)
+        if kwargs:
+            raise TypeError(f"{name}: unsupported arguments {sorted(kwargs)} (only num_classes, in_chans)")
+        return ctor(num_classes=num_classes, in_chans=in_chans)
+
+    create.__name__ = create.__qualname__ = name  # timm registers an entrypoint under its function name
+    return register_model(create)
 
 
-def _resnet(name, pretrained, kwargs, block, depths, width=1):
-    return _create(name, lambda **kw: CifarResNet(block, depths, width=width, **kw), pretrained, kwargs)
-
-
-@register_model
-def cifar_resnet8(pretrained=False, **kwargs):
-    """ResNet-8: BasicBlock x [1, 1, 1]."""
-    return _resnet("cifar_resnet8", pretrained, kwargs, BasicBlock, (1, 1, 1))
-
-
-@register_model
-def cifar_resnet20(pretrained=False, **kwargs):
-    """ResNet-20: BasicBlock x [3, 3, 3]."""
-    return _resnet("cifar_resnet20", pretrained, kwargs, BasicBlock, (3, 3, 3))
-
-
-@register_model
-def cifar_resnet32(pretrained=False, **kwargs):
-    """ResNet-32: BasicBlock x [5, 5, 5] (~0.47M params, 100 classes)."""
-    return _resnet("cifar_resnet32", pretrained, kwargs, BasicBlock, (5, 5, 5))
-
-
-@register_model
-def cifar_resnet56(pretrained=False, **kwargs):
-    """ResNet-56: BasicBlock x [9, 9, 9]."""
-    return _resnet("cifar_resnet56", pretrained, kwargs, BasicBlock, (9, 9, 9))
-
-
-@register_model
-def cifar_resnet110(pretrained=False, **kwargs):
-    """ResNet-110: Bottleneck x [12, 12, 12], outputs 64/128/256 (~1.17M params)."""
-    return _resnet("cifar_resnet110", pretrained, kwargs, Bottleneck, (12, 12, 12))
-
-
-@register_model
-def cifar_wrn20_8(pretrained=False, **kwargs):
-    """WRN-20-8: Bottleneck x [2, 2, 2], inner width 8x planes (~6.87M params)."""
-    return _resnet("cifar_wrn20_8", pretrained, kwargs, Bottleneck, (2, 2, 2), width=8)
-
-
-@register_model
-def cifar_densenet40_12(pretrained=False, **kwargs):
-    """DenseNet-BC-40, growth 12: 3 dense blocks x 6 bottleneck layers (~0.19M params)."""
-    return _create("cifar_densenet40_12", CifarDenseNet, pretrained, kwargs)
-
-
-@register_model
-def cifar_vgg16(pretrained=False, **kwargs):
-    """VGG-16 with BN (~15.3M params)."""
-    return _create("cifar_vgg16", lambda **kw: CifarVGG(16, **kw), pretrained, kwargs)
-
-
-@register_model
-def cifar_vgg19(pretrained=False, **kwargs):
-    """VGG-19 with BN (~20.6M params)."""
-    return _create("cifar_vgg19", lambda **kw: CifarVGG(19, **kw), pretrained, kwargs)
+for _name, _ctor in CIFAR_MODELS.items():
+    globals()[_name] = _entrypoint(_name, _ctor)
 
 
 def build_model(cfg, num_classes: int) -> torch.nn.Module:
     """The run config's backbone (`cfg.backbone`) for `cfg.dataset.image_size` images and `num_classes` classes; a
     ConfigError when timm has no such model or it cannot take that image size."""
+    name, size = cfg.backbone.name, cfg.dataset.image_size
     try:
-        model = timm.create_model(cfg.backbone.name, num_classes=num_classes, **dict(cfg.backbone.kwargs))
+        model = timm.create_model(name, num_classes=num_classes, **dict(cfg.backbone.kwargs))
     except RuntimeError as e:
         if "Unknown model" in str(e):
-            raise ConfigError(f"backbone.name={cfg.backbone.name!r}: not a timm model; use a backbone config "
+            raise ConfigError(f"backbone.name={name!r}: not a timm model; use a backbone config "
                               "(resnet32, vgg16, ...) or a name from timm.list_models()") from None
         raise
-    _check_input_size(model, cfg.backbone.name, cfg.dataset.image_size)
-    return model
-
-
-def _check_input_size(model: torch.nn.Module, name: str, size: int) -> None:
-    """Fail before training when the backbone can't take the dataset's images at all (a ViT built for 224 px given
-    32 px, a VGG whose pooling shrinks 8 px to nothing): one forward of one blank image on the CPU, in eval mode
-    (no BatchNorm statistics change, no random numbers drawn)."""
+    # Fail before training when the backbone can't take the images at all (a ViT built for 224 px given 32 px, a VGG
+    # whose pooling shrinks 8 px to nothing): one forward of one blank image on the CPU, in eval mode (no BatchNorm
+    # statistics change, no random numbers drawn).
     was_training = model.training
     try:
         with torch.no_grad():
@@ -301,3 +217,4 @@ def _check_input_size(model: torch.nn.Module, name: str, size: int) -> None:
                           f"the timm model the size, e.g. +backbone.kwargs.img_size={size}") from None
     finally:
         model.train(was_training)
+    return model

@@ -41,24 +41,19 @@ def load() -> None:
         return
     _loaded = True  # first: a plugin imports the registries, which call load() again
     for path in paths():
-        import_file(path)
-
-
-def import_file(path: Path) -> None:
-    name = f"dlb_plugin_{path.stem}"  # a module of its own (dataclasses and pickle look classes up by module)
-    if name in sys.modules:
-        _fail(f"{ENV}: {path} and {sys.modules[name].__file__} have the same file name; rename one")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[name]
-        where = next((f for f in reversed(traceback.extract_tb(exc.__traceback__)) if f.filename == str(path)), None)
-        line = f", line {where.lineno}" if where else ""
-        _fail(f"{ENV}: importing {path} failed ({type(exc).__name__}{line}: {exc}); fix that file, or remove it "
-              f"from {ENV}")
+        name = f"dlb_plugin_{path.stem}"  # a module of its own (dataclasses and pickle look classes up by module)
+        if name in sys.modules:
+            _fail(f"{ENV}: {path} and {sys.modules[name].__file__} have the same file name; rename one")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = sys.modules[name] = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[name]
+            frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+            line = f", line {frames[-1].lineno}" if frames else ""
+            _fail(f"{ENV}: importing {path} failed ({type(exc).__name__}{line}: {exc}); fix that file, or remove it "
+                  f"from {ENV}")
 
 
 def _fail(message: str) -> None:

@@ -1,13 +1,8 @@
 """launcher=slurm (configs/launcher/slurm.yaml, docs/slurm.md): hydra-submitit-launcher's SLURM launcher, fitted to
-the run and never waiting on a job that cannot finish.
-
-- GPUs: hydra.launcher.gpus_per_node=null asks for one GPU per job, none when trainer.device=cpu.
-- Before submitting, the request (cpus_per_task x tasks_per_node, mem_gb, gpus_per_node) is checked against the
-  partition's nodes as `sinfo` lists them: a request no node can satisfy stops the command with one line naming
-  the setting and the fix (without EnforcePartLimits a cluster would keep such a job pending forever).
-- While waiting, a job's state comes from slurmctld (`squeue`, then `sacct` once slurmctld has forgotten the job):
-  a job that ended without its result (cancelled, killed, its node failed) ends the sweep with its state and the
-  path of its log, on clusters with or without accounting. Requeued jobs (time limit, preemption) are waited for.
+the run (gpus_per_node=null: one GPU per job, none when trainer.device=cpu) and never waiting on a job that cannot
+finish: a request no node of the partition can satisfy is refused before submitting (without EnforcePartLimits a
+cluster would keep it pending forever), and a job that ended without its result ends the sweep with its state and
+log. Requeued jobs (time limit, preemption) are waited for.
 """
 from __future__ import annotations
 
@@ -41,29 +36,22 @@ def _run(cmd: list[str]) -> str | None:
     return r.stdout if r.returncode == 0 else None
 
 
-def _nodes(partition: str | None) -> tuple[str, list[tuple[int, int, int]]] | None:
-    """(partition, [(cpus, memory MB, gpus) per node]) from `sinfo`; the default partition when None. None when
-    sinfo can't answer (then sbatch reports the problem itself)."""
+def check_request(params: dict[str, Any]) -> None:
+    """Raise ConfigError when no node of the partition (the default one when None) can ever run one job of `params`
+    (hydra.launcher.*), as `sinfo` lists the nodes; nothing when sinfo can't answer (sbatch then reports it)."""
     out = _run(["sinfo", "-h", "-N", "-o", "%P|%c|%m|%G"])
     if out is None:
-        return None
-    rows = [line.split("|") for line in out.split()]
-    names = sorted({p.rstrip("*") for p, *_ in rows})
-    chosen = partition or next((p.rstrip("*") for p, *_ in rows if p.endswith("*")), None)
-    if chosen not in names:
-        raise ConfigError(f"hydra.launcher.partition={partition}: no such partition; use one of {', '.join(names)}"
-                          if partition else "hydra.launcher.partition=null: the cluster has no default partition; "
-                          f"name one of {', '.join(names)}")
-    gpus = lambda gres: sum(int(m) for m in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", gres))  # noqa: E731
-    return chosen, [(int(c.rstrip("+")), int(m.rstrip("+")), gpus(g)) for p, c, m, g in rows if p.rstrip("*") == chosen]
-
-
-def check_request(params: dict[str, Any]) -> None:
-    """Raise ConfigError when no node of the partition can ever run one job of `params` (hydra.launcher.*)."""
-    found = _nodes(params.get("partition"))
-    if found is None:
         return
-    partition, nodes = found
+    rows = [line.split("|") for line in out.split()]
+    names, wanted = sorted({p.rstrip("*") for p, *_ in rows}), params.get("partition")
+    partition = wanted or next((p.rstrip("*") for p, *_ in rows if p.endswith("*")), None)
+    if partition not in names:
+        raise ConfigError(f"hydra.launcher.partition={wanted}: no such partition; use one of {', '.join(names)}"
+                          if wanted else "hydra.launcher.partition=null: the cluster has no default partition; "
+                          f"name one of {', '.join(names)}")
+    gpus_of = lambda gres: sum(int(m) for m in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", gres))  # noqa: E731
+    # (cpus, memory MB, gpus) per node
+    nodes = [(int(c.rstrip("+")), int(m.rstrip("+")), gpus_of(g)) for p, c, m, g in rows if p.rstrip("*") == partition]
     tasks = params.get("tasks_per_node") or 1
     cpus, mem_gb, gpus = params.get("cpus_per_task") or 1, params.get("mem_gb"), params.get("gpus_per_node") or 0
     most_cpus, most_mb, most_gpus = (max(n[i] for n in nodes) for i in range(3))

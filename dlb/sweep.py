@@ -19,11 +19,10 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from dlb import REPO
 from dlb.config import compose
 from dlb.data.datasets import TRAIN_SIZES
 from dlb.methods import METHODS
-
-from dlb import REPO  # noqa: E402
 
 THROUGHPUT_FILE = REPO / "results" / "bench" / "throughput.json"  # written by scripts/benchmark.py
 
@@ -57,13 +56,13 @@ def _throughputs() -> dict:
 
 
 def estimate_hours(fixed: list[str], jobs: list[list[str]]) -> tuple[float | None, list[str]]:
-    """Training hours on the measured device from its training throughput (results/bench/throughput.json: {"<backbone>/<method>": img/s,
-    "device": ...}); None and the missing cells when a job's cell was never measured."""
-    table, total, missing = _throughputs(), 0.0, set()
+    """Training hours on the measured device from its training throughput (THROUGHPUT_FILE); None and the missing
+    cells when a job's cell was never measured."""
+    rates, total, missing = _throughputs().get("img_per_s", {}), 0.0, set()
     for job in jobs:
         cfg = compose(fixed + job)
         key = f"{cfg.backbone.name}/{cfg.method.name}"
-        rate = table.get("img_per_s", {}).get(key)
+        rate = rates.get(key)
         if not rate:
             missing.add(key)
             continue
@@ -88,13 +87,11 @@ def stages(jobs: list[list[str]]) -> list[list[list[str]]]:
 
 def _multirun_args(jobs: list[list[str]]) -> list[str]:
     """Collapse a stage's jobs back into Hydra sweep overrides (key=v1,v2,...) in first-seen order."""
-    axes: dict[str, list[str]] = {}
+    axes: dict[str, dict[str, None]] = {}
     for job in jobs:
         for o in job:
             k, _, v = o.partition("=")
-            axes.setdefault(k, [])
-            if v not in axes[k]:
-                axes[k].append(v)
+            axes.setdefault(k, {})[v] = None
     return [f"{k}={','.join(v)}" for k, v in axes.items()]
 
 

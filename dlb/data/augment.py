@@ -19,16 +19,13 @@ from dlb.choice import BatchAugment, CutMixViews
 from dlb.data.loader import Batch
 
 
-class _Augment:
-    """Holds one generator per device, re-seeded per batch (re-seeding is host-side bookkeeping, no sync)."""
+_GENERATORS: dict[torch.device, torch.Generator] = {}
 
-    def __init__(self):
-        self._gens: dict[torch.device, torch.Generator] = {}
 
-    def _gen(self, device: torch.device, seed: int) -> torch.Generator:
-        if device not in self._gens:
-            self._gens[device] = torch.Generator(device=device)
-        return self._gens[device].manual_seed(seed)
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    if device not in _GENERATORS:  # one per device, re-seeded per batch: host-side bookkeeping, no sync
+        _GENERATORS[device] = torch.Generator(device=device)
+    return _GENERATORS[device].manual_seed(seed)
 
 
 def cutout_params(n: int, h: int, w: int, g: torch.Generator, device):
@@ -52,18 +49,17 @@ def apply_cutout(x: torch.Tensor, cy, cx, size: int) -> torch.Tensor:
     return x.clone().masked_fill_(hole, 0.0)  # clone keeps the memory format (channels_last); masked_fill doesn't
 
 
-class Cutout(_Augment):
+class Cutout:
     """DeVries & Taylor's CutOut: one square hole of side `size` per image, zeroed after normalisation (the
     official code appends Cutout after ToTensor+Normalize, so the hole is 0 in normalised space, i.e. the dataset
     mean colour).  Every view gets its own hole; labels are unchanged."""
 
     def __init__(self, size: int):
-        super().__init__()
         self.size = int(size)
 
     def __call__(self, batch: Batch, seed: int) -> Batch:
         x = batch.views[0]
-        g = self._gen(x.device, seed)
+        g = _generator(x.device, seed)
         n, _, h, w = x.shape
         views = [apply_cutout(v, *cutout_params(n, h, w, g, v.device), self.size) for v in batch.views]
         return dataclasses.replace(batch, views=views)
@@ -80,7 +76,7 @@ def rand_bbox(h: int, w: int, lam: float, rng: np.random.Generator) -> tuple[int
     return y1, y2, x1, x2
 
 
-class CutMix(_Augment):
+class CutMix:
     """Yun et al.'s CutMix, as the official train.py: with probability `prob` per batch, lam ~ Beta(beta, beta),
     partner = a random permutation of the batch, one box for the whole batch; the partner's box is pasted and lam
     becomes the exact unpasted area fraction.  The Batch gets y_mix = y[perm] and lam (B,).
@@ -94,7 +90,6 @@ class CutMix(_Augment):
     and the same second label, and the class-wise KD compares like with like."""
 
     def __init__(self, prob: float = 0.5, beta: float = 1.0, views: str = "shared", paired_rows: bool = False):
-        super().__init__()
         self.prob, self.beta, self.paired_rows = float(prob), float(beta), bool(paired_rows)
         self.views = CutMixViews(views)  # ValueError for an unknown mode
 
@@ -106,7 +101,7 @@ class CutMix(_Augment):
             return None
         lam = float(rng.beta(self.beta, self.beta))
         y1, y2, x1, x2 = rand_bbox(h, w, lam, rng)
-        g = self._gen(torch.device(device), seed)
+        g = _generator(torch.device(device), seed)
         if self.paired_rows:
             if n % 2:
                 raise ValueError(f"paired_rows CutMix needs [samples; partners] batches of even size, got {n} rows")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from dlb.choice import Augment, LoaderKind
 
@@ -43,17 +44,13 @@ def _perm_seed(seed: int, epoch: int) -> int:
     return mix_seed(seed, epoch, 0, 0)  # tag 0: epoch order
 
 
-def _aug_seed(seed: int, epoch: int, step: int, rank: int = 0, world: int = 1) -> int:
-    if world > 1:  # tag 3: each DDP rank its own stream (step * world + rank is distinct per (step, rank))
-        return mix_seed(seed, epoch, 3, step * world + rank)
-    return mix_seed(seed, epoch, 1, step)  # tag 1: per-batch augmentation
-
-
-def _batch_aug_seed(seed: int, epoch: int, step: int, rank: int = 0, world: int = 1) -> int:
-    if world > 1:  # tag 4: as tag 3, for the batch-level augmentation
-        return mix_seed(seed, epoch, 4, step * world + rank)
-    # tag 2: batch-level augmentation; a stream of its own, so adding CutOut/CutMix leaves the crops unchanged
-    return mix_seed(seed, epoch, 2, step)
+def _aug_seed(seed: int, epoch: int, step: int, rank: int = 0, world: int = 1, batch_level: bool = False) -> int:
+    """Tag 1: the per-image augmentation of a batch; tag 2: the batch-level one, a stream of its own so adding
+    CutOut/CutMix leaves the crops unchanged. Under DDP tags 3 and 4: each rank its own stream (step * world + rank
+    is distinct per (step, rank))."""
+    if world > 1:
+        return mix_seed(seed, epoch, 3 + batch_level, step * world + rank)
+    return mix_seed(seed, epoch, 1 + batch_level, step)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -64,10 +61,8 @@ def _batch_aug_seed(seed: int, epoch: int, step: int, rank: int = 0, world: int 
 def crop_flip_params(n: int, h: int, w: int, crop: int, padding: int, g: torch.Generator, device):
     """RandomCrop(crop, padding) + RandomHorizontalFlip: offsets uniform in [0, H+2p-crop] of the padded
     image (torchvision semantics), flip with p=0.5.  Returns (dy, dx, flip), each (n,)."""
-    dy = torch.randint(0, h + 2 * padding - crop + 1, (n,), generator=g, device=device)
-    dx = torch.randint(0, w + 2 * padding - crop + 1, (n,), generator=g, device=device)
-    flip = torch.rand(n, generator=g, device=device) < 0.5
-    return dy, dx, flip
+    dy, dx = (torch.randint(0, size + 2 * padding - crop + 1, (n,), generator=g, device=device) for size in (h, w))
+    return dy, dx, torch.rand(n, generator=g, device=device) < 0.5
 
 
 def apply_crop_flip(x: torch.Tensor, dy, dx, flip, crop: int, padding: int) -> torch.Tensor:
@@ -89,13 +84,11 @@ def rrc_params(n: int, h: int, w: int, g: torch.Generator, device, scale=(0.08, 
     Returns integer boxes (top, left, height, width) and flip, each (n,)."""
     area = h * w
     s = torch.empty(n, tries, device=device).uniform_(scale[0], scale[1], generator=g)
-    logr = torch.empty(n, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
-    ar = torch.exp(logr)
+    ar = torch.exp(torch.empty(n, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g))
     cw = torch.round(torch.sqrt(area * s * ar))
     ch = torch.round(torch.sqrt(area * s / ar))
     ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
-    first = ok.to(torch.uint8).argmax(1, keepdim=True)  # argmax returns the first maximal index
-    any_ok = ok.any(1)
+    first, any_ok = ok.to(torch.uint8).argmax(1, keepdim=True), ok.any(1)  # argmax: the first maximal index
     # Fallback box: python scalars, identical for every sample (depends only on the image shape).
     in_ratio = w / h
     if in_ratio < min(ratio):
@@ -120,8 +113,7 @@ def apply_rrc_flip(x: torch.Tensor, top, left, bh, bw, flip, size: int) -> torch
     averaged) acts as an antialias filter when downscaling.  Returns float in [0,255]."""
     from torchvision.ops import roi_align
 
-    n = x.shape[0]
-    boxes = torch.stack([torch.arange(n, device=x.device), left, top, left + bw, top + bh], 1).float()
+    boxes = torch.stack([torch.arange(x.shape[0], device=x.device), left, top, left + bw, top + bh], 1).float()
     out = roi_align(x.float(), boxes, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
@@ -137,12 +129,10 @@ def apply_rotation(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     pixel back to the input with the inverse rotation in 16.16 fixed point (the NEAREST affine transform of its
     Geometry.c: input column = (A2 + x*A0 + y*A1) >> 16, row alike), which is computed here for the whole batch
     and applied as one gather. Any dtype (uint8 crops, float random-resized crops)."""
-    n, c, h, w = x.shape
-    dev = x.device
+    (n, c, h, w), dev = x.shape, x.device
     # PIL Image.rotate: the angle modulo 360, negated, in radians; the inverse matrix (a b c; d e f) about (w/2, h/2)
     r = -(torch.remainder(angle.to(torch.float64), 360.0) * (math.pi / 180.0))
-    a, b = torch.cos(r), torch.sin(r)
-    d, e = -b, a
+    a, b, d, e = torch.cos(r), torch.sin(r), -torch.sin(r), torch.cos(r)
     cx, cy = w / 2, h / 2
     c0 = a * -cx + b * -cy + cx
     f0 = d * -cx + e * -cy + cy
@@ -165,12 +155,8 @@ def apply_rotation(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
 def resize_uint8(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
     """torchvision Resize on uint8 tensors: bilinear + antialias in float, rounded back to uint8.
     Chunked so a large eval set never materialises as one float copy."""
-    out = [F.interpolate(c.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-           .round_().clamp_(0, 255).to(torch.uint8) for c in images.split(chunk)]
-    return torch.cat(out)
-
-
-# ---------------------------------------------------------------------------------------------------------
+    return torch.cat([F.interpolate(c.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+                      .round_().clamp_(0, 255).to(torch.uint8) for c in images.split(chunk)])
 
 
 class DeviceLoader:
@@ -194,26 +180,20 @@ class DeviceLoader:
                  batch_order: Callable[[int, torch.Generator], Sequence[torch.Tensor] | torch.Tensor] | None = None,
                  batch_augment: Callable[[Batch, int], Batch] | None = None, rank: int = 0, world_size: int = 1):
         augment = Augment(augment)  # ValueError for an unknown one
-        self.device = torch.device(device)
-        self.rank, self.world_size = rank, world_size
-        self.batch_augment = batch_augment if train else None
+        self.device, self.rank, self.world_size = torch.device(device), rank, world_size
         self.batch_size, self.train, self.seed, self.num_views = batch_size, train, seed, num_views
-        self.augment = augment if train else "none"
-        self.crop_size, self.padding = crop_size, padding
-        self.rotation = rotation if train else 0.0
-        self.shuffle = train if shuffle is None else shuffle
-        self.drop_last, self.channels_last, self.batch_order = drop_last, channels_last, batch_order
+        self.augment, self.rotation = (augment, rotation) if train else ("none", 0.0)
+        self.batch_augment = batch_augment if train else None
+        self.crop_size, self.padding, self.drop_last, self.channels_last = crop_size, padding, drop_last, channels_last
+        self.shuffle, self.batch_order = train if shuffle is None else shuffle, batch_order
         images = ds.images.to(self.device)
         # Unaugmented views must already have the training resolution: resize once, not every batch.
         if self.augment == "none" and images.shape[-2:] != (crop_size, crop_size):
             images = resize_uint8(images, crop_size)
         self.images, self.labels = images, ds.labels.to(self.device)
-        self.n = len(self.labels)
         # (x/255 - mean)/std == x*scale + shift: one fused multiply-add per batch.
-        std = torch.tensor(ds.std, dtype=torch.float32)
-        mean = torch.tensor(ds.mean, dtype=torch.float32)
-        self.scale = (1 / (255 * std)).view(1, 3, 1, 1).to(self.device)
-        self.shift = (-mean / std).view(1, 3, 1, 1).to(self.device)
+        std, mean = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (ds.std, ds.mean))
+        self.scale, self.shift = (1 / (255 * std)).to(self.device), (-mean / std).to(self.device)
         self.gen = torch.Generator(device=self.device)
         self.epoch = 0
         self._batches_cache: tuple[int, list[torch.Tensor]] | None = None
@@ -227,14 +207,10 @@ class DeviceLoader:
             return self._batches_cache[1]
         self.gen.manual_seed(_perm_seed(self.seed, self.epoch))
         if self.batch_order is not None:
-            b = self.batch_order(self.epoch, self.gen)
-            b = b.unbind(0) if isinstance(b, torch.Tensor) else b
-            batches = [t.to(self.device, torch.long) for t in b]
+            batches = [t.to(self.device, torch.long) for t in self.batch_order(self.epoch, self.gen)]  # rows of 2-D
         else:
-            if self.shuffle:
-                order = torch.randperm(self.n, generator=self.gen, device=self.device)
-            else:
-                order = torch.arange(self.n, device=self.device)
+            n, dev = len(self.labels), self.device
+            order = torch.randperm(n, generator=self.gen, device=dev) if self.shuffle else torch.arange(n, device=dev)
             size = self.batch_size * (self.world_size if self.train else 1)  # DDP: global batches, sharded below
             batches = list(order.split(size))
             if self.drop_last and batches and len(batches[-1]) < size:
@@ -270,14 +246,10 @@ class DeviceLoader:
         # it, so they get independent parameters.
         self.gen.manual_seed(_aug_seed(self.seed, epoch, step, self.rank, self.world_size))
         x = self.images.index_select(0, idx)
-        if self.augment == "none" and not self.rotation:
-            v = self._normalise(x)
-            views = [v] + [v.clone() for _ in range(self.num_views - 1)]
-        else:
-            views = [self._normalise(self._view(x)) for _ in range(self.num_views)]
+        views = [self._normalise(self._view(x)) for _ in range(self.num_views)]
         batch = Batch(views, self.labels.index_select(0, idx), idx)
         if self.batch_augment is not None:  # after normalisation: CutOut's hole is 0 in normalised space
-            batch = self.batch_augment(batch, _batch_aug_seed(self.seed, epoch, step, self.rank, self.world_size))
+            batch = self.batch_augment(batch, _aug_seed(self.seed, epoch, step, self.rank, self.world_size, True))
         return batch
 
     def iter_from(self, step: int):
@@ -287,9 +259,6 @@ class DeviceLoader:
 
     def __iter__(self):
         return self.iter_from(0)
-
-
-# ---------------------------------------------------------------------------------------------------------
 
 
 class _PILDataset(torch.utils.data.Dataset):
@@ -303,25 +272,14 @@ class _PILDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
-        from PIL import Image
-
         img = Image.fromarray(self.images[i])
         return (*[self.transform(img) for _ in range(self.num_views)], self.labels[i], i)
 
 
-def _seed_worker(worker_id: int) -> None:
-    # DataLoader already seeds torch per worker from its generator; numpy/random are seeded from that.
-    import random
-
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
-
-
 class TorchLoader:
     """torchvision transforms on PIL images in DataLoader workers (the official DLB code's pipeline), for
-    comparison.  The epoch order is a function of (seed, epoch); augmentation draws come from worker RNGs
-    seeded once from the loader generator (persistent workers), so they reproduce only for a run from
+    comparison.  The epoch order is a function of (seed, epoch); augmentation draws come from worker RNGs, which
+    DataLoader seeds once from the loader generator (persistent workers), so they reproduce only for a run from
     epoch 0 with the same num_workers (and not at all with num_workers=0, which uses the global RNG)."""
 
     def __init__(self, ds: "ArrayDataset", *, batch_size: int, train: bool, device, seed: int = 0,
@@ -330,14 +288,13 @@ class TorchLoader:
                  channels_last: bool = False, batch_augment: Callable[[Batch, int], Batch] | None = None):
         from torchvision import transforms as T
 
-        augment = Augment(augment)
+        augment = Augment(augment)  # ValueError for an unknown one
         self.device, self.seed, self.channels_last = torch.device(device), seed, channels_last
         self.batch_augment = batch_augment if train else None
-        augment = augment if train else "none"
         h = ds.images.shape[-1]
         aug = {"crop_flip": [T.RandomCrop(crop_size, padding=padding), T.RandomHorizontalFlip()],
                "rrc_flip": [T.RandomResizedCrop(crop_size), T.RandomHorizontalFlip()],
-               "none": [T.Resize(crop_size)] if h != crop_size else []}[augment]
+               "none": [T.Resize(crop_size)] if h != crop_size else []}[augment if train else "none"]
         if rotation and train:
             aug.append(T.RandomRotation(rotation))  # Tf-KD: RandomCrop, RandomHorizontalFlip, RandomRotation
         tf = T.Compose(aug + [T.ToTensor(), T.Normalize(ds.mean, ds.std)])
@@ -346,7 +303,7 @@ class TorchLoader:
         self.dl = torch.utils.data.DataLoader(
             _PILDataset(ds.images.cpu(), ds.labels.cpu(), tf, num_views), batch_size=batch_size,
             shuffle=train if shuffle is None else shuffle, drop_last=drop_last, num_workers=num_workers,
-            generator=self.gen, worker_init_fn=_seed_worker, pin_memory=self.device.type == "cuda",
+            generator=self.gen, pin_memory=self.device.type == "cuda",
             persistent_workers=num_workers > 0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -366,7 +323,7 @@ class TorchLoader:
         for step, (*views, y, idx) in enumerate(self.dl):
             batch = Batch([self._to(v) for v in views], self._to(y), self._to(idx))
             if self.batch_augment is not None:
-                batch = self.batch_augment(batch, _batch_aug_seed(self.seed, epoch, step))
+                batch = self.batch_augment(batch, _aug_seed(self.seed, epoch, step, batch_level=True))
             yield batch
 
     def iter_from(self, step: int):
@@ -375,8 +332,7 @@ class TorchLoader:
 
 
 def make_loader(ds: "ArrayDataset", *, kind: str = "device", **kw):
-    if kind == "device":
-        return DeviceLoader(ds, **kw)
-    if kind == "torch":
-        return TorchLoader(ds, **kw)
-    raise ValueError(f"unknown loader kind {kind!r}; valid kinds: {', '.join(LoaderKind)}")
+    loaders = {"device": DeviceLoader, "torch": TorchLoader}
+    if kind not in loaders:
+        raise ValueError(f"unknown loader kind {kind!r}; valid kinds: {', '.join(LoaderKind)}")
+    return loaders[kind](ds, **kw)

@@ -42,8 +42,7 @@ def asymmetric_map(dataset: str, num_classes: int) -> torch.Tensor:
     next class of the same superclass, in fine-label order, circularly.  Any other dataset: (c + 1) mod K."""
     if dataset == "cifar10":
         target = torch.arange(num_classes)
-        for a, b in CIFAR10_FLIPS.items():
-            target[a] = b
+        target[list(CIFAR10_FLIPS)] = torch.tensor(list(CIFAR10_FLIPS.values()))
         return target
     if dataset == "cifar100":
         coarse = torch.tensor(CIFAR100_COARSE)

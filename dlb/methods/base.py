@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -160,8 +161,7 @@ def mixed_ce(logits: torch.Tensor, y: torch.Tensor, y_mix: torch.Tensor | None =
     batch was CutMix-ed."""
     if y_mix is None:
         return F.cross_entropy(logits, y, reduction=reduction)
-    ce = F.cross_entropy(logits, y, reduction="none")
-    ce_mix = F.cross_entropy(logits, y_mix, reduction="none")
+    ce, ce_mix = (F.cross_entropy(logits, target, reduction="none") for target in (y, y_mix))
     per_sample = lam * ce + (1 - lam) * ce_mix
     return per_sample.sum() if reduction == "sum" else per_sample.mean()
 
@@ -193,12 +193,8 @@ def batch_ce(logits: torch.Tensor, batch) -> torch.Tensor:
 
 
 def build_method(method_cfg: Any, **context: Any) -> Method:
-    """Instantiate the method named by method_cfg.name with its other fields as keyword arguments (the one factory).
-
-    `context` (num_classes, train_size, run_cfg, ...) is passed to methods whose constructor asks for it.
-    """
-    import inspect
-
+    """Instantiate the method named by method_cfg.name with its other fields as keyword arguments (the one factory);
+    `context` (num_classes, train_size, run_cfg, ...) goes to methods whose constructor asks for it."""
     cls = METHODS[method_cfg.name]
     kwargs = {k: v for k, v in dict(method_cfg).items() if k != "name"}
     accepted = inspect.signature(cls.__init__).parameters

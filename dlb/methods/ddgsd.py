@@ -30,16 +30,6 @@ def features_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return model.forward_head(feats, pre_logits=True), model.forward_head(feats)
 
 
-def mutual_kl(z_a: torch.Tensor, z_b: torch.Tensor, T: float) -> torch.Tensor:
-    """T^2 * (KL(sg(p_b) || p_a) + KL(sg(p_a) || p_b)), batchmean: each view learns from the other, detached."""
-    return last_batch_kd(z_a, z_b, T) + last_batch_kd(z_b, z_a, T)
-
-
-def feature_mmd(f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
-    """Linear-kernel MMD^2: the squared L2 distance between the batch-mean feature vectors."""
-    return (f_a.float().mean(0) - f_b.float().mean(0)).pow(2).sum()
-
-
 @register_method("ddgsd")
 class DDGSD(Method):
     num_views = 2
@@ -76,8 +66,9 @@ class DDGSD(Method):
         # Both views of a sample share its label (and, under CutMix, its partner and lam).
         mix = (None if t is None else t.repeat(2) for t in (batch.y_mix, batch.lam))
         ce = mixed_ce(logits, batch.y.repeat(2), *mix)
-        return z_a, {"ce": ce, "kl": self.kl_weight * mutual_kl(z_a, z_b, self.T),
-                     "mmd": self.mmd_weight * feature_mmd(f_a, f_b)}
+        kl = last_batch_kd(z_a, z_b, self.T) + last_batch_kd(z_b, z_a, self.T)  # each view learns from the other
+        mmd = (f_a.float().mean(0) - f_b.float().mean(0)).pow(2).sum()  # of the batch-mean features
+        return z_a, {"ce": ce, "kl": self.kl_weight * kl, "mmd": self.mmd_weight * mmd}
 
 
 @register_method("ddgsd_dlb")

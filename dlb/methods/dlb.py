@@ -46,11 +46,6 @@ def _targets(b):
     return y, get("y_mix"), get("lam").to(torch.float32)
 
 
-def _no_grad_sync(model):
-    """DDP: accumulate this backward locally; the step's final backward all-reduces the sum once."""
-    return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
-
-
 @register_method("dlb")
 class DLB(Method):
     num_views = 2
@@ -105,7 +100,8 @@ class DLB(Method):
             losses = {"ce": batch_ce(logits, batch)}
         elif self.backward == "split" and torch.is_grad_enabled():
             n = prev["y"].shape[0] + batch.y.shape[0]  # the joint CE's mean is over both halves
-            with _no_grad_sync(model):
+            # DDP: accumulate this backward locally; the step's final backward all-reduces the sum once
+            with model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext():
                 logits = model(x0)
                 ce_current = mixed_ce(logits, batch.y, batch.y_mix, batch.lam, reduction="sum") / n
                 with torch.autocast(logits.device.type, enabled=False):  # backward outside autocast, as torch advises

@@ -7,17 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from dlb.errors import ConfigError
 from dlb.methods.base import Cost, Method, onehot_targets, register_method, soft_target_ce
-
-
-def smooth(onehot: torch.Tensor, eps: float) -> torch.Tensor:
-    """(1-eps) on the labelled class, eps/(K-1) elsewhere. Affine in onehot, so a CutMix-ed onehot gives the
-    lam-mix of the two smoothed targets."""
-    k = onehot.shape[1]
-    return onehot * (1 - eps - eps / (k - 1)) + eps / (k - 1)
 
 
 @register_method("lsr")
@@ -39,5 +30,7 @@ class LSR(Method):
 
     def training_step(self, model, batch):
         logits = model(batch.views[0])
-        target = smooth(onehot_targets(batch, logits.shape[1]), self.eps)
+        k, eps = logits.shape[1], self.eps
+        # affine in the one-hot, so a CutMix-ed one gives the lam-mix of the two smoothed targets
+        target = onehot_targets(batch, k) * (1 - eps - eps / (k - 1)) + eps / (k - 1)
         return logits, {"ce": soft_target_ce(logits, target)}

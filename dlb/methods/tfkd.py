@@ -40,8 +40,7 @@ class Soften(Choice):
 def kl_div(log_q: torch.Tensor, p: torch.Tensor, reduction: str) -> torch.Tensor:
     """KL(p || q) from log q and p. official: nn.KLDivLoss()'s element-wise mean (sum / (B*K)); batchmean: sum / B.
     (Written as sum / count: F.kl_div(reduction="mean") computes the same but warns on every call.)"""
-    total = F.kl_div(log_q, p, reduction="sum")
-    return total / (p.numel() if reduction == "official" else p.shape[0])
+    return F.kl_div(log_q, p, reduction="sum") / (p.numel() if reduction == "official" else p.shape[0])
 
 
 def _check_common(cfg, alpha_default: float, T_default: float, multiplier_default: float) -> None:
@@ -150,15 +149,11 @@ class TfKDReg(Method):
             raise ConfigError(f"method.correct_prob={cfg.correct_prob}: must be in (0, 1) "
                               "(the official code uses 0.99)")
 
-    def virtual_teacher(self, batch, num_classes: int) -> torch.Tensor:
-        """u: correct_prob on the label, the rest spread uniformly (lam-mixed under CutMix)."""
-        onehot = onehot_targets(batch, num_classes)
-        rest = (1 - self.correct_prob) / (num_classes - 1)
-        return onehot * (self.correct_prob - rest) + rest
-
     def training_step(self, model, batch):
         logits = model(batch.views[0])
-        u, T = self.virtual_teacher(batch, logits.shape[1]), self.T
+        # the virtual teacher u: correct_prob on the label, the rest spread uniformly (lam-mixed under CutMix)
+        rest, T = (1 - self.correct_prob) / (logits.shape[1] - 1), self.T
+        u = onehot_targets(batch, logits.shape[1]) * (self.correct_prob - rest) + rest
         if self.soften == "official":
             kl = kl_div(log_probs(logits), F.softmax(u / T, dim=1), self.kl_reduction)
         else:

@@ -45,8 +45,7 @@ class ArrayDataset:
 
     def subset(self, index: torch.Tensor) -> "ArrayDataset":
         """Same metadata, only the rows selected by `index` (integer indices or a boolean mask)."""
-        return ArrayDataset(self.images[index].contiguous(), self.labels[index].contiguous(), self.num_classes,
-                            self.mean, self.std, self.name, self.classes)
+        return dataclasses.replace(self, images=self.images[index].contiguous(), labels=self.labels[index].contiguous())
 
 
 # ---------------------------------------------------------------- the registry
@@ -207,21 +206,20 @@ def decode_images(paths: list[Path], size: int | None = None) -> torch.Tensor:
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def load_cache(path: Path, fingerprint: dict) -> dict | None:
-    """The decoded-image cache at `path` if it was written for these files (`fingerprint`), else None."""
-    if not path.is_file():
-        return None
+def cached(path: Path, fingerprint: dict, decode: Callable[[], dict]) -> dict:
+    """The decoded-image cache at `path` if it was written for these files (`fingerprint`), else decode()'s dict,
+    written there with the fingerprint."""
     try:
-        cache = torch.load(path, map_location="cpu", weights_only=True)
+        cache = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
     except Exception:  # a truncated or foreign file: just decode again and overwrite it
-        return None
-    return cache if cache.get("fingerprint") == fingerprint else None
-
-
-def save_cache(path: Path, cache: dict) -> None:
+        cache = None
+    if cache is not None and cache.get("fingerprint") == fingerprint:
+        return cache
+    cache = {**decode(), "fingerprint": fingerprint}
     tmp = path.with_name(path.name + ".tmp")
     try:  # write then rename, so an interrupted run never leaves a half-written cache
         torch.save(cache, tmp)
         os.replace(tmp, path)
     except OSError as exc:  # e.g. a read-only dataset folder: loading still works, just slower next time
         warnings.warn(f"could not write the decoded-image cache {path} ({exc}); the next load will decode again")
+    return cache

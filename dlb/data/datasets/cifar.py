@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import struct
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+from torchvision.datasets.utils import calculate_md5, check_integrity, download_and_extract_archive
 
 from dlb.data.datasets.base import ArrayDataset, register_dataset
 from dlb.errors import DatasetError
@@ -43,14 +42,18 @@ def _load_cifar(name: str, root: Path, train: bool, download: bool) -> ArrayData
 
     missing = [path for path, _ in files if not path.is_file()]
     if missing and download:
-        _download(spec.url, root, spec.filename, spec.tgz_md5)
+        try:
+            download_and_extract_archive(spec.url, str(root), filename=spec.filename, md5=spec.tgz_md5)
+        except Exception as exc:  # network errors come in many types; all mean the same thing to the user
+            raise DatasetError(f"downloading {spec.url} into {root} failed ({exc}); check internet access, or "
+                               f"download it elsewhere and extract it into {root}") from exc
         missing = [path for path, _ in files if not path.is_file()]
     if missing:
         raise DatasetError(f"{title} file {missing[0]} is missing; rerun with dataset.download=true (needs internet), "
                            f"or put the archive's extracted folder at {folder}")
     for path, md5 in files:
         if not check_integrity(path, md5):
-            raise DatasetError(f"{title} file {path} is corrupt (md5 {_md5(path)}, expected {md5}); delete {folder} "
+            raise DatasetError(f"{title} file {path} is corrupt (md5 {calculate_md5(path)}, expected {md5}); delete {folder} "
                                f"and rerun with dataset.download=true (needs internet)")
 
     label_key = "labels" if name == "cifar10" else "fine_labels"
@@ -105,22 +108,4 @@ def write_py2_pickle(path: Path, obj) -> str:
     tests' fake data, the benchmark's synthetic CIFAR-100); returns the file's md5."""
     with open(path, "wb") as f:
         _Py2Pickler(f, protocol=2).dump(_py2(obj))
-    return hashlib.md5(Path(path).read_bytes()).hexdigest()
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _download(url: str, root: Path, filename: str, md5: str) -> None:
-    try:
-        download_and_extract_archive(url, str(root), filename=filename, md5=md5)
-    except Exception as exc:  # network errors come in many types; all mean the same thing to the user
-        raise DatasetError(f"downloading {url} into {root} failed ({exc}); check internet access, or download it "
-                           f"elsewhere and extract it into {root}") from exc
-
-
+    return calculate_md5(path)

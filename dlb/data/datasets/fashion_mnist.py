@@ -41,8 +41,7 @@ def load_fashion_mnist(root: Path, train: bool, download: bool, image_size: int)
 
     files = _fashion_mnist_files(folder)  # train images, train labels, test images, test labels
     image_path, label_path = files[:2] if train else files[2:]
-    images = _read_idx(image_path, magic=2051)
-    labels = _read_idx(label_path, magic=2049)
+    images, labels = _read_idx(image_path, magic=2051), _read_idx(label_path, magic=2049)
     if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max() > 9:
         raise DatasetError(f"Fashion-MNIST files {image_path} and {label_path} are inconsistent (images "
                            f"{images.shape}, {len(labels)} labels, max label {labels.max()}); delete them and rerun "
@@ -56,13 +55,8 @@ def load_fashion_mnist(root: Path, train: bool, download: bool, image_size: int)
 
 def _fashion_mnist_files(folder: Path) -> list[Path] | None:
     """The four idx files in `folder` (each either raw or .gz), or None if any is missing."""
-    found = []
-    for stem in FASHION_MNIST_FILES:
-        path = next((folder / (stem + ext) for ext in ("", ".gz") if (folder / (stem + ext)).is_file()), None)
-        if path is None:
-            return None
-        found.append(path)
-    return found
+    found = [next((p for p in (folder / s, folder / f"{s}.gz") if p.is_file()), None) for s in FASHION_MNIST_FILES]
+    return None if None in found else found
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:

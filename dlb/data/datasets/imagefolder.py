@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from dlb.data.datasets.base import ArrayDataset, decode_images, load_cache, register_dataset, save_cache
+from dlb.data.datasets.base import ArrayDataset, cached, decode_images, register_dataset
 from dlb.errors import DatasetError
 
 
@@ -57,27 +57,22 @@ def _imagefolder_split(split_dir: Path, classes: list[str], image_size: int) -> 
     if not paths:
         raise DatasetError(f"{split_dir} has no class folders with images; put images at {split_dir}/<class>/<image>")
 
-    cache_path = split_dir.parent / f".dlb_cache_{split_dir.name}_{image_size}.pt"
-    fingerprint = {"num_files": len(paths), "total_bytes": sum(p.stat().st_size for p in paths), "classes": classes}
-    cache = load_cache(cache_path, fingerprint)
-    if cache is None:
+    def decode() -> dict:
         images = decode_images(paths, image_size)
         mean, std = _channel_mean_std(images)
-        cache = {"images": images, "labels": torch.tensor(labels, dtype=torch.int64), "mean": mean, "std": std,
-                 "fingerprint": fingerprint}
-        save_cache(cache_path, cache)
-    return cache
+        return {"images": images, "labels": torch.tensor(labels, dtype=torch.int64), "mean": mean, "std": std}
+
+    fingerprint = {"num_files": len(paths), "total_bytes": sum(p.stat().st_size for p in paths), "classes": classes}
+    return cached(split_dir.parent / f".dlb_cache_{split_dir.name}_{image_size}.pt", fingerprint, decode)
 
 
 def _channel_mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and (population) std in [0,1] units, accumulated in float64 chunks to bound memory."""
-    total = torch.zeros(3, dtype=torch.float64)
-    total_sq = torch.zeros(3, dtype=torch.float64)
+    total, total_sq = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
     for chunk in images.split(1024):
         x = chunk.to(torch.float64) / 255
         total += x.sum(dim=(0, 2, 3))
         total_sq += (x * x).sum(dim=(0, 2, 3))
     count = images.shape[0] * images.shape[2] * images.shape[3]
     mean = total / count
-    std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
-    return mean.tolist(), std.tolist()
+    return mean.tolist(), (total_sq / count - mean * mean).clamp_min(0).sqrt().tolist()

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from dlb import REPO
-from dlb.data.datasets.base import ArrayDataset, decode_images, load_cache, register_dataset, save_cache
+from dlb.data.datasets.base import ArrayDataset, cached, decode_images, register_dataset
 from dlb.errors import DatasetError
 
 PREPARE_TINYIMAGENET = REPO / "scripts" / "prepare_tinyimagenet.py"
@@ -56,17 +56,14 @@ def load_tinyimagenet(root: Path, train: bool, download: bool, image_size: int) 
         raise DatasetError(f"TinyImageNet {split}/ has folders {extra[:5]} that are not classes in {wnids_file}; "
                            f"delete {base} and run `{prepare} --download`")
 
-    cache_path = base / f"cache_{split}.pt"
-    fingerprint = {"num_files": len(paths), "classes": classes}
-    cache = load_cache(cache_path, fingerprint)
-    if cache is None:
+    def decode() -> dict:
         images = decode_images(paths)
         if images.shape[2:] != (64, 64):
             raise DatasetError(f"TinyImageNet images must be 64x64 but {paths[0]} is {images.shape[3]}x"
                                f"{images.shape[2]}; delete {base} and run `{prepare} --download`")
-        cache = {"images": images, "labels": torch.tensor(labels, dtype=torch.int64), "classes": classes,
-                 "fingerprint": fingerprint}
-        save_cache(cache_path, cache)
+        return {"images": images, "labels": torch.tensor(labels, dtype=torch.int64), "classes": classes}
+
+    cache = cached(base / f"cache_{split}.pt", {"num_files": len(paths), "classes": classes}, decode)
     return ArrayDataset(cache["images"], cache["labels"], len(classes), IMAGENET_MEAN, IMAGENET_STD,
                         "tinyimagenet", classes)
 
