@@ -1,8 +1,8 @@
-"""What keeps a run's folder trustworthy when the machine is not: atomic checkpoints, the run lock, stop signals.
+"""What keeps a run's folder trustworthy when the machine is not: atomic writes, the run lock, stop signals.
 
-Checkpoints: write a temp file, fsync, then rename; the previous good checkpoint is kept as prev.pt until the new
-last.pt is complete, and loading falls back to it when last.pt is truncated or corrupt. A failed write (full disk,
-no permission) raises OutputError and leaves the previous checkpoint as it was.
+Checkpoints (RunFolder.save_checkpoint): write a temp file, fsync, then rename; the previous good checkpoint is kept
+as prev.pt until the new last.pt is complete, and loading falls back to it when last.pt is truncated or corrupt. A
+failed write (full disk, no permission) raises OutputError and leaves the previous checkpoint as it was.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from pathlib import Path
 
 import torch
@@ -45,21 +44,9 @@ def _write_synced(obj, path: Path) -> None:
 
 
 def atomic_save(obj, path: Path) -> None:
-    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     _write_synced(obj, tmp)
     os.replace(tmp, path)
-
-
-def save_checkpoint(state: dict, last: Path, prev: Path) -> Path:
-    """Write `last`; the file it replaces becomes `prev` (kept until the new one is on disk)."""
-    last, prev = Path(last), Path(prev)
-    tmp = last.with_name(last.name + ".tmp")
-    _write_synced(state, tmp)
-    if last.exists():
-        os.replace(last, prev)
-    os.replace(tmp, last)  # a crash between the two renames leaves `prev`, which load_checkpoint falls back to
-    return last
 
 
 def warn(message: str) -> None:
@@ -67,7 +54,7 @@ def warn(message: str) -> None:
     print(f"dlb: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _load(path: Path) -> dict:
+def load(path: Path) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "epoch" not in state:
         raise ValueError("not a dlb checkpoint")
@@ -75,48 +62,19 @@ def _load(path: Path) -> dict:
 
 
 def readable(path: Path) -> bool:
-    """Whether `path` holds a checkpoint load_checkpoint would take (read quietly: no warning either way)."""
+    """Whether `path` holds a checkpoint RunFolder.load_checkpoint would take (read quietly)."""
     try:
-        _load(path)
+        load(path)
         return True
     except Exception:  # missing, truncated, corrupt, foreign
         return False
 
 
-def load_checkpoint(last: Path, prev: Path) -> tuple[dict | None, Path | None]:
-    """(state, its file): the newest readable checkpoint of `last`, else `prev` (with a warning saying why), or
-    (None, None)."""
-    last, prev = Path(last), Path(prev)
-    candidates = [p for p in (last, prev) if p.exists()]
-    if candidates and candidates[0] == prev:  # killed between save_checkpoint's two renames
-        warn(f"checkpoint {last} is missing (the run died while saving it); resuming from the previous checkpoint "
-             f"{prev}")
-    for i, path in enumerate(candidates):
-        try:
-            state = _load(path)
-        except Exception as e:  # truncated write, disk corruption, foreign file
-            later = candidates[i + 1 :]
-            warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
-                 + (f"falling back to {later[0]}" if later else "no older checkpoint to fall back to"))
-            continue
-        return state, path
-    return None, None
-
-
-def set_aside(path: Path) -> None:
-    """Rename an unreadable checkpoint to `<name>.corrupt-<time>` (kept for inspection), so that no later rotation
-    puts it under a checkpoint name."""
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(path, aside)
-    warn(f"kept the unreadable {path} as {aside}")
-
-
 class RunLock:
     """An exclusive flock on a run folder's lock file (RunFolder.lock) for the life of a run, so two processes never
-    write one run folder.
-
-    The kernel drops a flock when its process dies (even by SIGKILL), so a crashed run never leaves the folder
-    locked; the file's text (pid, host) only serves the error message. Under torchrun only rank 0 takes it."""
+    write one run folder. The kernel drops a flock when its process dies (even by SIGKILL), so a crashed run never
+    leaves the folder locked; the file's text (pid, host) only serves the error message. Under torchrun only rank 0
+    takes it."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

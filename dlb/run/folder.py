@@ -14,8 +14,10 @@ report, the teacher search and the demo.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +139,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 class RunFolder:
-    """A run's output folder: the path of each of its files (the module docstring), and their writing and reading.
-    Checkpoints go through dlb.run.checkpoint (atomic writes, prev.pt rotation, fallback on load)."""
+    """A run's output folder: the path of each of its files (the module docstring), and their writing and reading."""
 
     CONFIG, SUMMARY, METRICS, ENVIRONMENT, LOG = "config.json", "summary.json", "metrics.jsonl", "environment.json", \
         "train.log"
@@ -160,22 +161,43 @@ class RunFolder:
     def __str__(self) -> str:
         return str(self.path)
 
-    # --- checkpoints
+    # --- checkpoints (atomic writes: dlb.run.checkpoint)
     def lock(self) -> checkpoint.RunLock:
         return checkpoint.RunLock(self.lock_file)
 
-    def save_checkpoint(self, state: dict) -> Path:
-        return checkpoint.save_checkpoint(state, self.last, self.prev)
+    def save_checkpoint(self, state: dict) -> None:
+        """Write last.pt; the file it replaces becomes prev.pt (kept until the new one is on disk)."""
+        tmp = self.last.with_name(self.last.name + ".tmp")
+        checkpoint._write_synced(state, tmp)
+        if self.last.exists():
+            os.replace(self.last, self.prev)
+        os.replace(tmp, self.last)  # a crash between the two renames leaves prev.pt, which load_checkpoint takes
 
     def load_checkpoint(self) -> dict | None:
-        state, self.loaded_from = checkpoint.load_checkpoint(self.last, self.prev)
-        return state
+        """The newest readable checkpoint, last.pt else prev.pt (with a warning saying why), or None."""
+        candidates = [p for p in (self.last, self.prev) if p.exists()]
+        if candidates and candidates[0] == self.prev:  # killed between save_checkpoint's two renames
+            checkpoint.warn(f"checkpoint {self.last} is missing (the run died while saving it); resuming from the "
+                            f"previous checkpoint {self.prev}")
+        for i, path in enumerate(candidates):
+            try:
+                state = checkpoint.load(path)
+            except Exception as e:  # truncated write, disk corruption, foreign file
+                later = candidates[i + 1 :]
+                checkpoint.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                                + (f"falling back to {later[0]}" if later else "no older checkpoint to fall back to"))
+                continue
+            self.loaded_from = path
+            return state
+        return None
 
     def set_aside_unreadable_last(self) -> None:
-        """After a load fell back to prev.pt: rename the unreadable last.pt aside, so the next save's rotation keeps
-        the good prev.pt instead of putting the unreadable file under its name."""
+        """After a load fell back to prev.pt: rename the unreadable last.pt to last.pt.corrupt-<time> (kept for
+        inspection), so the next save's rotation keeps the good prev.pt instead of putting it under that name."""
         if self.loaded_from == self.prev and self.last.exists():
-            checkpoint.set_aside(self.last)
+            aside = self.last.with_name(f"{self.last.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(self.last, aside)
+            checkpoint.warn(f"kept the unreadable {self.last} as {aside}")
 
     def has_checkpoints(self) -> bool:
         return any(self.checkpoints.glob("*.pt"))
@@ -228,9 +250,6 @@ class RunFolder:
         if noise_record is not None:
             checkpoint.atomic_save(noise_record, self.noisy_labels)
 
-    def write_summary(self, summary: dict) -> None:
-        write_json(self.summary, summary)
-
     def read_config(self) -> dict:
         return json.loads(self.config.read_text())
 
@@ -247,20 +266,13 @@ class RunFolder:
     def add_metrics(self, row: dict) -> None:
         with open(self.metrics, "a") as f:
             f.write(json.dumps(row) + "\n")
-            f.flush()
 
     def read_metrics(self) -> list[dict]:
         rows = []
         for line in self.metrics.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-        return rows
+            with contextlib.suppress(json.JSONDecodeError):
+                rows.append(json.loads(line))
+        return [r for r in rows if isinstance(r, dict)]
 
 
-# The file names as module constants, for readers that take them from here.
-CONFIG, SUMMARY, METRICS, ENVIRONMENT, LOG = (RunFolder.CONFIG, RunFolder.SUMMARY, RunFolder.METRICS,
-                                              RunFolder.ENVIRONMENT, RunFolder.LOG)
+CONFIG = RunFolder.CONFIG  # (for scripts that import the name from here)
