@@ -260,9 +260,8 @@ class Trainer:
         check_finite(f"in epoch {epoch + 1}", {"loss": train["train_loss"], **terms})
         start = time.perf_counter()
         test = evaluate(self.model, self.test_loader, t.limit_eval_batches, self.autocast)
-        row = runfiles.MetricsRow(epoch=epoch + 1, lr=lr, **train, test_n=test["test_n"], terms=terms,
-                                  test={m.name: test[f"test_{m.name}"] for m in metrics.METRICS},
-                                  eval_time_s=time.perf_counter() - start).to_dict()
+        row = {"epoch": epoch + 1, "lr": lr, **train, **test, "eval_time_s": time.perf_counter() - start,
+               **{f"train_{k}": v for k, v in terms.items()}}  # metrics.jsonl's row (dlb/run/folder.py)
         check_finite(f"by the end of epoch {epoch + 1}", {"test_nll": row["test_nll"]})  # NaN weights
         self.scheduler.step()
         self.epoch = epoch + 1

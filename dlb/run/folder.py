@@ -3,7 +3,8 @@ report, the teacher search and the demo.
 
   config.json        the resolved config this folder's run uses (written once the trainer's checks have passed)
   summary.json       Summary: status and results so far, rewritten at the start, after every epoch and at the end
-  metrics.jsonl      one MetricsRow per finished epoch
+  metrics.jsonl      a row per finished epoch: epoch, lr, train_loss/acc/time_s/img_per_s/images, test_<metric> for
+                     every metric of dlb.metrics.METRICS, test_n, eval_time_s, train_<term> for the method's loss terms
   environment.json   versions, device, code commit
   train.log          the start-up line, progress and every epoch line
   .hydra/            the composed config and the command-line overrides
@@ -25,32 +26,6 @@ from typing import Any, Optional
 
 from dlb import metrics
 from dlb.run import checkpoint, identity
-
-
-@dataclass
-class MetricsRow:
-    """One epoch. `test` holds the value of every metric of dlb.metrics.METRICS by name (`test_<name>` columns);
-    `terms` the method's loss terms and diagnostics (`train_<term>` columns: train_ce, train_kd, ...)."""
-    epoch: int
-    lr: float
-    train_loss: float
-    train_acc: float
-    train_time_s: float
-    train_img_per_s: float
-    train_images: int
-    test: dict[str, float]
-    test_n: int
-    eval_time_s: float
-    terms: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        row = {}
-        for k, v in dataclasses.asdict(self).items():
-            if k == "test":
-                row.update({f"test_{m.name}": v[m.name] for m in metrics.METRICS})
-            elif k != "terms":
-                row[k] = v
-        return {**row, **{f"train_{k}": v for k, v in self.terms.items()}}
 
 
 @dataclass

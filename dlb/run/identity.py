@@ -139,13 +139,20 @@ _defaults_cache: dict[tuple, dict] = {}
 _config_dir: list[Path] = []  # set by register_resolver
 
 
+def _resolved(cfg) -> dict:
+    """A composed config (Hydra's own settings aside) as plain values."""
+    from omegaconf import OmegaConf
+
+    return {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+            for k in cfg if k != "hydra"}
+
+
 def defaults_for(choices: dict[str, str]) -> dict:
     """The resolved config composed from the group choices alone (no value overrides), cached per choice set."""
     key = tuple(sorted(choices.items()))
     if key not in _defaults_cache:
         from hydra import compose, initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
-        from omegaconf import OmegaConf
 
         overrides = [f"{g}={c}" for g, c in key]
         if GlobalHydra.instance().is_initialized():  # inside a Hydra app or compose context
@@ -153,21 +160,16 @@ def defaults_for(choices: dict[str, str]) -> dict:
         else:  # a config composed earlier, resolved now
             with initialize_config_dir(version_base="1.3", config_dir=str(_config_dir[0])):
                 cfg = compose("config", overrides=overrides)
-        _defaults_cache[key] = {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k])
-                                else cfg[k] for k in cfg if k != "hydra"}
+        _defaults_cache[key] = _resolved(cfg)
     return _defaults_cache[key]
 
 
 def resolve_run_name(*, _root_) -> str:
     """`${dlb_run_name:}` in hydra.run.dir and hydra.sweep.subdir: run_name of the job's own config, against the
     defaults of its group choices (experiments count as value overrides, so their values name the folder)."""
-    from omegaconf import OmegaConf
-
     choices = {g: c for g, c in _root_.hydra.runtime.choices.items()
                if c is not None and not g.startswith(("hydra/", "schema/")) and g != "experiment"}
-    config = {k: OmegaConf.to_container(_root_[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(_root_[k]) else _root_[k]
-              for k in _root_ if k != "hydra"}
-    return run_name(config, defaults_for(choices), choices)
+    return run_name(_resolved(_root_), defaults_for(choices), choices)
 
 
 def register_resolver(config_dir: Path) -> None:

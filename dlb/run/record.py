@@ -43,10 +43,8 @@ def git_info() -> dict:
     """Commit and dirty flag (tracked files changed, results/ aside) of the code that runs, from the package's own
     checkout. A copy without .git (rsynced to a cluster, sent to a GPU machine) takes the commit from
     $DLB_GIT_COMMIT, else 'unknown'."""
-    repo = REPO
-
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")

@@ -10,8 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dlb.run import folder as runfiles
-from dlb.run.folder import RunFolder
+from dlb.run.folder import RunFolder, Summary
 from dlb.run import identity as runid
 from dlb.errors import ConfigError
 from dlb.models import build_model
@@ -35,8 +34,7 @@ def _matches(run_dir: Path, identity: dict, data: dict | None) -> bool:
     """A completed CE run whose config computes what this run's does but for the method (dlb/run/identity.py: the same data
     and subset, recipe, augmentation, label noise, backbone and seed), trained on the same data where both know it."""
     try:
-        summary = runfiles.Summary.read(run_dir)
-        config = runfiles.RunFolder(run_dir).read_config()
+        summary, config = Summary.read(run_dir), RunFolder(run_dir).read_config()
     except (OSError, ValueError, TypeError):
         return False  # a run being written right now, or not ours
     if summary.method != "ce" or summary.status != "completed":
@@ -61,12 +59,12 @@ def _train_command(run_cfg, root: Path) -> str:
     value of its identity (dlb/run/identity.py) that differs from those groups' defaults (subset, recipe, epochs, ...)."""
     from omegaconf import OmegaConf
 
-    from dlb import CONFIGS as configs
+    from dlb import CONFIGS
 
     def option(group: str, name: str) -> str:
         # The group option whose YAML sets this name (backbone=resnet32 for cifar_resnet32); a backbone without one
         # is timm's (its backbone.name then differs from the defaults and follows as a value).
-        for path in sorted((configs / group).glob("*.yaml")):
+        for path in sorted((CONFIGS / group).glob("*.yaml")):
             if f"\nname: {name}\n" in "\n" + path.read_text() + "\n":
                 return path.stem
         return "timm" if group == "backbone" else name
@@ -94,8 +92,7 @@ def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, data: dict | 
     root = search_root(out_dir, teacher_root)
     identity = _without_method(runid.identity(OmegaConf.to_container(run_cfg, resolve=True, enum_to_str=True)))
     runs = [RunFolder(p.parent) for p in sorted(root.glob(f"**/{RunFolder.SUMMARY}"))]
-    found = [run.best for run in runs if run.best.is_file() and _matches(run.path, identity, data)]
-    found = [p.resolve() for p in found]
+    found = [run.best.resolve() for run in runs if run.best.is_file() and _matches(run.path, identity, data)]
     what = (f"completed CE run with dataset={run_cfg.dataset.name} backbone={run_cfg.backbone.name} "
             f"seed={run_cfg.seed} and this run's other settings")
     if not found:
