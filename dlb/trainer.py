@@ -204,7 +204,7 @@ class Trainer:
                            resume_rows=self.history) if self.is_main else None
         status, exit_code = "running", 1
         self._stop = StopSignals().install()
-        for line in (self.startup_line(resumed), *startup_notes(self.run)):
+        for line in (startup_line(self, resumed), *startup_notes(self.run)):
             self._say(line)
         started, epochs_here = time.perf_counter(), 0
         try:
@@ -217,9 +217,10 @@ class Trainer:
                     logger.log(row)
                 epochs_here += 1
                 wall = time.perf_counter() - started
+                eta = wall / epochs_here * (t.epochs - row["epoch"])
                 self._say(f"epoch {row['epoch']}/{t.epochs}  loss {row['train_loss']:.4f}  train acc "
                           f"{row['train_acc']:.2f}  test err {row['test_err']:.2f}  ({row['train_img_per_s']:.0f} "
-                          f"img/s)  elapsed {_clock(wall)}  ETA {_clock(wall / epochs_here * (t.epochs - row['epoch']))}")
+                          f"img/s)  elapsed {_clock(wall)}  ETA {_clock(eta)}")
                 if epoch + 1 < t.epochs:
                     self._write_summary(status)  # epochs done and best so far, readable while the run goes on
                     stop = self._stop.received is not None
@@ -286,21 +287,6 @@ class Trainer:
             runfiles.write_json(self.folder.summary, summary)
         return summary
 
-    def startup_line(self, resumed: bool) -> str:
-        """Where the run writes, fresh or resumed, device and threads, data, backbone, method, run length and seed,
-        and the speed settings in force."""
-        cfg, env, p = self.cfg, self.environment, self.partial
-        where = ("fresh run" if not resumed else f"resumed after epoch {self.epoch}/{cfg.trainer.epochs}" if p is None
-                 else f"resumed in epoch {p['epoch'] + 1} at step {p['epoch_step']}")
-        threads = env["torch_threads"]
-        device = f"{self.device} ({env['device_name']}" + (
-            f", {threads} CPU thread{'s' if threads > 1 else ''})" if self.device.type == "cpu" else ")")
-        method = ", ".join(f"{k}={v}" for k, v in self.config_dict["method"].items() if k != "name")
-        return (f"{self.out_dir}: {where} | {device} | {cfg.dataset.name}: {self.train_size} train / "
-                f"{self.test_size} test images, {self.num_classes} classes | {cfg.backbone.name} "
-                f"({self.num_params / 1e6:.2f}M params) | {cfg.method.name}" + (f" ({method})" if method else "") +
-                f" | {cfg.trainer.epochs} epochs, seed {cfg.seed} | speed: {self.speed.describe()}")
-
 
 def check_resumable(run: Run, state: dict) -> None:
     """Raise ResumeError unless the checkpoint `state` in the run's folder may be continued by this run: resume=true,
@@ -339,6 +325,22 @@ def startup_notes(run: Run) -> list[str]:
              f"note: {run.environment['device_name']} has no native bf16 (AMX or AVX512-BF16 on a CPU), so "
              "trainer.precision=bf16 is emulated here and slower than fp32; use trainer.precision=fp32"]
     return [n for n in notes if n]
+
+
+def startup_line(tr: Trainer, resumed: bool) -> str:
+    """Where the run writes, fresh or resumed, device and threads, data, backbone, method, run length and seed,
+    and the speed settings in force."""
+    cfg, env, p = tr.cfg, tr.environment, tr.partial
+    where = ("fresh run" if not resumed else f"resumed after epoch {tr.epoch}/{cfg.trainer.epochs}" if p is None
+             else f"resumed in epoch {p['epoch'] + 1} at step {p['epoch_step']}")
+    threads = env["torch_threads"]
+    device = f"{tr.device} ({env['device_name']}" + (
+        f", {threads} CPU thread{'s' if threads > 1 else ''})" if tr.device.type == "cpu" else ")")
+    method = ", ".join(f"{k}={v}" for k, v in tr.config_dict["method"].items() if k != "name")
+    return (f"{tr.out_dir}: {where} | {device} | {cfg.dataset.name}: {tr.train_size} train / "
+            f"{tr.test_size} test images, {tr.num_classes} classes | {cfg.backbone.name} "
+            f"({tr.num_params / 1e6:.2f}M params) | {cfg.method.name}" + (f" ({method})" if method else "") +
+            f" | {cfg.trainer.epochs} epochs, seed {cfg.seed} | speed: {tr.speed.describe()}")
 
 
 def run_summary(tr: Trainer, status: str) -> dict:

@@ -39,10 +39,8 @@ def build_optimizer(o, params, fused: bool) -> torch.optim.SGD:
 # trainer.compile: torch.compile's modes, none (eager), and auto (resolve_speed picks one for the device).
 CompileMode = Choice("CompileMode", [(m, m) for m in ("auto", "none", "default", "reduce-overhead", "max-autotune")])
 
-# trainer.compile=auto on CPU compiles only runs of at least this many optimizer steps. Measured on a 2-core Xeon
-# (results/bench/cpu_resnet32_b64_compile_cost.md): a cold compile of resnet32 costs about 29 s (CE and DLB) and
-# saves 0.004 s (CE) / 0.038 s (DLB) per step, repaid after about 6,100 / 760 steps. Tests, debug runs and the demo
-# stay below it (eager).
+# trainer.compile=auto on CPU compiles only runs of at least this many optimizer steps: a cold compile of resnet32
+# is repaid after about 6,100 (CE) / 760 (DLB) steps (results/bench/cpu_resnet32_b64_compile_cost.md).
 CPU_COMPILE_MIN_STEPS = 10_000
 # trainer.eval_batch_size=auto: on CPU, batches that stay in cache (results/bench/cpu_eval_batch.md: 128 evaluates
 # resnet8/resnet32 about 2x faster than 1000); on CUDA, large batches keep the GPU busy.

@@ -71,10 +71,8 @@ def readable(path: Path) -> bool:
 
 
 class RunLock:
-    """An exclusive flock on a run folder's lock file (RunFolder.lock) for the life of a run, so two processes never
-    write one run folder. The kernel drops a flock when its process dies (even by SIGKILL), so a crashed run never
-    leaves the folder locked; the file's text (pid, host) only serves the error message. Under torchrun only rank 0
-    takes it."""
+    """An exclusive flock on a run folder's lock file for the life of a run (rank 0's), so two processes never write
+    one folder; the kernel drops it when the process dies, even by SIGKILL. The pid and host serve the message."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -112,13 +110,10 @@ class RunLock:
 
 
 class StopSignals:
-    """SIGTERM and SIGUSR1 (what SLURM sends before a time limit or a preemption) and Ctrl-C (SIGINT) only set
-    `received`; the trainer looks at it at each step boundary, saves a checkpoint there and stops (for a requeue,
-    or for the person who pressed Ctrl-C). A second Ctrl-C stops at once with KeyboardInterrupt: checkpoints are only
-    ever replaced by a rename, so the last complete one survives. SIGUSR2 is left alone: hydra-submitit-launcher
-    requeues through its own handler on it. The handlers installed before ours come back with `restore()`, and
-    `chain()` calls the one for the signal received once the run has saved everything (submitit's SIGTERM logger;
-    or its requeue handler, when SUBMITIT_PREEMPT_SIGNAL=USR1 moves it to USR1)."""
+    """SIGTERM, SIGUSR1 (SLURM's time limit or preemption) and Ctrl-C only set `received`; the trainer saves at the
+    next step boundary and stops. A second Ctrl-C stops at once (KeyboardInterrupt; the last complete checkpoint
+    survives). SIGUSR2 is left to hydra-submitit-launcher's requeue. `restore()` puts the earlier handlers back, and
+    `chain()` calls the received signal's one once everything is saved (submitit's logger or requeue)."""
 
     SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 

@@ -84,13 +84,12 @@ class Summary:
         not a summary at all."""
         if not isinstance(d, dict):
             raise ValueError("summary is not a JSON object")
-        names = {f.name for f in dataclasses.fields(cls)} - {"last_test"}
-        known = {k: v for k, v in d.items() if k in names}
+        fields, missing = dataclasses.fields(cls), dataclasses.MISSING
+        names = {f.name for f in fields} - {"last_test"}
+        known = {f.name: None for f in fields if f.default is missing and f.default_factory is missing}
+        known.update({k: v for k, v in d.items() if k in names})
         known["last_test"] = {m.name: d.get(f"last_test_{m.name}") for m in metrics.METRICS}
         names |= {f"last_test_{m.name}" for m in metrics.METRICS}
-        for f in dataclasses.fields(cls):
-            if f.name not in known and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                known[f.name] = None
         if "environment" not in d:  # older folders kept the environment keys at the top level
             known["environment"] = {k: v for k, v in d.items() if k not in names}
         return cls(**known)
@@ -182,10 +181,8 @@ class RunFolder:
 
     # --- a finished run, a refused one
     def completed(self, config: dict) -> dict | None:
-        """summary.json of the finished run this folder holds for `config` (the resolved config of a command aimed at
-        it): completed after config's epochs, of the same identity and data folder, with a readable checkpoint
-        (last.pt, prev.pt or best.pt). None otherwise: the trainer decides (a fresh folder, a run to resume or to
-        refuse). Reads only."""
+        """summary.json of the run this folder holds if it completed `config`'s epochs with the same identity and
+        data folder and left a readable checkpoint; else None and the trainer decides. Reads only."""
         try:
             summary, saved = json.loads(self.summary.read_text()), self.read_config()
             if summary.get("status") != "completed" or summary.get("epochs_completed") != config["trainer"]["epochs"]:
@@ -197,8 +194,8 @@ class RunFolder:
         return summary if any(checkpoint.readable(p) for p in (self.last, self.prev, self.best)) else None
 
     def remove_if_unused(self, keep: Path) -> None:
-        """Remove this folder if it holds nothing but its lock file, then each parent below `keep` left empty: the
-        folders made for a command that was then refused."""
+        """Remove the folders made for a refused command: this one if it holds only its lock file, then each parent
+        below `keep` left empty."""
         if not self.path.is_dir() or any(p != self.lock_file for p in self.path.iterdir()):
             return
         self.lock_file.unlink(missing_ok=True)

@@ -59,9 +59,9 @@ class RunLogger:
             id_file = folder.wandb_id  # a resumed run continues its W&B run
             run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(6)
             id_file.write_text(run_id)
-            self.wandb = wandb.init(project=lcfg["project"], entity=lcfg.get("entity"), group=lcfg.get("group") or group,
-                                    name=name, tags=list(lcfg.get("tags") or []), config=cfg, id=run_id,
-                                    resume="allow", dir=str(folder.path), mode=wandb_mode(lcfg.get("mode")))
+            self.wandb = wandb.init(project=lcfg["project"], entity=lcfg.get("entity"), name=name,
+                                    group=lcfg.get("group") or group, tags=list(lcfg.get("tags") or []), config=cfg,
+                                    id=run_id, resume="allow", dir=str(folder.path), mode=wandb_mode(lcfg.get("mode")))
         except Exception as e:  # never let W&B stop a run
             warnings.warn(f"W&B could not start ({type(e).__name__}: {e}); continuing with local files only")
 

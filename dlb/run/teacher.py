@@ -4,7 +4,6 @@ See docs/methods.md (tfkd_self) for the search rules and the command that trains
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -17,9 +16,8 @@ from dlb.models import build_model
 
 
 def search_root(out_dir: Path, teacher_root: str | None) -> Path:
-    """Where method.teacher=auto looks: teacher_root if set, else the nearest ancestor of out_dir named outputs or
-    multirun or holding multirun.yaml (a Hydra sweep dir), else out_dir/../.. (out_dir/.. if that is the filesystem
-    root, which is no place to glob)."""
+    """Where method.teacher=auto looks: teacher_root, else the nearest ancestor of out_dir that is outputs/, multirun/
+    or a Hydra sweep dir, else out_dir/../.. (never the filesystem root)."""
     if teacher_root:
         return Path(teacher_root).expanduser().resolve()
     out_dir = Path(out_dir).resolve()
@@ -31,8 +29,7 @@ def search_root(out_dir: Path, teacher_root: str | None) -> Path:
 
 
 def _matches(run_dir: Path, identity: dict, data: dict | None) -> bool:
-    """A completed CE run whose config computes what this run's does but for the method (dlb/run/identity.py: the same data
-    and subset, recipe, augmentation, label noise, backbone and seed), trained on the same data where both know it."""
+    """A completed CE run of this run's identity but for the method, trained on the same data where both know it."""
     try:
         summary, config = Summary.read(run_dir), RunFolder(run_dir).read_config()
     except (OSError, ValueError, TypeError):
@@ -48,15 +45,9 @@ def _without_method(identity: dict) -> dict:
     return {k: v for k, v in identity.items() if not k.startswith("method.")}
 
 
-def _override_value(v) -> str:
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-
-
 def _train_command(run_cfg, root: Path) -> str:
-    """The command that trains the missing teacher into `root`: the run's group choices with method=ce, then every
-    value of its identity (dlb/run/identity.py) that differs from those groups' defaults (subset, recipe, epochs, ...)."""
+    """The command that trains the missing teacher into `root`: the run's group choices with method=ce, then each
+    identity value that differs from those groups' defaults."""
     from omegaconf import OmegaConf
 
     from dlb import CONFIGS
@@ -75,7 +66,7 @@ def _train_command(run_cfg, root: Path) -> str:
                "backbone": option("backbone", config["backbone"]["name"]), "method": "ce",
                **{g: ident[g + ".name"] for g in ("augment", "noise") if ident.get(g + ".name", "none") != "none"}}
     defaults = runid.identity(runid.defaults_for(choices))
-    values = [f"{k}={_override_value(v)}" for k, v in sorted(ident.items())
+    values = [f"{k}={runid.value_text(v)}" for k, v in sorted(ident.items())
               if not k.startswith("method.") and k != "seed" and defaults.get(k) != v]
     groups = [f"{g}={c}" for g, c in choices.items()]
     parts = ["python -m dlb.train", *groups, f"seed={run_cfg.seed}", *values]
@@ -85,8 +76,7 @@ def _train_command(run_cfg, root: Path) -> str:
 
 
 def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, data: dict | None = None) -> Path:
-    """The best-weights checkpoint (RunFolder.best) of the one completed CE run under search_root(...) matching this run (see _matches);
-    `data`: this run's data fingerprint."""
+    """best.pt of the one matching CE run under search_root (see _matches); `data`: this run's data fingerprint."""
     from omegaconf import OmegaConf
 
     root = search_root(out_dir, teacher_root)
