@@ -28,19 +28,14 @@ class WandbMode(Choice):
 
 def wandb_mode(requested: str | None) -> str:
     """online if asked, or if an API key is configured (env or ~/.netrc); else offline."""
-    if requested:
-        return requested
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
+    if requested or os.environ.get("WANDB_MODE"):
+        return requested or os.environ["WANDB_MODE"]
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
-        if "api.wandb.ai" in netrc.read_text():
-            return "online"
+        key = os.environ.get("WANDB_API_KEY") or "api.wandb.ai" in netrc.read_text()
     except OSError:
-        pass
-    return "offline"
+        key = False
+    return "online" if key else "offline"
 
 
 class RunLogger:
