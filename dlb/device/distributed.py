@@ -74,12 +74,8 @@ def shard(batches: list[torch.Tensor], rank: int, world: int, *, train: bool,
     if not train:
         return batches[rank::world]
     if global_batches:
-        out = []
-        for b in batches:
-            m = len(b) // world
-            if m:
-                out.append(b[rank * m:(rank + 1) * m])
-        return out
+        sizes = [len(b) // world for b in batches]  # this rank's rows of each global batch
+        return [b[rank * m:(rank + 1) * m] for b, m in zip(batches, sizes) if m]
     n = -(-len(batches) // world) * world  # round up to a multiple of world
     padded = [batches[i % len(batches)] for i in range(n)]
     return padded[rank::world]

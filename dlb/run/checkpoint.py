@@ -1,8 +1,6 @@
-"""What keeps a run's folder trustworthy when the machine is not: atomic writes, the run lock, stop signals.
-
-Checkpoints (RunFolder.save_checkpoint): write a temp file, fsync, then rename; the previous good checkpoint is kept
-as prev.pt until the new last.pt is complete, and loading falls back to it when last.pt is truncated or corrupt. A
-failed write (full disk, no permission) raises OutputError and leaves the previous checkpoint as it was.
+"""What keeps a run's folder trustworthy when the machine is not: atomic writes (a temp file, fsync, then rename; a
+failed write raises OutputError and leaves the previous file as it was), the run lock, stop signals. RunFolder
+keeps prev.pt until a new last.pt is complete and falls back to it when last.pt is unreadable.
 """
 from __future__ import annotations
 
@@ -146,9 +144,9 @@ class StopSignals:
 
     @property
     def name(self) -> str:
-        if self.received == signal.SIGINT:
-            return "Ctrl-C"
-        return signal.Signals(self.received).name if self.received is not None else "a stop signal"
+        if self.received is None:
+            return "a stop signal"
+        return "Ctrl-C" if self.received == signal.SIGINT else signal.Signals(self.received).name
 
     def chain(self) -> None:
         prev = self._previous.get(self.received)

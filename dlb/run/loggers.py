@@ -1,7 +1,5 @@
-"""Where a run's numbers go: metrics.jsonl (always) and Weights & Biases (logger=wandb).
-
-Like timm's update_summary, one call writes the same row everywhere. W&B is best effort: any failure of it
-(no network, bad key, service down) is reported once and training goes on with the local files.
+"""Where a run's numbers go: metrics.jsonl (always) and Weights & Biases (logger=wandb), one call for both. W&B is
+best effort: a failure of it (no network, bad key, service down) is reported once and training goes on.
 """
 from __future__ import annotations
 
