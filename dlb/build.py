@@ -79,9 +79,8 @@ class Run:
 
 def build_run(cfg: DictConfig, out_dir: str | Path, data: tuple[ArrayDataset, ArrayDataset] | None = None,
               overrides: list[str] | None = None) -> Run:
-    """`data` = (train, test) in memory instead of reading dataset.name from disk (benchmarks, your own data);
-    dataset.train_subset/test_subset and label noise still apply to it. `overrides`: the command line, kept in
-    .hydra/overrides.yaml."""
+    """`data` = (train, test) in memory instead of dataset.name from disk (subsets and label noise still apply);
+    `overrides`: the command line, kept in .hydra/overrides.yaml."""
     folder = RunFolder(out_dir)
     folder.path.mkdir(parents=True, exist_ok=True)
     t, d, o = cfg.trainer, cfg.dataset, cfg.optim

@@ -165,9 +165,8 @@ class Trainer:
         return train, means
 
     def _step_boundary(self, epoch: int, k: int, n: int, sums: dict, correct, seen: int, elapsed: float) -> None:
-        """After step k (1-based) of an epoch of n: catch a NaN/Inf loss, then act on a stop signal by saving the
-        position inside the epoch (the device loader's batches are a pure function of (seed, epoch, step), so
-        train_epoch can continue it with iter_from) and raising Preempted."""
+        """After step k (1-based) of n: catch a NaN/Inf loss, then on a stop signal save the position inside the epoch
+        (the device loader's batches are a pure function of (seed, epoch, step): iter_from continues it) and stop."""
         stacked = torch.stack(list(sums.values()))
         if self.world_size > 1:  # DDP: a NaN on any rank stops every rank, or the others would wait for it forever
             distributed.all_reduce_sum(stacked)

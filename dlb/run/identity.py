@@ -22,10 +22,8 @@ FREE_KEYS = (
 )
 # The parts of the identity already spelled out by the cell's folder (dataset/backbone/method[+augment][+noise]).
 CELL_KEYS = ("dataset.name", "backbone.name", "method.name", "augment.name", "noise.name", "noise.rate", "seed")
-# Config groups, with their default choice (configs/config.yaml), whose other choices name the folder (debug=step,
-# recipe=cskd) together with the values they set: the defaults a folder name is measured against are composed from
-# the same choices, so without the group's name its values would not show, and recipe=dlb and recipe=cskd runs of
-# one method would share a folder.
+# Config groups (with their default choice) whose other choices name the folder (debug=step, recipe=cskd): the
+# defaults a name is measured against are composed from the same choices, so without it their values would not show.
 NAMED_GROUPS = {"debug": None, "recipe": "dlb"}
 # Identity keys added after runs existed, with the value that computes what those runs computed (no warm-up, no
 # rotation): at that value a key is left out of the identity, so the older runs keep theirs (resume, seeds, teachers).

@@ -1,7 +1,5 @@
-"""tfkd_self's teacher: the completed CE run of the same cell (method.teacher=auto), or a checkpoint path.
-
-See docs/methods.md (tfkd_self) for the search rules and the command that trains a missing teacher.
-"""
+"""tfkd_self's teacher: the completed CE run of the same cell (method.teacher=auto), or a checkpoint path
+(docs/methods.md, tfkd_self: the search rules and the command that trains a missing teacher)."""
 from __future__ import annotations
 
 from pathlib import Path
