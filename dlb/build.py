@@ -32,7 +32,7 @@ class Run:
     cfg: DictConfig
     folder: RunFolder
     overrides: list[str] | None
-    # placement: rank 0 of world_size processes writes the files; `slot` a GPU held until the run closes
+    # placement: rank 0 of world_size processes writes the files
     device: torch.device
     rank: int
     world_size: int
@@ -77,9 +77,14 @@ class Run:
             self.own_group = False
 
 
-def place(t) -> tuple[torch.device, int, int, bool, GpuSlot | None]:
-    """(device, rank, world size, whether the process group is ours, GPU slot): one process per GPU under torchrun
-    (ddp), a locked GPU slot (device=slot, held until the run closes), or the named device."""
+def build_run(cfg: DictConfig, out_dir: str | Path, data: tuple[ArrayDataset, ArrayDataset] | None = None,
+              overrides: list[str] | None = None) -> Run:
+    """`data` = (train, test) in memory instead of dataset.name from disk (subsets and label noise still apply);
+    `overrides`: the command line, kept in .hydra/overrides.yaml."""
+    folder = RunFolder(out_dir)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    t, d, o = cfg.trainer, cfg.dataset, cfg.optim
+    # Placement: one process per GPU under torchrun (ddp), a locked GPU slot (held until the run closes), or a device.
     rank, world_size, own_group, slot = 0, 1, False, None
     if t.ddp:
         rank, world_size, device, own_group = distributed.setup(t.device)
@@ -90,18 +95,6 @@ def place(t) -> tuple[torch.device, int, int, bool, GpuSlot | None]:
         device = resolve_device(t.device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # stray allocations (e.g. by libraries) go to this run's GPU
-    return device, rank, world_size, own_group, slot
-
-
-def build_run(cfg: DictConfig, out_dir: str | Path, data: tuple[ArrayDataset, ArrayDataset] | None = None,
-              overrides: list[str] | None = None) -> Run:
-    """`data` = (train, test) in memory instead of reading dataset.name from disk (benchmarks, your own data);
-    dataset.train_subset/test_subset and label noise still apply to it. `overrides`: the command line, kept in
-    .hydra/overrides.yaml."""
-    folder = RunFolder(out_dir)
-    folder.path.mkdir(parents=True, exist_ok=True)
-    t, d, o = cfg.trainer, cfg.dataset, cfg.optim
-    device, rank, world_size, own_group, slot = place(t)
     seed_everything(cfg.seed, t.deterministic)
     set_threads(t.threads)  # deliberately: torch's one-per-core default crawls on a shared machine
 

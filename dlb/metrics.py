@@ -7,6 +7,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from dlb.device import distributed
+
 
 @dataclass(frozen=True)
 class EvalOutputs:
@@ -53,8 +55,7 @@ METRICS = (Metric("acc", "accuracy (%)", False, accuracy),
 def evaluate(model, loader, limit_batches: int | None = None, autocast=None) -> dict:
     """{test_<name>: value} for every metric in METRICS, and test_n, of `model` over `loader` (Batch objects)."""
     model.eval()
-    nll_sum, logits_all, labels, confs, corrects = 0.0, [], [], [], []
-    n = 0
+    nll_sum, n, parts = 0.0, 0, ([], [], [], [])  # EvalOutputs' logits, labels, confidence, correct
     for step, batch in enumerate(loader):
         if limit_batches is not None and step >= limit_batches:
             break
@@ -63,14 +64,9 @@ def evaluate(model, loader, limit_batches: int | None = None, autocast=None) -> 
         logits = logits.float()
         nll_sum = nll_sum + F.cross_entropy(logits, batch.y, reduction="sum")
         conf, pred = logits.softmax(1).max(1)
-        logits_all.append(logits)
-        labels.append(batch.y)
-        confs.append(conf)
-        corrects.append(pred == batch.y)
+        for part, x in zip(parts, (logits, batch.y, conf, pred == batch.y)):
+            part.append(x)
         n += batch.y.numel()
-    parts = [logits_all, labels, confs, corrects]
-    from dlb.device import distributed
-
     if distributed.active():  # DDP: each rank evaluated a shard of the test set; every rank gets them all
         gathered = [None] * distributed.dist.get_world_size()
         mine = ([torch.cat(p).cpu() if p else None for p in parts], float(nll_sum), n)

@@ -37,31 +37,19 @@ FINITE_CHECK_EVERY = 50
 PROGRESS_EVERY_S = 120.0  # a progress line inside long epochs (train.log; stdout when it is not a terminal)
 
 
-class _NoLogger:
-    """DDP ranks other than 0: rank 0 logs the rows (reduced over all ranks)."""
-
-    def log(self, row): pass
-
-    def summary(self, summary): pass
-
-    def finish(self, exit_code=0): pass
-
-
 class Trainer:
     """Trains a built Run (dlb.build); its parts read as the trainer's own (trainer.model, trainer.device, ...)."""
-    # Set by fit (the stop signals) and by try_resume (the position inside an epoch of a preemption checkpoint).
-    _stop: StopSignals | None = None
-    partial: dict | None = None
 
     def __init__(self, run: Run | DictConfig, out_dir: str | Path | None = None,
                  data: tuple[ArrayDataset, ArrayDataset] | None = None, overrides: list[str] | None = None):
-        """A built Run, or a config to build one from: Trainer(cfg, out_dir, data=(train, test)) (dlb.build.build_run
-        says what `data` and `overrides` are)."""
+        """A built Run, or a config to build one from (dlb.build.build_run says what `data` and `overrides` are)."""
         self.run = run if isinstance(run, Run) else build_run(run, out_dir, data, overrides)
         self.epoch, self.step = 0, 0  # epochs completed, optimizer steps taken
         self.history: list[dict] = []
         self.best = {"test_acc": -1.0}
         self.time_offset = 0.0  # training time of earlier processes of this run (resumed)
+        self.partial: dict | None = None  # the position inside an epoch that a stop signal saved
+        self._stop = StopSignals()  # installed by fit
 
     def __getattr__(self, name: str):
         if name == "run":  # (not yet set: __init__ failed)
@@ -100,12 +88,15 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------------------
     def train_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """One optimizer step on a batch: (logits, loss, named loss terms), all still on the device (no host sync).
-        Gradients are zeroed before the method's step: a method may backpropagate part of its loss itself (DLB's
-        method.backward=split)."""
+        """One optimizer step: (logits, loss, named loss terms), still on the device. Gradients are zeroed before the
+        method's step: a method may backpropagate part of its loss itself (DLB's method.backward=split)."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.step < self.warmup_steps:
-            self._warmup_lr()
+            # optim.warmup_epochs as Tf-KD's WarmUpLR: warm-up step k of K runs at k/K of the epoch's lr (from the
+            # step count: exact after a resume)
+            k, scheduled = self.step + 1, self.scheduler.get_last_lr()[0]
+            for group in self.optimizer.param_groups:
+                group["lr"] = scheduled * k / self.warmup_steps if k < self.warmup_steps else scheduled
         with self.autocast() if self.autocast else contextlib.nullcontext():
             logits, losses = self.method.training_step(self.net, batch)
         loss = sum(losses.values())
@@ -113,14 +104,6 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         return logits, loss, losses
-
-    def _warmup_lr(self) -> None:
-        """optim.warmup_epochs, as Tf-KD's WarmUpLR (its utils.py, stepped before each of the first epoch's steps):
-        optimizer step k of the K warm-up steps runs at k/K of the scheduled lr, so the first at lr/K and the last
-        at the lr itself, from which the epoch schedule goes on. Set from the step count: exact after a resume."""
-        k, scheduled = self.step + 1, self.scheduler.get_last_lr()[0]  # the epoch's lr (also after a resume)
-        for group in self.optimizer.param_groups:
-            group["lr"] = scheduled * k / self.warmup_steps if k < self.warmup_steps else scheduled
 
     def train_epoch(self, epoch: int) -> tuple[dict, dict]:
         """One epoch of training: (train_loss, train_acc, timing and image counts; the means of the method's loss
@@ -164,8 +147,7 @@ class Trainer:
                 self._say(f"epoch {epoch + 1}/{t.epochs} step {i + 1}/{n_batches} ({rate * t.batch_size:.0f} img/s, "
                           f"epoch ETA {_clock((n_batches - i - 1) / rate)})", to_stdout=not progress)
             # (under DDP a signal waits for the epoch end: a rank alone must not enter _step_boundary's all-reduce)
-            stop = self._stop is not None and self._stop.received is not None and self.world_size == 1
-            if (i + 1) % FINITE_CHECK_EVERY == 0 or stop:
+            if (i + 1) % FINITE_CHECK_EVERY == 0 or (self._stop.received is not None and self.world_size == 1):
                 self._step_boundary(epoch, i + 1, n_batches, sums, correct, seen,
                                     time_before + time.perf_counter() - start)
         if self.device.type == "cuda":
@@ -183,33 +165,25 @@ class Trainer:
         return train, means
 
     def _step_boundary(self, epoch: int, k: int, n: int, sums: dict, correct, seen: int, elapsed: float) -> None:
-        """After step k (1-based) of an epoch of n: catch a NaN/Inf loss, then act on a stop signal by saving the
-        position inside the epoch (the device loader's batches are a pure function of (seed, epoch, step), so
-        train_epoch can continue it with iter_from) and raising Preempted."""
+        """After step k (1-based) of n: catch a NaN/Inf loss, then on a stop signal save the position inside the epoch
+        (the device loader's batches are a pure function of (seed, epoch, step): iter_from continues it) and stop."""
         stacked = torch.stack(list(sums.values()))
         if self.world_size > 1:  # DDP: a NaN on any rank stops every rank, or the others would wait for it forever
             distributed.all_reduce_sum(stacked)
         means = [v / (seen * self.world_size) for v in stacked.tolist()]  # one host sync
         check_finite(f"in epoch {epoch + 1} by step {k} of {n}", dict(zip(sums, means)))
-        if self._stop is None or self._stop.received is None or self.world_size > 1:
+        stop = self._stop
+        if stop.received is None or self.world_size > 1:
             return  # DDP: the ranks agree on stopping at the epoch end (fit)
         if self.cfg.dataset.loader != "device":
-            raise Preempted(f"{self._stop.name}: stopped in epoch {epoch + 1} at step {k}; dataset.loader="
+            raise Preempted(f"{stop.name}: stopped in epoch {epoch + 1} at step {k}; dataset.loader="
                             f"{self.cfg.dataset.loader} cannot resume mid-epoch, so epoch {epoch + 1} restarts from the "
-                            "last checkpoint when the same command runs again", interrupted=self._stop.interrupted)
+                            "last checkpoint when the same command runs again", interrupted=stop.interrupted)
         self.partial = {"epoch": epoch, "epoch_step": k, "seen": seen, "train_time_s": elapsed, "correct": correct.cpu(),
                         "sums": {name: v.cpu() for name, v in sums.items()}}
         self.folder.save_checkpoint(self.state())
-        raise Preempted(f"{self._stop.name}: saved epoch {epoch + 1} step {k} of {n} to {self.folder.last}; "
-                        "run the same command again to continue", interrupted=self._stop.interrupted)
-
-    def _should_stop(self) -> bool:
-        """At an epoch end: did a stop signal arrive? Under DDP the ranks agree (one tiny all-reduce per epoch)."""
-        stop = self._stop is not None and self._stop.received is not None
-        if self.world_size > 1:
-            flag = torch.tensor(float(stop), device=self.device)
-            stop = distributed.all_reduce_sum(flag).item() > 0
-        return stop
+        raise Preempted(f"{stop.name}: saved epoch {epoch + 1} step {k} of {n} to {self.folder.last}; "
+                        "run the same command again to continue", interrupted=stop.interrupted)
 
     def fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.trainer
@@ -224,49 +198,55 @@ class Trainer:
                                         config={**self.config_dict, "method_info": self.method.info()},
                                         noise_record=self.noise_record)
         cell = runid.cell_name(cfg.dataset.name, cfg.backbone.name, cfg.method.name)
+        # (DDP: rank 0 logs the rows, reduced over all ranks)
         logger = RunLogger(self.folder, self.config_dict, name=f"{cell}/seed{cfg.seed}", group=cell,
-                           resume_rows=self.history) if self.is_main else _NoLogger()
+                           resume_rows=self.history) if self.is_main else None
         status, exit_code = "running", 1
         self._stop = StopSignals().install()
-        self._say(self.startup_line(resumed))
-        for note in startup_notes(self.run):
-            self._say(note)
+        for line in (startup_line(self, resumed), *startup_notes(self.run)):
+            self._say(line)
         started, epochs_here = time.perf_counter(), 0
         try:
             self._write_summary(status)
             for epoch in range(self.epoch, t.epochs):
                 row = self._run_epoch(epoch)
                 self.history.append(row)
-                if self.is_main:
+                if logger:
                     self.folder.save_checkpoint(self.state())
-                logger.log(row)
+                    logger.log(row)
                 epochs_here += 1
-                self._say(epoch_line(row, t.epochs, time.perf_counter() - started, epochs_here))
+                wall = time.perf_counter() - started
+                eta = wall / epochs_here * (t.epochs - row["epoch"])
+                self._say(f"epoch {row['epoch']}/{t.epochs}  loss {row['train_loss']:.4f}  train acc "
+                          f"{row['train_acc']:.2f}  test err {row['test_err']:.2f}  ({row['train_img_per_s']:.0f} "
+                          f"img/s)  elapsed {_clock(wall)}  ETA {_clock(eta)}")
                 if epoch + 1 < t.epochs:
                     self._write_summary(status)  # epochs done and best so far, readable while the run goes on
-                if epoch + 1 < t.epochs and self._should_stop():  # the epoch's checkpoint is the position
-                    raise Preempted(f"{self._stop.name}: stopped after epoch {epoch + 1} (saved to "
-                                    f"{self.folder.last}); run the same command again to continue",
-                                    interrupted=self._stop.interrupted)
+                    stop = self._stop.received is not None
+                    if self.world_size > 1:  # the ranks agree (one tiny all-reduce per epoch)
+                        stop = distributed.all_reduce_sum(torch.tensor(float(stop), device=self.device)).item() > 0
+                    if stop:  # the epoch's checkpoint is the position
+                        raise Preempted(f"{self._stop.name}: stopped after epoch {epoch + 1} (saved to "
+                                        f"{self.folder.last}); run the same command again to continue",
+                                        interrupted=self._stop.interrupted)
             status, exit_code = "completed", 0
         except FloatingPointError:
             status = "diverged"
             raise
-        except Preempted as e:
-            status = "stopped" if e.interrupted else "preempted"
-            log_stop(self, e)
-            raise
-        except KeyboardInterrupt:  # a second Ctrl-C, or one outside a step: the last checkpoint stays as it was
-            status = "stopped"
-            log_stop(self, None)
+        except (Preempted, KeyboardInterrupt) as e:  # KeyboardInterrupt: a second Ctrl-C; the last checkpoint stays
+            status = "preempted" if isinstance(e, Preempted) and not e.interrupted else "stopped"
+            what = str(e) if isinstance(e, Preempted) else (f"Ctrl-C: stopped at once in epoch {self.epoch + 1} (step "
+                                                             f"{self.step}); it continues from the last checkpoint")
+            how = resume_command(self.out_dir, self.overrides) if self.overrides is not None else "the same command"
+            self._say(f"stopped: {what}; continue with: {how}", to_stdout=False)
             raise
         finally:
             if status == "running":
                 status = "failed"
             self._stop.restore()
             summary = self._write_summary(status)
-            logger.summary(summary)
-            logger.finish(exit_code)
+            if logger:
+                logger.finish(summary, exit_code)
             self.run.close()
             if status == "preempted":  # everything is saved: now the handler we displaced (submitit's requeue, say)
                 self._stop.chain()
@@ -280,9 +260,8 @@ class Trainer:
         check_finite(f"in epoch {epoch + 1}", {"loss": train["train_loss"], **terms})
         start = time.perf_counter()
         test = evaluate(self.model, self.test_loader, t.limit_eval_batches, self.autocast)
-        row = runfiles.MetricsRow(epoch=epoch + 1, lr=lr, **train, test_n=test["test_n"], terms=terms,
-                                  test={m.name: test[f"test_{m.name}"] for m in metrics.METRICS},
-                                  eval_time_s=time.perf_counter() - start).to_dict()
+        row = {"epoch": epoch + 1, "lr": lr, **train, **test, "eval_time_s": time.perf_counter() - start,
+               **{f"train_{k}": v for k, v in terms.items()}}  # metrics.jsonl's row (dlb/run/folder.py)
         check_finite(f"by the end of epoch {epoch + 1}", {"test_nll": row["test_nll"]})  # NaN weights
         self.scheduler.step()
         self.epoch = epoch + 1
@@ -296,27 +275,16 @@ class Trainer:
 
     def _say(self, line: str, to_stdout: bool = True) -> None:
         """A line for the person watching: stdout and the run's train.log (rank 0 only)."""
-        if not self.is_main:
-            return
-        if to_stdout:
-            print(line, flush=True)
-        self.folder.add_log_line(line)
+        if self.is_main:
+            if to_stdout:
+                print(line, flush=True)
+            self.folder.add_log_line(line)
 
     def _write_summary(self, status: str) -> dict:
         summary = run_summary(self, status)
         if self.is_main:
-            self.folder.write_summary(summary)
+            runfiles.write_json(self.folder.summary, summary)
         return summary
-
-    def startup_line(self, resumed: bool) -> str:
-        return startup_line(self, resumed)
-
-
-def epoch_line(row: dict, epochs: int, wall: float, epochs_here: int) -> str:
-    """The line after an epoch; `wall`: seconds since this process began training, `epochs_here` epochs ago."""
-    eta = wall / epochs_here * (epochs - row["epoch"])
-    return (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.2f}  test err "
-            f"{row['test_err']:.2f}  ({row['train_img_per_s']:.0f} img/s)  elapsed {_clock(wall)}  ETA {_clock(eta)}")
 
 
 def check_resumable(run: Run, state: dict) -> None:
@@ -339,24 +307,6 @@ def check_resumable(run: Run, state: dict) -> None:
                           f"resume it with as many (this is {run.world_size}), or use another output dir")
 
 
-def log_stop(tr: Trainer, e: Preempted | None) -> None:
-    """train.log's line for a stop (Preempted, or None for a second Ctrl-C): the signal, where the run stopped, and
-    the command that continues it."""
-    what = str(e) if e is not None else (f"Ctrl-C: stopped at once in epoch {tr.epoch + 1} (step {tr.step}); it "
-                                         "continues from the last checkpoint")
-    if tr.is_main:
-        how = resume_command(tr.out_dir, tr.overrides) if tr.overrides is not None else "the same command"
-        tr.folder.add_log_line(f"stopped: {what}; continue with: {how}")
-
-
-def complete_line(folder: runfiles.RunFolder, summary: dict) -> str:
-    """The one line for a run that is already complete."""
-    err = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "?"  # noqa: E731  (folders of older versions)
-    return (f"{folder}: already complete, nothing to do | {summary.get('epochs_completed')} epochs | test err: last "
-            f"{err(summary.get('last_test_err'))}, best {err(summary.get('best_test_err'))} (epoch "
-            f"{summary.get('best_epoch')})")
-
-
 def check_finite(where: str, terms: dict[str, float]) -> None:
     if not all(math.isfinite(v) for v in terms.values()):
         raise Diverged(f"training diverged {where} ({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); "
@@ -374,6 +324,22 @@ def startup_notes(run: Run) -> list[str]:
              f"note: {run.environment['device_name']} has no native bf16 (AMX or AVX512-BF16 on a CPU), so "
              "trainer.precision=bf16 is emulated here and slower than fp32; use trainer.precision=fp32"]
     return [n for n in notes if n]
+
+
+def startup_line(tr: Trainer, resumed: bool) -> str:
+    """Where the run writes, fresh or resumed, device and threads, data, backbone, method, run length and seed,
+    and the speed settings in force."""
+    cfg, env, p = tr.cfg, tr.environment, tr.partial
+    where = ("fresh run" if not resumed else f"resumed after epoch {tr.epoch}/{cfg.trainer.epochs}" if p is None
+             else f"resumed in epoch {p['epoch'] + 1} at step {p['epoch_step']}")
+    threads = env["torch_threads"]
+    device = f"{tr.device} ({env['device_name']}" + (
+        f", {threads} CPU thread{'s' if threads > 1 else ''})" if tr.device.type == "cpu" else ")")
+    method = ", ".join(f"{k}={v}" for k, v in tr.config_dict["method"].items() if k != "name")
+    return (f"{tr.out_dir}: {where} | {device} | {cfg.dataset.name}: {tr.train_size} train / "
+            f"{tr.test_size} test images, {tr.num_classes} classes | {cfg.backbone.name} "
+            f"({tr.num_params / 1e6:.2f}M params) | {cfg.method.name}" + (f" ({method})" if method else "") +
+            f" | {cfg.trainer.epochs} epochs, seed {cfg.seed} | speed: {tr.speed.describe()}")
 
 
 def run_summary(tr: Trainer, status: str) -> dict:
@@ -395,26 +361,6 @@ def run_summary(tr: Trainer, status: str) -> dict:
     ).to_dict()
 
 
-def startup_line(tr: Trainer, resumed: bool) -> str:
-    """One line: where the run writes, fresh or resumed, device and threads, data, backbone, method, run length and
-    seed, and the speed settings in force."""
-    cfg, env = tr.cfg, tr.environment
-    if not resumed:
-        where = "fresh run"
-    elif tr.partial is not None:
-        where = f"resumed in epoch {tr.partial['epoch'] + 1} at step {tr.partial['epoch_step']}"
-    else:
-        where = f"resumed after epoch {tr.epoch}/{cfg.trainer.epochs}"
-    threads = env["torch_threads"]
-    device = f"{tr.device} ({env['device_name']}" + (
-        f", {threads} CPU thread{'s' if threads > 1 else ''})" if tr.device.type == "cpu" else ")")
-    method = ", ".join(f"{k}={v}" for k, v in tr.config_dict["method"].items() if k != "name")
-    return (f"{tr.out_dir}: {where} | {device} | {cfg.dataset.name}: {tr.train_size} train / {tr.test_size} "
-            f"test images, {tr.num_classes} classes | {cfg.backbone.name} ({tr.num_params / 1e6:.2f}M params) "
-            f"| {cfg.method.name}" + (f" ({method})" if method else "") + f" | {cfg.trainer.epochs} epochs, seed "
-            f"{cfg.seed} | speed: {tr.speed.describe()}")
-
-
 def _clock(seconds: float) -> str:
     m, s = divmod(int(seconds + 0.5), 60)
     h, m = divmod(m, 60)
@@ -425,7 +371,10 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     folder = runfiles.RunFolder(out_dir)
     done = folder.completed(to_container(cfg)) if cfg.resume else None
     if done is not None:  # one line, and not a file touched (not even the lock's)
-        print(complete_line(folder, done), flush=True)
+        err = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "?"  # noqa: E731  (folders of older versions)
+        print(f"{folder}: already complete, nothing to do | {done.get('epochs_completed')} epochs | test err: last "
+              f"{err(done.get('last_test_err'))}, best {err(done.get('best_test_err'))} (epoch "
+              f"{done.get('best_epoch')})", flush=True)
         return done
     # Then: a second process aimed at this folder stops here, before touching it.
     with folder.lock():

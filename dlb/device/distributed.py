@@ -1,12 +1,5 @@
 """Data parallelism over processes (trainer.ddp=true under torchrun): set-up, the epoch's sharding, reductions.
-
-    torchrun --nproc_per_node <gpus> -m dlb.train trainer.ddp=true dataset=cifar100 method=dlb
-
-One process per GPU (gloo on CPU, for the tests), each with trainer.batch_size images per step, so the global
-batch is world_size x trainer.batch_size; gradients are averaged by DistributedDataParallel. BatchNorm stays
-per process (statistics over the rank's own batch, like the paper's single-GPU batch), and every forward starts
-from rank 0's running statistics (DDP's broadcast_buffers). The sharding (see `shard`) makes the step-k global
-batch of a run with world_size w the same images as step k of a one-process run with batch w x batch_size.
+docs/performance.md ("Several GPUs: DDP") says how the global batch, BatchNorm and the metrics work across ranks.
 """
 from __future__ import annotations
 
@@ -18,20 +11,12 @@ import torch.distributed as dist
 from dlb.errors import ConfigError
 
 
-def torchrun_env() -> tuple[int, int, int] | None:
-    """(rank, world_size, local_rank) set by torchrun, or None outside it."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return None
-    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-
-
 def setup(device_name: str) -> tuple[int, int, torch.device, bool]:
     """Join torchrun's process group: (rank, world_size, this process's device, whether we created the group)."""
-    env = torchrun_env()
-    if env is None:
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise ConfigError("trainer.ddp=true: start the run with torchrun, e.g. torchrun --nproc_per_node <gpus> -m "
                           "dlb.train trainer.ddp=true ...")
-    rank, world, local = env
+    rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     cuda = device_name != "cpu" and torch.cuda.is_available()
     if device_name.startswith("cuda") and not cuda:
         raise ConfigError(f"trainer.device={device_name}: CUDA is not available; use trainer.device=cpu for gloo")
@@ -79,28 +64,18 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
 
 def shard(batches: list[torch.Tensor], rank: int, world: int, *, train: bool,
           global_batches: bool) -> list[torch.Tensor]:
-    """This rank's part of an epoch's index batches (every rank computes the same `batches`: same seed, same order).
-
-    train, global_batches (plain shuffled order, batches of world x B): rank r takes the r-th of `world` equal
-      contiguous slices of each global batch, so every rank has B rows at every full step. The last, partial global
-      batch of R rows gives each rank R // world rows; the R mod world left over (< world images) sit out that epoch
-      (none for 50000 images and world in 1, 2, 4, 8, 16). Equal sizes keep PS-KD's all_gather simple.
-    train, not global_batches (a method's own batch_order, e.g. CS-KD's sample+partner batches that must stay
-      whole): rank r takes batches r, r+world, ...; when the count is not a multiple of world, the epoch is padded
-      with its first batches (as DistributedSampler pads), so every rank takes the same number of steps.
-    eval: whole batches round-robin, no padding (ranks may take different numbers of batches: evaluation has no
-      collective per batch, only the final sum)."""
+    """This rank's part of an epoch's index batches (every rank computes the same `batches`). train with
+    global_batches: the r-th of `world` equal slices of each global batch (equal sizes keep PS-KD's all_gather
+    simple; the remainder of the last sits out); a method's own batch order: whole batches r, r+world, ..., padded
+    with the first so every rank takes as many steps; eval: whole batches round-robin, no padding (no collective per
+    batch). docs/performance.md has the details."""
     if world == 1:
         return batches
     if not train:
         return batches[rank::world]
     if global_batches:
-        out = []
-        for b in batches:
-            m = len(b) // world
-            if m:
-                out.append(b[rank * m:(rank + 1) * m])
-        return out
+        sizes = [len(b) // world for b in batches]  # this rank's rows of each global batch
+        return [b[rank * m:(rank + 1) * m] for b, m in zip(batches, sizes) if m]
     n = -(-len(batches) // world) * world  # round up to a multiple of world
     padded = [batches[i % len(batches)] for i in range(n)]
     return padded[rank::world]

@@ -13,11 +13,9 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def saved_for_backward_bytes(step, exclude=()) -> dict:
-    """Run `step()` and measure the tensors autograd saves for backward (saved-tensor hooks; the storages of
-    `exclude`, e.g. the parameters, not counted; each storage once): `total` = all saved during the step, `peak` =
-    the most held at one moment (a storage counts until the last graph node saving it is freed, e.g. by a backward).
-    Device-agnostic, so CPU runs can compare methods' activation memory; eager mode only (compiled graphs save
-    their own tensors)."""
+    """Run `step()` and measure the storages autograd saves for backward, each once, those of `exclude` (e.g. the
+    parameters) aside: `total` saved during the step, `peak` held at one moment (until the last node saving a storage
+    is freed). Device-agnostic, so CPU runs can compare methods' activation memory; eager mode only."""
     skip = {t.untyped_storage().data_ptr() for t in exclude}
     live: dict[int, list[int]] = {}  # storage pointer -> [bytes, saved references still held]
     held = {"now": 0, "peak": 0, "total": 0}

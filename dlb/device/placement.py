@@ -23,10 +23,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_threads(requested: int | None, jobs: int | None = None) -> int:
-    """Pick and apply torch's CPU thread count; returns it. torch's default (one thread per core) oversubscribes a
-    machine shared with other processes, and the training loop then runs 10-40x slower. In order: `requested`,
-    else $OMP_NUM_THREADS, else the cores this process may use divided by `jobs` (runs sharing this machine).
-    Always at least 1."""
+    """Apply and return torch's CPU thread count: `requested`, else $OMP_NUM_THREADS, else the usable cores divided
+    by `jobs`; at least 1. (torch's one per core crawls on a shared machine: docs/performance.md.)"""
     if requested is None:
         env = os.environ.get("OMP_NUM_THREADS", "").strip()
         if env.isdigit() and int(env) > 0:
@@ -39,12 +37,9 @@ def set_threads(requested: int | None, jobs: int | None = None) -> int:
     return threads
 
 
-# glibc's mallopt parameters (malloc.h) and the values keep_heap sets: keep up to 1 GiB of freed heap and grow it
-# 256 MiB at a time; blocks above 32 MiB (glibc's largest mmap threshold) are still mapped and unmapped one by one.
-
 def busy_cpu_note(threads: int) -> str | None:
-    """A hint when other processes already keep this process's cores busy: `threads` more threads then make every
-    step wait (10-40x slower on a 2-core machine). None when the cores are free or the load can't be read."""
+    """A hint when other processes already keep this process's cores busy (then `threads` more make every step
+    wait); None when the cores are free or the load can't be read."""
     try:
         load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -55,19 +50,12 @@ def busy_cpu_note(threads: int) -> str | None:
             f"{'s' if threads > 1 else ''}; if it crawls, give it fewer with trainer.threads=<n> (docs/performance.md)")
 
 
-SLOT_DIR_ENV = "DLB_SLOT_DIR"
-DEFAULT_SLOT_DIR = "/tmp/dlb-gpu-slots"
-
-
 class GpuSlot:
     """trainer.device=slot: an exclusive flock on one of num_gpus x jobs_per_gpu slot files
-    ($DLB_SLOT_DIR/gpu<g>-<j>.lock), held for the life of the run; `device` is cuda:<g>.
-
-    Several runs launched at once (launcher=gpus, joblib workers) spread over the GPUs without knowing about
-    each other. The kernel drops a flock when its process dies, so a crashed run never leaves a slot taken.
-    Slots fill breadth-first (job 0 on every GPU before job 1 on any), so a half-full sweep uses every GPU.
-    GPU indices are the ones this process sees (CUDA_VISIBLE_DEVICES): jobs sharing a slot dir must see the same
-    GPUs. With every slot taken, the constructor waits (polling) until one frees, or raises after timeout_s."""
+    ($DLB_SLOT_DIR/gpu<g>-<j>.lock), held for the life of the run, so runs launched at once spread over the GPUs
+    (the visible ones: CUDA_VISIBLE_DEVICES) without knowing about each other; `device` is cuda:<g>. A dead
+    process's flock goes with it. Slots fill breadth-first (job 0 on every GPU first). With every slot taken, the
+    constructor waits until one frees, or raises after timeout_s."""
 
     def __init__(self, jobs_per_gpu: int = 1, slot_dir: str | Path | None = None, timeout_s: float | None = None,
                  poll_s: float = 2.0):
@@ -76,7 +64,7 @@ class GpuSlot:
 
         if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
             raise ConfigError("trainer.device=slot: no CUDA GPU on this machine; use trainer.device=cpu (or auto)")
-        self.dir = Path(slot_dir or os.environ.get(SLOT_DIR_ENV) or DEFAULT_SLOT_DIR)
+        self.dir = Path(slot_dir or os.environ.get("DLB_SLOT_DIR") or "/tmp/dlb-gpu-slots")
         self.dir.mkdir(parents=True, exist_ok=True)
         gpus, start, told = torch.cuda.device_count(), time.monotonic(), False
         while True:

@@ -8,16 +8,14 @@ from dataclasses import dataclass
 import torch
 
 
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-KEEP_HEAP = ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20))
+# glibc's mallopt (malloc.h) M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD: blocks above 32 MiB still mapped one by
+# one, up to 1 GiB of freed heap kept, grown 256 MiB at a time
+KEEP_HEAP = ((-3, 32 << 20), (-1, 1 << 30), (-2, 256 << 20))
 
 
 def keep_heap() -> bool:
-    """trainer.keep_heap: make glibc's malloc keep the memory a training step frees for the next step. By default it
-    hands freed heap back to the OS and the next step's activations fault it in again as zeroed pages: 15,000-18,000
-    page faults per resnet32 DLB step on a 2-core CPU, ~5 % of its time (results/bench/cpu_resnet32_b64_keep_heap.md).
-    Process-wide, numerics unchanged; the process keeps its peak heap. False where the C library has no mallopt
-    (macOS, musl)."""
+    """trainer.keep_heap: glibc's malloc keeps the heap a step frees for the next step instead of faulting it in again
+    (docs/performance.md). Process-wide; numerics unchanged. False where the C library has no mallopt."""
     import ctypes
     import ctypes.util
 
@@ -28,21 +26,16 @@ def keep_heap() -> bool:
     return all(mallopt(key, value) == 1 for key, value in KEEP_HEAP)
 
 
-
 def build_optimizer(o, params, fused: bool) -> torch.optim.SGD:
-    """SGD of the official recipe. fused (Speed.fused: optim.fused resolved for the device): torch's fused kernel
-    (one kernel for all parameters; CUDA and CPU have one in torch 2.14; on CPU its weights equal the loop's up to a
-    rare 1-ulp rounding: tests/test_perf.py; torch raises where it has none), else the plain per-parameter loop
-    (torch's reference, what the official code runs on CPU)."""
+    """SGD of the official recipe: torch's fused kernel (Speed.fused; on CPU equal to the loop up to a rare 1-ulp
+    rounding), else the plain per-parameter loop the official code runs."""
     kind = dict(fused=True) if fused else dict(foreach=False, fused=False)
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
                            **kind)
 
 
-# trainer.compile=auto on CPU compiles only runs of at least this many optimizer steps. Measured on a 2-core Xeon
-# (results/bench/cpu_resnet32_b64_compile_cost.md): a cold compile of resnet32 costs about 29 s (CE and DLB) and
-# saves 0.004 s (CE) / 0.038 s (DLB) per step, repaid after about 6,100 / 760 steps. Tests, debug runs and the demo
-# stay below it (eager).
+# trainer.compile=auto on CPU compiles only runs of at least this many optimizer steps: a cold compile of resnet32
+# is repaid after about 6,100 (CE) / 760 (DLB) steps (results/bench/cpu_resnet32_b64_compile_cost.md).
 CPU_COMPILE_MIN_STEPS = 10_000
 # trainer.eval_batch_size=auto: on CPU, batches that stay in cache (results/bench/cpu_eval_batch.md: 128 evaluates
 # resnet8/resnet32 about 2x faster than 1000); on CUDA, large batches keep the GPU busy.
@@ -72,13 +65,9 @@ class Speed:
 
 
 def resolve_speed(t, o, device: torch.device, steps: int, ruled_out: Collection[str] = ()) -> Speed:
-    """trainer.faithful/channels_last/compile/precision/keep_heap and optim.fused for this device; `steps`: the run's
-    optimizer steps; `ruled_out`: the device features the method's configuration cannot run with (Method.rules_out).
-    auto: on CPU what the repo's benchmark measured faster (results/bench/cpu_resnet32_b64_speed.md: channels_last,
-    fused SGD, compile default once the run is long enough to repay compiling, the kept heap); on CUDA what its
-    structure predicts, not yet measured (channels_last, fused, CUDA graphs, or compile default where the method
-    rules CUDA graphs out). faithful: the official code's numerics (config.validate refuses an explicit conflicting
-    switch)."""
+    """trainer.faithful/channels_last/compile/precision/keep_heap and optim.fused for this device, `steps` optimizer
+    steps and the features the method rules out (Method.rules_out). auto: docs/performance.md's table (measured on
+    CPU, predicted on CUDA); faithful: the official code's numerics."""
     cuda = device.type == "cuda"
     eval_batch = t.eval_batch_size if t.eval_batch_size != "auto" else EVAL_BATCH["cuda" if cuda else "cpu"]
     # (the heap and the evaluation batch change no number: faithful keeps them; eval rounding aside)
@@ -107,11 +96,9 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """trainer.compile: torch.compile of the model (never of a method's step, so DLB's two forwards stay two separate
-    calls, each with its own BatchNorm statistics). dynamic=False: one static graph per batch shape, i.e. the full
-    batch and, once per run, the epoch's partial last batch (kept, as in the official code); no dynamic-shape
-    kernels. reduce-overhead replays CUDA graphs, whose output buffers are reused by the next replay: DLB keeps
-    last step's logits, so outputs are copied out (B x K floats per call)."""
+    """trainer.compile: torch.compile of the model, never of a method's step (DLB's two forwards stay two calls, each
+    with its own BatchNorm statistics); one static graph per batch shape. reduce-overhead's CUDA graphs reuse their
+    output buffers, and DLB keeps last step's logits: outputs are copied out."""
     if mode == "none":
         return model
     net = torch.compile(model, mode=None if mode == "default" else str(mode), dynamic=False)

@@ -1,8 +1,6 @@
-"""What keeps a run's folder trustworthy when the machine is not: atomic checkpoints, the run lock, stop signals.
-
-Checkpoints: write a temp file, fsync, then rename; the previous good checkpoint is kept as prev.pt until the new
-last.pt is complete, and loading falls back to it when last.pt is truncated or corrupt. A failed write (full disk,
-no permission) raises OutputError and leaves the previous checkpoint as it was.
+"""What keeps a run's folder trustworthy when the machine is not: atomic writes (a temp file, fsync, then rename; a
+failed write raises OutputError and leaves the previous file as it was), the run lock, stop signals. RunFolder
+keeps prev.pt until a new last.pt is complete and falls back to it when last.pt is unreadable.
 """
 from __future__ import annotations
 
@@ -13,7 +11,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from pathlib import Path
 
 import torch
@@ -45,21 +42,9 @@ def _write_synced(obj, path: Path) -> None:
 
 
 def atomic_save(obj, path: Path) -> None:
-    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     _write_synced(obj, tmp)
     os.replace(tmp, path)
-
-
-def save_checkpoint(state: dict, last: Path, prev: Path) -> Path:
-    """Write `last`; the file it replaces becomes `prev` (kept until the new one is on disk)."""
-    last, prev = Path(last), Path(prev)
-    tmp = last.with_name(last.name + ".tmp")
-    _write_synced(state, tmp)
-    if last.exists():
-        os.replace(last, prev)
-    os.replace(tmp, last)  # a crash between the two renames leaves `prev`, which load_checkpoint falls back to
-    return last
 
 
 def warn(message: str) -> None:
@@ -67,7 +52,7 @@ def warn(message: str) -> None:
     print(f"dlb: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _load(path: Path) -> dict:
+def load(path: Path) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "epoch" not in state:
         raise ValueError("not a dlb checkpoint")
@@ -75,48 +60,17 @@ def _load(path: Path) -> dict:
 
 
 def readable(path: Path) -> bool:
-    """Whether `path` holds a checkpoint load_checkpoint would take (read quietly: no warning either way)."""
+    """Whether `path` holds a checkpoint RunFolder.load_checkpoint would take (read quietly)."""
     try:
-        _load(path)
+        load(path)
         return True
     except Exception:  # missing, truncated, corrupt, foreign
         return False
 
 
-def load_checkpoint(last: Path, prev: Path) -> tuple[dict | None, Path | None]:
-    """(state, its file): the newest readable checkpoint of `last`, else `prev` (with a warning saying why), or
-    (None, None)."""
-    last, prev = Path(last), Path(prev)
-    candidates = [p for p in (last, prev) if p.exists()]
-    if candidates and candidates[0] == prev:  # killed between save_checkpoint's two renames
-        warn(f"checkpoint {last} is missing (the run died while saving it); resuming from the previous checkpoint "
-             f"{prev}")
-    for i, path in enumerate(candidates):
-        try:
-            state = _load(path)
-        except Exception as e:  # truncated write, disk corruption, foreign file
-            later = candidates[i + 1 :]
-            warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
-                 + (f"falling back to {later[0]}" if later else "no older checkpoint to fall back to"))
-            continue
-        return state, path
-    return None, None
-
-
-def set_aside(path: Path) -> None:
-    """Rename an unreadable checkpoint to `<name>.corrupt-<time>` (kept for inspection), so that no later rotation
-    puts it under a checkpoint name."""
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(path, aside)
-    warn(f"kept the unreadable {path} as {aside}")
-
-
 class RunLock:
-    """An exclusive flock on a run folder's lock file (RunFolder.lock) for the life of a run, so two processes never
-    write one run folder.
-
-    The kernel drops a flock when its process dies (even by SIGKILL), so a crashed run never leaves the folder
-    locked; the file's text (pid, host) only serves the error message. Under torchrun only rank 0 takes it."""
+    """An exclusive flock on a run folder's lock file for the life of a run (rank 0's), so two processes never write
+    one folder; the kernel drops it when the process dies, even by SIGKILL. The pid and host serve the message."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -154,13 +108,10 @@ class RunLock:
 
 
 class StopSignals:
-    """SIGTERM and SIGUSR1 (what SLURM sends before a time limit or a preemption) and Ctrl-C (SIGINT) only set
-    `received`; the trainer looks at it at each step boundary, saves a checkpoint there and stops (for a requeue,
-    or for the person who pressed Ctrl-C). A second Ctrl-C stops at once with KeyboardInterrupt: checkpoints are only
-    ever replaced by a rename, so the last complete one survives. SIGUSR2 is left alone: hydra-submitit-launcher
-    requeues through its own handler on it. The handlers installed before ours come back with `restore()`, and
-    `chain()` calls the one for the signal received once the run has saved everything (submitit's SIGTERM logger;
-    or its requeue handler, when SUBMITIT_PREEMPT_SIGNAL=USR1 moves it to USR1)."""
+    """SIGTERM, SIGUSR1 (SLURM's time limit or preemption) and Ctrl-C only set `received`; the trainer saves at the
+    next step boundary and stops. A second Ctrl-C stops at once (KeyboardInterrupt; the last complete checkpoint
+    survives). SIGUSR2 is left to hydra-submitit-launcher's requeue. `restore()` puts the earlier handlers back, and
+    `chain()` calls the received signal's one once everything is saved (submitit's logger or requeue)."""
 
     SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
@@ -193,9 +144,9 @@ class StopSignals:
 
     @property
     def name(self) -> str:
-        if self.received == signal.SIGINT:
-            return "Ctrl-C"
-        return signal.Signals(self.received).name if self.received is not None else "a stop signal"
+        if self.received is None:
+            return "a stop signal"
+        return "Ctrl-C" if self.received == signal.SIGINT else signal.Signals(self.received).name
 
     def chain(self) -> None:
         prev = self._previous.get(self.received)

@@ -3,7 +3,8 @@ report, the teacher search and the demo.
 
   config.json        the resolved config this folder's run uses (written once the trainer's checks have passed)
   summary.json       Summary: status and results so far, rewritten at the start, after every epoch and at the end
-  metrics.jsonl      one MetricsRow per finished epoch
+  metrics.jsonl      a row per finished epoch: epoch, lr, train_loss/acc/time_s/img_per_s/images, test_<metric> for
+                     every metric of dlb.metrics.METRICS, test_n, eval_time_s, train_<term> for the method's loss terms
   environment.json   versions, device, code commit
   train.log          the start-up line, progress and every epoch line
   .hydra/            the composed config and the command-line overrides
@@ -14,8 +15,10 @@ report, the teacher search and the demo.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,32 +26,6 @@ from typing import Any, Optional
 
 from dlb import metrics
 from dlb.run import checkpoint, identity
-
-
-@dataclass
-class MetricsRow:
-    """One epoch. `test` holds the value of every metric of dlb.metrics.METRICS by name (`test_<name>` columns);
-    `terms` the method's loss terms and diagnostics (`train_<term>` columns: train_ce, train_kd, ...)."""
-    epoch: int
-    lr: float
-    train_loss: float
-    train_acc: float
-    train_time_s: float
-    train_img_per_s: float
-    train_images: int
-    test: dict[str, float]
-    test_n: int
-    eval_time_s: float
-    terms: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        row = {}
-        for k, v in dataclasses.asdict(self).items():
-            if k == "test":
-                row.update({f"test_{m.name}": v[m.name] for m in metrics.METRICS})
-            elif k != "terms":
-                row[k] = v
-        return {**row, **{f"train_{k}": v for k, v in self.terms.items()}}
 
 
 @dataclass
@@ -107,13 +84,12 @@ class Summary:
         not a summary at all."""
         if not isinstance(d, dict):
             raise ValueError("summary is not a JSON object")
-        names = {f.name for f in dataclasses.fields(cls)} - {"last_test"}
-        known = {k: v for k, v in d.items() if k in names}
+        fields, missing = dataclasses.fields(cls), dataclasses.MISSING
+        names = {f.name for f in fields} - {"last_test"}
+        known = {f.name: None for f in fields if f.default is missing and f.default_factory is missing}
+        known.update({k: v for k, v in d.items() if k in names})
         known["last_test"] = {m.name: d.get(f"last_test_{m.name}") for m in metrics.METRICS}
         names |= {f"last_test_{m.name}" for m in metrics.METRICS}
-        for f in dataclasses.fields(cls):
-            if f.name not in known and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                known[f.name] = None
         if "environment" not in d:  # older folders kept the environment keys at the top level
             known["environment"] = {k: v for k, v in d.items() if k not in names}
         return cls(**known)
@@ -137,8 +113,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 class RunFolder:
-    """A run's output folder: the path of each of its files (the module docstring), and their writing and reading.
-    Checkpoints go through dlb.run.checkpoint (atomic writes, prev.pt rotation, fallback on load)."""
+    """A run's output folder: the path of each of its files (the module docstring), and their writing and reading."""
 
     CONFIG, SUMMARY, METRICS, ENVIRONMENT, LOG = "config.json", "summary.json", "metrics.jsonl", "environment.json", \
         "train.log"
@@ -160,22 +135,43 @@ class RunFolder:
     def __str__(self) -> str:
         return str(self.path)
 
-    # --- checkpoints
+    # --- checkpoints (atomic writes: dlb.run.checkpoint)
     def lock(self) -> checkpoint.RunLock:
         return checkpoint.RunLock(self.lock_file)
 
-    def save_checkpoint(self, state: dict) -> Path:
-        return checkpoint.save_checkpoint(state, self.last, self.prev)
+    def save_checkpoint(self, state: dict) -> None:
+        """Write last.pt; the file it replaces becomes prev.pt (kept until the new one is on disk)."""
+        tmp = self.last.with_name(self.last.name + ".tmp")
+        checkpoint._write_synced(state, tmp)
+        if self.last.exists():
+            os.replace(self.last, self.prev)
+        os.replace(tmp, self.last)  # a crash between the two renames leaves prev.pt, which load_checkpoint takes
 
     def load_checkpoint(self) -> dict | None:
-        state, self.loaded_from = checkpoint.load_checkpoint(self.last, self.prev)
-        return state
+        """The newest readable checkpoint, last.pt else prev.pt (with a warning saying why), or None."""
+        candidates = [p for p in (self.last, self.prev) if p.exists()]
+        if candidates and candidates[0] == self.prev:  # killed between save_checkpoint's two renames
+            checkpoint.warn(f"checkpoint {self.last} is missing (the run died while saving it); resuming from the "
+                            f"previous checkpoint {self.prev}")
+        for i, path in enumerate(candidates):
+            try:
+                state = checkpoint.load(path)
+            except Exception as e:  # truncated write, disk corruption, foreign file
+                later = candidates[i + 1 :]
+                checkpoint.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                                + (f"falling back to {later[0]}" if later else "no older checkpoint to fall back to"))
+                continue
+            self.loaded_from = path
+            return state
+        return None
 
     def set_aside_unreadable_last(self) -> None:
-        """After a load fell back to prev.pt: rename the unreadable last.pt aside, so the next save's rotation keeps
-        the good prev.pt instead of putting the unreadable file under its name."""
+        """After a load fell back to prev.pt: rename the unreadable last.pt to last.pt.corrupt-<time> (kept for
+        inspection), so the next save's rotation keeps the good prev.pt instead of putting it under that name."""
         if self.loaded_from == self.prev and self.last.exists():
-            checkpoint.set_aside(self.last)
+            aside = self.last.with_name(f"{self.last.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(self.last, aside)
+            checkpoint.warn(f"kept the unreadable {self.last} as {aside}")
 
     def has_checkpoints(self) -> bool:
         return any(self.checkpoints.glob("*.pt"))
@@ -185,10 +181,8 @@ class RunFolder:
 
     # --- a finished run, a refused one
     def completed(self, config: dict) -> dict | None:
-        """summary.json of the finished run this folder holds for `config` (the resolved config of a command aimed at
-        it): completed after config's epochs, of the same identity and data folder, with a readable checkpoint
-        (last.pt, prev.pt or best.pt). None otherwise: the trainer decides (a fresh folder, a run to resume or to
-        refuse). Reads only."""
+        """summary.json of the run this folder holds if it completed `config`'s epochs with the same identity and
+        data folder and left a readable checkpoint; else None and the trainer decides. Reads only."""
         try:
             summary, saved = json.loads(self.summary.read_text()), self.read_config()
             if summary.get("status") != "completed" or summary.get("epochs_completed") != config["trainer"]["epochs"]:
@@ -200,8 +194,8 @@ class RunFolder:
         return summary if any(checkpoint.readable(p) for p in (self.last, self.prev, self.best)) else None
 
     def remove_if_unused(self, keep: Path) -> None:
-        """Remove this folder if it holds nothing but its lock file, then each parent below `keep` left empty: the
-        folders made for a command that was then refused."""
+        """Remove the folders made for a refused command: this one if it holds only its lock file, then each parent
+        below `keep` left empty."""
         if not self.path.is_dir() or any(p != self.lock_file for p in self.path.iterdir()):
             return
         self.lock_file.unlink(missing_ok=True)
@@ -228,9 +222,6 @@ class RunFolder:
         if noise_record is not None:
             checkpoint.atomic_save(noise_record, self.noisy_labels)
 
-    def write_summary(self, summary: dict) -> None:
-        write_json(self.summary, summary)
-
     def read_config(self) -> dict:
         return json.loads(self.config.read_text())
 
@@ -247,20 +238,13 @@ class RunFolder:
     def add_metrics(self, row: dict) -> None:
         with open(self.metrics, "a") as f:
             f.write(json.dumps(row) + "\n")
-            f.flush()
 
     def read_metrics(self) -> list[dict]:
         rows = []
         for line in self.metrics.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-        return rows
+            with contextlib.suppress(json.JSONDecodeError):
+                rows.append(json.loads(line))
+        return [r for r in rows if isinstance(r, dict)]
 
 
-# The file names as module constants, for readers that take them from here.
-CONFIG, SUMMARY, METRICS, ENVIRONMENT, LOG = (RunFolder.CONFIG, RunFolder.SUMMARY, RunFolder.METRICS,
-                                              RunFolder.ENVIRONMENT, RunFolder.LOG)
+CONFIG = RunFolder.CONFIG  # (for scripts that import the name from here)

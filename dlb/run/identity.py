@@ -1,15 +1,7 @@
-"""What identifies a run: the config keys that change what is computed, and the data it was computed on.
-
-Every other config key only changes placement, speed or logging (FREE_KEYS, and the options each method declares
-speed-only: Method.speed_only_options). This one list decides
-  * whether a run folder may be resumed by a command (the trainer refuses one whose identity differs),
-  * which runs the report averages as seeds of one table cell (same identity but the seed),
-  * which CE run tfkd_self takes as its teacher (same identity but the method),
-  * the default run folder: the cell, then the identity values that differ from the defaults, then the seed
-    (`outputs/cifar100/cifar_resnet32/dlb/method.T=4,optim.lr=0.1/seed0`), so every distinct configuration has a
-    folder of its own and rerunning a command finds its run again.
-The data a run saw is identified by a fingerprint of the decoded arrays (dlb.data.datasets.fingerprint), kept in the
-checkpoint and in summary.json: `dataset.root` may move, the data may not change.
+"""What identifies a run: the config keys that change what is computed (all but FREE_KEYS and each method's
+Method.speed_only_options), and the data it was computed on (a fingerprint of the decoded arrays: `dataset.root` may
+move, the data may not change). This one list decides whether a folder may be resumed, which runs are seeds of one
+table cell, which CE run tfkd_self takes as its teacher, and the default run folder (README.md, "Run folders").
 """
 from __future__ import annotations
 
@@ -30,10 +22,8 @@ FREE_KEYS = (
 )
 # The parts of the identity already spelled out by the cell's folder (dataset/backbone/method[+augment][+noise]).
 CELL_KEYS = ("dataset.name", "backbone.name", "method.name", "augment.name", "noise.name", "noise.rate", "seed")
-# Config groups, with their default choice (configs/config.yaml), whose other choices name the folder (debug=step,
-# recipe=cskd) together with the values they set: the defaults a folder name is measured against are composed from
-# the same choices, so without the group's name its values would not show, and recipe=dlb and recipe=cskd runs of
-# one method would share a folder.
+# Config groups (with their default choice) whose other choices name the folder (debug=step, recipe=cskd): the
+# defaults a name is measured against are composed from the same choices, so without it their values would not show.
 NAMED_GROUPS = {"debug": None, "recipe": "dlb"}
 # Identity keys added after runs existed, with the value that computes what those runs computed (no warm-up, no
 # rotation): at that value a key is left out of the identity, so the older runs keep theirs (resume, seeds, teachers).
@@ -59,13 +49,12 @@ def is_free(key: str, method: str | None = None) -> bool:
 
 
 def has_noise(name: str, rate: float) -> bool:
-    return name != "none" and rate > 0
+    return name != "none" and rate > 0  # a rate of 0 flips no label
 
 
 def identity(config: dict) -> dict:
-    """The flattened config keys that change what a run computes (config: the resolved config as a dict).
-    Without label noise (noise=none, or a rate of 0, which flips no label) the noise keys compute nothing, so they
-    are left out too: a noise sweep's 0% runs are the clean runs of other grids."""
+    """The flattened keys of a resolved config that change what a run computes. Without label noise the noise keys
+    compute nothing and are left out: a noise sweep's 0% runs are the clean runs of other grids."""
     flat = flatten(config)
     ident = {k: v for k, v in flat.items()
              if not is_free(k, flat.get("method.name")) and not (k in NEUTRAL and v == NEUTRAL[k])}
@@ -103,23 +92,23 @@ def cell_dir(config: dict) -> str:
     return cell_name(config["dataset"]["name"], config["backbone"]["name"], config["method"]["name"]) + tag
 
 
-def _format(value: Any) -> str:
+def value_text(value: Any, safe: bool = False) -> str:
+    """A config value as an override spells it (method.T=4, not method.T=4.0); `safe`: fit for a folder name."""
     if isinstance(value, float) and value.is_integer():
-        value = int(value)  # method.T=4, not method.T=4.0
+        value = int(value)
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
-    return re.sub(r"[^A-Za-z0-9._=,+\-\[\]]", "_", text)
+    return re.sub(r"[^A-Za-z0-9._=,+\-\[\]]", "_", text) if safe else text
 
 
 def variant_name(config: dict, defaults: dict, groups: dict[str, str] | None = None) -> str:
-    """The folder naming a run's configuration within its cell: the named groups chosen, then every identity value
-    that differs from `defaults` (the config composed from the same group choices alone), as key=value joined by
-    commas; "" for the defaults."""
+    """The folder naming a run's configuration within its cell: the named groups chosen, then the identity values
+    that differ from `defaults` (composed from the same group choices alone), key=value joined by commas."""
     ident, ref = identity(config), identity(defaults)
     parts = [f"{g}={c}" for g, c in sorted((groups or {}).items())
              if g in NAMED_GROUPS and c not in (None, NAMED_GROUPS[g])]
-    parts += [f"{k}={_format(v)}" for k, v in sorted(ident.items())
+    parts += [f"{k}={value_text(v, safe=True)}" for k, v in sorted(ident.items())
               if k not in CELL_KEYS and (k not in ref or ref[k] != v)]
-    parts += [f"{k}={_format(NEUTRAL[k])}" if k in NEUTRAL else f"~{k}"  # set back to neutral, or removed
+    parts += [f"{k}={value_text(NEUTRAL[k], safe=True)}" if k in NEUTRAL else f"~{k}"  # set back to neutral, or removed
               for k in sorted(set(ref) - set(ident))
               if k not in CELL_KEYS and not k.startswith("noise.")]  # (no noise: the cell says so)
     name = ",".join(parts)
@@ -139,13 +128,20 @@ _defaults_cache: dict[tuple, dict] = {}
 _config_dir: list[Path] = []  # set by register_resolver
 
 
+def _resolved(cfg) -> dict:
+    """A composed config (Hydra's own settings aside) as plain values."""
+    from omegaconf import OmegaConf
+
+    return {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+            for k in cfg if k != "hydra"}
+
+
 def defaults_for(choices: dict[str, str]) -> dict:
     """The resolved config composed from the group choices alone (no value overrides), cached per choice set."""
     key = tuple(sorted(choices.items()))
     if key not in _defaults_cache:
         from hydra import compose, initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
-        from omegaconf import OmegaConf
 
         overrides = [f"{g}={c}" for g, c in key]
         if GlobalHydra.instance().is_initialized():  # inside a Hydra app or compose context
@@ -153,21 +149,16 @@ def defaults_for(choices: dict[str, str]) -> dict:
         else:  # a config composed earlier, resolved now
             with initialize_config_dir(version_base="1.3", config_dir=str(_config_dir[0])):
                 cfg = compose("config", overrides=overrides)
-        _defaults_cache[key] = {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k])
-                                else cfg[k] for k in cfg if k != "hydra"}
+        _defaults_cache[key] = _resolved(cfg)
     return _defaults_cache[key]
 
 
 def resolve_run_name(*, _root_) -> str:
     """`${dlb_run_name:}` in hydra.run.dir and hydra.sweep.subdir: run_name of the job's own config, against the
     defaults of its group choices (experiments count as value overrides, so their values name the folder)."""
-    from omegaconf import OmegaConf
-
     choices = {g: c for g, c in _root_.hydra.runtime.choices.items()
                if c is not None and not g.startswith(("hydra/", "schema/")) and g != "experiment"}
-    config = {k: OmegaConf.to_container(_root_[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(_root_[k]) else _root_[k]
-              for k in _root_ if k != "hydra"}
-    return run_name(config, defaults_for(choices), choices)
+    return run_name(_resolved(_root_), defaults_for(choices), choices)
 
 
 def register_resolver(config_dir: Path) -> None:

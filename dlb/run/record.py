@@ -40,13 +40,10 @@ def set_rng_states(states: dict) -> None:
 
 
 def git_info() -> dict:
-    """Commit and dirty flag (tracked files changed, results/ aside) of the code that runs, from the package's own
-    checkout. A copy without .git (rsynced to a cluster, sent to a GPU machine) takes the commit from
-    $DLB_GIT_COMMIT, else 'unknown'."""
-    repo = REPO
-
+    """Commit and dirty flag (tracked files changed, results/ aside) of the package's own checkout; a copy without
+    .git takes the commit from $DLB_GIT_COMMIT, else 'unknown'."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")

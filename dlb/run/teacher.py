@@ -1,26 +1,21 @@
-"""tfkd_self's teacher: the completed CE run of the same cell (method.teacher=auto), or a checkpoint path.
-
-See docs/methods.md (tfkd_self) for the search rules and the command that trains a missing teacher.
-"""
+"""tfkd_self's teacher: the completed CE run of the same cell (method.teacher=auto), or a checkpoint path
+(docs/methods.md, tfkd_self: the search rules and the command that trains a missing teacher)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from dlb.run import folder as runfiles
-from dlb.run.folder import RunFolder
+from dlb.run.folder import RunFolder, Summary
 from dlb.run import identity as runid
 from dlb.errors import ConfigError
 from dlb.models import build_model
 
 
 def search_root(out_dir: Path, teacher_root: str | None) -> Path:
-    """Where method.teacher=auto looks: teacher_root if set, else the nearest ancestor of out_dir named outputs or
-    multirun or holding multirun.yaml (a Hydra sweep dir), else out_dir/../.. (out_dir/.. if that is the filesystem
-    root, which is no place to glob)."""
+    """Where method.teacher=auto looks: teacher_root, else the nearest ancestor of out_dir that is outputs/, multirun/
+    or a Hydra sweep dir, else out_dir/../.. (never the filesystem root)."""
     if teacher_root:
         return Path(teacher_root).expanduser().resolve()
     out_dir = Path(out_dir).resolve()
@@ -32,11 +27,9 @@ def search_root(out_dir: Path, teacher_root: str | None) -> Path:
 
 
 def _matches(run_dir: Path, identity: dict, data: dict | None) -> bool:
-    """A completed CE run whose config computes what this run's does but for the method (dlb/run/identity.py: the same data
-    and subset, recipe, augmentation, label noise, backbone and seed), trained on the same data where both know it."""
+    """A completed CE run of this run's identity but for the method, trained on the same data where both know it."""
     try:
-        summary = runfiles.Summary.read(run_dir)
-        config = runfiles.RunFolder(run_dir).read_config()
+        summary, config = Summary.read(run_dir), RunFolder(run_dir).read_config()
     except (OSError, ValueError, TypeError):
         return False  # a run being written right now, or not ours
     if summary.method != "ce" or summary.status != "completed":
@@ -50,23 +43,17 @@ def _without_method(identity: dict) -> dict:
     return {k: v for k, v in identity.items() if not k.startswith("method.")}
 
 
-def _override_value(v) -> str:
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-
-
 def _train_command(run_cfg, root: Path) -> str:
-    """The command that trains the missing teacher into `root`: the run's group choices with method=ce, then every
-    value of its identity (dlb/run/identity.py) that differs from those groups' defaults (subset, recipe, epochs, ...)."""
+    """The command that trains the missing teacher into `root`: the run's group choices with method=ce, then each
+    identity value that differs from those groups' defaults."""
     from omegaconf import OmegaConf
 
-    from dlb import CONFIGS as configs
+    from dlb import CONFIGS
 
     def option(group: str, name: str) -> str:
         # The group option whose YAML sets this name (backbone=resnet32 for cifar_resnet32); a backbone without one
         # is timm's (its backbone.name then differs from the defaults and follows as a value).
-        for path in sorted((configs / group).glob("*.yaml")):
+        for path in sorted((CONFIGS / group).glob("*.yaml")):
             if f"\nname: {name}\n" in "\n" + path.read_text() + "\n":
                 return path.stem
         return "timm" if group == "backbone" else name
@@ -77,7 +64,7 @@ def _train_command(run_cfg, root: Path) -> str:
                "backbone": option("backbone", config["backbone"]["name"]), "method": "ce",
                **{g: ident[g + ".name"] for g in ("augment", "noise") if ident.get(g + ".name", "none") != "none"}}
     defaults = runid.identity(runid.defaults_for(choices))
-    values = [f"{k}={_override_value(v)}" for k, v in sorted(ident.items())
+    values = [f"{k}={runid.value_text(v)}" for k, v in sorted(ident.items())
               if not k.startswith("method.") and k != "seed" and defaults.get(k) != v]
     groups = [f"{g}={c}" for g, c in choices.items()]
     parts = ["python -m dlb.train", *groups, f"seed={run_cfg.seed}", *values]
@@ -87,15 +74,13 @@ def _train_command(run_cfg, root: Path) -> str:
 
 
 def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, data: dict | None = None) -> Path:
-    """The best-weights checkpoint (RunFolder.best) of the one completed CE run under search_root(...) matching this run (see _matches);
-    `data`: this run's data fingerprint."""
+    """best.pt of the one matching CE run under search_root (see _matches); `data`: this run's data fingerprint."""
     from omegaconf import OmegaConf
 
     root = search_root(out_dir, teacher_root)
     identity = _without_method(runid.identity(OmegaConf.to_container(run_cfg, resolve=True, enum_to_str=True)))
     runs = [RunFolder(p.parent) for p in sorted(root.glob(f"**/{RunFolder.SUMMARY}"))]
-    found = [run.best for run in runs if run.best.is_file() and _matches(run.path, identity, data)]
-    found = [p.resolve() for p in found]
+    found = [run.best.resolve() for run in runs if run.best.is_file() and _matches(run.path, identity, data)]
     what = (f"completed CE run with dataset={run_cfg.dataset.name} backbone={run_cfg.backbone.name} "
             f"seed={run_cfg.seed} and this run's other settings")
     if not found:
