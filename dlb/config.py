@@ -32,9 +32,8 @@ class DatasetConfig:
     name: str = MISSING  # a registered dataset (validate checks it)
     root: Optional[str] = "${data_root}"  # imagefolder: null until given
     download: bool = False  # fetch missing archives (needs internet)
-    # first n of a fixed (seed-independent) permutation; null = all. More than the split holds is refused: by
-    # validate for a dataset that declares its sizes, once read for one that does not (an image folder: there
-    # debug=tiny's 256 needs that many images, or dataset.train_subset=null dataset.test_subset=null)
+    # first n of a fixed (seed-independent) permutation; null = all. More than the split holds: refused by validate
+    # for a dataset that declares its sizes; for an image folder (size unknown until read) all of it, with a warning
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
     image_size: int = 32  # training resolution; imagefolder images are resized to it on load

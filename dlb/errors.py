@@ -1,6 +1,12 @@
-"""The errors a user can fix. dlb.train prints each as one line (the message names the key or file and the fix) and
-exits with the code docs/reliability.md lists; nothing here imports the rest of the package, so any module can raise
-them."""
+"""The errors a user can fix, and the one-line warning. dlb.train prints each error as one line (the message names
+the key or file and the fix) and exits with the code docs/reliability.md lists; nothing here imports the rest of the
+package, so any module can raise them."""
+import sys
+
+
+def warn(message: str) -> None:
+    """One line on stderr: what happened and what is done about it."""
+    print(f"dlb: warning: {message}", file=sys.stderr, flush=True)
 
 
 class ConfigError(ValueError):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dlb.errors import OutputError
+from dlb.errors import OutputError, warn
 
 # Errors of the output folder that a user can fix (space, permissions, a read-only mount): one line, no traceback.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
@@ -45,11 +45,6 @@ def atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     _write_synced(obj, tmp)
     os.replace(tmp, path)
-
-
-def warn(message: str) -> None:
-    """One line on stderr: what happened to the run folder and what is done about it."""
-    print(f"dlb: warning: {message}", file=sys.stderr, flush=True)
 
 
 def load(path: Path) -> dict:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dlb import metrics
+from dlb.errors import warn
 from dlb.run import checkpoint, identity
 
 
@@ -151,14 +152,14 @@ class RunFolder:
         """The newest readable checkpoint, last.pt else prev.pt (with a warning saying why), or None."""
         candidates = [p for p in (self.last, self.prev) if p.exists()]
         if candidates and candidates[0] == self.prev:  # killed between save_checkpoint's two renames
-            checkpoint.warn(f"checkpoint {self.last} is missing (the run died while saving it); resuming from the "
+            warn(f"checkpoint {self.last} is missing (the run died while saving it); resuming from the "
                             f"previous checkpoint {self.prev}")
         for i, path in enumerate(candidates):
             try:
                 state = checkpoint.load(path)
             except Exception as e:  # truncated write, disk corruption, foreign file
                 later = candidates[i + 1 :]
-                checkpoint.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
                                 + (f"falling back to {later[0]}" if later else "no older checkpoint to fall back to"))
                 continue
             self.loaded_from = path
@@ -171,7 +172,7 @@ class RunFolder:
         if self.loaded_from == self.prev and self.last.exists():
             aside = self.last.with_name(f"{self.last.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(self.last, aside)
-            checkpoint.warn(f"kept the unreadable {self.last} as {aside}")
+            warn(f"kept the unreadable {self.last} as {aside}")
 
     def has_checkpoints(self) -> bool:
         return any(self.checkpoints.glob("*.pt"))

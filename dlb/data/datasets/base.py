@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dlb.errors import DatasetError
+from dlb.errors import DatasetError, warn
 
 
 @dataclass
@@ -120,8 +120,8 @@ SUBSET_SEED = 0  # train/test subsets are the same for every seed and method, so
 
 
 def subset_index(size: int, n: int | None) -> torch.Tensor | None:
-    """Rows of the fixed subset of n out of size (None: all rows, also for n > size: a dataset's split smaller than
-    it declares, as tests' tiny copies; `prepare` refuses n larger than a split whose size was not declared)."""
+    """Rows of the fixed subset of n out of size (None: all rows, also for n > size: config.validate refuses n larger
+    than a declared split size, and `prepare` warns where none is declared (an image folder))."""
     if n is None or n >= size:
         return None
     g = torch.Generator().manual_seed(SUBSET_SEED)
@@ -147,10 +147,10 @@ def prepare(train: ArrayDataset, test: ArrayDataset, dataset_cfg, noise_cfg) -> 
     spec = DATASETS.get(d.name)
     declared = (None, None) if spec is None else (spec.train_size, spec.test_size)  # config.validate checked those
     for key, split, size in zip(("train_subset", "test_subset"), (train, test), declared):
-        if d[key] is not None and d[key] > len(split) and size is None:
-            raise DatasetError(f"dataset.{key}={d[key]}: the {'training' if split is train else 'test'} split of "
-                               f"dataset={d.name} ({d.root}) has only {len(split)} images; use at most {len(split)}, "
-                               "or null for the whole split")
+        if d[key] is not None and d[key] > len(split) and size is None:  # an image folder: its size is known now
+            # a warning, not an error: debug=step/tiny ask for 256 images of whatever folder they are given
+            warn(f"dataset.{key}={d[key]}: the {'training' if split is train else 'test'} split of dataset={d.name} "
+                 f"({d.root}) has only {len(split)} images; using all {len(split)}")
     data = RunData(train, _subset(test, d.test_subset), fingerprint(train, test))
     index = subset_index(len(train), d.train_subset)
     if nz.name == "none":
