@@ -34,7 +34,7 @@ install: ## Create $(VENV) and install the package with pinned torch/torchvision
 $(INSTALLED): pyproject.toml
 	$(install_venv)
 
-test: $(NEEDS_INSTALL) ## Run the test suite (CPU, about 10-12 min on 2 cores; slow tests at reduced size; installs on first use)
+test: $(NEEDS_INSTALL) ## Run the test suite (CPU, about 15 min on 2 cores; slow tests at reduced size; installs on first use)
 	$(TEST_ENV) $(PY) -m pytest -q
 
 test-all: $(NEEDS_INSTALL) ## Run the test suite including full-size slow tests
