@@ -132,7 +132,8 @@ def apply_rotation(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     (n, c, h, w), dev = x.shape, x.device
     # PIL Image.rotate: the angle modulo 360, negated, in radians; the inverse matrix (a b c; d e f) about (w/2, h/2)
     r = -(torch.remainder(angle.to(torch.float64), 360.0) * (math.pi / 180.0))
-    a, b, d, e = torch.cos(r), torch.sin(r), -torch.sin(r), torch.cos(r)
+    a, b = torch.cos(r), torch.sin(r)
+    d, e = -b, a
     cx, cy = w / 2, h / 2
     c0 = a * -cx + b * -cy + cx
     f0 = d * -cx + e * -cy + cy
