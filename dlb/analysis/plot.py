@@ -11,7 +11,6 @@ import argparse
 import os
 import re
 import sys
-import warnings
 import zlib
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from dlb.errors import warn
 from dlb.analysis.report import DEFAULT_PAPER, load_paper, paper_value  # noqa: E402
 from dlb.analysis.runs import CELL, SETTING, Run, collect_runs, compared, mean_std, table  # noqa: E402
 from dlb.methods import METHODS, label as method_label  # noqa: E402
@@ -285,7 +285,7 @@ def log_to_wandb(files: list[Path], project: str | None) -> str:
         run.finish()
         return f"W&B: logged {len(files)} figures to {project}"
     except Exception as e:  # never fail the plotting because of W&B
-        warnings.warn(f"W&B logging failed ({type(e).__name__}: {e}); the files are written")
+        warn(f"W&B logging failed ({type(e).__name__}: {e}); the files are written")
         return f"W&B: logging failed ({type(e).__name__})"
 
 

@@ -11,7 +11,6 @@ softmax(z/T), times T^2). Formulas, defaults and sources: docs/methods.md.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlb.choice import Choice
-from dlb.errors import ConfigError
+from dlb.errors import ConfigError, warn
 from dlb.methods.base import Cost, Method, batch_ce, log_probs, onehot_targets, register_method
 from dlb.run.teacher import checkpoint_file, find_teacher, load_teacher
 
@@ -121,7 +120,7 @@ class TfKDSelf(Method):
     def load_method_state(self, state, device=None):
         saved = state.get("teacher_path")
         if saved is not None and saved != self.teacher_path:
-            warnings.warn(f"resuming with teacher {self.teacher_path}, but the run started with {saved}")
+            warn(f"resuming with teacher {self.teacher_path}, but the run started with {saved}")
 
 
 @register_method("tfkd_reg")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import secrets
-import warnings
 from pathlib import Path
+
+from dlb.errors import warn
 
 
 def wandb_mode(requested: str | None) -> str:
@@ -41,7 +42,7 @@ class RunLogger:
                                     group=lcfg.get("group") or group, tags=list(lcfg.get("tags") or []), config=cfg,
                                     id=run_id, resume="allow", dir=str(folder.path), mode=wandb_mode(lcfg.get("mode")))
         except Exception as e:  # never let W&B stop a run
-            warnings.warn(f"W&B could not start ({type(e).__name__}: {e}); continuing with local files only")
+            warn(f"W&B could not start ({type(e).__name__}: {e}); continuing with local files only")
 
     def log(self, row: dict) -> None:
         self.folder.add_metrics(row)
@@ -58,5 +59,5 @@ class RunLogger:
         try:
             call(self.wandb)
         except Exception as e:
-            warnings.warn(f"W&B {what} failed ({type(e).__name__}: {e}){off}")
+            warn(f"W&B {what} failed ({type(e).__name__}: {e}){off}")
             self.wandb = None

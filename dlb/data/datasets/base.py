@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,5 +220,5 @@ def cached(path: Path, fingerprint: dict, decode: Callable[[], dict]) -> dict:
         torch.save(cache, tmp)
         os.replace(tmp, path)
     except OSError as exc:  # e.g. a read-only dataset folder: loading still works, just slower next time
-        warnings.warn(f"could not write the decoded-image cache {path} ({exc}); the next load will decode again")
+        warn(f"could not write the decoded-image cache {path} ({exc}); the next load will decode again")
     return cache
