@@ -184,7 +184,9 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes(data, slurm_cluster, tm
     # Submitted with 30 minutes and submitit's signal (SIGUSR2) 120 s before the limit; once training runs, the
     # limit drops to 2 minutes, so the signal is due at once: submitit requeues the job, the requeued job (limit
     # restored) resumes from the last epoch checkpoint and finishes.
-    sweep = Sweep(data, tmp_path / "sweep", "trainer.epochs=12")  # ~60 s: slurmctld checks limits every ~30 s
+    # Slurm sends a --signal up to 60 s off its due time: 60 epochs (~130 s on a quiet machine) outlast that; 12
+    # (~30 s there) could finish first
+    sweep = Sweep(data, tmp_path / "sweep", "trainer.epochs=60")
     job = sweep.job_id()
     wait_for(lambda: sweep.position(job) != (0, 0), 240, "training did not start")
     shortened = time.monotonic()
@@ -193,11 +195,11 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes(data, slurm_cluster, tm
     rc, out = sweep.finish_releasing(slurm_cluster, timeout=400)
     assert rc == 0, out[-3000:]
     log = sweep.job_log(job)
-    resumed = re.search(r"resumed after epoch (\d+)/12", log)
+    resumed = re.search(r"resumed after epoch (\d+)/60", log)
     assert "Caught signal SIGUSR2" in log and "Requeued job" in log and resumed, log[-3000:]
     (run,) = sweep.run_dirs()
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["steps"] == 12 * STEPS
+    assert summary["status"] == "completed" and summary["steps"] == 60 * STEPS
     print(f"time limit: limit shortened to finished {time.monotonic() - shortened:.0f} s, resumed after epoch "
           f"{resumed.group(1)} (the interrupted epoch redone)")
 
