@@ -214,10 +214,13 @@ def test_two_runs_take_two_slots_of_one_gpu(tmp_path, monkeypatch):
         b.close()
 
 
+ON_CPU_NOTE = "on the CPU, tests/test_reliability.py stops and resumes runs; GPU_CHECK_SMOKE=1 runs this one too"
+
+
 @pytest.mark.parametrize("speed", [
-    pytest.param("default", marks=pytest.mark.skipif(not ON_GPU, reason="on the CPU, tests/test_reliability.py stops and "
-                                                     "resumes the default settings")),
-    "faithful"])
+    pytest.param("default", marks=pytest.mark.skipif(not ON_GPU, reason=ON_CPU_NOTE)),
+    pytest.param("faithful", marks=pytest.mark.skipif(not ON_GPU and os.environ.get("GPU_CHECK_SMOKE") != "1",
+                                                      reason=ON_CPU_NOTE))])
 def test_cli_stopped_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path, speed):
     """`python -m dlb.train` on this device, with the default speed settings (on CUDA: channels_last, fused SGD,
     CUDA graphs) or trainer.faithful=true: a SIGTERM mid-run saves and exits, the same command continues, and the
