@@ -47,13 +47,11 @@ def _with_runs(label: str, runs: list[Run]) -> str:
     return f"{label} (n={len(runs)}, seeds {','.join(str(r.seed) for r in sorted(runs, key=lambda r: r.seed))})"
 
 
-def _series(runs: list[Run], key: str, hist: dict) -> dict[int, list[float]]:
-    """epoch -> the values of `key` over the runs that logged it then; hist: metrics.jsonl rows by path, read once."""
+def _series(runs: list[Run], key: str) -> dict[int, list[float]]:
+    """epoch -> the values of `key` over the runs that logged it then."""
     out: dict[int, list[float]] = {}
     for run in runs:
-        if run.path not in hist:
-            hist[run.path] = run.history()
-        for row in hist[run.path]:
+        for row in run.history():
             v, epoch = row.get(key), row.get("epoch")
             if isinstance(v, (int, float)) and isinstance(epoch, int):
                 out.setdefault(epoch, []).append(float(v))
@@ -73,20 +71,26 @@ def _lines(df: pd.DataFrame):
             yield label, (color if i == 0 else None), runs
 
 
-def _band(ax, series: dict[int, list[float]], label: str, color, linestyle="-", marker="o") -> None:
-    """The mean over seeds as a line, their min-max as a band."""
-    epochs = list(series)
-    (line,) = ax.plot(epochs, [sum(v) / len(v) for v in series.values()], label=label, color=color,
-                      linestyle=linestyle, linewidth=1.4, marker=marker, markersize=4,
-                      markevery=max(1, len(epochs) // MAX_MARKERS))
-    ax.fill_between(epochs, [min(v) for v in series.values()], [max(v) for v in series.values()],
-                    color=line.get_color(), alpha=0.18, linewidth=0)
-
-
-def _epoch_axes(ax, ylabel: str, title: str) -> None:
-    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-    ax.grid(alpha=0.3)
+def _epoch_panels(panels: dict[str, tuple[str, list]]):
+    """(figure, axes) of one panel per title: (ylabel, lines); a line (label, color, series, style) is the mean over
+    seeds, with their min-max as a band."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(11, 4.6))
+    for ax, (title, (ylabel, lines)) in zip(axes, panels.items()):
+        for label, color, series, style in lines:
+            epochs = list(series)
+            (line,) = ax.plot(epochs, [sum(v) / len(v) for v in series.values()], label=label, color=color,
+                              linestyle=LINESTYLES[style % len(LINESTYLES)], linewidth=1.4,
+                              marker=MARKERS[style % len(MARKERS)], markersize=4,
+                              markevery=max(1, len(epochs) // MAX_MARKERS))
+            ax.fill_between(epochs, [min(v) for v in series.values()], [max(v) for v in series.values()],
+                            color=line.get_color(), alpha=0.18, linewidth=0)
+        if not lines:
+            ax.text(0.5, 0.5, f"{title} not logged by these runs", ha="center", va="center", transform=ax.transAxes,
+                    color="0.4")
+        ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.grid(alpha=0.3)
+    return fig, axes
 
 
 def _finish(fig, title: str, subtitle: str, source: str, path: Path) -> Path:
@@ -107,32 +111,28 @@ def _finish(fig, title: str, subtitle: str, source: str, path: Path) -> Path:
     return path
 
 
-def plot_curves(df: pd.DataFrame, out: Path, hist: dict, source: str = "") -> list[Path]:
+def plot_curves(df: pd.DataFrame, out: Path, source: str = "") -> list[Path]:
     """Test error vs epoch per (dataset, backbone, setting): one line per method, mean over seeds, min-max band."""
     files = []
     for (dataset, backbone, *_), group in df.groupby(list(SETTING), sort=False):
-        lines = [(_with_runs(label, runs), color, runs, series) for label, color, runs in _lines(group)
-                 if (series := _series(runs, "test_err", hist))]
-        if not lines:
+        curves = [(_with_runs(label, runs), color, series, runs) for label, color, runs in _lines(group)
+                  if (series := _series(runs, "test_err"))]
+        if not curves:
             continue
-        fig, (ax_all, ax_zoom) = plt.subplots(1, 2, figsize=(11, 4.6))
-        last_epoch = max(max(s) for *_, s in lines)
+        lines = [(text, color, series, 0) for text, color, series, _ in curves]
+        last_epoch = max(max(series) for _, _, series, _ in lines)
         zoom_from = max(1, int(last_epoch * (1 - ZOOM_FRACTION)))
-        zoom_values = []
-        for text, color, _, series in lines:
-            _band(ax_all, series, text, color)
-            zoomed = {e: v for e, v in series.items() if e >= zoom_from}
-            if zoomed:
-                _band(ax_zoom, zoomed, text, color)
-                zoom_values += [x for v in zoomed.values() for x in v]
-        _epoch_axes(ax_all, "test error (%)", "all epochs")
-        _epoch_axes(ax_zoom, "test error (%)", f"epochs {zoom_from}-{last_epoch} (zoom)")
-        if zoom_values:
-            lo, hi = min(zoom_values), max(zoom_values)
-            pad = max(0.1, 0.1 * (hi - lo))
-            ax_zoom.set_ylim(lo - pad, hi + pad)
+        zoomed = [(text, color, {e: v for e, v in series.items() if e >= zoom_from}, 0)
+                  for text, color, series, _ in lines]
+        zoomed = [line for line in zoomed if line[2]]  # the longest line reaches the zoom: never empty
+        fig, (_, ax_zoom) = _epoch_panels({"all epochs": ("test error (%)", lines), f"epochs {zoom_from}-"
+                                           f"{last_epoch} (zoom)": ("test error (%)", zoomed)})
+        zoom_values = [x for _, _, series, _ in zoomed for v in series.values() for x in v]
+        lo, hi = min(zoom_values), max(zoom_values)
+        pad = max(0.1, 0.1 * (hi - lo))
+        ax_zoom.set_ylim(lo - pad, hi + pad)
         setting = group["setting"].iloc[0]
-        n = sum(len(runs) for _, _, runs, _ in lines)
+        n = sum(len(runs) for *_, runs in curves)
         files.append(_finish(
             fig, f"{dataset} / {backbone}" + (f" / {setting}" if setting else "") + ": test error",
             f"{n} runs; line = mean over seeds, band = min-max; usable (completed) runs only", source,
@@ -182,38 +182,31 @@ def plot_noise(df: pd.DataFrame, out: Path, metric: str = "best", source: str = 
     return files
 
 
-def plot_dlb_dynamics(df: pd.DataFrame, out: Path, hist: dict, notes: list[str], source: str = "") -> list[Path]:
+def plot_dlb_dynamics(df: pd.DataFrame, out: Path, notes: list[str], source: str = "") -> list[Path]:
     """train_consistency (the paper's consistency analysis) and train_kd vs epoch for the DLB runs."""
     files = []
     ylabels = {"train_consistency": "fraction of samples whose prediction\nagrees with the last step's",
                "train_kd": "KD term (α · T² · KL to the last batch)"}
     for (dataset, backbone), group in df[df["method"].str.contains("dlb")].groupby(["dataset", "backbone"], sort=False):
-        panels = {key: [] for key in ylabels}
+        panels = {key: (ylabel, []) for key, ylabel in ylabels.items()}
         n_runs = 0
         settings = sorted(set(group["setting"]))  # one line style and marker each
         for _, cell in group.groupby(list(CELL), sort=False):
             setting = cell["setting"].iloc[0]
             for label, color, runs in _lines(cell):
-                found = {key: _series(runs, key, hist) for key in panels}
+                found = {key: _series(runs, key) for key in panels}
                 for key, series in found.items():
                     if series:
                         text = _with_runs(label + (f" [{setting}]" if setting else ""), runs)
-                        panels[key].append((text, color, series, settings.index(setting)))
+                        panels[key][1].append((text, color, series, settings.index(setting)))
                 n_runs += len(runs) if any(found.values()) else 0
         name = f"dlb_dynamics_{dataset}_{backbone}"
-        if not any(panels.values()):
+        if not any(lines for _, lines in panels.values()):
             notes.append(f"{name}: skipped, the runs log neither train_consistency nor train_kd")
             continue
-        if not panels["train_consistency"]:
+        if not panels["train_consistency"][1]:
             notes.append(f"{name}: train_consistency not logged; train_kd only")
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-        for ax, (key, lines) in zip(axes, panels.items()):
-            for label, color, series, style in lines:
-                _band(ax, series, label, color, LINESTYLES[style % len(LINESTYLES)], MARKERS[style % len(MARKERS)])
-            if not lines:
-                ax.text(0.5, 0.5, f"{key} not logged by these runs", ha="center", va="center",
-                        transform=ax.transAxes, color="0.4")
-            _epoch_axes(ax, ylabels[key], key)
+        fig, _ = _epoch_panels(panels)
         files.append(_finish(fig, f"{dataset} / {backbone}: DLB training dynamics",
                              f"{n_runs} runs; line = mean over seeds, band = min-max", source, out / f"{name}.png"))
     return files
@@ -266,9 +259,9 @@ def plot_sensitivity(df: pd.DataFrame, out: Path, source: str = "") -> list[Path
 def plot_all(runs: list[Run], out, *, metric: str = "best", source: str = "", notes: list[str] | None = None,
              paper: dict | None = None) -> list[Path]:
     """Every figure the runs allow; returns the files written. Reasons for figures not drawn go to `notes`."""
-    out, notes, df, hist = Path(out), [] if notes is None else notes, table(runs), {}
-    return (plot_curves(df, out, hist, source) + plot_noise(df, out, metric, source, paper)
-            + plot_dlb_dynamics(df, out, hist, notes, source) + plot_sensitivity(df, out, source))
+    out, notes, df = Path(out), [] if notes is None else notes, table(runs)
+    return (plot_curves(df, out, source) + plot_noise(df, out, metric, source, paper)
+            + plot_dlb_dynamics(df, out, notes, source) + plot_sensitivity(df, out, source))
 
 
 def log_to_wandb(files: list[Path], project: str | None) -> str:

@@ -98,7 +98,7 @@ def make_run(path: str, summary, config, history_fn: Callable[[], list[dict]] = 
         raise SkipRun(str(e)) from None
     if not isinstance(config, dict):
         raise SkipRun("config is not a mapping")
-    run = Run(path, summary, config, history_fn)
+    run = Run(path, summary, config, functools.cache(history_fn))  # the figures read a run's history twice
     for name in ("dataset", "backbone", "method"):
         value = getattr(fields, name) or _get(config, name)
         if not isinstance(value, str) or not value:
