@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dlb.analysis import stats
-from dlb.analysis.runs import COSTS, SETTING, sort_key
+from dlb.analysis.runs import COSTS, SETTING
 from dlb.analysis.stats import Verdict
 from dlb.methods import label
 
@@ -16,14 +16,16 @@ EPOCHS = {"last": "last_err", "best": "best_err"}  # verdict epoch -> run-table 
 NOT_ON_CPU = ("peak_memory_bytes",)
 
 
-def pairs_of(runs: pd.DataFrame, base: str, method: str, kind: str | None = None):
-    """(setting dict, {seed: base row}, {seed: method row}) per setting with both cells (in table order)."""
+def pairs_of(runs: pd.DataFrame, pairs):
+    """(setting dict, base, method, {seed: base row}, {seed: method row}) per setting, in table order, and pair
+    {base, method, setting: kind or None for any} with both cells."""
     for setting, group in runs.groupby(list(SETTING), sort=False):
-        b, m = group[group["method"] == base], group[group["method"] == method]
-        if len(b) and len(m) and kind in (None, group["kind"].iloc[0]):
-            where = {**{k: getattr(v, "item", lambda: v)() for k, v in zip(SETTING, setting)},
-                     "setting": group["setting"].iloc[0]}
-            yield where, b.set_index("seed"), m.set_index("seed")
+        for pair in pairs:
+            b, m = group[group["method"] == pair["base"]], group[group["method"] == pair["method"]]
+            if len(b) and len(m) and pair.get("setting") in (None, group["kind"].iloc[0]):
+                where = {**{k: getattr(v, "item", lambda: v)() for k, v in zip(SETTING, setting)},
+                         "setting": group["setting"].iloc[0]}
+                yield where, pair["base"], pair["method"], b.set_index("seed"), m.set_index("seed")
 
 
 def paired_errors(b: pd.DataFrame, m: pd.DataFrame) -> dict:
@@ -60,7 +62,7 @@ def cost_comparisons(claim: dict, runs: pd.DataFrame) -> list[dict]:
     """Per pair, setting and cost of the claim's limits: method / base per seed against the limit."""
     out = []
     for pair in claim.get("pairs") or []:
-        for where, b, m in pairs_of(runs, pair["base"], pair["method"], pair["setting"]):
+        for where, _, _, b, m in pairs_of(runs, [pair]):
             for cost, limit in (claim.get("limits") or {}).items():
                 if cost not in COSTS:
                     continue
@@ -89,10 +91,8 @@ def judge(paper: dict | None, runs: pd.DataFrame) -> list[dict]:
             verdict = stats.overall([c["verdict"] for c in comparisons]) if comparisons else None
             out.append({**entry, "comparisons": comparisons, "verdict": {"last": verdict, "best": verdict}})
             continue
-        comparisons = sorted(({**where, "base": p["base"], "method": p["method"], **paired_errors(b, m)}
-                              for p in claim["pairs"]
-                              for where, b, m in pairs_of(runs, p["base"], p["method"], p["setting"])),
-                             key=lambda c: tuple(sort_key(k, c[k]) for k in SETTING))
+        comparisons = [{**where, "base": base, "method": method, **paired_errors(b, m)}
+                       for where, base, method, b, m in pairs_of(runs, claim["pairs"])]
         if claim.get("grows") == "noise_rate":  # clean comparisons count as rate 0 where there are noisy ones
             noisy = {(c["dataset"], c["backbone"], c["augment"]) for c in comparisons if c["rate"] > 0}
             comparisons = [c for c in comparisons if (c["dataset"], c["backbone"], c["augment"]) in noisy]

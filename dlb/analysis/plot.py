@@ -14,18 +14,16 @@ import sys
 import zlib
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only; no display on training machines
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
+from dlb.analysis.report import DEFAULT_PAPER, load_paper, paper_value
+from dlb.analysis.runs import CELL, SETTING, Run, collect_runs, compared, mean_std, table
 from dlb.errors import warn
-from dlb.analysis.report import DEFAULT_PAPER, load_paper, paper_value  # noqa: E402
-from dlb.analysis.runs import CELL, SETTING, Run, collect_runs, compared, mean_std, table  # noqa: E402
-from dlb.methods import METHODS, label as method_label  # noqa: E402
+from dlb.methods import METHODS, label as method_label
 
+plt.switch_backend("Agg")  # files only; no display on training machines
 ZOOM_FRACTION = 0.25  # the right panel of the curves shows the last quarter of training, where methods differ
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 # Per setting where one panel shows several, so no two series look alike; markers also show one-epoch runs.

@@ -23,7 +23,7 @@ from dlb.analysis import claims as claims_view
 from dlb.analysis import stats
 from dlb.analysis.claims import pair_columns, seeds_text
 from dlb.analysis.runs import (CELL, DIVERGED, SETTING, UNFINISHED, collect_runs, collect_wandb_runs,  # noqa: F401
-                               compared, fmt_value, mean_std, setting_kind, sort_key, table)
+                               compared, fmt_value, mean_std, table)
 from dlb.methods import METHODS, comparisons, label
 from dlb.run.folder import RunFolder
 
@@ -120,17 +120,16 @@ def _paired(b: pd.DataFrame, m: pd.DataFrame) -> dict:
 def compare(runs: pd.DataFrame, paper: dict | None = None) -> list[dict]:
     """Per setting, each comparison (a method's `compared_with`) with its paired statistics and the paper's claim."""
     out = []
-    for base, method in comparisons():
-        for where, b, m in claims_view.pairs_of(runs, base, method):
-            kind = setting_kind(where["augment"], where["noise"])
-            claim = _claim_for(paper, where["dataset"], base, method, kind)
-            d = {**where, "kind": kind, "base": base, "method": method, "n_base": len(b), "n_method": len(m),
-                 **_paired(b, m), "claim": claim}
-            for epoch in claims_view.EPOCHS:
-                d[f"delta_{epoch}"], d[f"check_{epoch}"] = d[epoch]["mean"], check(d[epoch]["mean"], claim)
-            out.append(d)
-    pair_order = {p: i for i, p in enumerate(comparisons())}
-    return sorted(out, key=lambda d: (*(sort_key(k, d[k]) for k in SETTING), pair_order[(d["base"], d["method"])]))
+    pairs = [{"base": base, "method": method} for base, method in comparisons()]
+    for where, base, method, b, m in claims_view.pairs_of(runs, pairs):
+        kind = b["kind"].iloc[0]
+        claim = _claim_for(paper, where["dataset"], base, method, kind)
+        d = {**where, "kind": kind, "base": base, "method": method, "n_base": len(b), "n_method": len(m),
+             **_paired(b, m), "claim": claim}
+        for epoch in claims_view.EPOCHS:
+            d[f"delta_{epoch}"], d[f"check_{epoch}"] = d[epoch]["mean"], check(d[epoch]["mean"], claim)
+        out.append(d)
+    return out
 
 
 def ablations(df: pd.DataFrame, runs: pd.DataFrame) -> list[dict]:

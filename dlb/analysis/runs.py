@@ -53,11 +53,6 @@ def setting_name(augment: str, noise: str, rate: float) -> str:
     return ", ".join(([augment] if augment != "none" else []) + ([f"{noise}@{rate:g}"] if noise != "none" else []))
 
 
-def setting_kind(augment: str, noise: str) -> str:
-    """A claim's setting: clean | augment | noise."""
-    return "noise" if noise != "none" else "augment" if augment != "none" else "clean"
-
-
 @dataclass
 class Run:
     path: str  # folder, or wandb:<entity>/<project>/<id>
@@ -283,8 +278,9 @@ def table(runs: list[Run]) -> pd.DataFrame:
         if isinstance(s.get("data"), dict):
             config.update({f"data.{k}": s["data"].get(k) for k in ("train_sha256", "test_sha256")})
         records.append({**c, "setting": setting_name(c["augment"], c["noise"], c["rate"]),
-                        "kind": setting_kind(c["augment"], c["noise"]), "seed": run.seed, "status": run.status,
-                        "state": run.state, "best_err": _number(s.get("best_test_err")),
+                        "kind": "noise" if c["noise"] != "none" else "augment" if c["augment"] != "none" else "clean",
+                        "seed": run.seed, "status": run.status, "state": run.state,
+                        "best_err": _number(s.get("best_test_err")),
                         **{f"last_{m.name}": _number(s.get(f"last_test_{m.name}")) for m in METRICS},
                         **{k: _number(s.get(k)) for k in COSTS}, "device": str(s.get("device") or ""),
                         "path": run.path, "run": run, "config": config})
