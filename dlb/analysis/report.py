@@ -58,7 +58,8 @@ def paper_value(paper: dict | None, cell: dict) -> dict:
 def _flags(variant: pd.DataFrame, expected: list[int]) -> list[str]:
     missing = sorted(set(expected) - set(variant["seed"]))
     unfinished = [f"seed {r.seed} {r.status} {'?' if r.run.epochs_done is None else r.run.epochs_done}/"
-                  f"{r.run.summary.get('epochs', '?')} epochs" for r in variant[variant["state"] == UNFINISHED].itertuples()]
+                  f"{r.run.summary.get('epochs', '?')} epochs"
+                  for r in variant[variant["state"] == UNFINISHED].itertuples()]
     diverged = list(variant[variant["state"] == DIVERGED]["seed"])
     duplicates = [f"seed {s} x{len(g) + 1}, used {g['duplicate_of'].iloc[0]}"
                   for s, g in variant[variant["duplicate_of"].notna()].groupby("seed")]
@@ -234,7 +235,8 @@ def render_markdown(report: dict) -> str:
 
 
 LATEX_SPECIAL = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                               "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"})
+                               "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                               "^": r"\textasciicircum{}"})
 
 
 def latex_escape(text) -> str:

@@ -102,7 +102,9 @@ def holm(p_values: list[float | None]) -> list[float | None]:
 def verdict(stats: dict, p_adjusted: float | None = None) -> Verdict:
     """HOLDS / DOES NOT HOLD by the sign of the mean where the (adjusted) p < 1 - LEVEL; else INCONCLUSIVE."""
     p = stats["p"] if p_adjusted is None else p_adjusted
-    return Verdict.inconclusive if p is None or p >= 1 - LEVEL else Verdict.holds if stats["mean"] > 0 else Verdict.fails
+    if p is None or p >= 1 - LEVEL:
+        return Verdict.inconclusive
+    return Verdict.holds if stats["mean"] > 0 else Verdict.fails
 
 
 def overall(verdicts: list[Verdict]) -> str:
