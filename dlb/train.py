@@ -4,9 +4,7 @@ Exit codes (docs/reliability.md says what each means, also under -m): 0 done, 1 
 error (one line on stderr), 3 diverged, 75 stopped by SIGTERM/SIGUSR1 and 130 by Ctrl-C (the same command continues).
 
 `--help` and every error of the config (an override Hydra cannot parse, an unknown option, a key's type or range, a
-conflict of settings) are answered before torch is imported: dlb/groups.py reads the options, and what the checks
-need of each method and dataset, from configs/ and the registering files' source. Only a run that passes imports
-the training stack.
+conflict of settings) are answered before torch is imported (dlb/groups.py): only a run that passes imports it.
 """
 from __future__ import annotations
 
