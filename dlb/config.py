@@ -270,7 +270,7 @@ def validate(cfg: DictConfig) -> None:
 
 def _check_keys_and_numbers(cfg: DictConfig) -> None:
     """Keys added with +key=... that no code reads (most likely a typo of a real key: the run would silently ignore
-    it), and NaN/Inf numbers, which pass every range check."""
+    it), and NaN/Inf numbers (before the range checks, which would call NaN out of range)."""
     sections = [(f"{key}.", node) for key, node in cfg.items_ex(resolve=False) if isinstance(node, DictConfig)]
     for prefix, node in [("", cfg), *sections]:
         schema = OmegaConf.get_type(node)  # the section's dataclass (a method's own: its Config)
