@@ -8,9 +8,9 @@ import enum
 
 
 class Choice(str, enum.Enum):
-    """A str Enum whose member names equal their values (OmegaConf converts a string to a member by its name; values
-    like "reduce-overhead" need the functional API: Choice("Name", [(v, v) for v in values])). A member is its plain
-    value in ==, str(), f-strings, repr() in messages and json. (Files written with torch.save get plain strings:
+    """A str Enum whose member names equal their values (OmegaConf converts a string to a member by its name): made
+    by `choice`, or as a subclass with one `value = "value"` line per member. A member is its plain value in ==,
+    str(), f-strings, repr() in messages and json. (Files written with torch.save get plain strings:
     dlb.config.to_container converts a config's members.)"""
 
     __str__ = str.__str__
@@ -20,58 +20,26 @@ class Choice(str, enum.Enum):
         return repr(self.value)
 
 
-class Augment(Choice):
-    """dataset.augment: the per-image augmentation of a training batch (dlb/data/loader.py)."""
-    crop_flip = "crop_flip"  # random crop with zero padding, horizontal flip (CIFAR)
-    rrc_flip = "rrc_flip"  # random resized crop, horizontal flip (TinyImageNet)
-    none = "none"
+def choice(name: str, *values: str) -> type[Choice]:
+    """The Choice `name` whose members are `values` (also values no Python name can spell: "reduce-overhead")."""
+    return Choice(name, [(value, value) for value in values], module=__name__)
 
 
-class LoaderKind(Choice):
-    """dataset.loader: make_loader's kind (dlb/data/loader.py)."""
-    device = "device"  # DeviceLoader: uint8 data and batched augmentation on the device
-    torch = "torch"  # TorchLoader: PIL transforms in DataLoader workers
-
-
-class BatchAugment(Choice):
-    """augment.name: the batch augmentation dlb.data.augment.build returns."""
-    none = "none"
-    cutout = "cutout"
-    cutmix = "cutmix"
-
-
-class CutMixViews(Choice):
-    """augment.views: see dlb.data.augment.CutMix."""
-    shared = "shared"
-    independent = "independent"
-
-
-class NoiseName(Choice):
-    """noise.name: how dlb.data.noise.noisy_labels flips a label."""
-    none = "none"
-    symmetric = "symmetric"
-    asymmetric = "asymmetric"
-
-
-class Precision(Choice):
-    """trainer.precision: fp32 (the official numerics) or bf16 autocast of the forwards (CUDA, or a CPU with native
-    bf16: dlb.device.speed.native_bf16); losses and metrics are computed from fp32 logits either way."""
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
-# trainer.compile: torch.compile's modes, none (eager), and auto (dlb.device.speed.resolve_speed picks one per device).
-CompileMode = Choice("CompileMode", [(m, m) for m in ("auto", "none", "default", "reduce-overhead", "max-autotune")])
-
-
-class LoggerName(Choice):
-    """logger.name: where rows go besides metrics.jsonl (dlb/run/loggers.py)."""
-    none = "none"
-    wandb = "wandb"
-
-
-class WandbMode(Choice):
-    """logger.mode: wandb.init's mode (null: dlb.run.loggers.wandb_mode decides)."""
-    online = "online"
-    offline = "offline"
-    disabled = "disabled"
+# dataset.augment: the per-image augmentation of a training batch (dlb/data/loader.py): crop_flip, a random crop with
+# zero padding and a horizontal flip (CIFAR); rrc_flip, a random resized crop and a horizontal flip (TinyImageNet)
+Augment = choice("Augment", "crop_flip", "rrc_flip", "none")
+# dataset.loader: make_loader's kind (dlb/data/loader.py): device, DeviceLoader (uint8 data and batched augmentation
+# on the device); torch, TorchLoader (PIL transforms in DataLoader workers)
+LoaderKind = choice("LoaderKind", "device", "torch")
+BatchAugment = choice("BatchAugment", "none", "cutout", "cutmix")  # augment.name: what dlb.data.augment.build returns
+CutMixViews = choice("CutMixViews", "shared", "independent")  # augment.views: see dlb.data.augment.CutMix
+NoiseName = choice("NoiseName", "none", "symmetric", "asymmetric")  # noise.name: how dlb.data.noise.noisy_labels flips
+# trainer.precision: fp32 (the official numerics) or bf16 autocast of the forwards (CUDA, or a CPU with native bf16:
+# dlb.device.speed.native_bf16); losses and metrics are computed from fp32 logits either way
+Precision = choice("Precision", "fp32", "bf16")
+# trainer.compile: torch.compile's modes, none (eager), and auto (dlb.device.speed.resolve_speed picks one per device)
+CompileMode = choice("CompileMode", "auto", "none", "default", "reduce-overhead", "max-autotune")
+# logger.name: where rows go besides metrics.jsonl (dlb/run/loggers.py)
+LoggerName = choice("LoggerName", "none", "wandb")
+# logger.mode: wandb.init's mode (null: dlb.run.loggers.wandb_mode decides)
+WandbMode = choice("WandbMode", "online", "offline", "disabled")

@@ -8,6 +8,9 @@ source (dlb.groups.registry), so none of this imports torch.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
@@ -85,14 +88,15 @@ class TrainerConfig:
     # auto | none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile of the model
     compile: CompileMode = CompileMode["auto"]
     faithful: bool = False  # the official code's numerics: fp32, eager, contiguous, plain SGD loop
-    # auto | true | false: glibc keeps the heap a step frees for the next (dlb.device.speed.keep_heap); auto: on CPU runs
+    # auto | true | false: glibc keeps the heap a step frees for the next (dlb.device.speed.keep_heap); auto: on CPU
     keep_heap: Any = "auto"
     ddp: bool = False  # DistributedDataParallel, one process per GPU, started by torchrun (dlb/device/distributed.py)
     limit_train_batches: Optional[int] = None  # debugging: stop each epoch after n steps
     limit_eval_batches: Optional[int] = None
     progress: Optional[bool] = None  # null: on when stderr is a terminal
     save_best: bool = True  # keep checkpoints/best.pt (model weights at the best test accuracy)
-    threads: Optional[int] = None  # CPU threads (dlb.device.placement.set_threads); null: $OMP_NUM_THREADS, else the usable cores
+    # CPU threads (dlb.device.placement.set_threads); null: $OMP_NUM_THREADS, else the usable cores
+    threads: Optional[int] = None
 
 
 @dataclass
@@ -147,22 +151,17 @@ def register_configs() -> None:
 
     register_resolver(CONFIGS)
     if not OmegaConf.has_resolver("dlb_scale"):  # a recipe's lr per batch: ${dlb_scale:0.1,${trainer.batch_size},128}
-        OmegaConf.register_new_resolver("dlb_scale", scale)
+        # in Tf-KD's order, lr * (batch_size / 128): the same float as its lr
+        OmegaConf.register_new_resolver("dlb_scale", lambda x, num, den: x * (num / den))
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="schema/backbone", name="base", node=BackboneConfig)
-    cs.store(group="schema/logger", name="base", node=LoggerConfig)
-    cs.store(group="schema/augment", name="base", node=AugmentConfig)
-    cs.store(group="schema/noise", name="base", node=NoiseConfig)
+    for group, schema in (("backbone", BackboneConfig), ("logger", LoggerConfig), ("augment", AugmentConfig),
+                          ("noise", NoiseConfig)):
+        cs.store(group=f"schema/{group}", name="base", node=schema)
     for name, cls in registry("method").items():  # `method=<name>`: the method's Config dataclass and its defaults
         cs.store(group="method", name=name, node=cls.Config)
     for name, spec in registry("dataset").items():  # `dataset=<name>`: the schema, with the values its file declares
         cs.store(group="dataset", name=name, node=DatasetConfig(name=name, **spec.config))
-
-
-def scale(x: float, num: float, den: float) -> float:
-    """`${dlb_scale:x,num,den}` = x * (num / den), in that order (Tf-KD's lr * (batch_size / 128))."""
-    return x * (num / den)
 
 
 def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
@@ -179,150 +178,116 @@ def _fail(key: str, value: Any, why: str) -> None:
     raise ConfigError(f"{key}={value!r}: {why}")
 
 
+# The checks of one value each, in the order validate applies them: (key, whether a value is usable, the fix)
+RANGES = (
+    ("dataset.train_subset", lambda v: v is None or v >= 1, "must be >= 1, or null for the whole split"),
+    ("dataset.test_subset", lambda v: v is None or v >= 1, "must be >= 1, or null for the whole split"),
+    ("dataset.image_size", lambda v: v >= 8, "must be >= 8 pixels"),
+    ("dataset.padding", lambda v: v >= 0, "must be >= 0"),
+    ("dataset.rotation", lambda v: 0 <= v <= 180,
+     "the rotation range in degrees must be in [0, 180] (0: none; Tf-KD's recipe uses 15)"),
+    ("trainer.epochs", lambda v: v >= 1, "must be >= 1"),
+    ("trainer.batch_size", lambda v: v >= 1, "must be >= 1 (the paper uses 64)"),
+    ("trainer.eval_batch_size", lambda v: v == "auto" or type(v) is int and v >= 1, "use auto, or a whole number >= 1"),
+    ("trainer.device", lambda v: v in DEVICES or v.startswith("cuda:"),
+     f"use one of {', '.join(DEVICES)} or cuda:<index>"),
+    ("trainer.jobs_per_gpu", lambda v: v >= 1, "must be >= 1 (runs sharing one GPU with trainer.device=slot)"),
+    ("optim.fused", lambda v: v in AUTO_OR_BOOL, "use auto, true or false"),
+    ("trainer.channels_last", lambda v: v in AUTO_OR_BOOL, "use auto, true or false"),
+    ("trainer.keep_heap", lambda v: v in AUTO_OR_BOOL, "use auto, true or false"),
+    ("trainer.threads", lambda v: v is None or v >= 1,
+     "must be >= 1, or null for $OMP_NUM_THREADS or every usable core"),
+    ("trainer.limit_train_batches", lambda v: v is None or v >= 1, "must be >= 1, or null for no limit"),
+    ("trainer.limit_eval_batches", lambda v: v is None or v >= 1, "must be >= 1, or null for no limit"),
+    ("optim.name", lambda v: v == "sgd", "only sgd (the official recipe) is implemented"),
+    ("optim.lr", lambda v: v > 0, "must be > 0 (the official recipe uses 0.05)"),
+    ("optim.momentum", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("optim.weight_decay", lambda v: v >= 0, "must be >= 0"),
+    ("optim.gamma", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("optim.milestones", lambda v: v is None or all(m >= 1 for m in v), "epochs must be >= 1"),
+    ("optim.milestone_fractions", lambda v: all(0 < f < 1 for f in v), "fractions must be in (0, 1)"),
+    ("augment.prob", lambda v: 0 <= v <= 1, "the CutMix probability must be in [0, 1] (the paper uses 0.5)"),
+    ("augment.beta", lambda v: v > 0, "lam ~ Beta(beta, beta) needs beta > 0 (the paper uses 1)"),
+    ("noise.rate", lambda v: 0 <= v < 1, "the flip probability must be in [0, 1)"),
+    ("noise.seed", lambda v: v >= 0, "must be >= 0"),
+    ("seed", lambda v: v >= 0, "must be >= 0"),
+)
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject values that are well-typed but unusable. Raises ConfigError naming the key and the fix."""
-    d, t, o = cfg.dataset, cfg.trainer, cfg.optim
-    datasets, methods = registry("dataset"), registry("method")
-    if d.name not in datasets:
-        _fail("dataset.name", d.name, f"unknown dataset; use one of {', '.join(sorted(datasets))}")
+    d, t, o, a = cfg.dataset, cfg.trainer, cfg.optim, cfg.augment
+    for group in ("dataset", "method"):
+        if cfg[group].name not in registry(group):
+            _fail(f"{group}.name", cfg[group].name, f"unknown {group}; use one of {', '.join(sorted(registry(group)))}")
     if not d.root:
         _fail("dataset.root", d.root, f"dataset={d.name} needs a data folder: set dataset.root=<dir>"
               + ("" if d.name == "imagefolder" else " (or the DLB_DATA environment variable)"))
-    spec = datasets[d.name]
+    _check_keys_and_numbers(cfg)
+    method = registry("method")[cfg.method.name]
+    method.validate_config(cfg.method)
+    for key, usable, why in RANGES:
+        if not usable(OmegaConf.select(cfg, key)):
+            _fail(key, OmegaConf.select(cfg, key), why)
+    spec = registry("dataset")[d.name]
     for key, split, size in (("train_subset", "training", spec.train_size), ("test_subset", "test", spec.test_size)):
-        if d[key] is not None and d[key] < 1:
-            _fail(f"dataset.{key}", d[key], "must be >= 1, or null for the whole split")
         if d[key] is not None and size is not None and d[key] > size:
             _fail(f"dataset.{key}", d[key], f"dataset={d.name}'s {split} split has only {size} images; use at most "
                   f"{size}, or null for the whole split")
-    if d.image_size < 8:
-        _fail("dataset.image_size", d.image_size, "must be >= 8 pixels")
-    if d.padding < 0:
-        _fail("dataset.padding", d.padding, "must be >= 0")
-    if not 0 <= d.rotation <= 180:
-        _fail("dataset.rotation", d.rotation, "the rotation range in degrees must be in [0, 180] (0: none; Tf-KD's "
-              "recipe uses 15)")
-    if cfg.method.name not in methods:
-        _fail("method.name", cfg.method.name, f"unknown method; use one of {', '.join(sorted(methods))}")
-    method = methods[cfg.method.name]
-    _check_keys_and_numbers(cfg, method.Config)
-    method.validate_config(cfg.method)
-    if t.epochs < 1:
-        _fail("trainer.epochs", t.epochs, "must be >= 1")
-    if t.batch_size < 1:
-        _fail("trainer.batch_size", t.batch_size, "must be >= 1 (the paper uses 64)")
-    if t.eval_batch_size != "auto" and (not isinstance(t.eval_batch_size, int) or isinstance(t.eval_batch_size, bool)
-                                        or t.eval_batch_size < 1):
-        _fail("trainer.eval_batch_size", t.eval_batch_size, "use auto, or a whole number >= 1")
-    if t.device not in DEVICES and not str(t.device).startswith("cuda:"):
-        _fail("trainer.device", t.device, f"use one of {', '.join(DEVICES)} or cuda:<index>")
-    _validate_speed(cfg)
-    if t.threads is not None and t.threads < 1:
-        _fail("trainer.threads", t.threads, "must be >= 1, or null for $OMP_NUM_THREADS or every usable core")
-    for key in ("limit_train_batches", "limit_eval_batches"):
-        if t[key] is not None and t[key] < 1:
-            _fail(f"trainer.{key}", t[key], "must be >= 1, or null for no limit")
-    if o.name != "sgd":
-        _fail("optim.name", o.name, "only sgd (the official recipe) is implemented")
-    if o.lr <= 0:
-        _fail("optim.lr", o.lr, "must be > 0 (the official recipe uses 0.05)")
-    if not 0 <= o.momentum < 1:
-        _fail("optim.momentum", o.momentum, "must be in [0, 1)")
-    if o.nesterov and o.momentum == 0:
-        _fail("optim.nesterov", o.nesterov, "nesterov needs optim.momentum > 0; set optim.nesterov=false")
-    if o.weight_decay < 0:
-        _fail("optim.weight_decay", o.weight_decay, "must be >= 0")
-    if not 0 < o.gamma <= 1:
-        _fail("optim.gamma", o.gamma, "must be in (0, 1]")
-    if not 0 <= o.warmup_epochs <= t.epochs:
-        _fail("optim.warmup_epochs", o.warmup_epochs, f"must be in [0, trainer.epochs={t.epochs}] (0: no warm-up; "
-              "Tf-KD's recipe uses 1)")
-    if o.milestones is not None and any(m < 1 for m in o.milestones):
-        _fail("optim.milestones", list(o.milestones), "epochs must be >= 1")
-    if any(not 0 < f < 1 for f in o.milestone_fractions):
-        _fail("optim.milestone_fractions", list(o.milestone_fractions), "fractions must be in (0, 1)")
-    _validate_augment_and_noise(cfg, method.num_views)
-    if cfg.seed < 0:
-        _fail("seed", cfg.seed, "must be >= 0")
-
-
-def _validate_speed(cfg: DictConfig) -> None:
-    """Speed and placement switches (docs/performance.md)."""
-    t = cfg.trainer
-    if t.jobs_per_gpu < 1:
-        _fail("trainer.jobs_per_gpu", t.jobs_per_gpu, "must be >= 1 (runs sharing one GPU with trainer.device=slot)")
-    if cfg.optim.fused not in AUTO_OR_BOOL:
-        _fail("optim.fused", cfg.optim.fused, "use auto, true or false")
-    if t.channels_last not in AUTO_OR_BOOL:
-        _fail("trainer.channels_last", t.channels_last, "use auto, true or false")
-    if t.keep_heap not in AUTO_OR_BOOL:
-        _fail("trainer.keep_heap", t.keep_heap, "use auto, true or false")
     if t.faithful:
         for key, value, faithful in (("trainer.channels_last", t.channels_last, False),
-                                     ("trainer.compile", t.compile, "none"), ("optim.fused", cfg.optim.fused, False),
+                                     ("trainer.compile", t.compile, "none"), ("optim.fused", o.fused, False),
                                      ("trainer.precision", t.precision, "fp32")):
             if value not in ("auto", faithful):
                 _fail(key, value, f"conflicts with trainer.faithful=true (which means {key}={str(faithful).lower()});"
                       " drop one of the two")
-    ruled_out = registry("method")[cfg.method.name].rules_out(cfg.method)  # what this configuration can't run with
-    if t.compile == "reduce-overhead" and "cuda_graphs" in ruled_out:
-        _fail(*ruled_out["cuda_graphs"])
-    if t.ddp:
-        if t.device == "slot":
-            _fail("trainer.device", t.device, "trainer.ddp=true places one process per GPU itself (LOCAL_RANK); "
-                  "use trainer.device=auto")
-        if cfg.dataset.loader != "device":
-            _fail("dataset.loader", cfg.dataset.loader, "trainer.ddp=true shards the device loader's batches; use "
-                  "dataset.loader=device")
-        if "ddp" in ruled_out:
-            _fail(*ruled_out["ddp"])
-
-
-def _validate_augment_and_noise(cfg: DictConfig, num_views: int) -> None:
-    a, n = cfg.augment, cfg.noise
-    if a.name == "cutout" and not 1 <= a.size < cfg.dataset.image_size:
+    if t.ddp and t.device == "slot":
+        _fail("trainer.device", t.device, "trainer.ddp=true places one process per GPU itself (LOCAL_RANK); use "
+              "trainer.device=auto")
+    if t.ddp and d.loader != "device":
+        _fail("dataset.loader", d.loader, "trainer.ddp=true shards the device loader's batches; use "
+              "dataset.loader=device")
+    ruled_out = method.rules_out(cfg.method)  # what this configuration can't run with
+    for rule, wanted in (("cuda_graphs", t.compile == "reduce-overhead"), ("ddp", t.ddp)):
+        if wanted and rule in ruled_out:
+            _fail(*ruled_out[rule])
+    if o.nesterov and o.momentum == 0:
+        _fail("optim.nesterov", o.nesterov, "nesterov needs optim.momentum > 0; set optim.nesterov=false")
+    if not 0 <= o.warmup_epochs <= t.epochs:
+        _fail("optim.warmup_epochs", o.warmup_epochs, f"must be in [0, trainer.epochs={t.epochs}] (0: no warm-up; "
+              "Tf-KD's recipe uses 1)")
+    if a.name == "cutout" and not 1 <= a.size < d.image_size:
         _fail("augment.size", a.size, f"the CutOut hole must be >= 1 and smaller than dataset.image_size="
-              f"{cfg.dataset.image_size} pixels (the paper uses 16 on CIFAR-10, 8 on CIFAR-100)")
-    if not 0 <= a.prob <= 1:
-        _fail("augment.prob", a.prob, "the CutMix probability must be in [0, 1] (the paper uses 0.5)")
-    if a.beta <= 0:
-        _fail("augment.beta", a.beta, "lam ~ Beta(beta, beta) needs beta > 0 (the paper uses 1)")
-    if a.name == "cutmix" and a.views == "independent" and num_views > 1:
-        _fail("augment.views", a.views, f"method={cfg.method.name} trains on {num_views} views and a batch holds one "
-              "mixed target per sample, so the views must share the CutMix partner and box; use augment.views=shared")
-    if not 0 <= n.rate < 1:
-        _fail("noise.rate", n.rate, "the flip probability must be in [0, 1)")
-    if n.name == "none" and n.rate != 0:
-        _fail("noise.rate", n.rate, "has no effect without a noise type; add noise=symmetric or noise=asymmetric")
-    if n.seed < 0:
-        _fail("noise.seed", n.seed, "must be >= 0")
+              f"{d.image_size} pixels (the paper uses 16 on CIFAR-10, 8 on CIFAR-100)")
+    if a.name == "cutmix" and a.views == "independent" and method.num_views > 1:
+        _fail("augment.views", a.views, f"method={cfg.method.name} trains on {method.num_views} views and a batch "
+              "holds one mixed target per sample, so the views must share the CutMix partner and box; use "
+              "augment.views=shared")
+    if cfg.noise.name == "none" and cfg.noise.rate != 0:
+        _fail("noise.rate", cfg.noise.rate, "has no effect without a noise type; add noise=symmetric or "
+              "noise=asymmetric")
 
 
-def _check_keys_and_numbers(cfg: DictConfig, method_schema: type) -> None:
+def _check_keys_and_numbers(cfg: DictConfig) -> None:
     """Keys added with +key=... that no code reads (most likely a typo of a real key: the run would silently ignore
-    it), and NaN/Inf numbers, which pass every range check."""
-    import dataclasses
-    import difflib
-    import math
-
-    sections = {"dataset": DatasetConfig, "backbone": BackboneConfig, "method": method_schema, "optim": OptimConfig,
-                "augment": AugmentConfig, "noise": NoiseConfig, "trainer": TrainerConfig, "logger": LoggerConfig}
-    for prefix, schema, node in [("", Config, cfg), *((f"{s}.", c, cfg[s]) for s, c in sections.items())]:
-        known = [f.name for f in dataclasses.fields(schema)]
+    it), and NaN/Inf numbers (before the range checks, which would call NaN out of range)."""
+    sections = [(f"{key}.", node) for key, node in cfg.items_ex(resolve=False) if isinstance(node, DictConfig)]
+    for prefix, node in [("", cfg), *sections]:
+        schema = OmegaConf.get_type(node)  # the section's dataclass (a method's own: its Config)
+        known = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else list(node)
         for key in node.keys():
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=1)
                 _fail(f"{prefix}{key}", OmegaConf.to_container(node)[key], "no such key, the run would ignore it; "
                       + (f"did you mean {prefix}{close[0]}?" if close else "remove it"))
-    numbers = OmegaConf.to_container(cfg, resolve=True)
-    stack = [("", numbers)]
+    stack = [("", OmegaConf.to_container(cfg, resolve=True))]
     while stack:
-        prefix, d = stack.pop()
-        for k, v in (d.items() if isinstance(d, dict) else enumerate(d)):
+        prefix, node = stack.pop()
+        for k, v in (node.items() if isinstance(node, dict) else enumerate(node)):
             if isinstance(v, (dict, list)):
                 stack.append((f"{prefix}{k}.", v))
             elif isinstance(v, float) and not math.isfinite(v):
-                _fail(f"{prefix}{k}".rstrip("."), v, "must be a finite number")
+                _fail(f"{prefix}{k}", v, "must be a finite number")
 
 
 def milestones(cfg: DictConfig) -> list[int]:

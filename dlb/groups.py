@@ -68,8 +68,13 @@ def _registry(group: str, plugin_paths: str) -> dict[str, Any]:
     found = {}
     for path, tree, entries in _registrations(group, plugin_paths):
         try:
-            if group == "dataset":
-                found.update(_dataset_facts(entries))
+            if group == "dataset":  # its sizes and config values: the decorator's keyword arguments, all literals
+                for name, (_, call) in entries.items():
+                    config = {k.arg: ast.literal_eval(k.value) for k in call.keywords}  # ValueError: not a literal
+                    if None in config:
+                        raise ValueError(f"dataset {name}: **arguments")
+                    found[name] = types.SimpleNamespace(train_size=config.pop("train_size", None),
+                                                        test_size=config.pop("test_size", None), config=config)
             else:
                 namespace = _stand_ins(path, tree, _method_base())
                 found.update({name: _complete(namespace[node.name]) for name, (node, _) in entries.items()})
@@ -79,18 +84,6 @@ def _registry(group: str, plugin_paths: str) -> dict[str, Any]:
             else:
                 from dlb.data.datasets import DATASETS as imported
             found.update({name: imported[name] for name in entries})
-    return found
-
-
-def _dataset_facts(entries: dict[str, tuple]) -> dict[str, types.SimpleNamespace]:
-    """A dataset's sizes and config values: its decorator's keyword arguments, which must be literals."""
-    found = {}
-    for name, (_, call) in entries.items():
-        config = {k.arg: ast.literal_eval(k.value) for k in call.keywords}  # ValueError where not a literal
-        if None in config:
-            raise ValueError(f"dataset {name}: **arguments")
-        found[name] = types.SimpleNamespace(train_size=config.pop("train_size", None),
-                                            test_size=config.pop("test_size", None), config=config)
     return found
 
 

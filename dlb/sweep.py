@@ -28,8 +28,8 @@ THROUGHPUT_FILE = REPO / "results" / "bench" / "throughput.json"  # written by s
 
 
 def _values(key: str, value: str) -> list[str]:
-    override = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
-    return list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+    parsed = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
+    return list(parsed.sweep_string_iterator()) if parsed.is_sweep_override() else [parsed.get_value_element_as_str()]
 
 
 def plan(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -88,10 +88,8 @@ def stages(jobs: list[list[str]]) -> list[list[list[str]]]:
 def _multirun_args(jobs: list[list[str]]) -> list[str]:
     """Collapse a stage's jobs back into Hydra sweep overrides (key=v1,v2,...) in first-seen order."""
     axes: dict[str, dict[str, None]] = {}
-    for job in jobs:
-        for o in job:
-            k, _, v = o.partition("=")
-            axes.setdefault(k, {})[v] = None
+    for k, _, v in (o.partition("=") for job in jobs for o in job):
+        axes.setdefault(k, {})[v] = None
     return [f"{k}={','.join(v)}" for k, v in axes.items()]
 
 

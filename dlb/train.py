@@ -1,22 +1,10 @@
 """Hydra entry point: `python -m dlb.train dataset=cifar100 backbone=resnet32 method=dlb` (also `dlb-train`).
 
-Exit codes (docs/reliability.md):
-  0   the run completed (or was already complete)
-  1   a bug: Python's traceback
-  2   a user error, as one line on stderr: a bad override, missing or corrupt data, an output dir that can't be
-      written or is in use by another run, a run dir holding another config
-  3   training diverged (NaN/Inf loss); summary.json says "diverged", the last good checkpoint is kept
-  75  stopped by SIGTERM/SIGUSR1 after saving a checkpoint (EX_TEMPFAIL, "try again"): requeue the job or run the
-      same command again to continue from the saved step
-  130 stopped by Ctrl-C: at the next step, saved (a second Ctrl-C: at once, from the last checkpoint); the same
-      command continues
-Under -m (multirun) a job with exit code 2 or 3 does not stop the sweep: its line is printed, the other jobs run,
-and the sweep exits with the first such code at the end. A stop signal stops the whole sweep (exit code 75).
+Exit codes (docs/reliability.md says what each means, also under -m): 0 done, 1 a bug (Python's traceback), 2 a user
+error (one line on stderr), 3 diverged, 75 stopped by SIGTERM/SIGUSR1 and 130 by Ctrl-C (the same command continues).
 
 `--help` and every error of the config (an override Hydra cannot parse, an unknown option, a key's type or range, a
-conflict of settings) are answered before torch is imported: dlb/groups.py reads the options, and what the checks
-need of each method and dataset, from configs/ and the registering files' source. Only a run that passes imports
-the training stack.
+conflict of settings) are answered before torch is imported (dlb/groups.py): only a run that passes imports it.
 """
 from __future__ import annotations
 
@@ -24,6 +12,7 @@ import difflib
 import os
 import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
@@ -76,13 +65,9 @@ def help_text() -> str:
     return OmegaConf.create({"hydra": {"help": help_cfg}}).hydra.help.template
 
 
-def _override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def _override_for(key: str, overrides: Sequence[str]) -> str:
     """The override the user typed for `key` (the first: Hydra stops at the first it can't apply), else the key."""
-    typed = [o for o in overrides if _override_key(o) == key]
+    typed = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key]
     return typed[0] if typed else key
 
 
@@ -240,26 +225,22 @@ def main() -> None:
         print(help_text().rstrip())
         return
     overrides = [a for a in sys.argv[1:] if not a.startswith("-") and ("=" in a or a.startswith("~"))]
-    if not full_error:
-        try:  # a single run is checked whole, before Hydra makes its folder: a refused command leaves none
-            if not any(a.startswith("-") or a.startswith("hydra.mode=") for a in sys.argv[1:]):
+    try:
+        if not full_error:  # a single run is checked whole, before Hydra makes its folder: a refused one leaves none
+            if not any(a.startswith(("-", "hydra.mode=")) for a in sys.argv[1:]):
                 load_config(overrides)
             elif (culprit := _culprit(overrides)) is not None:
                 raise ConfigError(culprit)
-        except ConfigError as e:
-            print(f"dlb: error: {e}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
-    from dlb.config import register_configs  # the structured schema (read without torch: dlb/groups.py)
+        from dlb.config import register_configs  # the structured schema (read without torch: dlb/groups.py)
 
-    register_configs()
-    plugins.load()  # the checks read DLB_PLUGINS files' source; now they run: a broken one is one line, exit code 2
-    try:
+        register_configs()
+        plugins.load()  # the checks read DLB_PLUGINS files' source; now they run: a broken one is one line, exit code 2
         hydra_main()
     except JobFailed as e:
         sys.exit(e.code)
-    except (HydraException, OmegaConfBaseException, ValueError) as e:
-        # Raised before any job ran (composing the config, parsing overrides): the command line is at fault.
-        # Errors inside a job are caught in hydra_main; what still escapes from there is a bug (below).
+    except (HydraException, OmegaConfBaseException, ValueError) as e:  # (ConfigError is a ValueError)
+        # Raised before any job ran (checking or composing the config, parsing overrides): the command line is at
+        # fault. Errors inside a job are caught in hydra_main; what still escapes from there is a bug (below).
         if full_error or _from_a_job(e):
             raise
         print(f"dlb: error: {error_line(e, overrides)}", file=sys.stderr)
@@ -276,12 +257,7 @@ def main() -> None:
 
 def _from_a_job(e: BaseException) -> bool:
     """Whether `e` was raised by code running inside a job (the task function), i.e. is not a command-line error."""
-    tb = e.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code is hydra_main.__wrapped__.__code__:
-            return True
-        tb = tb.tb_next
-    return False
+    return any(frame.f_code is hydra_main.__wrapped__.__code__ for frame, _ in traceback.walk_tb(e.__traceback__))
 
 
 if __name__ == "__main__":
