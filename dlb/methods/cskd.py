@@ -1,9 +1,6 @@
-"""Class-wise self-KD (CS-KD, Yun et al., CVPR 2020), as the official alinlab/cs-kd train.py and datasets.py.
-
-Each loader batch holds B sampled images followed by B partners, partner j a uniformly drawn training image of
-sample j's class (possibly sample j itself: PairBatchSampler's random.choice over the class). Then
-  z = f(x[:B]);  zp = f(x[B:]) under no_grad        -- two forward calls, as the official train()
-  loss = CE(z, y[:B]) + lambda * T^2 * sum KL(softmax(zp/T) || softmax(z/T)) / B
+"""Class-wise self-KD (CS-KD, Yun et al., CVPR 2020), as the official alinlab/cs-kd train.py and datasets.py: each
+batch is B samples then B same-class partners (ClassPairOrder), and loss = CE(z, y[:B]) + lambda * T^2 *
+KL(softmax(zp/T) || softmax(z/T)) batchmean, zp the partners' logits under no_grad (docs/methods.md).
 """
 from __future__ import annotations
 

@@ -1,15 +1,8 @@
-"""Data-distortion guided self-distillation (DDGSD, Xu & Liu, AAAI 2019), and DDGSD + DLB.
+"""Data-distortion guided self-distillation (DDGSD, Xu & Liu, AAAI 2019), and DDGSD + DLB (ddgsd_dlb).
 
-Two independently distorted views of each image go through the network in one call (BatchNorm sees both):
-  f_a, z_a = features and logits of view0;  f_b, z_b = of view1
-  loss = CE([z_a; z_b], [y; y])                                           -- mean over the 2B rows
-       + kl_weight * T^2 * (KL(sg(p_b) || p_a) + KL(sg(p_a) || p_b))      -- p = softmax(z/T), batchmean
-       + mmd_weight * || mean_i f_a,i - mean_i f_b,i ||^2                 -- linear-kernel MMD^2 of the features
-There is no official code; the paper gives the terms, the weights here are our choice (docs/methods.md).
-
-ddgsd_dlb adds DLB's last-batch term (dlb.py): the view0 logits of S_t are cached (detached) as the target, and at
-the next step a separate forward of view1(S_{t-1}) is the student:
-       + dlb_alpha * dlb_T^2 * KL(sg(z_a of S_{t-1}) / dlb_T || f(view1(S_{t-1})) / dlb_T)
+Both views go through the network in one call; loss = CE on both + kl_weight * the two-way KL between the views +
+mmd_weight * the MMD^2 of their mean features, and for ddgsd_dlb DLB's last-batch term. There is no official code:
+the terms are the paper's, the weights our choice (formulas and defaults: docs/methods.md).
 """
 from __future__ import annotations
 
@@ -81,12 +74,9 @@ class DDGSDWithDLB(DDGSD):
                 lambda A, P, N, K, B, img: 2 * A + B * (img + 8 + 4 * K))
 
     @dataclass
-    class Config:
+    class Config(DDGSD.Config):
         """DDGSD's fields, then DLB's term's (dlb.py: T = 3, alpha = 1)."""
         name: str = "ddgsd_dlb"
-        T: float = 4.0
-        kl_weight: float = 1.0
-        mmd_weight: float = 5e-4
         dlb_T: float = 3.0
         dlb_alpha: float = 1.0
 

@@ -1,15 +1,10 @@
 """DLB: self-distillation from the last mini-batch (Shen et al., CVPR 2022), as the official dlb.py does it.
 
-Step t sees the current batch S_t and the previous batch S_{t-1}:
-  z_t = f(view0(S_t));  zhat_t = f(view1(S_{t-1}))   -- two separate forward calls (BatchNorm statistics per half)
   loss = CE([zhat_t; z_t], [y_{t-1}; y_t]) + alpha * T^2 * KL(softmax(sg(z_{t-1})/T) || softmax(zhat_t/T))
-with KL reduced by batchmean over |S_{t-1}|, and z_{t-1} the detached logits the model gave view0(S_{t-1}) one
-step earlier. Only the very first step of a run has no previous batch (loss = CE on S_t); the cache carries over
-epoch boundaries. Usable in any PyTorch loop, see README ("DLB in your own training loop").
-
-backward="split" (not the official code's order, same gradient): the current half's share of the CE is
-backpropagated inside training_step, before the last batch's forward, so the two forwards' activations are never
-held at once (peak memory ~ CE's instead of ~2x). The caller must zero the gradients *before* training_step.
+with z_t = f(view0(S_t)) and zhat_t = f(view1(S_{t-1})) two separate forward calls (BatchNorm statistics per half),
+and z_{t-1} the detached logits of view0(S_{t-1}) one step earlier (the cache carries over epoch boundaries). Details
+and backward=split, whose caller must zero the gradients *before* training_step: docs/methods.md. Usable in any
+PyTorch loop, see README ("DLB in your own training loop").
 """
 from __future__ import annotations
 

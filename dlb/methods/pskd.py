@@ -1,13 +1,7 @@
 """Progressive self-KD (PS-KD, Kim et al., ICCV 2021), as the official lgcnsai/PS-KD-Pytorch main.py train().
 
-An N x K memory holds each training image's softmax from the last time it was seen (the previous epoch).
-  alpha_t = alpha_T * (epoch + 1) / E                        -- set at the start of each epoch, epoch 0-based
-  target  = (1 - alpha_t) onehot(y) + alpha_t * p_prev(idx)  -- p_prev = onehot(y) in epoch 0 (and for a row
-                                                               never written: see training_step)
-  loss    = -sum_k target_k log softmax(z)_k, mean over the batch (Custom_CrossEntropy_PSKD)
-  then memory[idx] = softmax(z).detach()
-The official order: targets are read before the forward, the memory is written with this step's (pre-update)
-softmax. Within an epoch every index appears once, so writing before the optimizer step is the same.
+An N x K memory holds each training image's softmax from the last time it was seen; the target is
+(1 - alpha_t) onehot(y) + alpha_t * memory[idx], alpha_t = alpha_T * (epoch + 1) / E (details: docs/methods.md).
 """
 from __future__ import annotations
 

@@ -1,13 +1,6 @@
-"""Teacher-free KD (Yuan et al., CVPR 2020), as the official my_loss_function.py computes it.
-
-tfkd_self (loss_kd_self): a frozen CE-trained teacher of the same architecture sees the same batch;
-  loss = (1-alpha) CE(z, y) + alpha * T^2 * multiplier * KL(softmax(t/T) || softmax(z/T))
-tfkd_reg (loss_kd_regularization): a virtual teacher u = correct_prob on the true class, (1-correct_prob)/(K-1) on
-  the others;  loss = (1-alpha) CE(z, y) + alpha * multiplier * KL(softmax(u/T) || softmax(z))
-The official KL is nn.KLDivLoss() with its default reduction: the mean over all B*K elements, i.e. batchmean/K
-(kl_reduction=batchmean: summed over classes, averaged over samples). tfkd_reg softmaxes the *probability* vector
-u/T (at T=20 nearly uniform) and leaves the student unscaled, without T^2 (soften=clean: softmax(log(u)/T) vs
-softmax(z/T), times T^2). Formulas, defaults and sources: docs/methods.md.
+"""Teacher-free KD (Yuan et al., CVPR 2020), as the official my_loss_function.py computes it: tfkd_self distils a
+frozen CE-trained teacher of the same backbone (loss_kd_self), tfkd_reg a virtual teacher (loss_kd_regularization).
+The official KL quirks are the defaults (kl_reduction, soften); formulas, defaults and sources: docs/methods.md.
 """
 from __future__ import annotations
 
