@@ -46,13 +46,12 @@ def apply_cutout(x: torch.Tensor, cy, cx, size: int) -> torch.Tensor:
     return x.clone().masked_fill_(hole, 0.0)  # clone keeps the memory format (channels_last); masked_fill doesn't
 
 
+@dataclasses.dataclass
 class Cutout:
     """DeVries & Taylor's CutOut: one square hole of side `size` per image, zeroed after normalisation (the
     official code appends Cutout after ToTensor+Normalize, so the hole is 0 in normalised space, i.e. the dataset
     mean colour).  Every view gets its own hole; labels are unchanged."""
-
-    def __init__(self, size: int):
-        self.size = int(size)
+    size: int
 
     def __call__(self, batch: Batch, seed: int) -> Batch:
         x = batch.views[0]

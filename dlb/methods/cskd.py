@@ -15,10 +15,8 @@ from dlb.methods.base import Cost, Method, log_probs, mixed_ce, register_method
 
 class ClassPairOrder:
     """batch_order for the DeviceLoader: a shuffled epoch split into batches of B (last one partial, not drop_last,
-    as the official sampler), each followed by same-class partners drawn for the whole epoch in one go.
-
-    Per-class index lists are precomputed once as one class-sorted index with per-class offsets and counts, so a
-    partner draw is a gather: sorted_idx[offset[c] + floor(u * count[c])]."""
+    as the official sampler), each followed by same-class partners drawn for the whole epoch in one go: a gather
+    sorted_idx[offset[c] + floor(u * count[c])] from a class-sorted index built once."""
 
     def __init__(self, labels: torch.Tensor, batch_size: int):
         self.labels, self.batch_size = labels.long(), int(batch_size)

@@ -35,14 +35,15 @@ def kl_div(log_q: torch.Tensor, p: torch.Tensor, reduction: str) -> torch.Tensor
     return F.kl_div(log_q, p, reduction="sum") / (p.numel() if reduction == "official" else p.shape[0])
 
 
-def _check_common(cfg, alpha_default: float, T_default: float, multiplier_default: float) -> None:
+def _check_common(cfg, default) -> None:
+    """The range checks both Tf-KD methods share; `default`: the method's Config, for its official defaults."""
     if not 0 <= cfg.alpha <= 1:
         raise ConfigError(f"method.alpha={cfg.alpha}: the KD share must be in [0, 1] "
-                          f"(official default {alpha_default})")
+                          f"(official default {default.alpha})")
     if cfg.T <= 0:
-        raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (official default {T_default})")
+        raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (official default {default.T})")
     if cfg.multiplier < 0:
-        raise ConfigError(f"method.multiplier={cfg.multiplier}: must be >= 0 (official default {multiplier_default})")
+        raise ConfigError(f"method.multiplier={cfg.multiplier}: must be >= 0 (official default {default.multiplier})")
 
 
 @register_method("tfkd_self")
@@ -67,7 +68,7 @@ class TfKDSelf(Method):
 
     @classmethod
     def validate_config(cls, cfg):
-        _check_common(cfg, 0.95, 6, 50)
+        _check_common(cfg, cls.Config)
         if not cfg.teacher:
             raise ConfigError("method.teacher='': use auto, a checkpoint path or a run dir")
 
@@ -136,7 +137,7 @@ class TfKDReg(Method):
 
     @classmethod
     def validate_config(cls, cfg):
-        _check_common(cfg, 0.1, 20, 100)
+        _check_common(cfg, cls.Config)
         if not 0 < cfg.correct_prob < 1:
             raise ConfigError(f"method.correct_prob={cfg.correct_prob}: must be in (0, 1) "
                               "(the official code uses 0.99)")
