@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dlb.errors import ConfigError
 from dlb.methods.base import Cost, Method, log_probs, mixed_ce, register_method
 
 
@@ -56,14 +55,7 @@ class CSKD(Method):
         name: str = "cskd"
         T: float = 4.0
         kd_weight: float = 1.0  # lambda (the official --lamda)
-
-    @classmethod
-    def validate_config(cls, cfg):
-        if cfg.T <= 0:
-            raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (the official code uses 4)")
-        if cfg.kd_weight < 0:
-            raise ConfigError(f"method.kd_weight={cfg.kd_weight}: the KD weight must be >= 0 "
-                              "(the official code uses 1)")
+        ranges = {"T": "> 0", "kd_weight": ">= 0"}
 
     def batch_order(self, labels, batch_size):
         return ClassPairOrder(labels, batch_size)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 
-from dlb.errors import ConfigError
 from dlb.methods.base import Cost, Method, mixed_ce, register_method
 from dlb.methods.dlb import DLB, last_batch_kd
 
@@ -37,20 +36,13 @@ class DDGSD(Method):
         T: float = 4.0
         kl_weight: float = 1.0
         mmd_weight: float = 5e-4
+        ranges = {"T": "> 0", "kl_weight": ">= 0", "mmd_weight": ">= 0"}
 
     @classmethod
     def rules_out(cls, cfg):
         # features_and_logits calls model.forward_features, which the DistributedDataParallel wrapper never sees
         return {"ddp": ("trainer.ddp", True, f"method={cfg.name} runs model.forward_features, which "
                         "DistributedDataParallel does not wrap (gradients would not be averaged); train it on one GPU")}
-
-    @classmethod
-    def validate_config(cls, cfg):
-        if cfg.T <= 0:
-            raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (default 4)")
-        for key in ("kl_weight", "mmd_weight"):
-            if cfg[key] < 0:
-                raise ConfigError(f"method.{key}={cfg[key]}: the weight must be >= 0")
 
     def training_step(self, model, batch):
         b = batch.views[0].shape[0]
@@ -79,14 +71,7 @@ class DDGSDWithDLB(DDGSD):
         name: str = "ddgsd_dlb"
         dlb_T: float = 3.0
         dlb_alpha: float = 1.0
-
-    @classmethod
-    def validate_config(cls, cfg):
-        super().validate_config(cfg)
-        if cfg.dlb_T <= 0:
-            raise ConfigError(f"method.dlb_T={cfg.dlb_T}: the temperature must be > 0 (DLB uses 3)")
-        if cfg.dlb_alpha < 0:
-            raise ConfigError(f"method.dlb_alpha={cfg.dlb_alpha}: the KD weight must be >= 0 (DLB uses 1)")
+        ranges = {**DDGSD.Config.ranges, "dlb_T": "> 0", "dlb_alpha": ">= 0"}
 
     def __init__(self, **options):
         super().__init__(**options)

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from dlb.device.distributed import all_gather_rows
-from dlb.errors import ConfigError
 from dlb.methods.base import Cost, Method, onehot_targets, register_method, soft_target_ce
 
 
@@ -25,12 +24,7 @@ class PSKD(Method):
         """Default: the official main.py (alpha_T = 0.8)."""
         name: str = "pskd"
         alpha_T: float = 0.8
-
-    @classmethod
-    def validate_config(cls, cfg):
-        if not 0 <= cfg.alpha_T <= 1:
-            raise ConfigError(f"method.alpha_T={cfg.alpha_T}: the final self-target share must be in [0, 1] "
-                              "(the official code uses 0.8)")
+        ranges = {"alpha_T": "in [0, 1]"}
 
     def __init__(self, train_size: int = 0, num_classes: int = 0, **options):
         super().__init__(**options)
@@ -46,10 +40,8 @@ class PSKD(Method):
             raise ValueError("PS-KD needs the dataset row indices of each batch (Batch.idx)")
         logits = model(batch.views[0])
         onehot = onehot_targets(batch, logits.shape[1])
-        # A row not yet written (a softmax row sums to 1, an empty one to 0) gives the one-hot (under CutMix: the
-        # mixed one-hot). That is every row in epoch 0, where the official code writes onehot(y) into the memory
-        # first (overwritten below in the same step), and later the rare image that sat out an epoch: under DDP
-        # the last global batch's R mod world leftovers, which the official DistributedSampler's padding never has.
+        # A row not yet written (a softmax row sums to 1, an empty one to 0) gives the (mixed) one-hot: every row in
+        # epoch 0, where the official code writes onehot(y) first, and an image that sat out an epoch (docs/methods.md).
         prev = self.memory[batch.idx]
         prev = torch.where(prev.sum(1, keepdim=True) > 0, prev, onehot)
         target = (1 - self.alpha_t) * onehot + self.alpha_t * prev

@@ -35,17 +35,6 @@ def kl_div(log_q: torch.Tensor, p: torch.Tensor, reduction: str) -> torch.Tensor
     return F.kl_div(log_q, p, reduction="sum") / (p.numel() if reduction == "official" else p.shape[0])
 
 
-def _check_common(cfg, default) -> None:
-    """The range checks both Tf-KD methods share; `default`: the method's Config, for its official defaults."""
-    if not 0 <= cfg.alpha <= 1:
-        raise ConfigError(f"method.alpha={cfg.alpha}: the KD share must be in [0, 1] "
-                          f"(official default {default.alpha})")
-    if cfg.T <= 0:
-        raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (official default {default.T})")
-    if cfg.multiplier < 0:
-        raise ConfigError(f"method.multiplier={cfg.multiplier}: must be >= 0 (official default {default.multiplier})")
-
-
 @register_method("tfkd_self")
 class TfKDSelf(Method):
     needs_teacher = True
@@ -65,10 +54,11 @@ class TfKDSelf(Method):
         kl_reduction: KLReduction = KLReduction.official
         teacher: str = "auto"  # auto | a checkpoint (best.pt, or any dict with "model") | a run dir
         teacher_root: Optional[str] = None  # where auto searches; null: see search_root
+        ranges = {"alpha": "in [0, 1]", "T": "> 0", "multiplier": ">= 0"}
 
     @classmethod
     def validate_config(cls, cfg):
-        _check_common(cfg, cls.Config)
+        super().validate_config(cfg)
         if not cfg.teacher:
             raise ConfigError("method.teacher='': use auto, a checkpoint path or a run dir")
 
@@ -134,13 +124,7 @@ class TfKDReg(Method):
         correct_prob: float = 0.99
         kl_reduction: KLReduction = KLReduction.official
         soften: Soften = Soften.official
-
-    @classmethod
-    def validate_config(cls, cfg):
-        _check_common(cfg, cls.Config)
-        if not 0 < cfg.correct_prob < 1:
-            raise ConfigError(f"method.correct_prob={cfg.correct_prob}: must be in (0, 1) "
-                              "(the official code uses 0.99)")
+        ranges = {"alpha": "in [0, 1]", "T": "> 0", "multiplier": ">= 0", "correct_prob": "in (0, 1)"}
 
     def training_step(self, model, batch):
         logits = model(batch.views[0])

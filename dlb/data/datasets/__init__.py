@@ -9,7 +9,6 @@ import importlib
 import pkgutil
 
 from dlb import plugins
-from dlb.choice import Choice
 from dlb.data.datasets.base import (DATASETS, TRAIN_SIZES, ArrayDataset, DatasetSpec, RunData, fingerprint,
                                     load_dataset, prepare, register_dataset, subset_index)
 from dlb.data.datasets.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
@@ -19,13 +18,6 @@ from dlb.data.datasets.fashion_mnist import FASHION_MNIST_SYSTEM_DIR
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 plugins.load()
-
-
-def __getattr__(name: str):
-    if name == "DatasetName":  # the registered names as a Choice, made when asked for: plugins' datasets count too
-        return Choice("DatasetName", [(n, n) for n in DATASETS])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = ["DATASETS", "TRAIN_SIZES", "ArrayDataset", "DatasetSpec", "RunData", "fingerprint", "load_dataset",
            "prepare", "register_dataset", "subset_index", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN",

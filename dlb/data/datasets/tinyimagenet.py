@@ -37,10 +37,8 @@ def load_tinyimagenet(root: Path, train: bool, download: bool, image_size: int) 
                            f"run `{prepare}`")
 
     wnids_file = base / "wnids.txt"
-    if wnids_file.is_file():
-        classes = sorted(line.strip() for line in wnids_file.read_text().splitlines() if line.strip())
-    else:
-        classes = sorted(d.name for d in (base / "train").iterdir() if d.is_dir())
+    classes = sorted(wnids_file.read_text().split() if wnids_file.is_file()  # one wnid a line
+                     else (d.name for d in (base / "train").iterdir() if d.is_dir()))
     split = "train" if train else "val"
     paths, labels = [], []
     for label, wnid in enumerate(classes):
