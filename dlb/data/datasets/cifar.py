@@ -40,14 +40,13 @@ def _load_cifar(name: str, root: Path, train: bool, download: bool) -> ArrayData
     files = [(folder / fname, md5) for fname, md5 in (spec.train_list if train else spec.test_list)]
     files.append((folder / spec.meta["filename"], spec.meta["md5"]))
 
-    missing = [path for path, _ in files if not path.is_file()]
-    if missing and download:
+    if download and not all(path.is_file() for path, _ in files):
         try:
             download_and_extract_archive(spec.url, str(root), filename=spec.filename, md5=spec.tgz_md5)
         except Exception as exc:  # network errors come in many types; all mean the same thing to the user
             raise DatasetError(f"downloading {spec.url} into {root} failed ({exc}); check internet access, or "
                                f"download it elsewhere and extract it into {root}") from exc
-        missing = [path for path, _ in files if not path.is_file()]
+    missing = [path for path, _ in files if not path.is_file()]
     if missing:
         raise DatasetError(f"{title} file {missing[0]} is missing; rerun with dataset.download=true (needs internet), "
                            f"or put the archive's extracted folder at {folder}")

@@ -26,20 +26,19 @@ FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 @register_dataset("fashion_mnist", train_size=60000, test_size=10000, augment="crop_flip", image_size=32)
 def load_fashion_mnist(root: Path, train: bool, download: bool, image_size: int) -> ArrayDataset:
     candidates = [root / "FashionMNIST" / "raw", root / "fashion-mnist", FASHION_MNIST_SYSTEM_DIR]
-    folder = next((d for d in candidates if _fashion_mnist_files(d) is not None), None)
-    if folder is None and download:
+    if download and not any(map(_fashion_mnist_files, candidates)):
         try:  # writes root/FashionMNIST/raw, the first candidate
             torchvision.datasets.FashionMNIST(str(root), train=train, download=True)
         except Exception as exc:
             raise DatasetError(f"downloading Fashion-MNIST into {root} failed ({exc}); check internet access, or "
                                f"run `apt-get install -y dataset-fashion-mnist` (Debian, as root)") from exc
-        folder = candidates[0] if _fashion_mnist_files(candidates[0]) is not None else None
-    if folder is None:
+    # train images, train labels, test images, test labels, from the first folder that has all four
+    files = next(filter(None, map(_fashion_mnist_files, candidates)), None)
+    if files is None:
         raise DatasetError(f"Fashion-MNIST idx files not found in {', '.join(map(str, candidates))}; run "
                            f"`apt-get install -y dataset-fashion-mnist` (Debian, as root), or rerun with "
                            f"dataset.download=true (needs internet)")
 
-    files = _fashion_mnist_files(folder)  # train images, train labels, test images, test labels
     image_path, label_path = files[:2] if train else files[2:]
     images, labels = _read_idx(image_path, magic=2051), _read_idx(label_path, magic=2049)
     if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max() > 9:
