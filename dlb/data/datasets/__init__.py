@@ -1,10 +1,6 @@
-"""Datasets read fully into memory as decoded uint8 tensors. One file per dataset; each registers its reader with
-`@register_dataset` (base.py).
-
-Adding a dataset is one new file here, or one file of your own named in DLB_PLUGINS (dlb/plugins.py): every module
-of this package is imported below, so its reader becomes `load_dataset(<name>, ...)`, its config values the
-`dataset=<name>` config entry, and its training-set size (if it declares one) an entry of TRAIN_SIZES.
-"""
+"""Datasets read fully into memory as decoded uint8 tensors, one file each, whose reader is registered with
+`@register_dataset` (base.py). Every module of this package, then every plugin file named in DLB_PLUGINS
+(dlb/plugins.py), is imported below, so a new dataset is one file: `load_dataset(<name>, ...)`, `dataset=<name>`."""
 import importlib
 import pkgutil
 
