@@ -93,7 +93,8 @@ class CifarResNet(_CifarNet):
 
 
 def bn_relu_conv(cin, cout, k):
-    return nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, k, padding=k // 2, bias=False))
+    return nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+                         nn.Conv2d(cin, cout, k, padding=k // 2, bias=False))
 
 
 class DenseLayer(nn.Module):

@@ -37,7 +37,8 @@ class ArrayDataset:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
             raise ValueError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"labels must be int64 ({self.images.shape[0]},), got {self.labels.dtype} {tuple(self.labels.shape)}")
+            raise ValueError(f"labels must be int64 ({self.images.shape[0]},), got {self.labels.dtype} "
+                             f"{tuple(self.labels.shape)}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -194,7 +195,8 @@ def decode_images(paths: list[Path], size: int | None = None) -> torch.Tensor:
         for i, (path, array) in enumerate(zip(paths[1:], pool.map(decode, paths[1:], chunksize=64)), start=1):
             if array.shape != first.shape:
                 raise DatasetError(f"image {path} is {array.shape[1]}x{array.shape[0]} but {paths[0]} is "
-                                   f"{first.shape[1]}x{first.shape[0]}; all images must have one size, fix or delete it")
+                                   f"{first.shape[1]}x{first.shape[0]}; all images must have one size, "
+                                   f"fix or delete it")
             out[i] = torch.from_numpy(array)
     return out.permute(0, 3, 1, 2).contiguous()
 

@@ -60,23 +60,22 @@ def _fashion_mnist_files(folder: Path) -> list[Path] | None:
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
     """Read an idx file (big-endian: magic number, one uint32 per dimension, then uint8 data)."""
+    redownload = "delete it and rerun with dataset.download=true (needs internet)"
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as exc:
-        raise DatasetError(f"cannot read {path} ({exc}); delete it and rerun with dataset.download=true "
-                           f"(needs internet)") from exc
+        raise DatasetError(f"cannot read {path} ({exc}); {redownload}") from exc
     found_magic = int.from_bytes(data[:4], "big")
     if found_magic != magic:
         raise DatasetError(f"{path} is not an idx file of the expected kind (magic number {found_magic}, expected "
-                           f"{magic}); delete it and rerun with dataset.download=true (needs internet)")
+                           f"{magic}); {redownload}")
     ndim = magic & 0xFF
     shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise DatasetError(f"{path} is truncated ({body.size} bytes of data for shape {shape}); delete it and rerun "
-                           f"with dataset.download=true (needs internet)")
+        raise DatasetError(f"{path} is truncated ({body.size} bytes of data for shape {shape}); {redownload}")
     return body.reshape(shape)
 
 
