@@ -1,15 +1,7 @@
-"""CIFAR-style backbones used in the DLB paper, registered in timm's model registry.
-
-Architectures follow the official DLB code (github Meta-knowledge-Lab/DLB, models/):
-ResNet-8/20/32/56/110, WRN-20-8, DenseNet-BC-40-12 and VGG-16/19 with BatchNorm.
-Every name carries a ``cifar_`` prefix so timm's own models (vgg16, ...) stay untouched:
-
-    import timm, dlb.models
-    model = timm.create_model("cifar_resnet32", num_classes=100)
-
-All nets end in global average pooling, so they also run on 64x64 (or larger) inputs.
-``forward_features(x)`` gives the pooled feature vector (B, num_features),
-``forward_head`` maps it to logits and ``get_classifier()`` returns the head.
+"""CIFAR-style backbones of the DLB paper (the official code's models/: ResNet-8/20/32/56/110, WRN-20-8,
+DenseNet-BC-40-12, VGG-16/19 with BatchNorm), registered in timm's model registry with a ``cifar_`` prefix so timm's
+own models (vgg16, ...) stay untouched: ``timm.create_model("cifar_resnet32", num_classes=100)`` after importing
+dlb.models. All end in global average pooling, so they also run on 64x64 (or larger) inputs.
 """
 
 from functools import partial
@@ -101,7 +93,8 @@ class CifarResNet(_CifarNet):
 
 
 def bn_relu_conv(cin, cout, k):
-    return nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, k, padding=k // 2, bias=False))
+    return nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+                         nn.Conv2d(cin, cout, k, padding=k // 2, bias=False))
 
 
 class DenseLayer(nn.Module):
@@ -174,14 +167,12 @@ _TIMM_CFG_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
 def _entrypoint(name, ctor):
-    def create(pretrained=False, **kwargs):
+    def create(pretrained=False, num_classes=100, in_chans=3, **kwargs):
         if pretrained:
             raise ValueError(f"{name}: no pretrained weights exist for the CIFAR models; use pretrained=False")
-        for k in _TIMM_CFG_KWARGS:
-            kwargs.pop(k, None)
-        num_classes, in_chans = kwargs.pop("num_classes", 100), kwargs.pop("in_chans", 3)
-        if kwargs:
-            raise TypeError(f"{name}: unsupported arguments {sorted(kwargs)} (only num_classes, in_chans)")
+        unsupported = sorted(set(kwargs) - set(_TIMM_CFG_KWARGS))
+        if unsupported:
+            raise TypeError(f"{name}: unsupported arguments {unsupported} (only num_classes, in_chans)")
         return ctor(num_classes=num_classes, in_chans=in_chans)
 
     create.__name__ = create.__qualname__ = name  # timm registers an entrypoint under its function name
@@ -206,7 +197,6 @@ def build_model(cfg, num_classes: int) -> torch.nn.Module:
     # Fail before training when the backbone can't take the images at all (a ViT built for 224 px given 32 px, a VGG
     # whose pooling shrinks 8 px to nothing): one forward of one blank image on the CPU, in eval mode (no BatchNorm
     # statistics change, no random numbers drawn).
-    was_training = model.training
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, size, size))
@@ -215,6 +205,4 @@ def build_model(cfg, num_classes: int) -> torch.nn.Module:
         raise ConfigError(f"backbone.name={name}: cannot take {size}x{size} images (dataset.image_size={size}): "
                           f"{why}; use a backbone made for this size (the cifar_* ones take any size >= 8) or tell "
                           f"the timm model the size, e.g. +backbone.kwargs.img_size={size}") from None
-    finally:
-        model.train(was_training)
-    return model
+    return model.train()  # as timm.create_model made it

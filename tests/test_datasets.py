@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from dlb.data.datasets import ArrayDataset, DatasetName, cifar, fashion_mnist, imagefolder, load_dataset, tinyimagenet
+from dlb.data.datasets import DATASETS, ArrayDataset, cifar, fashion_mnist, imagefolder, load_dataset, tinyimagenet
 from dlb.errors import DatasetError
 from tests.fakedata import (cifar_class_names, fake_cifar_split, tinyimagenet_colour, write_fake_cifar,
                             write_fake_fashion_mnist, write_fake_imagefolder, write_fake_tinyimagenet)
@@ -346,7 +346,7 @@ def test_array_dataset_rejects_wrong_dtypes():
 def test_unknown_name_lists_valid_names(tmp_path):
     with pytest.raises(DatasetError) as err:
         load_dataset("mnist", str(tmp_path), train=True)
-    assert all(name in str(err.value) for name in DatasetName)
+    assert all(name in str(err.value) for name in DATASETS)
 
 
 def test_a_subset_larger_than_the_split_is_one_line_and_exit_code_2(tmp_path):

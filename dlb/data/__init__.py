@@ -1,1 +1,2 @@
-"""The data a run sees: datasets read into memory, the loaders that batch and augment them on the device, label noise."""
+"""The data a run sees: datasets read into memory, the loaders that batch and augment them on the device, label
+noise."""

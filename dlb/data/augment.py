@@ -1,11 +1,8 @@
 """Batch-level augmentation (CutOut, CutMix), applied by the training loaders to the normalised device batch.
 
-Each augmenter is called as `aug(batch, seed) -> Batch` with a seed the loader derives from (seed, epoch, step), so
-a batch stays a pure function of those three numbers (mid-epoch resume reproduces it).  Per-sample draws come from
-a generator on the batch's device; CutMix's per-batch scalars (mix or not, lam, box centre) come from a CPU numpy
-generator with the same seed, so whether and where to paste is known on the host without reading anything back
-from the device (no sync).  The crop/flip draws use the loader's own generator, untouched by these: a run with
-augment=cutout sees the same crops as one without.  Semantics and the DLB combination: docs/augment_and_noise.md.
+Each augmenter is called as `aug(batch, seed) -> Batch` with a seed the loader derives from (seed, epoch, step), so a
+batch stays a pure function of those three numbers (mid-epoch resume reproduces it), drawn without a host sync and
+apart from the crop/flip stream. Semantics, randomness and the DLB combination: docs/augment_and_noise.md.
 """
 from __future__ import annotations
 
@@ -49,13 +46,12 @@ def apply_cutout(x: torch.Tensor, cy, cx, size: int) -> torch.Tensor:
     return x.clone().masked_fill_(hole, 0.0)  # clone keeps the memory format (channels_last); masked_fill doesn't
 
 
+@dataclasses.dataclass
 class Cutout:
     """DeVries & Taylor's CutOut: one square hole of side `size` per image, zeroed after normalisation (the
     official code appends Cutout after ToTensor+Normalize, so the hole is 0 in normalised space, i.e. the dataset
     mean colour).  Every view gets its own hole; labels are unchanged."""
-
-    def __init__(self, size: int):
-        self.size = int(size)
+    size: int
 
     def __call__(self, batch: Batch, seed: int) -> Batch:
         x = batch.views[0]
@@ -77,17 +73,10 @@ def rand_bbox(h: int, w: int, lam: float, rng: np.random.Generator) -> tuple[int
 
 
 class CutMix:
-    """Yun et al.'s CutMix, as the official train.py: with probability `prob` per batch, lam ~ Beta(beta, beta),
-    partner = a random permutation of the batch, one box for the whole batch; the partner's box is pasted and lam
-    becomes the exact unpasted area fraction.  The Batch gets y_mix = y[perm] and lam (B,).
-
-    views="shared": one decision, partner, box and lam for all views, so every view of a sample is a view of the
-    same mixed image with the same target.  views="independent" draws them per view, which only a one-view batch
-    can express (Batch holds one y_mix/lam): with several views it raises (config validation rejects it first).
-
-    paired_rows=True (CS-KD's [B samples; B same-class partners] batches): the permutation is drawn over the B
-    samples and row B + j gets the same source as row j, so a sample and its partner carry the same pasted patch
-    and the same second label, and the class-wise KD compares like with like."""
+    """Yun et al.'s CutMix, as the official train.py: per batch with probability `prob`, the partner's (a random
+    permutation's) box is pasted and the Batch gets y_mix = y[perm] and lam (B,), the exact unpasted fraction.
+    views: "shared" (one draw for all views) or "independent" (per view: one-view batches only); paired_rows: CS-KD's
+    [samples; partners] batches, row B + j mixed as row j. Details: docs/augment_and_noise.md."""
 
     def __init__(self, prob: float = 0.5, beta: float = 1.0, views: str = "shared", paired_rows: bool = False):
         self.prob, self.beta, self.paired_rows = float(prob), float(beta), bool(paired_rows)

@@ -1,11 +1,8 @@
-"""Data loading: a GPU-resident loader (the default) and the classic PIL/DataLoader pipeline for comparison.
+"""Data loading: a device-resident loader (the default) and the classic PIL/DataLoader pipeline for comparison.
 
-DeviceLoader keeps the whole uint8 dataset on the device and builds each batch with a handful of batched
-tensor ops (gather, crop via advanced indexing or roi_align, flip, one fused multiply-add to normalise).
-CIFAR-sized data makes per-sample PIL work in worker processes the bottleneck of small-network training;
-here a batch costs a few kernel launches.  All randomness is a pure function of (seed, epoch, step), so a
-run can resume mid-epoch (iter_from) and reproduce the exact batches it would have seen.  A batch-level
-augmentation (CutOut, CutMix: dlb/data/augment.py) runs last, on the normalised batch, with its own per-batch seed.
+DeviceLoader builds each batch from the whole uint8 dataset on the device in a few batched tensor ops, since per-image
+PIL work in worker processes is the bottleneck of small-network training on CIFAR-sized data. All its randomness is a
+pure function of (seed, epoch, step), so a run resumes mid-epoch (iter_from) with the exact batches it would have seen.
 """
 from __future__ import annotations
 
@@ -161,8 +158,7 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Te
 
 
 class DeviceLoader:
-    """Whole dataset held as uint8 on `device`; batches are drawn, augmented and normalised there in a few
-    batched tensor ops (no per-sample Python).
+    """Whole dataset held as uint8 on `device`; batches are drawn, augmented and normalised there.
 
     batch_order(epoch, g) -> index batches (list of 1-D tensors or a 2-D tensor, one row per batch) replaces
     the shuffled order; `g` is seeded from (seed, epoch) and lives on the loader's device, so draw with

@@ -1,10 +1,8 @@
 """Training-label noise: symmetric (uniform to another class) and asymmetric (class-pair flips).
 
-The noisy labels are a pure function of (dataset name, noise name, rate, noise seed) and the clean labels: the
-generator is seeded from a SHA-256 of the first four (stable across processes, unlike hash()), never from the
-run seed or the method, so every method and seed of a comparison trains on the same corrupted labels.  They are
-drawn for the full training set, before dataset.train_subset is taken, so a subset's labels agree with the full
-set's.  Details and the recorded file: docs/augment_and_noise.md.
+The noisy labels are a pure function of (dataset name, noise name, rate, noise seed) and the clean labels, never of
+the run seed or the method, so every method and seed of a comparison trains on the same corrupted labels. Details
+and the recorded file: docs/augment_and_noise.md.
 """
 from __future__ import annotations
 
@@ -28,7 +26,8 @@ CIFAR100_COARSE = (
 
 
 def noise_seed(dataset: str, name: str, rate: float, seed: int) -> int:
-    """63-bit generator seed from (dataset, name, rate, seed); float(rate) so 0.4 and 0.40 agree."""
+    """63-bit generator seed from a SHA-256 of (dataset, name, rate, seed), stable across processes (unlike hash());
+    float(rate) so 0.4 and 0.40 agree."""
     key = f"{dataset}|{name}|{float(rate)!r}|{int(seed)}".encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
 

@@ -1,10 +1,6 @@
-"""Training methods. One file per method; each registers itself with `@register_method`.
-
-Adding a method is one new file here (docs/methods.md, "Adding a method"), or a file of your own named in DLB_PLUGINS
-(dlb/plugins.py): every module of this package, then every plugin, is imported below, so its `Config` becomes the
-`method=<name>` config entry and its class attributes (base.py) reach the trainer, the sweep planner, the report and
-the figures.
-"""
+"""Training methods, one file each, registered with `@register_method`. Every module of this package, then every
+plugin file named in DLB_PLUGINS (dlb/plugins.py), is imported below, so a new method is one file (docs/methods.md,
+"Adding a method") that the trainer, the sweep planner, the report and the figures all see."""
 import importlib
 import pkgutil
 

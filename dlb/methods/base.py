@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -17,6 +18,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dlb.errors import ConfigError
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -79,6 +82,9 @@ class Method(nn.Module):
     @dataclass
     class Config:
         name: str = "?"
+        # {field: what its value must meet: "> 0", ">= 0" or an interval such as "in [0, 1)"}, checked by
+        # validate_config (a class attribute, not an option)
+        ranges = {}
 
     def __init__(self, **options: Any):
         """Each Config field (but `name`) becomes an attribute: the given value, else the Config default. Numbers are
@@ -92,7 +98,11 @@ class Method(nn.Module):
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
-        """Raise dlb.errors.ConfigError for out-of-range values. Types are already checked by the schema."""
+        """Raise dlb.errors.ConfigError for out-of-range values (those outside `Config.ranges`; a method with other
+        checks adds them after super().validate_config). Types are already checked by the schema."""
+        for key, bound in getattr(cls.Config, "ranges", {}).items():
+            if not _meets(cfg[key], bound):
+                raise ConfigError(f"method.{key}={cfg[key]}: must be {bound} (default {getattr(cls.Config, key)})")
 
     @classmethod
     def rules_out(cls, cfg: Any) -> dict[str, tuple[str, Any, str]]:
@@ -129,6 +139,18 @@ class Method(nn.Module):
 
     def load_method_state(self, state: dict, device: torch.device | str | None = None) -> None:
         """Restore `method_state()`, moving tensors to `device`."""
+
+
+def _meets(value: float, bound: str) -> bool:
+    """Whether `value` meets a Config.ranges bound: "> x", ">= x" or "in" an interval ("[": the end included)."""
+    parts = re.fullmatch(r"(>=?) (\S+)|in ([\[(])(\S+), (\S+)([\])])", bound)
+    if parts is None:
+        raise ValueError(f"Config.ranges bound {bound!r}: write '> x', '>= x' or an interval such as 'in [0, 1)'")
+    op, limit, left, low, high, right = parts.groups()
+    if op:
+        return value > float(limit) if op == ">" else value >= float(limit)
+    low, high = float(low), float(high)
+    return (low <= value if left == "[" else low < value) and (value <= high if right == "]" else value < high)
 
 
 def _coerce(value: Any, kind: Any) -> Any:

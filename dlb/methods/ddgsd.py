@@ -1,15 +1,8 @@
-"""Data-distortion guided self-distillation (DDGSD, Xu & Liu, AAAI 2019), and DDGSD + DLB.
+"""Data-distortion guided self-distillation (DDGSD, Xu & Liu, AAAI 2019), and DDGSD + DLB (ddgsd_dlb).
 
-Two independently distorted views of each image go through the network in one call (BatchNorm sees both):
-  f_a, z_a = features and logits of view0;  f_b, z_b = of view1
-  loss = CE([z_a; z_b], [y; y])                                           -- mean over the 2B rows
-       + kl_weight * T^2 * (KL(sg(p_b) || p_a) + KL(sg(p_a) || p_b))      -- p = softmax(z/T), batchmean
-       + mmd_weight * || mean_i f_a,i - mean_i f_b,i ||^2                 -- linear-kernel MMD^2 of the features
-There is no official code; the paper gives the terms, the weights here are our choice (docs/methods.md).
-
-ddgsd_dlb adds DLB's last-batch term (dlb.py): the view0 logits of S_t are cached (detached) as the target, and at
-the next step a separate forward of view1(S_{t-1}) is the student:
-       + dlb_alpha * dlb_T^2 * KL(sg(z_a of S_{t-1}) / dlb_T || f(view1(S_{t-1})) / dlb_T)
+Both views go through the network in one call; loss = CE on both + kl_weight * the two-way KL between the views +
+mmd_weight * the MMD^2 of their mean features, and for ddgsd_dlb DLB's last-batch term. There is no official code:
+the terms are the paper's, the weights our choice (formulas and defaults: docs/methods.md).
 """
 from __future__ import annotations
 
@@ -17,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 
-from dlb.errors import ConfigError
 from dlb.methods.base import Cost, Method, mixed_ce, register_method
 from dlb.methods.dlb import DLB, last_batch_kd
 
@@ -44,20 +36,13 @@ class DDGSD(Method):
         T: float = 4.0
         kl_weight: float = 1.0
         mmd_weight: float = 5e-4
+        ranges = {"T": "> 0", "kl_weight": ">= 0", "mmd_weight": ">= 0"}
 
     @classmethod
     def rules_out(cls, cfg):
         # features_and_logits calls model.forward_features, which the DistributedDataParallel wrapper never sees
         return {"ddp": ("trainer.ddp", True, f"method={cfg.name} runs model.forward_features, which "
                         "DistributedDataParallel does not wrap (gradients would not be averaged); train it on one GPU")}
-
-    @classmethod
-    def validate_config(cls, cfg):
-        if cfg.T <= 0:
-            raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (default 4)")
-        for key in ("kl_weight", "mmd_weight"):
-            if cfg[key] < 0:
-                raise ConfigError(f"method.{key}={cfg[key]}: the weight must be >= 0")
 
     def training_step(self, model, batch):
         b = batch.views[0].shape[0]
@@ -81,22 +66,12 @@ class DDGSDWithDLB(DDGSD):
                 lambda A, P, N, K, B, img: 2 * A + B * (img + 8 + 4 * K))
 
     @dataclass
-    class Config:
+    class Config(DDGSD.Config):
         """DDGSD's fields, then DLB's term's (dlb.py: T = 3, alpha = 1)."""
         name: str = "ddgsd_dlb"
-        T: float = 4.0
-        kl_weight: float = 1.0
-        mmd_weight: float = 5e-4
         dlb_T: float = 3.0
         dlb_alpha: float = 1.0
-
-    @classmethod
-    def validate_config(cls, cfg):
-        super().validate_config(cfg)
-        if cfg.dlb_T <= 0:
-            raise ConfigError(f"method.dlb_T={cfg.dlb_T}: the temperature must be > 0 (DLB uses 3)")
-        if cfg.dlb_alpha < 0:
-            raise ConfigError(f"method.dlb_alpha={cfg.dlb_alpha}: the KD weight must be >= 0 (DLB uses 1)")
+        ranges = {**DDGSD.Config.ranges, "dlb_T": "> 0", "dlb_alpha": ">= 0"}
 
     def __init__(self, **options):
         super().__init__(**options)

@@ -1,15 +1,10 @@
 """DLB: self-distillation from the last mini-batch (Shen et al., CVPR 2022), as the official dlb.py does it.
 
-Step t sees the current batch S_t and the previous batch S_{t-1}:
-  z_t = f(view0(S_t));  zhat_t = f(view1(S_{t-1}))   -- two separate forward calls (BatchNorm statistics per half)
   loss = CE([zhat_t; z_t], [y_{t-1}; y_t]) + alpha * T^2 * KL(softmax(sg(z_{t-1})/T) || softmax(zhat_t/T))
-with KL reduced by batchmean over |S_{t-1}|, and z_{t-1} the detached logits the model gave view0(S_{t-1}) one
-step earlier. Only the very first step of a run has no previous batch (loss = CE on S_t); the cache carries over
-epoch boundaries. Usable in any PyTorch loop, see README ("DLB in your own training loop").
-
-backward="split" (not the official code's order, same gradient): the current half's share of the CE is
-backpropagated inside training_step, before the last batch's forward, so the two forwards' activations are never
-held at once (peak memory ~ CE's instead of ~2x). The caller must zero the gradients *before* training_step.
+with z_t = f(view0(S_t)) and zhat_t = f(view1(S_{t-1})) two separate forward calls (BatchNorm statistics per half),
+and z_{t-1} the detached logits of view0(S_{t-1}) one step earlier (the cache carries over epoch boundaries). Details
+and backward=split, whose caller must zero the gradients *before* training_step: docs/methods.md. Usable in any
+PyTorch loop, see README ("DLB in your own training loop").
 """
 from __future__ import annotations
 
@@ -20,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from dlb.choice import Choice
-from dlb.errors import ConfigError
 from dlb.methods.base import Cost, Method, batch_ce, log_probs, mixed_ce, register_method
 
 
@@ -37,13 +31,12 @@ def last_batch_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T:
     return F.kl_div(log_q, p, reduction="batchmean") * (T * T)
 
 
-def _targets(b):
-    """(y, y_mix, lam) of a batch or of the cached previous batch; an unmixed half is its own partner, lam=1."""
-    get = b.get if isinstance(b, dict) else lambda k: getattr(b, k)
-    y = get("y")
-    if get("y_mix") is None:
+def _targets(b: dict):
+    """(y, y_mix, lam) of a batch's or the cached previous batch's fields; an unmixed half is its own partner, lam=1."""
+    y = b["y"]
+    if b.get("y_mix") is None:
         return y, y, torch.ones(y.shape, device=y.device)
-    return y, get("y_mix"), get("lam").to(torch.float32)
+    return y, b["y_mix"], b["lam"].to(torch.float32)
 
 
 @register_method("dlb")
@@ -68,6 +61,7 @@ class DLB(Method):
         # joint: one backward over both forwards, as dlb.py | split: the current half's CE is backpropagated before
         # the last batch's forward (same gradient up to float rounding; peak activation memory ~ CE's instead of ~2x)
         backward: Backward = Backward.joint
+        ranges = {"T": "> 0", "alpha": ">= 0"}
 
     speed_only_options = ("backward",)  # split: the same gradient with half the activation memory
 
@@ -80,13 +74,6 @@ class DLB(Method):
         return {"cuda_graphs": ("method.backward", "split", "CUDA graphs (trainer.compile=reduce-overhead) would free "
                                 "the gradients of split's first backward; use trainer.compile=default, or "
                                 "method.backward=joint with CUDA graphs")}
-
-    @classmethod
-    def validate_config(cls, cfg):
-        if cfg.T <= 0:
-            raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (the paper uses 3)")
-        if cfg.alpha < 0:
-            raise ConfigError(f"method.alpha={cfg.alpha}: the KD weight must be >= 0 (the paper uses 1)")
 
     def __init__(self, **options):
         super().__init__(**options)  # ValueError for an unknown backward
@@ -116,7 +103,7 @@ class DLB(Method):
             if batch.y_mix is None and "y_mix" not in prev:
                 ce = F.cross_entropy(both, torch.cat([prev["y"], batch.y]))
             else:  # CutMix: each half keeps its own partner labels and mixing weights
-                ce = mixed_ce(both, *(torch.cat([a, b]) for a, b in zip(_targets(prev), _targets(batch))))
+                ce = mixed_ce(both, *(torch.cat([a, b]) for a, b in zip(_targets(prev), _targets(vars(batch)))))
         if prev is not None:
             losses = {"ce": ce, "kd": self.alpha * last_batch_kd(prev_logits_view1, prev["logits"], self.T)}
             # The paper's consistency analysis: do last step's and this step's predictions of S_{t-1} agree?

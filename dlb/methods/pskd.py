@@ -1,13 +1,7 @@
 """Progressive self-KD (PS-KD, Kim et al., ICCV 2021), as the official lgcnsai/PS-KD-Pytorch main.py train().
 
-An N x K memory holds each training image's softmax from the last time it was seen (the previous epoch).
-  alpha_t = alpha_T * (epoch + 1) / E                        -- set at the start of each epoch, epoch 0-based
-  target  = (1 - alpha_t) onehot(y) + alpha_t * p_prev(idx)  -- p_prev = onehot(y) in epoch 0 (and for a row
-                                                               never written: see training_step)
-  loss    = -sum_k target_k log softmax(z)_k, mean over the batch (Custom_CrossEntropy_PSKD)
-  then memory[idx] = softmax(z).detach()
-The official order: targets are read before the forward, the memory is written with this step's (pre-update)
-softmax. Within an epoch every index appears once, so writing before the optimizer step is the same.
+An N x K memory holds each training image's softmax from the last time it was seen; the target is
+(1 - alpha_t) onehot(y) + alpha_t * memory[idx], alpha_t = alpha_T * (epoch + 1) / E (details: docs/methods.md).
 """
 from __future__ import annotations
 
@@ -17,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from dlb.device.distributed import all_gather_rows
-from dlb.errors import ConfigError
 from dlb.methods.base import Cost, Method, onehot_targets, register_method, soft_target_ce
 
 
@@ -31,12 +24,7 @@ class PSKD(Method):
         """Default: the official main.py (alpha_T = 0.8)."""
         name: str = "pskd"
         alpha_T: float = 0.8
-
-    @classmethod
-    def validate_config(cls, cfg):
-        if not 0 <= cfg.alpha_T <= 1:
-            raise ConfigError(f"method.alpha_T={cfg.alpha_T}: the final self-target share must be in [0, 1] "
-                              "(the official code uses 0.8)")
+        ranges = {"alpha_T": "in [0, 1]"}
 
     def __init__(self, train_size: int = 0, num_classes: int = 0, **options):
         super().__init__(**options)
@@ -52,10 +40,8 @@ class PSKD(Method):
             raise ValueError("PS-KD needs the dataset row indices of each batch (Batch.idx)")
         logits = model(batch.views[0])
         onehot = onehot_targets(batch, logits.shape[1])
-        # A row not yet written (a softmax row sums to 1, an empty one to 0) gives the one-hot (under CutMix: the
-        # mixed one-hot). That is every row in epoch 0, where the official code writes onehot(y) into the memory
-        # first (overwritten below in the same step), and later the rare image that sat out an epoch: under DDP
-        # the last global batch's R mod world leftovers, which the official DistributedSampler's padding never has.
+        # A row not yet written (a softmax row sums to 1, an empty one to 0) gives the (mixed) one-hot: every row in
+        # epoch 0, where the official code writes onehot(y) first, and an image that sat out an epoch (docs/methods.md).
         prev = self.memory[batch.idx]
         prev = torch.where(prev.sum(1, keepdim=True) > 0, prev, onehot)
         target = (1 - self.alpha_t) * onehot + self.alpha_t * prev

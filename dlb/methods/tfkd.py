@@ -1,13 +1,6 @@
-"""Teacher-free KD (Yuan et al., CVPR 2020), as the official my_loss_function.py computes it.
-
-tfkd_self (loss_kd_self): a frozen CE-trained teacher of the same architecture sees the same batch;
-  loss = (1-alpha) CE(z, y) + alpha * T^2 * multiplier * KL(softmax(t/T) || softmax(z/T))
-tfkd_reg (loss_kd_regularization): a virtual teacher u = correct_prob on the true class, (1-correct_prob)/(K-1) on
-  the others;  loss = (1-alpha) CE(z, y) + alpha * multiplier * KL(softmax(u/T) || softmax(z))
-The official KL is nn.KLDivLoss() with its default reduction: the mean over all B*K elements, i.e. batchmean/K
-(kl_reduction=batchmean: summed over classes, averaged over samples). tfkd_reg softmaxes the *probability* vector
-u/T (at T=20 nearly uniform) and leaves the student unscaled, without T^2 (soften=clean: softmax(log(u)/T) vs
-softmax(z/T), times T^2). Formulas, defaults and sources: docs/methods.md.
+"""Teacher-free KD (Yuan et al., CVPR 2020), as the official my_loss_function.py computes it: tfkd_self distils a
+frozen CE-trained teacher of the same backbone (loss_kd_self), tfkd_reg a virtual teacher (loss_kd_regularization).
+The official KL quirks are the defaults (kl_reduction, soften); formulas, defaults and sources: docs/methods.md.
 """
 from __future__ import annotations
 
@@ -42,16 +35,6 @@ def kl_div(log_q: torch.Tensor, p: torch.Tensor, reduction: str) -> torch.Tensor
     return F.kl_div(log_q, p, reduction="sum") / (p.numel() if reduction == "official" else p.shape[0])
 
 
-def _check_common(cfg, alpha_default: float, T_default: float, multiplier_default: float) -> None:
-    if not 0 <= cfg.alpha <= 1:
-        raise ConfigError(f"method.alpha={cfg.alpha}: the KD share must be in [0, 1] "
-                          f"(official default {alpha_default})")
-    if cfg.T <= 0:
-        raise ConfigError(f"method.T={cfg.T}: the temperature must be > 0 (official default {T_default})")
-    if cfg.multiplier < 0:
-        raise ConfigError(f"method.multiplier={cfg.multiplier}: must be >= 0 (official default {multiplier_default})")
-
-
 @register_method("tfkd_self")
 class TfKDSelf(Method):
     needs_teacher = True
@@ -71,10 +54,11 @@ class TfKDSelf(Method):
         kl_reduction: KLReduction = KLReduction.official
         teacher: str = "auto"  # auto | a checkpoint (best.pt, or any dict with "model") | a run dir
         teacher_root: Optional[str] = None  # where auto searches; null: see search_root
+        ranges = {"alpha": "in [0, 1]", "T": "> 0", "multiplier": ">= 0"}
 
     @classmethod
     def validate_config(cls, cfg):
-        _check_common(cfg, 0.95, 6, 50)
+        super().validate_config(cfg)
         if not cfg.teacher:
             raise ConfigError("method.teacher='': use auto, a checkpoint path or a run dir")
 
@@ -140,13 +124,7 @@ class TfKDReg(Method):
         correct_prob: float = 0.99
         kl_reduction: KLReduction = KLReduction.official
         soften: Soften = Soften.official
-
-    @classmethod
-    def validate_config(cls, cfg):
-        _check_common(cfg, 0.1, 20, 100)
-        if not 0 < cfg.correct_prob < 1:
-            raise ConfigError(f"method.correct_prob={cfg.correct_prob}: must be in (0, 1) "
-                              "(the official code uses 0.99)")
+        ranges = {"alpha": "in [0, 1]", "T": "> 0", "multiplier": ">= 0", "correct_prob": "in (0, 1)"}
 
     def training_step(self, model, batch):
         logits = model(batch.views[0])

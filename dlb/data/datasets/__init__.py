@@ -1,15 +1,10 @@
-"""Datasets read fully into memory as decoded uint8 tensors. One file per dataset; each registers its reader with
-`@register_dataset` (base.py).
-
-Adding a dataset is one new file here, or one file of your own named in DLB_PLUGINS (dlb/plugins.py): every module
-of this package is imported below, so its reader becomes `load_dataset(<name>, ...)`, its config values the
-`dataset=<name>` config entry, and its training-set size (if it declares one) an entry of TRAIN_SIZES.
-"""
+"""Datasets read fully into memory as decoded uint8 tensors, one file each, whose reader is registered with
+`@register_dataset` (base.py). Every module of this package, then every plugin file named in DLB_PLUGINS
+(dlb/plugins.py), is imported below, so a new dataset is one file: `load_dataset(<name>, ...)`, `dataset=<name>`."""
 import importlib
 import pkgutil
 
 from dlb import plugins
-from dlb.choice import Choice
 from dlb.data.datasets.base import (DATASETS, TRAIN_SIZES, ArrayDataset, DatasetSpec, RunData, fingerprint,
                                     load_dataset, prepare, register_dataset, subset_index)
 from dlb.data.datasets.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
@@ -19,13 +14,6 @@ from dlb.data.datasets.fashion_mnist import FASHION_MNIST_SYSTEM_DIR
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 plugins.load()
-
-
-def __getattr__(name: str):
-    if name == "DatasetName":  # the registered names as a Choice, made when asked for: plugins' datasets count too
-        return Choice("DatasetName", [(n, n) for n in DATASETS])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = ["DATASETS", "TRAIN_SIZES", "ArrayDataset", "DatasetSpec", "RunData", "fingerprint", "load_dataset",
            "prepare", "register_dataset", "subset_index", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN",

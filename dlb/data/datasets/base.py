@@ -37,13 +37,16 @@ class ArrayDataset:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
             raise ValueError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"labels must be int64 ({self.images.shape[0]},), got {self.labels.dtype} {tuple(self.labels.shape)}")
+            raise ValueError(f"labels must be int64 ({self.images.shape[0]},), got {self.labels.dtype} "
+                             f"{tuple(self.labels.shape)}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def subset(self, index: torch.Tensor) -> "ArrayDataset":
-        """Same metadata, only the rows selected by `index` (integer indices or a boolean mask)."""
+    def subset(self, index: torch.Tensor | None) -> "ArrayDataset":
+        """Same metadata, only the rows selected by `index` (integer indices or a boolean mask; None: all, itself)."""
+        if index is None:
+            return self
         return dataclasses.replace(self, images=self.images[index].contiguous(), labels=self.labels[index].contiguous())
 
 
@@ -150,28 +153,20 @@ def prepare(train: ArrayDataset, test: ArrayDataset, dataset_cfg, noise_cfg) -> 
             # a warning, not an error: debug=step/tiny ask for 256 images of whatever folder they are given
             warn(f"dataset.{key}={d[key]}: the {'training' if split is train else 'test'} split of dataset={d.name} "
                  f"({d.root}) has only {len(split)} images; using all {len(split)}")
-    data = RunData(train, _subset(test, d.test_subset), fingerprint(train, test))
     index = subset_index(len(train), d.train_subset)
+    data = RunData(train.subset(index), test.subset(subset_index(len(test), d.test_subset)), fingerprint(train, test))
     if nz.name == "none":
-        data.train = train if index is None else train.subset(index)
         return data
     noisy = N.noisy_labels(train.labels, train.num_classes, d.name, nz.name, nz.rate, nz.seed)
-    clean_used, noisy_used = (train.labels, noisy) if index is None else (train.labels[index], noisy[index])
-    data.noise_rate_realised = (noisy_used != clean_used).float().mean().item()  # once, before training
-    data.noise_record = {"noisy_labels": noisy_used, "index": index,
+    # Loader and any method's batch_order (CS-KD's class pairs) see the noisy labels; the test set stays clean.
+    clean_used, data.train = data.train.labels, dataclasses.replace(train, labels=noisy).subset(index)
+    data.noise_rate_realised = (data.train.labels != clean_used).float().mean().item()  # once, before training
+    data.noise_record = {"noisy_labels": data.train.labels, "index": index,
                          "clean_sha256": N.labels_fingerprint(train.labels),
                          "clean_used_sha256": N.labels_fingerprint(clean_used),
                          "noise_rate_realised": data.noise_rate_realised,
                          "config": {"dataset": str(d.name), "name": str(nz.name), "rate": nz.rate, "seed": nz.seed}}
-    # Loader and any method's batch_order (CS-KD's class pairs) see the noisy labels; the test set stays clean.
-    noisy_train = dataclasses.replace(train, labels=noisy)
-    data.train = noisy_train if index is None else noisy_train.subset(index)
     return data
-
-
-def _subset(ds: ArrayDataset, n: int | None) -> ArrayDataset:
-    index = subset_index(len(ds), n)
-    return ds if index is None else ds.subset(index)
 
 
 # ---------------------------------------------------------------- for readers of image files
@@ -200,7 +195,8 @@ def decode_images(paths: list[Path], size: int | None = None) -> torch.Tensor:
         for i, (path, array) in enumerate(zip(paths[1:], pool.map(decode, paths[1:], chunksize=64)), start=1):
             if array.shape != first.shape:
                 raise DatasetError(f"image {path} is {array.shape[1]}x{array.shape[0]} but {paths[0]} is "
-                                   f"{first.shape[1]}x{first.shape[0]}; all images must have one size, fix or delete it")
+                                   f"{first.shape[1]}x{first.shape[0]}; all images must have one size, "
+                                   f"fix or delete it")
             out[i] = torch.from_numpy(array)
     return out.permute(0, 3, 1, 2).contiguous()
 

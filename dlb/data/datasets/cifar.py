@@ -39,22 +39,22 @@ def _load_cifar(name: str, root: Path, train: bool, download: bool) -> ArrayData
     folder = root / spec.base_folder
     files = [(folder / fname, md5) for fname, md5 in (spec.train_list if train else spec.test_list)]
     files.append((folder / spec.meta["filename"], spec.meta["md5"]))
+    redownload = f"delete {folder} and rerun with dataset.download=true (needs internet)"
 
-    missing = [path for path, _ in files if not path.is_file()]
-    if missing and download:
+    if download and not all(path.is_file() for path, _ in files):
         try:
             download_and_extract_archive(spec.url, str(root), filename=spec.filename, md5=spec.tgz_md5)
         except Exception as exc:  # network errors come in many types; all mean the same thing to the user
             raise DatasetError(f"downloading {spec.url} into {root} failed ({exc}); check internet access, or "
                                f"download it elsewhere and extract it into {root}") from exc
-        missing = [path for path, _ in files if not path.is_file()]
+    missing = [path for path, _ in files if not path.is_file()]
     if missing:
         raise DatasetError(f"{title} file {missing[0]} is missing; rerun with dataset.download=true (needs internet), "
                            f"or put the archive's extracted folder at {folder}")
     for path, md5 in files:
         if not check_integrity(path, md5):
-            raise DatasetError(f"{title} file {path} is corrupt (md5 {calculate_md5(path)}, expected {md5}); delete {folder} "
-                               f"and rerun with dataset.download=true (needs internet)")
+            raise DatasetError(f"{title} file {path} is corrupt (md5 {calculate_md5(path)}, expected {md5}); "
+                               f"{redownload}")
 
     label_key = "labels" if name == "cifar10" else "fine_labels"
     images, labels = [], []
@@ -64,8 +64,7 @@ def _load_cifar(name: str, root: Path, train: bool, download: bool) -> ArrayData
             images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.extend(batch[label_key])
         except (KeyError, ValueError) as exc:
-            raise DatasetError(f"{title} file {path} is malformed ({exc!r}); delete {folder} and rerun with "
-                               f"dataset.download=true (needs internet)") from exc
+            raise DatasetError(f"{title} file {path} is malformed ({exc!r}); {redownload}") from exc
     classes = list(_unpickle(files[-1][0])[spec.meta["key"]])
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
     # The rows are stored as 1024 red, 1024 green, 1024 blue values: already channel-first.

@@ -26,20 +26,19 @@ FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 @register_dataset("fashion_mnist", train_size=60000, test_size=10000, augment="crop_flip", image_size=32)
 def load_fashion_mnist(root: Path, train: bool, download: bool, image_size: int) -> ArrayDataset:
     candidates = [root / "FashionMNIST" / "raw", root / "fashion-mnist", FASHION_MNIST_SYSTEM_DIR]
-    folder = next((d for d in candidates if _fashion_mnist_files(d) is not None), None)
-    if folder is None and download:
+    if download and not any(map(_fashion_mnist_files, candidates)):
         try:  # writes root/FashionMNIST/raw, the first candidate
             torchvision.datasets.FashionMNIST(str(root), train=train, download=True)
         except Exception as exc:
             raise DatasetError(f"downloading Fashion-MNIST into {root} failed ({exc}); check internet access, or "
                                f"run `apt-get install -y dataset-fashion-mnist` (Debian, as root)") from exc
-        folder = candidates[0] if _fashion_mnist_files(candidates[0]) is not None else None
-    if folder is None:
+    # train images, train labels, test images, test labels, from the first folder that has all four
+    files = next(filter(None, map(_fashion_mnist_files, candidates)), None)
+    if files is None:
         raise DatasetError(f"Fashion-MNIST idx files not found in {', '.join(map(str, candidates))}; run "
                            f"`apt-get install -y dataset-fashion-mnist` (Debian, as root), or rerun with "
                            f"dataset.download=true (needs internet)")
 
-    files = _fashion_mnist_files(folder)  # train images, train labels, test images, test labels
     image_path, label_path = files[:2] if train else files[2:]
     images, labels = _read_idx(image_path, magic=2051), _read_idx(label_path, magic=2049)
     if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max() > 9:
@@ -61,23 +60,22 @@ def _fashion_mnist_files(folder: Path) -> list[Path] | None:
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
     """Read an idx file (big-endian: magic number, one uint32 per dimension, then uint8 data)."""
+    redownload = "delete it and rerun with dataset.download=true (needs internet)"
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as exc:
-        raise DatasetError(f"cannot read {path} ({exc}); delete it and rerun with dataset.download=true "
-                           f"(needs internet)") from exc
+        raise DatasetError(f"cannot read {path} ({exc}); {redownload}") from exc
     found_magic = int.from_bytes(data[:4], "big")
     if found_magic != magic:
         raise DatasetError(f"{path} is not an idx file of the expected kind (magic number {found_magic}, expected "
-                           f"{magic}); delete it and rerun with dataset.download=true (needs internet)")
+                           f"{magic}); {redownload}")
     ndim = magic & 0xFF
     shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise DatasetError(f"{path} is truncated ({body.size} bytes of data for shape {shape}); delete it and rerun "
-                           f"with dataset.download=true (needs internet)")
+        raise DatasetError(f"{path} is truncated ({body.size} bytes of data for shape {shape}); {redownload}")
     return body.reshape(shape)
 
 

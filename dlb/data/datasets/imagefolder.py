@@ -26,10 +26,8 @@ def load_imagefolder(root: Path, train: bool, download: bool, image_size: int) -
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DatasetError(f"{train_dir} has no class subfolders; put images at {train_dir}/<class>/<image>")
-    train_data = _imagefolder_split(train_dir, classes, image_size)
-    if train:
-        data = train_data
-    else:
+    data = train_data = _imagefolder_split(train_dir, classes, image_size)
+    if not train:
         split_dir = root / "test" if (root / "test").is_dir() else root / "val"
         if not split_dir.is_dir():
             raise DatasetError(f"image folder dataset at {root} has no test/ or val/ folder; create {root / 'val'} "

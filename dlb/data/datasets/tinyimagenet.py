@@ -37,15 +37,14 @@ def load_tinyimagenet(root: Path, train: bool, download: bool, image_size: int) 
                            f"run `{prepare}`")
 
     wnids_file = base / "wnids.txt"
-    if wnids_file.is_file():
-        classes = sorted(line.strip() for line in wnids_file.read_text().splitlines() if line.strip())
-    else:
-        classes = sorted(d.name for d in (base / "train").iterdir() if d.is_dir())
+    classes = sorted(wnids_file.read_text().split() if wnids_file.is_file()  # one wnid a line
+                     else (d.name for d in (base / "train").iterdir() if d.is_dir()))
     split = "train" if train else "val"
     paths, labels = [], []
     for label, wnid in enumerate(classes):
         class_dir = base / "train" / wnid / "images" if train else base / "val" / wnid
-        files = sorted(p for p in class_dir.glob("*") if p.suffix.lower() in (".jpeg", ".jpg")) if class_dir.is_dir() else []
+        files = (sorted(p for p in class_dir.glob("*") if p.suffix.lower() in (".jpeg", ".jpg"))
+                 if class_dir.is_dir() else [])
         if not files:
             raise DatasetError(f"TinyImageNet class folder {class_dir} is missing or has no JPEGs; delete {base} "
                                f"and run `{prepare} --download`")
