@@ -196,11 +196,11 @@ class Trainer(Run):
         # (DDP: rank 0 logs the rows, reduced over all ranks)
         logger = RunLogger(self.folder, self.config_dict, name=f"{cell}/seed{cfg.seed}", group=cell,
                            resume_rows=self.history) if self.is_main else None
-        status, exit_code = "running", 1
+        status = "running"
         self._stop = StopSignals().install()
         for line in (startup_line(self, resumed), *startup_notes(self)):
             self._say(line)
-        started, epochs_here = time.perf_counter(), 0
+        started, first_epoch = time.perf_counter(), self.epoch
         try:
             self._write_summary(status)
             for epoch in range(self.epoch, t.epochs):
@@ -209,9 +209,8 @@ class Trainer(Run):
                 if logger:
                     self.folder.save_checkpoint(self.state())
                     logger.log(row)
-                epochs_here += 1
                 wall = time.perf_counter() - started
-                eta = wall / epochs_here * (t.epochs - row["epoch"])
+                eta = wall / (epoch + 1 - first_epoch) * (t.epochs - row["epoch"])
                 self._say(f"epoch {row['epoch']}/{t.epochs}  loss {row['train_loss']:.4f}  train acc "
                           f"{row['train_acc']:.2f}  test err {row['test_err']:.2f}  ({row['train_img_per_s']:.0f} "
                           f"img/s)  elapsed {_clock(wall)}  ETA {_clock(eta)}")
@@ -224,7 +223,7 @@ class Trainer(Run):
                         raise Preempted(f"{self._stop.name}: stopped after epoch {epoch + 1} (saved to "
                                         f"{self.folder.last}); run the same command again to continue",
                                         interrupted=self._stop.interrupted)
-            status, exit_code = "completed", 0
+            status = "completed"
         except FloatingPointError:
             status = "diverged"
             raise
@@ -241,7 +240,7 @@ class Trainer(Run):
             self._stop.restore()
             summary = self._write_summary(status)
             if logger:
-                logger.finish(summary, exit_code)
+                logger.finish(summary, exit_code=0 if status == "completed" else 1)
             self.close()
             if status == "preempted":  # everything is saved: now the handler we displaced (submitit's requeue, say)
                 self._stop.chain()
