@@ -65,10 +65,8 @@ class Run:
         if t.limit_train_batches is not None:
             steps_per_epoch = min(steps_per_epoch, t.limit_train_batches)
         speed = resolve_speed(t, o, device, steps_per_epoch * t.epochs, METHODS[cfg.method.name].rules_out(cfg.method))
-        if speed.keep_heap and not keep_heap():  # (a C library without glibc's mallopt)
-            speed = dataclasses.replace(speed, keep_heap=False)
-        self.speed = speed
-        # bf16 autocast of the forwards, or None
+        # keep_heap() applies trainer.keep_heap to the process; False on a C library without glibc's mallopt
+        self.speed = speed = dataclasses.replace(speed, keep_heap=speed.keep_heap and keep_heap())
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if speed.bf16 else None
 
         model = build_model(cfg, self.num_classes).to(device)

@@ -59,15 +59,6 @@ def load(path: Path) -> dict:
     return state
 
 
-def readable(path: Path) -> bool:
-    """Whether `path` holds a checkpoint RunFolder.load_checkpoint would take (read quietly)."""
-    try:
-        load(path)
-        return True
-    except Exception:  # missing, truncated, corrupt, foreign
-        return False
-
-
 def locked(path: Path, holder: str):
     """`path` opened under an exclusive flock, with `holder` written in it for people looking; None while another
     process holds it. Closing the file releases the lock, and so does the process's death, even by SIGKILL."""

@@ -179,7 +179,11 @@ class RunFolder:
                 return None  # (other data may hide behind another root: the trainer compares the fingerprints)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        return summary if any(checkpoint.readable(p) for p in (self.last, self.prev, self.best)) else None
+        for path in (self.last, self.prev, self.best):
+            with contextlib.suppress(Exception):  # missing, truncated, corrupt, foreign: the next one
+                checkpoint.load(path)
+                return summary
+        return None
 
     def remove_if_unused(self, keep: Path) -> None:
         """Remove the folders made for a refused command: this one if it holds only its lock file, then each parent
