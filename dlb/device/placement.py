@@ -1,6 +1,7 @@
 """Where a run executes: the torch device, a GPU slot shared by concurrent runs, and the CPU thread count."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -52,7 +53,7 @@ def busy_cpu_note(threads: int) -> str | None:
             f"{'s' if threads > 1 else ''}; if it crawls, give it fewer with trainer.threads=<n> (docs/performance.md)")
 
 
-class GpuSlot:
+class GpuSlot(contextlib.AbstractContextManager):
     """trainer.device=slot: one of num_gpus x jobs_per_gpu slot files ($DLB_SLOT_DIR/gpu<g>-<j>.lock), locked for the
     life of the run, so runs launched at once spread over the visible GPUs without knowing about each other; `device`
     is cuda:<g> (docs/performance.md, "Many runs per GPU: slots"). Slots fill breadth-first (job 0 on every GPU
@@ -85,9 +86,6 @@ class GpuSlot:
         if self.file is not None:
             self.file.close()  # closing the descriptor releases the flock
             self.file = None
-
-    def __enter__(self):
-        return self
 
     def __exit__(self, *exc):
         self.close()
