@@ -1,4 +1,4 @@
-"""The method-agnostic training loop: resume, train, evaluate, checkpoint and log a run built by dlb.build.
+"""The method-agnostic training loop: resume, train, evaluate, checkpoint and log a run (dlb.build.Run).
 
 A run's output folder holds everything needed to reproduce and audit it (dlb/run/folder.py lists the files).
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from dlb.build import Run, build_run
+from dlb.build import Run
 from dlb.config import to_container
 from dlb.data.datasets import ArrayDataset
 from dlb.device import distributed
@@ -37,24 +37,19 @@ FINITE_CHECK_EVERY = 50
 PROGRESS_EVERY_S = 120.0  # a progress line inside long epochs (train.log; stdout when it is not a terminal)
 
 
-class Trainer:
-    """Trains a built Run (dlb.build); its parts read as the trainer's own (trainer.model, trainer.device, ...)."""
+class Trainer(Run):
+    """Trains a Run (dlb.build) built from its config: resume, epochs, evaluation, checkpoints and logs."""
 
-    def __init__(self, run: Run | DictConfig, out_dir: str | Path | None = None,
-                 data: tuple[ArrayDataset, ArrayDataset] | None = None, overrides: list[str] | None = None):
-        """A built Run, or a config to build one from (dlb.build.build_run says what `data` and `overrides` are)."""
-        self.run = run if isinstance(run, Run) else build_run(run, out_dir, data, overrides)
+    def __init__(self, cfg: DictConfig, out_dir: str | Path, data: tuple[ArrayDataset, ArrayDataset] | None = None,
+                 overrides: list[str] | None = None):
+        """dlb.build.Run says what `data` and `overrides` are."""
+        super().__init__(cfg, out_dir, data, overrides)
         self.epoch, self.step = 0, 0  # epochs completed, optimizer steps taken
         self.history: list[dict] = []
         self.best = {"test_acc": -1.0}
         self.time_offset = 0.0  # training time of earlier processes of this run (resumed)
         self.partial: dict | None = None  # the position inside an epoch that a stop signal saved
         self._stop = StopSignals()  # installed by fit
-
-    def __getattr__(self, name: str):
-        if name == "run":  # (not yet set: __init__ failed)
-            raise AttributeError(name)
-        return getattr(self.run, name)
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -68,7 +63,7 @@ class Trainer:
         state = self.folder.load_checkpoint()
         if state is None:
             return False
-        check_resumable(self.run, state)
+        check_resumable(self, state)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:  # a folder of an older version (no data fingerprint) trained on other data
@@ -201,11 +196,11 @@ class Trainer:
         # (DDP: rank 0 logs the rows, reduced over all ranks)
         logger = RunLogger(self.folder, self.config_dict, name=f"{cell}/seed{cfg.seed}", group=cell,
                            resume_rows=self.history) if self.is_main else None
-        status, exit_code = "running", 1
+        status = "running"
         self._stop = StopSignals().install()
-        for line in (startup_line(self, resumed), *startup_notes(self.run)):
+        for line in (startup_line(self, resumed), *startup_notes(self)):
             self._say(line)
-        started, epochs_here = time.perf_counter(), 0
+        started, first_epoch = time.perf_counter(), self.epoch
         try:
             self._write_summary(status)
             for epoch in range(self.epoch, t.epochs):
@@ -214,9 +209,8 @@ class Trainer:
                 if logger:
                     self.folder.save_checkpoint(self.state())
                     logger.log(row)
-                epochs_here += 1
                 wall = time.perf_counter() - started
-                eta = wall / epochs_here * (t.epochs - row["epoch"])
+                eta = wall / (epoch + 1 - first_epoch) * (t.epochs - row["epoch"])
                 self._say(f"epoch {row['epoch']}/{t.epochs}  loss {row['train_loss']:.4f}  train acc "
                           f"{row['train_acc']:.2f}  test err {row['test_err']:.2f}  ({row['train_img_per_s']:.0f} "
                           f"img/s)  elapsed {_clock(wall)}  ETA {_clock(eta)}")
@@ -229,7 +223,7 @@ class Trainer:
                         raise Preempted(f"{self._stop.name}: stopped after epoch {epoch + 1} (saved to "
                                         f"{self.folder.last}); run the same command again to continue",
                                         interrupted=self._stop.interrupted)
-            status, exit_code = "completed", 0
+            status = "completed"
         except FloatingPointError:
             status = "diverged"
             raise
@@ -246,8 +240,8 @@ class Trainer:
             self._stop.restore()
             summary = self._write_summary(status)
             if logger:
-                logger.finish(summary, exit_code)
-            self.run.close()
+                logger.finish(summary, exit_code=0 if status == "completed" else 1)
+            self.close()
             if status == "preempted":  # everything is saved: now the handler we displaced (submitit's requeue, say)
                 self._stop.chain()
         return summary
@@ -378,4 +372,4 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
         return done
     # Then: a second process aimed at this folder stops here, before touching it.
     with folder.lock():
-        return Trainer(build_run(cfg, out_dir, overrides=overrides)).fit()
+        return Trainer(cfg, out_dir, overrides=overrides).fit()

@@ -45,13 +45,10 @@ def all_gather_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
     gives every rank the same batch size at every step)."""
     if not active():
         return list(tensors)
-    out = []
-    for t in tensors:
-        t = t.contiguous()
-        buf = t.new_empty((dist.get_world_size() * t.shape[0], *t.shape[1:]))
-        dist.all_gather_into_tensor(buf, t)
-        out.append(buf)
-    return out
+    gathered = [t.new_empty((dist.get_world_size() * t.shape[0], *t.shape[1:])) for t in tensors]
+    for buf, t in zip(gathered, tensors):
+        dist.all_gather_into_tensor(buf, t.contiguous())
+    return gathered
 
 
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
@@ -64,18 +61,16 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
 
 def shard(batches: list[torch.Tensor], rank: int, world: int, *, train: bool,
           global_batches: bool) -> list[torch.Tensor]:
-    """This rank's part of an epoch's index batches (every rank computes the same `batches`). train with
-    global_batches: the r-th of `world` equal slices of each global batch (equal sizes keep PS-KD's all_gather
-    simple; the remainder of the last sits out); a method's own batch order: whole batches r, r+world, ..., padded
-    with the first so every rank takes as many steps; eval: whole batches round-robin, no padding (no collective per
-    batch). docs/performance.md has the details."""
+    """This rank's part of an epoch's index batches (every rank computes the same `batches`); docs/performance.md
+    ("Several GPUs: DDP") has the details."""
     if world == 1:
         return batches
     if not train:
-        return batches[rank::world]
-    if global_batches:
+        return batches[rank::world]  # whole batches, no padding: evaluation needs no collective per batch
+    if global_batches:  # equal slices keep PS-KD's all_gather simple; the remainder of the last sits out
         sizes = [len(b) // world for b in batches]  # this rank's rows of each global batch
         return [b[rank * m:(rank + 1) * m] for b, m in zip(batches, sizes) if m]
+    # a method's own batch order: whole batches r, r+world, ..., padded with the first so every rank takes as many steps
     n = -(-len(batches) // world) * world  # round up to a multiple of world
     padded = [batches[i % len(batches)] for i in range(n)]
     return padded[rank::world]

@@ -1,13 +1,16 @@
 """Where a run executes: the torch device, a GPU slot shared by concurrent runs, and the CPU thread count."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from dlb.errors import ConfigError
+from dlb.run.checkpoint import locked
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,18 +53,14 @@ def busy_cpu_note(threads: int) -> str | None:
             f"{'s' if threads > 1 else ''}; if it crawls, give it fewer with trainer.threads=<n> (docs/performance.md)")
 
 
-class GpuSlot:
-    """trainer.device=slot: an exclusive flock on one of num_gpus x jobs_per_gpu slot files
-    ($DLB_SLOT_DIR/gpu<g>-<j>.lock), held for the life of the run, so runs launched at once spread over the GPUs
-    (the visible ones: CUDA_VISIBLE_DEVICES) without knowing about each other; `device` is cuda:<g>. A dead
-    process's flock goes with it. Slots fill breadth-first (job 0 on every GPU first). With every slot taken, the
-    constructor waits until one frees, or raises after timeout_s."""
+class GpuSlot(contextlib.AbstractContextManager):
+    """trainer.device=slot: one of num_gpus x jobs_per_gpu slot files ($DLB_SLOT_DIR/gpu<g>-<j>.lock), locked for the
+    life of the run, so runs launched at once spread over the visible GPUs without knowing about each other; `device`
+    is cuda:<g> (docs/performance.md, "Many runs per GPU: slots"). Slots fill breadth-first (job 0 on every GPU
+    first). With every slot taken, the constructor waits until one frees, or raises after timeout_s."""
 
     def __init__(self, jobs_per_gpu: int = 1, slot_dir: str | Path | None = None, timeout_s: float | None = None,
                  poll_s: float = 2.0):
-        import fcntl
-        import time
-
         if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
             raise ConfigError("trainer.device=slot: no CUDA GPU on this machine; use trainer.device=cpu (or auto)")
         self.dir = Path(slot_dir or os.environ.get("DLB_SLOT_DIR") or "/tmp/dlb-gpu-slots")
@@ -70,18 +69,10 @@ class GpuSlot:
         while True:
             for j in range(jobs_per_gpu):
                 for g in range(gpus):
-                    f = open(self.dir / f"gpu{g}-{j}.lock", "a+")
-                    try:
-                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        f.close()
-                        continue
-                    f.truncate(0)
-                    f.write(f"pid {os.getpid()}\n")  # for people looking at the slot dir; the lock is the flock
-                    f.flush()
-                    self.file, self.gpu, self.job = f, g, j
-                    self.device = torch.device(f"cuda:{g}")
-                    return
+                    self.file = locked(self.dir / f"gpu{g}-{j}.lock", f"pid {os.getpid()}")
+                    if self.file is not None:
+                        self.gpu, self.job, self.device = g, j, torch.device(f"cuda:{g}")
+                        return
             if timeout_s is not None and time.monotonic() - start >= timeout_s:
                 raise RuntimeError(f"trainer.device=slot: all {gpus} x {jobs_per_gpu} GPU slots in {self.dir} "
                                    "are taken")
@@ -96,10 +87,5 @@ class GpuSlot:
             self.file.close()  # closing the descriptor releases the flock
             self.file = None
 
-    def __enter__(self):
-        return self
-
     def __exit__(self, *exc):
         self.close()
-
-

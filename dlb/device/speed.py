@@ -78,11 +78,10 @@ def resolve_speed(t, o, device: torch.device, steps: int, ruled_out: Collection[
     channels_last = (cuda or device.type == "cpu") if t.channels_last == "auto" else bool(t.channels_last)
     fused = (cuda or device.type == "cpu") if o.fused == "auto" else bool(o.fused)
     compile = str(t.compile)
-    if compile == "auto":
-        if cuda:
-            compile = "default" if "cuda_graphs" in ruled_out else "reduce-overhead"
-        else:
-            compile = "default" if device.type == "cpu" and steps >= CPU_COMPILE_MIN_STEPS else "none"
+    if compile == "auto" and cuda:
+        compile = "default" if "cuda_graphs" in ruled_out else "reduce-overhead"
+    elif compile == "auto":
+        compile = "default" if device.type == "cpu" and steps >= CPU_COMPILE_MIN_STEPS else "none"
     return Speed(channels_last=channels_last, fused=fused, compile=compile, bf16=t.precision == "bf16",
                  eval_batch_size=eval_batch, keep_heap=heap)
 

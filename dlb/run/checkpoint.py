@@ -1,9 +1,10 @@
-"""What keeps a run's folder trustworthy when the machine is not: atomic writes (a temp file, fsync, then rename; a
-failed write raises OutputError and leaves the previous file as it was), the run lock, stop signals. RunFolder
-keeps prev.pt until a new last.pt is complete and falls back to it when last.pt is unreadable.
+"""What keeps a run's folder trustworthy when the machine is not (docs/reliability.md): atomic writes (a temp file,
+fsync, then rename; a failed write raises OutputError and leaves the previous file as it was), the run lock, stop
+signals.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -17,16 +18,17 @@ import torch
 
 from dlb.errors import OutputError, warn
 
-# Errors of the output folder that a user can fix (space, permissions, a read-only mount): one line, no traceback.
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+# Errors of the output folder that a user can fix (space, permissions, a read-only mount), each with its fix: one
+# line, no traceback.
+WRITE_FIXES = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EACCES: "make it writable",
+               errno.EPERM: "make it writable", errno.EROFS: "make it writable"}
+WRITE_ERRNOS = set(WRITE_FIXES)
 
 
 def write_error(path: Path, e: OSError) -> OutputError:
     """The one-line message for a failed write of `path`, naming the fix."""
-    fix = ("free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT)
-           else "make it writable" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "check the disk")
-    return OutputError(f"cannot write {path}: {e.strerror or e}; {fix}, or pick another output dir with "
-                       "hydra.run.dir=<dir> (the previous checkpoint is kept)")
+    return OutputError(f"cannot write {path}: {e.strerror or e}; {WRITE_FIXES.get(e.errno, 'check the disk')}, or "
+                       "pick another output dir with hydra.run.dir=<dir> (the previous checkpoint is kept)")
 
 
 def _write_synced(obj, path: Path) -> None:
@@ -41,10 +43,13 @@ def _write_synced(obj, path: Path) -> None:
         raise write_error(path, e) from None
 
 
-def atomic_save(obj, path: Path) -> None:
+def atomic_save(obj, path: Path, previous: Path | None = None) -> None:
+    """Replace `path` with `obj` once it is on disk; `previous`: where the replaced file goes (kept until then)."""
     tmp = path.with_name(path.name + ".tmp")
     _write_synced(obj, tmp)
-    os.replace(tmp, path)
+    if previous is not None and path.exists():
+        os.replace(path, previous)
+    os.replace(tmp, path)  # a crash between the two renames leaves `previous`, which RunFolder.load_checkpoint takes
 
 
 def load(path: Path) -> dict:
@@ -54,59 +59,48 @@ def load(path: Path) -> dict:
     return state
 
 
-def readable(path: Path) -> bool:
-    """Whether `path` holds a checkpoint RunFolder.load_checkpoint would take (read quietly)."""
+def locked(path: Path, holder: str):
+    """`path` opened under an exclusive flock, with `holder` written in it for people looking; None while another
+    process holds it. Closing the file releases the lock, and so does the process's death, even by SIGKILL."""
+    f = open(path, "a+")  # "a+": never truncate what the holder wrote before we hold the lock
     try:
-        load(path)
-        return True
-    except Exception:  # missing, truncated, corrupt, foreign
-        return False
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    except OSError as e:  # a file system without flock (some network mounts): run, but say it's unguarded
+        warn(f"cannot lock {path} ({e.strerror}); nothing stops a second run from using it")
+    f.seek(0)
+    f.truncate()
+    f.write(f"{holder}\n")
+    f.flush()
+    return f
 
 
-class RunLock:
-    """An exclusive flock on a run folder's lock file for the life of a run (rank 0's), so two processes never write
-    one folder; the kernel drops it when the process dies, even by SIGKILL. The pid and host serve the message."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._file = None
-
-    def __enter__(self) -> "RunLock":
-        if int(os.environ.get("RANK", "0")) != 0:  # DDP: the other ranks belong to rank 0's run
-            return self
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(self.path, "a+")  # "a+": never truncate what the holder wrote before we hold the lock
-        except OSError as e:
-            raise write_error(self.path, e) from None
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise OutputError(f"{self.path.parent} is in use by another run ({holder}); wait for it to finish, or "
-                              "pick another output dir with hydra.run.dir=<dir>") from None
-        except OSError as e:  # a file system without flock (some network mounts): run, but say it's unguarded
-            warn(f"cannot lock {self.path} ({e.strerror}); nothing stops a second run from writing here")
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
-        self._file = f
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._file is not None:
-            self._file.close()  # closing releases the flock; the file stays (removing it would race a new holder)
-            self._file = None
+@contextlib.contextmanager
+def run_lock(path: Path):
+    """The run folder's lock file `path`, locked for the life of a run (rank 0's) so two processes never write one
+    folder; a second one stops at once, naming the holder."""
+    if int(os.environ.get("RANK", "0")) != 0:  # DDP: the other ranks belong to rank 0's run
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = locked(path, f"pid {os.getpid()} on {socket.gethostname()}")
+    except OSError as e:
+        raise write_error(path, e) from None
+    if f is None:
+        holder = path.read_text().strip() or "another process"
+        raise OutputError(f"{path.parent} is in use by another run ({holder}); wait for it to finish, or pick another "
+                          "output dir with hydra.run.dir=<dir>")
+    with f:  # closing releases the flock; the file stays (removing it would race a new holder)
+        yield
 
 
 class StopSignals:
-    """SIGTERM, SIGUSR1 (SLURM's time limit or preemption) and Ctrl-C only set `received`; the trainer saves at the
-    next step boundary and stops. A second Ctrl-C stops at once (KeyboardInterrupt; the last complete checkpoint
-    survives). SIGUSR2 is left to hydra-submitit-launcher's requeue. `restore()` puts the earlier handlers back, and
-    `chain()` calls the received signal's one once everything is saved (submitit's logger or requeue)."""
+    """SIGTERM, SIGUSR1 (SLURM's time limit or preemption) and Ctrl-C only set `received`: the trainer saves at the
+    next step boundary and stops; a second Ctrl-C stops at once (KeyboardInterrupt). SIGUSR2 is left to
+    hydra-submitit-launcher's requeue."""
 
     SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
@@ -144,6 +138,7 @@ class StopSignals:
         return "Ctrl-C" if self.received == signal.SIGINT else signal.Signals(self.received).name
 
     def chain(self) -> None:
+        """Call the handler the received signal displaced (submitit's logger or requeue), once everything is saved."""
         prev = self._previous.get(self.received)
         if callable(prev):
             prev(self.received, None)

@@ -1,18 +1,5 @@
 """A run folder, defined once: RunFolder names every file in it and writes and reads them, for the trainer, the
-report, the teacher search and the demo.
-
-  config.json        the resolved config this folder's run uses (written once the trainer's checks have passed)
-  summary.json       Summary: status and results so far, rewritten at the start, after every epoch and at the end
-  metrics.jsonl      a row per finished epoch: epoch, lr, train_loss/acc/time_s/img_per_s/images, test_<metric> for
-                     every metric of dlb.metrics.METRICS, test_n, eval_time_s, train_<term> for the method's loss terms
-  environment.json   versions, device, code commit
-  train.log          the start-up line, progress and every epoch line
-  .hydra/            the composed config and the command-line overrides
-  checkpoints/       last.pt (prev.pt: the one before it, until the new one is on disk), best.pt
-  .lock              held by the run writing the folder (dlb.run.checkpoint.RunLock)
-  noisy_labels.pt    under label noise: the labels trained on
-  wandb_id.txt       logger=wandb: the W&B run this folder logs to, so a resumed run continues it
-"""
+report, the teacher search and the demo."""
 from __future__ import annotations
 
 import contextlib
@@ -31,16 +18,16 @@ from dlb.run import checkpoint, identity
 
 @dataclass
 class Summary:
-    """summary.json. Every field may be missing in folders of older versions (read as None)."""
+    """summary.json. Every field may be missing in folders of older versions (read as None or its default)."""
     # `running` while training, `stopped` by Ctrl-C, `preempted` by SIGTERM/SIGUSR1 (the same command continues
     # both), `completed`, `diverged` (NaN/Inf loss), `failed` (a bug)
-    status: str
-    cell: str
-    dataset: str
-    backbone: str
-    method: str
-    seed: int
-    epochs: int
+    status: Optional[str] = None
+    cell: Optional[str] = None
+    dataset: Optional[str] = None
+    backbone: Optional[str] = None
+    method: Optional[str] = None
+    seed: Optional[int] = None
+    epochs: Optional[int] = None
     epochs_completed: int = 0
     steps: int = 0
     best_test_acc: Optional[float] = None  # best over epochs: what the official code reports
@@ -81,14 +68,11 @@ class Summary:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Summary":
-        """Known fields of `d` (others ignored, missing ones None or their default). Raises ValueError when `d` is
-        not a summary at all."""
+        """Known fields of `d` (others ignored). Raises ValueError when `d` is not a summary at all."""
         if not isinstance(d, dict):
             raise ValueError("summary is not a JSON object")
-        fields, missing = dataclasses.fields(cls), dataclasses.MISSING
-        names = {f.name for f in fields} - {"last_test"}
-        known = {f.name: None for f in fields if f.default is missing and f.default_factory is missing}
-        known.update({k: v for k, v in d.items() if k in names})
+        names = {f.name for f in dataclasses.fields(cls)} - {"last_test"}
+        known = {k: v for k, v in d.items() if k in names}
         known["last_test"] = {m.name: d.get(f"last_test_{m.name}") for m in metrics.METRICS}
         names |= {f"last_test_{m.name}" for m in metrics.METRICS}
         if "environment" not in d:  # older folders kept the environment keys at the top level
@@ -114,13 +98,20 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 class RunFolder:
-    """A run's output folder: the path of each of its files (the module docstring), and their writing and reading."""
+    """A run's output folder: the name and path of each of its files, and their writing and reading."""
 
-    CONFIG, SUMMARY, METRICS, ENVIRONMENT, LOG = "config.json", "summary.json", "metrics.jsonl", "environment.json", \
-        "train.log"
-    HYDRA, HYDRA_CONFIG, HYDRA_OVERRIDES = ".hydra", "config.yaml", "overrides.yaml"
+    CONFIG = "config.json"  # the resolved config this folder's run uses (written once the trainer's checks have passed)
+    SUMMARY = "summary.json"  # Summary: status and results so far, rewritten at the start, every epoch and the end
+    # a row per finished epoch: epoch, lr, train_loss/acc/time_s/img_per_s/images, test_<metric> for every metric of
+    # dlb.metrics.METRICS, test_n, eval_time_s, train_<term> for the method's loss terms
+    METRICS = "metrics.jsonl"
+    ENVIRONMENT, LOG = "environment.json", "train.log"  # versions, device, code commit; the start-up and epoch lines
+    HYDRA, HYDRA_CONFIG, HYDRA_OVERRIDES = ".hydra", "config.yaml", "overrides.yaml"  # the composed config, overrides
+    # last.pt (prev.pt: the one before it, until the new one is on disk), best.pt
     CHECKPOINTS, LAST, PREV, BEST = "checkpoints", "last.pt", "prev.pt", "best.pt"
-    LOCK, NOISY_LABELS, WANDB_ID = ".lock", "noisy_labels.pt", "wandb_id.txt"
+    LOCK = ".lock"  # held by the run writing the folder (dlb.run.checkpoint.run_lock)
+    NOISY_LABELS = "noisy_labels.pt"  # under label noise: the labels trained on
+    WANDB_ID = "wandb_id.txt"  # logger=wandb: the W&B run this folder logs to, so a resumed run continues it
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -137,30 +128,26 @@ class RunFolder:
         return str(self.path)
 
     # --- checkpoints (atomic writes: dlb.run.checkpoint)
-    def lock(self) -> checkpoint.RunLock:
-        return checkpoint.RunLock(self.lock_file)
+    def lock(self):
+        return checkpoint.run_lock(self.lock_file)
 
     def save_checkpoint(self, state: dict) -> None:
         """Write last.pt; the file it replaces becomes prev.pt (kept until the new one is on disk)."""
-        tmp = self.last.with_name(self.last.name + ".tmp")
-        checkpoint._write_synced(state, tmp)
-        if self.last.exists():
-            os.replace(self.last, self.prev)
-        os.replace(tmp, self.last)  # a crash between the two renames leaves prev.pt, which load_checkpoint takes
+        checkpoint.atomic_save(state, self.last, previous=self.prev)
 
     def load_checkpoint(self) -> dict | None:
         """The newest readable checkpoint, last.pt else prev.pt (with a warning saying why), or None."""
         candidates = [p for p in (self.last, self.prev) if p.exists()]
         if candidates and candidates[0] == self.prev:  # killed between save_checkpoint's two renames
-            warn(f"checkpoint {self.last} is missing (the run died while saving it); resuming from the "
-                            f"previous checkpoint {self.prev}")
+            warn(f"checkpoint {self.last} is missing (the run died while saving it); resuming from the previous "
+                 f"checkpoint {self.prev}")
         for i, path in enumerate(candidates):
             try:
                 state = checkpoint.load(path)
             except Exception as e:  # truncated write, disk corruption, foreign file
                 later = candidates[i + 1 :]
                 warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
-                                + (f"falling back to {later[0]}" if later else "no older checkpoint to fall back to"))
+                     + (f"falling back to {later[0]}" if later else "no older checkpoint to fall back to"))
                 continue
             self.loaded_from = path
             return state
@@ -192,7 +179,11 @@ class RunFolder:
                 return None  # (other data may hide behind another root: the trainer compares the fingerprints)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        return summary if any(checkpoint.readable(p) for p in (self.last, self.prev, self.best)) else None
+        for path in (self.last, self.prev, self.best):
+            with contextlib.suppress(Exception):  # missing, truncated, corrupt, foreign: the next one
+                checkpoint.load(path)
+                return summary
+        return None
 
     def remove_if_unused(self, keep: Path) -> None:
         """Remove the folders made for a refused command: this one if it holds only its lock file, then each parent

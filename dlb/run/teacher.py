@@ -43,11 +43,9 @@ def _without_method(identity: dict) -> dict:
     return {k: v for k, v in identity.items() if not k.startswith("method.")}
 
 
-def _train_command(run_cfg, root: Path) -> str:
-    """The command that trains the missing teacher into `root`: the run's group choices with method=ce, then each
-    identity value that differs from those groups' defaults."""
-    from omegaconf import OmegaConf
-
+def _train_command(config: dict, root: Path) -> str:
+    """The command that trains the missing teacher of the run of resolved `config` into `root`: the run's group
+    choices with method=ce, then each identity value that differs from those groups' defaults."""
     from dlb import CONFIGS
 
     def option(group: str, name: str) -> str:
@@ -58,7 +56,6 @@ def _train_command(run_cfg, root: Path) -> str:
                 return path.stem
         return "timm" if group == "backbone" else name
 
-    config = OmegaConf.to_container(run_cfg, resolve=True, enum_to_str=True)
     ident = runid.identity(config)
     choices = {"dataset": option("dataset", config["dataset"]["name"]),
                "backbone": option("backbone", config["backbone"]["name"]), "method": "ce",
@@ -66,10 +63,10 @@ def _train_command(run_cfg, root: Path) -> str:
     defaults = runid.identity(runid.defaults_for(choices))
     values = [f"{k}={runid.value_text(v)}" for k, v in sorted(ident.items())
               if not k.startswith("method.") and k != "seed" and defaults.get(k) != v]
-    groups = [f"{g}={c}" for g, c in choices.items()]
-    parts = ["python -m dlb.train", *groups, f"seed={run_cfg.seed}", *values]
+    seed = config["seed"]
+    parts = ["python -m dlb.train", *(f"{g}={c}" for g, c in choices.items()), f"seed={seed}", *values]
     if root != (Path.cwd() / "outputs").resolve():  # the default hydra.run.dir lives under ./outputs
-        parts.append(f"hydra.run.dir={root}/{runid.cell_dir({**config, 'method': {'name': 'ce'}})}/seed{run_cfg.seed}")
+        parts.append(f"hydra.run.dir={root}/{runid.cell_dir({**config, 'method': {'name': 'ce'}})}/seed{seed}")
     return " ".join(parts)
 
 
@@ -78,7 +75,8 @@ def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, data: dict | 
     from omegaconf import OmegaConf
 
     root = search_root(out_dir, teacher_root)
-    identity = _without_method(runid.identity(OmegaConf.to_container(run_cfg, resolve=True, enum_to_str=True)))
+    config = OmegaConf.to_container(run_cfg, resolve=True, enum_to_str=True)
+    identity = _without_method(runid.identity(config))
     runs = [RunFolder(p.parent) for p in sorted(root.glob(f"**/{RunFolder.SUMMARY}"))]
     found = [run.best.resolve() for run in runs if run.best.is_file() and _matches(run.path, identity, data)]
     what = (f"completed CE run with dataset={run_cfg.dataset.name} backbone={run_cfg.backbone.name} "
@@ -86,7 +84,7 @@ def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, data: dict | 
     if not found:
         best = f"{RunFolder.CHECKPOINTS}/{RunFolder.BEST}"
         raise ConfigError(f"method.teacher=auto: found no {what} (and its {best}) in "
-                          f"{root}/**/{RunFolder.SUMMARY}; train it first: {_train_command(run_cfg, root)}  (or set "
+                          f"{root}/**/{RunFolder.SUMMARY}; train it first: {_train_command(config, root)}  (or set "
                           f"method.teacher=<{RunFolder.BEST} or run dir>, method.teacher_root=<dir to search>)")
     if len(found) > 1:
         raise ConfigError(f"method.teacher=auto: {len(found)} runs match ({what}) under {root}: "

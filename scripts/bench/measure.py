@@ -22,7 +22,6 @@ from dlb.data.datasets import CIFAR100_MEAN, CIFAR100_STD, ArrayDataset
 from dlb.device.memory import saved_for_backward_bytes
 from dlb.metrics import evaluate
 from dlb.models import build_model
-from dlb.build import build_run
 from dlb.trainer import Trainer
 
 RESULT_TAG = "BENCH_RESULT "
@@ -95,7 +94,7 @@ def make_trainer(c: dict, out_dir: str, data):
     cfg = compose(overrides)
     validate(cfg)
     OmegaConf.set_struct(cfg, False)
-    return Trainer(build_run(cfg, out_dir, data=data)), cfg
+    return Trainer(cfg, out_dir, data=data), cfg
 
 
 def make_step(trainer, c: dict):
