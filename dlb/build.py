@@ -1,5 +1,5 @@
 """A run, built once from its composed config: placement, data, model, method, optimizer, schedule, loaders and
-speed settings. dlb.trainer.Trainer, a Run, then resumes, trains and evaluates it."""
+speed settings. dlb.trainer.Trainer receives it and resumes, trains and evaluates it."""
 from __future__ import annotations
 
 import dataclasses

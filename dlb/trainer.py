@@ -17,7 +17,6 @@ from dlb.build import Run
 from dlb.config import to_container
 from dlb.data.datasets import ArrayDataset
 from dlb.device import distributed
-from dlb.device.memory import peak_memory_bytes
 from dlb.device.placement import busy_cpu_note
 from dlb.device.speed import native_bf16
 from dlb.errors import Diverged, Preempted, ResumeError
@@ -28,7 +27,7 @@ from dlb.run import identity as runid
 from dlb.run.checkpoint import StopSignals
 from dlb.run.command import resume_command
 from dlb.run.loggers import RunLogger
-from dlb.run.record import rng_states, set_rng_states
+from dlb.run.record import peak_memory_bytes, rng_states, set_rng_states
 
 
 # A NaN/Inf loss is caught by reading the on-device loss sums every FINITE_CHECK_EVERY steps and at each epoch end:
@@ -37,19 +36,24 @@ FINITE_CHECK_EVERY = 50
 PROGRESS_EVERY_S = 120.0  # a progress line inside long epochs (train.log; stdout when it is not a terminal)
 
 
-class Trainer(Run):
-    """Trains a Run (dlb.build) built from its config: resume, epochs, evaluation, checkpoints and logs."""
+class Trainer:
+    """Trains a built Run (dlb.build); its parts read as the trainer's own (trainer.model, trainer.device, ...)."""
 
-    def __init__(self, cfg: DictConfig, out_dir: str | Path, data: tuple[ArrayDataset, ArrayDataset] | None = None,
-                 overrides: list[str] | None = None):
-        """dlb.build.Run says what `data` and `overrides` are."""
-        super().__init__(cfg, out_dir, data, overrides)
+    def __init__(self, run: Run | DictConfig, out_dir: str | Path | None = None,
+                 data: tuple[ArrayDataset, ArrayDataset] | None = None, overrides: list[str] | None = None):
+        """A built Run, or a config to build one from (dlb.build.Run says what `data` and `overrides` are)."""
+        self.run = run if isinstance(run, Run) else Run(run, out_dir, data, overrides)
         self.epoch, self.step = 0, 0  # epochs completed, optimizer steps taken
         self.history: list[dict] = []
         self.best = {"test_acc": -1.0}
         self.time_offset = 0.0  # training time of earlier processes of this run (resumed)
         self.partial: dict | None = None  # the position inside an epoch that a stop signal saved
         self._stop = StopSignals()  # installed by fit
+
+    def __getattr__(self, name: str):
+        if name == "run":  # (not yet set: __init__ failed)
+            raise AttributeError(name)
+        return getattr(self.run, name)
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -63,7 +67,7 @@ class Trainer(Run):
         state = self.folder.load_checkpoint()
         if state is None:
             return False
-        check_resumable(self, state)
+        check_resumable(self.run, state)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:  # a folder of an older version (no data fingerprint) trained on other data
@@ -198,7 +202,7 @@ class Trainer(Run):
                            resume_rows=self.history) if self.is_main else None
         status = "running"
         self._stop = StopSignals().install()
-        for line in (startup_line(self, resumed), *startup_notes(self)):
+        for line in (startup_line(self, resumed), *startup_notes(self.run)):
             self._say(line)
         started, first_epoch = time.perf_counter(), self.epoch
         try:
@@ -241,7 +245,7 @@ class Trainer(Run):
             summary = self._write_summary(status)
             if logger:
                 logger.finish(summary, exit_code=0 if status == "completed" else 1)
-            self.close()
+            self.run.close()
             if status == "preempted":  # everything is saved: now the handler we displaced (submitit's requeue, say)
                 self._stop.chain()
         return summary

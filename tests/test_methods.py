@@ -186,7 +186,7 @@ def test_split_backward_gives_the_joint_gradient_and_losses(mixed):
 def test_split_backward_holds_one_forward_at_a_time():
     """Peak bytes saved for backward: joint holds both forwards' activations until its one backward (~2x CE),
     split about one forward's (CE's)."""
-    from dlb.device.memory import saved_for_backward_bytes
+    from scripts.bench.measure import saved_for_backward_bytes
 
     peaks = {}
     for mode in ("ce", "joint", "split"):

@@ -1,4 +1,5 @@
-"""What a run records about itself so it can be reproduced: seeds and RNG states, code version, environment."""
+"""What a run records about itself so it can be reproduced: seeds and RNG states, code version, environment, and
+its peak memory."""
 from __future__ import annotations
 
 import os
@@ -79,3 +80,10 @@ def environment_info(device: torch.device) -> dict:
     return info
 
 
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: the most memory torch allocated on the device; CPU: the process's peak RSS (summary.json's field)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
