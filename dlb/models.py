@@ -16,12 +16,12 @@ from dlb.errors import ConfigError
 
 
 class _CifarNet(nn.Module):
-    """timm-style API shared by all nets: features -> pooled (B, D), head -> logits (B, K)."""
+    """timm-style API shared by all nets: features (`layers`, global average pool) -> (B, D), head -> logits (B, K)."""
 
-    def __init__(self, features, num_features, head, num_classes):
+    def __init__(self, layers, num_features, head, num_classes):
         super().__init__()
         self.num_classes, self.num_features = num_classes, num_features
-        self.features, self.head = features, head
+        self.features, self.head = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), head
 
     def forward_features(self, x):
         return self.features(x)
@@ -87,8 +87,7 @@ class CifarResNet(_CifarNet):
             for j in range(n):
                 layers.append(ResidualBlock(cin, p * width, p * expansion, 2 if i > 0 and j == 0 else 1, kernels))
                 cin = p * expansion
-        super().__init__(nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), cin,
-                         nn.Linear(cin, num_classes), num_classes)
+        super().__init__(layers, cin, nn.Linear(cin, num_classes), num_classes)
         self.init_weights("fan_out")  # the official code leaves the Linear head at PyTorch's default init
 
 
@@ -122,8 +121,7 @@ class CifarDenseNet(_CifarNet):
             if i < len(depths) - 1:
                 layers += [bn_relu_conv(c, int(c * compression), 1), nn.AvgPool2d(2)]
                 c = int(c * compression)
-        layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        super().__init__(nn.Sequential(*layers), c, nn.Linear(c, num_classes), num_classes)
+        super().__init__([*layers, nn.BatchNorm2d(c), nn.ReLU(inplace=True)], c, nn.Linear(c, num_classes), num_classes)
         self.init_weights("fan_in", linear_bias_zero=True)  # official: PyTorch's kaiming_normal_ defaults (fan_in)
 
 
@@ -146,7 +144,7 @@ class CifarVGG(_CifarNet):
         head = nn.Sequential(nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
                              nn.Linear(512, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
                              nn.Linear(512, num_classes))
-        super().__init__(nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), c, head, num_classes)
+        super().__init__(layers, c, head, num_classes)
         self.init_weights("fan_out", linear_std=0.01, linear_bias_zero=True)
 
 

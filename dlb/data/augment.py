@@ -7,6 +7,7 @@ apart from the crop/flip stream. Semantics, randomness and the DLB combination: 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -16,13 +17,10 @@ from dlb.choice import BatchAugment, CutMixViews
 from dlb.data.loader import Batch
 
 
-_GENERATORS: dict[torch.device, torch.Generator] = {}
-
-
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    if device not in _GENERATORS:  # one per device, re-seeded per batch: host-side bookkeeping, no sync
-        _GENERATORS[device] = torch.Generator(device=device)
-    return _GENERATORS[device].manual_seed(seed)
+@functools.cache
+def _generator(device: torch.device) -> torch.Generator:
+    """One per device, re-seeded per batch: host-side bookkeeping, no sync."""
+    return torch.Generator(device=device)
 
 
 def cutout_params(n: int, h: int, w: int, g: torch.Generator, device):
@@ -32,30 +30,25 @@ def cutout_params(n: int, h: int, w: int, g: torch.Generator, device):
 
 
 def apply_cutout(x: torch.Tensor, cy, cx, size: int) -> torch.Tensor:
-    """Zero rows [cy - size//2, cy - size//2 + size) x the same columns of each image, clipped at the borders.
-    The official code's hole is [c - size//2, c + size//2): the same for the even sizes used (16, 8), one pixel
-    short for odd ones; here the side is always `size`."""
+    """Zero rows [cy - size//2, cy - size//2 + size) x the same columns of each image, clipped at the borders (the
+    official hole is one pixel short for odd sizes: docs/augment_and_noise.md)."""
     h, w = x.shape[-2:]
-    r = torch.arange(h, device=x.device)
-    c = torch.arange(w, device=x.device)
-    y0 = (cy - size // 2)[:, None]
-    x0 = (cx - size // 2)[:, None]
-    in_rows = (r >= y0) & (r < y0 + size)  # (n, h); clipping is implicit: rows outside the image don't exist
-    in_cols = (c >= x0) & (c < x0 + size)  # (n, w)
-    hole = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+    # each pixel's offset into its image's hole, (n, h) and (n, w); clipping is implicit: rows outside don't exist
+    rows = torch.arange(h, device=x.device) - (cy - size // 2)[:, None]
+    cols = torch.arange(w, device=x.device) - (cx - size // 2)[:, None]
+    hole = ((rows >= 0) & (rows < size))[:, None, :, None] & ((cols >= 0) & (cols < size))[:, None, None, :]
     return x.clone().masked_fill_(hole, 0.0)  # clone keeps the memory format (channels_last); masked_fill doesn't
 
 
 @dataclasses.dataclass
 class Cutout:
-    """DeVries & Taylor's CutOut: one square hole of side `size` per image, zeroed after normalisation (the
-    official code appends Cutout after ToTensor+Normalize, so the hole is 0 in normalised space, i.e. the dataset
-    mean colour).  Every view gets its own hole; labels are unchanged."""
+    """DeVries & Taylor's CutOut: one square hole of side `size` per image and view, zeroed after normalisation (as
+    the official code: the hole is the dataset mean colour); labels are unchanged."""
     size: int
 
     def __call__(self, batch: Batch, seed: int) -> Batch:
         x = batch.views[0]
-        g = _generator(x.device, seed)
+        g = _generator(x.device).manual_seed(seed)
         n, _, h, w = x.shape
         views = [apply_cutout(v, *cutout_params(n, h, w, g, v.device), self.size) for v in batch.views]
         return dataclasses.replace(batch, views=views)
@@ -90,7 +83,7 @@ class CutMix:
             return None
         lam = float(rng.beta(self.beta, self.beta))
         y1, y2, x1, x2 = rand_bbox(h, w, lam, rng)
-        g = _generator(torch.device(device), seed)
+        g = _generator(torch.device(device)).manual_seed(seed)
         if self.paired_rows:
             if n % 2:
                 raise ValueError(f"paired_rows CutMix needs [samples; partners] batches of even size, got {n} rows")
@@ -110,11 +103,9 @@ class CutMix:
         if mix is None:
             return batch
         lam, (y1, y2, x1, x2), perm = mix
-        views = []
-        for v in batch.views:
-            out = v.clone()  # keeps channels_last; the caller's tensor stays as it was
+        views = [v.clone() for v in batch.views]  # clones keep channels_last; the caller's tensors stay as they were
+        for out, v in zip(views, batch.views):
             out[:, :, y1:y2, x1:x2] = v[perm, :, y1:y2, x1:x2]
-            views.append(out)
         # lam is a python float: filling a device tensor with it needs no sync.
         return dataclasses.replace(batch, views=views, y_mix=batch.y[perm],
                                    lam=torch.full((n,), lam, dtype=torch.float32, device=x.device))

@@ -50,9 +50,8 @@ def _aug_seed(seed: int, epoch: int, step: int, rank: int = 0, world: int = 1, b
     return mix_seed(seed, epoch, 1 + batch_level, step)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Batched augmentation.  *_params sample the per-sample parameters (exposed so tests can recompute them);
-# the appliers consume them.  Draw order within a view is fixed, so results depend only on the generator.
+# Batched augmentation: *_params sample the per-sample parameters (exposed so tests can recompute them), the appliers
+# consume them. Draw order within a view is fixed, so results depend only on the generator.
 
 
 def crop_flip_params(n: int, h: int, w: int, crop: int, padding: int, g: torch.Generator, device):
@@ -87,13 +86,8 @@ def rrc_params(n: int, h: int, w: int, g: torch.Generator, device, scale=(0.08, 
     ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
     first, any_ok = ok.to(torch.uint8).argmax(1, keepdim=True), ok.any(1)  # argmax: the first maximal index
     # Fallback box: python scalars, identical for every sample (depends only on the image shape).
-    in_ratio = w / h
-    if in_ratio < min(ratio):
-        fw, fh = w, int(round(w / min(ratio)))
-    elif in_ratio > max(ratio):
-        fw, fh = int(round(h * max(ratio))), h
-    else:
-        fw, fh = w, h
+    fw = int(round(h * max(ratio))) if w / h > max(ratio) else w
+    fh = int(round(w / min(ratio))) if w / h < min(ratio) else h
     bh = torch.where(any_ok, ch.gather(1, first).squeeze(1), float(fh))
     bw = torch.where(any_ok, cw.gather(1, first).squeeze(1), float(fw))
     # randint(0, H-h+1) per sample with a per-sample bound: floor(U * (H-h+1)).
@@ -150,13 +144,6 @@ def apply_rotation(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     return torch.where(inside[:, None], out, torch.zeros((), dtype=x.dtype, device=dev))
 
 
-def resize_uint8(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
-    """torchvision Resize on uint8 tensors: bilinear + antialias in float, rounded back to uint8.
-    Chunked so a large eval set never materialises as one float copy."""
-    return torch.cat([F.interpolate(c.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-                      .round_().clamp_(0, 255).to(torch.uint8) for c in images.split(chunk)])
-
-
 class DeviceLoader:
     """Whole dataset held as uint8 on `device`; batches are drawn, augmented and normalised there.
 
@@ -184,9 +171,11 @@ class DeviceLoader:
         self.crop_size, self.padding, self.drop_last, self.channels_last = crop_size, padding, drop_last, channels_last
         self.shuffle, self.batch_order = train if shuffle is None else shuffle, batch_order
         images = ds.images.to(self.device)
-        # Unaugmented views must already have the training resolution: resize once, not every batch.
+        # Unaugmented views must already have the training resolution: resize once, not every batch, as torchvision's
+        # Resize on uint8 (bilinear + antialias in float, rounded back), in chunks that keep the float copy small.
         if self.augment == "none" and images.shape[-2:] != (crop_size, crop_size):
-            images = resize_uint8(images, crop_size)
+            images = torch.cat([F.interpolate(c.float(), size=(crop_size, crop_size), mode="bilinear", antialias=True)
+                                .round_().clamp_(0, 255).to(torch.uint8) for c in images.split(1024)])
         self.images, self.labels = images, ds.labels.to(self.device)
         # (x/255 - mean)/std == x*scale + shift: one fused multiply-add per batch.
         std, mean = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (ds.std, ds.mean))
@@ -288,10 +277,9 @@ class TorchLoader:
         augment = Augment(augment)  # ValueError for an unknown one
         self.device, self.seed, self.channels_last = torch.device(device), seed, channels_last
         self.batch_augment = batch_augment if train else None
-        h = ds.images.shape[-1]
         aug = {"crop_flip": [T.RandomCrop(crop_size, padding=padding), T.RandomHorizontalFlip()],
                "rrc_flip": [T.RandomResizedCrop(crop_size), T.RandomHorizontalFlip()],
-               "none": [T.Resize(crop_size)] if h != crop_size else []}[augment if train else "none"]
+               "none": [T.Resize(crop_size)] if ds.images.shape[-1] != crop_size else []}[augment if train else "none"]
         if rotation and train:
             aug.append(T.RandomRotation(rotation))  # Tf-KD: RandomCrop, RandomHorizontalFlip, RandomRotation
         tf = T.Compose(aug + [T.ToTensor(), T.Normalize(ds.mean, ds.std)])

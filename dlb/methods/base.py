@@ -43,8 +43,7 @@ class Cost:
     passes: str = "1"  # images through the network per step, in units of B (calls with gradient unless marked)
     teacher: str = "no"  # what it needs besides the data
     memory: str = "0"  # extra memory vs CE, as a formula of A (CE's bytes saved for backward), P, N, K, B, img
-    # that formula in bytes: (A, P, N, K, B, img) -> bytes
-    memory_bytes: Callable[..., float] = lambda A, P, N, K, B, img: 0
+    memory_bytes: Callable[..., float] = lambda A, P, N, K, B, img: 0  # that formula in bytes
 
 
 class Method(nn.Module):

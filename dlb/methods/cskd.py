@@ -66,8 +66,7 @@ class CSKD(Method):
         logits = model(x[:b])
         with torch.no_grad():  # a separate call: BatchNorm normalises each half alone (and the partners update its
             partner_logits = model(x[b:])  # running statistics too, as the official code's no_grad forward does)
-        first = slice(0, b)
-        ce = mixed_ce(logits, batch.y[first], *(None if t is None else t[first] for t in (batch.y_mix, batch.lam)))
+        ce = mixed_ce(logits, *(None if t is None else t[:b] for t in (batch.y, batch.y_mix, batch.lam)))
         T = self.T
         kl = F.kl_div(log_probs(logits, T), F.softmax(partner_logits.float() / T, dim=1), reduction="sum")
         return logits, {"ce": ce, "kd": self.kd_weight * T * T * kl / b}

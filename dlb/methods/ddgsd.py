@@ -49,8 +49,7 @@ class DDGSD(Method):
         feats, logits = features_and_logits(model, torch.cat(batch.views[:2]))
         (f_a, f_b), (z_a, z_b) = feats.split(b), logits.split(b)
         # Both views of a sample share its label (and, under CutMix, its partner and lam).
-        mix = (None if t is None else t.repeat(2) for t in (batch.y_mix, batch.lam))
-        ce = mixed_ce(logits, batch.y.repeat(2), *mix)
+        ce = mixed_ce(logits, *(None if t is None else t.repeat(2) for t in (batch.y, batch.y_mix, batch.lam)))
         kl = last_batch_kd(z_a, z_b, self.T) + last_batch_kd(z_b, z_a, self.T)  # each view learns from the other
         mmd = (f_a.float().mean(0) - f_b.float().mean(0)).pow(2).sum()  # of the batch-mean features
         return z_a, {"ce": ce, "kl": self.kl_weight * kl, "mmd": self.mmd_weight * mmd}

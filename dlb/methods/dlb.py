@@ -21,7 +21,9 @@ from dlb.methods.base import Cost, Method, batch_ce, log_probs, mixed_ce, regist
 class Backward(Choice):
     """method.backward."""
     joint = "joint"  # one backward over both forwards, as dlb.py
-    split = "split"  # the current half's CE backpropagated before the last batch's forward (see the module doc)
+    # the current half's CE backpropagated before the last batch's forward: the same gradient up to float rounding,
+    # peak activation memory ~ CE's instead of ~2x (see the module doc)
+    split = "split"
 
 
 def last_batch_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -58,9 +60,7 @@ class DLB(Method):
         name: str = "dlb"
         T: float = 3.0
         alpha: float = 1.0
-        # joint: one backward over both forwards, as dlb.py | split: the current half's CE is backpropagated before
-        # the last batch's forward (same gradient up to float rounding; peak activation memory ~ CE's instead of ~2x)
-        backward: Backward = Backward.joint
+        backward: Backward = Backward.joint  # joint | split (see Backward)
         ranges = {"T": "> 0", "alpha": ">= 0"}
 
     speed_only_options = ("backward",)  # split: the same gradient with half the activation memory

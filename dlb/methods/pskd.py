@@ -45,14 +45,12 @@ class PSKD(Method):
         prev = self.memory[batch.idx]
         prev = torch.where(prev.sum(1, keepdim=True) > 0, prev, onehot)
         target = (1 - self.alpha_t) * onehot + self.alpha_t * prev
-        loss = soft_target_ce(logits, target)
-        idx, probs = batch.idx, F.softmax(logits.detach().float(), dim=1)
         # DDP: every rank writes every rank's rows, so the memory stays identical on all ranks (a sample is seen by a
         # different rank next epoch, and rank 0 checkpoints it). Sent each step, not at the epoch's end, so a
         # mid-epoch checkpoint is complete too; B x K floats per rank per step, no host sync.
-        idx, probs = all_gather_rows(idx, probs)
+        idx, probs = all_gather_rows(batch.idx, F.softmax(logits.detach().float(), dim=1))
         self.memory[idx] = probs
-        return logits, {"ce": loss}
+        return logits, {"ce": soft_target_ce(logits, target)}
 
     def method_state(self):
         return {"memory": self.memory.cpu()}

@@ -115,8 +115,7 @@ class TfKDReg(Method):
     @dataclass
     class Config:
         """Defaults: the Tf-KD repo's CIFAR-100 base_resnet18/params.json and correct_prob = 0.99 in
-        my_loss_function.py. Tf-KD tuned these for its ResNet-18; here they are used for every backbone (its recipe
-        too: docs/recipes.md)."""
+        my_loss_function.py, tuned for its ResNet-18 and used for every backbone, as tfkd_self's."""
         name: str = "tfkd_reg"
         alpha: float = 0.1
         T: float = 20.0

@@ -59,7 +59,6 @@ Reader = Callable[[Path, bool, bool, int], ArrayDataset]
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    name: str
     load: Reader
     # Split sizes known before reading (None: only once read, as an image folder's); config.validate refuses a
     # dataset.train_subset / test_subset larger than these
@@ -84,7 +83,7 @@ def register_dataset(name: str, *, train_size: int | None = None, test_size: int
         if name in DATASETS:
             raise ValueError(f"dataset {name!r} is registered twice ({DATASETS[name].load.__module__}, "
                              f"{load.__module__})")
-        DATASETS[name] = DatasetSpec(name, load, train_size, test_size, config)
+        DATASETS[name] = DatasetSpec(load, train_size, test_size, config)
         if train_size is not None:
             TRAIN_SIZES[name] = train_size
         return load
