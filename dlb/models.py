@@ -139,7 +139,6 @@ class CifarVGG(_CifarNet):
             else:
                 layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
                 c = v
-        # at 32x32 the map is already 1x1 so pooling is a no-op; it lets larger inputs work.
         # The official head has Dropout layers, but with p=0.0 by default (no-ops).
         head = nn.Sequential(nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
                              nn.Linear(512, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),

@@ -1,8 +1,6 @@
-"""Batch-level augmentation (CutOut, CutMix), applied by the training loaders to the normalised device batch.
-
-Each augmenter is called as `aug(batch, seed) -> Batch` with a seed the loader derives from (seed, epoch, step), so a
-batch stays a pure function of those three numbers (mid-epoch resume reproduces it), drawn without a host sync and
-apart from the crop/flip stream. Semantics, randomness and the DLB combination: docs/augment_and_noise.md.
+"""Batch-level augmentation (CutOut, CutMix), applied by the training loaders to the normalised device batch as
+`aug(batch, seed) -> Batch`, the seed a function of (seed, epoch, step), so mid-epoch resume reproduces the batch.
+Semantics, randomness and the DLB combination: docs/augment_and_noise.md.
 """
 from __future__ import annotations
 
@@ -25,8 +23,7 @@ def _generator(device: torch.device) -> torch.Generator:
 
 def cutout_params(n: int, h: int, w: int, g: torch.Generator, device):
     """Hole centres (cy, cx), each (n,), uniform over the image's pixels (official: np.random.randint(h))."""
-    return (torch.randint(0, h, (n,), generator=g, device=device),
-            torch.randint(0, w, (n,), generator=g, device=device))
+    return tuple(torch.randint(0, size, (n,), generator=g, device=device) for size in (h, w))
 
 
 def apply_cutout(x: torch.Tensor, cy, cx, size: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dlb.choice import Augment, LoaderKind
+from dlb.device.distributed import shard
 
 if TYPE_CHECKING:
     from dlb.data.datasets import ArrayDataset
@@ -148,8 +149,7 @@ class DeviceLoader:
     """Whole dataset held as uint8 on `device`; batches are drawn, augmented and normalised there.
 
     batch_order(epoch, g) -> index batches (list of 1-D tensors or a 2-D tensor, one row per batch) replaces
-    the shuffled order; `g` is seeded from (seed, epoch) and lives on the loader's device, so draw with
-    device=g.device.  The result is computed once per epoch and cached.
+    the shuffled order; `g` is seeded from (seed, epoch) and lives on the loader's device, so draw with device=g.device.
 
     batch_augment(batch, seed) -> batch (dlb.data.augment.build) runs on each finished training batch; `seed` is a
     function of (seed, epoch, step).  Ignored when train=False.
@@ -157,10 +157,9 @@ class DeviceLoader:
     rank, world_size (DDP): every rank builds the same epoch order and keeps its shard (dlb.device.distributed.shard);
     a plain shuffled training epoch is cut into global batches of world_size x batch_size first."""
 
-    def __init__(self, ds: "ArrayDataset", *, batch_size: int, train: bool, device, seed: int = 0,
-                 num_views: int = 1, augment: str = "crop_flip", crop_size: int = 32, padding: int = 4,
-                 rotation: float = 0.0, shuffle: bool | None = None, drop_last: bool = False,
-                 channels_last: bool = False,
+    def __init__(self, ds: "ArrayDataset", *, batch_size: int, train: bool, device, seed: int = 0, num_views: int = 1,
+                 augment: str = "crop_flip", crop_size: int = 32, padding: int = 4, rotation: float = 0.0,
+                 shuffle: bool | None = None, drop_last: bool = False, channels_last: bool = False,
                  batch_order: Callable[[int, torch.Generator], Sequence[torch.Tensor] | torch.Tensor] | None = None,
                  batch_augment: Callable[[Batch, int], Batch] | None = None, rank: int = 0, world_size: int = 1):
         augment = Augment(augment)  # ValueError for an unknown one
@@ -202,8 +201,6 @@ class DeviceLoader:
             if self.drop_last and batches and len(batches[-1]) < size:
                 batches.pop()  # sizes are shape metadata: no device sync
         if self.world_size > 1:
-            from dlb.device.distributed import shard
-
             batches = shard(batches, self.rank, self.world_size, train=self.train,
                             global_batches=self.batch_order is None)
         self._batches_cache = (self.epoch, batches)
@@ -212,11 +209,7 @@ class DeviceLoader:
     def __len__(self) -> int:
         return len(self._batches())
 
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.addcmul(self.shift, x.float(), self.scale)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def _view(self, x: torch.Tensor) -> torch.Tensor:
+    def _normalised_view(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         g, dev, s = self.gen, self.device, self.crop_size
         if self.augment == "crop_flip":
@@ -225,14 +218,15 @@ class DeviceLoader:
             x = apply_rrc_flip(x, *rrc_params(n, h, w, g, dev), s)
         if self.rotation:  # after the crop and flip, as in Tf-KD's transform
             x = apply_rotation(x, rotation_params(n, self.rotation, g, dev))
-        return x
+        x = torch.addcmul(self.shift, x.float(), self.scale)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def make_batch(self, epoch: int, step: int, idx: torch.Tensor) -> Batch:
         # Re-seeding a device generator is host-side bookkeeping (no sync); views draw sequentially from
         # it, so they get independent parameters.
         self.gen.manual_seed(_aug_seed(self.seed, epoch, step, self.rank, self.world_size))
         x = self.images.index_select(0, idx)
-        views = [self._normalise(self._view(x)) for _ in range(self.num_views)]
+        views = [self._normalised_view(x) for _ in range(self.num_views)]
         batch = Batch(views, self.labels.index_select(0, idx), idx)
         if self.batch_augment is not None:  # after normalisation: CutOut's hole is 0 in normalised space
             batch = self.batch_augment(batch, _aug_seed(self.seed, epoch, step, self.rank, self.world_size, True))
@@ -288,8 +282,7 @@ class TorchLoader:
         self.dl = torch.utils.data.DataLoader(
             _PILDataset(ds.images.cpu(), ds.labels.cpu(), tf, num_views), batch_size=batch_size,
             shuffle=train if shuffle is None else shuffle, drop_last=drop_last, num_workers=num_workers,
-            generator=self.gen, pin_memory=self.device.type == "cuda",
-            persistent_workers=num_workers > 0)
+            generator=self.gen, pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0)
 
     def set_epoch(self, epoch: int) -> None:
         # The sampler draws its permutation seed from this generator when each epoch's iterator starts.

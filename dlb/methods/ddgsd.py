@@ -31,7 +31,6 @@ class DDGSD(Method):
 
     @dataclass
     class Config:
-        """No official code: the weights are our choice (docs/methods.md)."""
         name: str = "ddgsd"
         T: float = 4.0
         kl_weight: float = 1.0

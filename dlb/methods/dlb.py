@@ -21,9 +21,7 @@ from dlb.methods.base import Cost, Method, batch_ce, log_probs, mixed_ce, regist
 class Backward(Choice):
     """method.backward."""
     joint = "joint"  # one backward over both forwards, as dlb.py
-    # the current half's CE backpropagated before the last batch's forward: the same gradient up to float rounding,
-    # peak activation memory ~ CE's instead of ~2x (see the module doc)
-    split = "split"
+    split = "split"  # the current half's CE backpropagated before the last batch's forward (see the module doc)
 
 
 def last_batch_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:

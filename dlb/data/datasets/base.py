@@ -1,9 +1,8 @@
 """What every dataset shares: the in-memory split (ArrayDataset), the registry, and the run's data (prepare).
 
-A dataset is one file in this package whose reader is registered with `@register_dataset`: it returns an
-ArrayDataset with images (N, 3, H, W) uint8 and labels (N,) int64; augmentation and normalisation happen later, on
-the training device. Problems with the data on disk raise DatasetError, whose message names the problem and the
-command that fixes it.
+A reader (`@register_dataset`) returns an ArrayDataset with images (N, 3, H, W) uint8 and labels (N,) int64;
+augmentation and normalisation happen later, on the training device. Problems with the data on disk raise
+DatasetError, whose message names the problem and the command that fixes it.
 """
 
 from __future__ import annotations
@@ -125,8 +124,7 @@ def subset_index(size: int, n: int | None) -> torch.Tensor | None:
     than a declared split size, and `prepare` warns where none is declared (an image folder))."""
     if n is None or n >= size:
         return None
-    g = torch.Generator().manual_seed(SUBSET_SEED)
-    return torch.randperm(size, generator=g)[:n].sort().values
+    return torch.randperm(size, generator=torch.Generator().manual_seed(SUBSET_SEED))[:n].sort().values
 
 
 @dataclass

@@ -45,8 +45,7 @@ def load_fashion_mnist(root: Path, train: bool, download: bool, image_size: int)
         raise DatasetError(f"Fashion-MNIST files {image_path} and {label_path} are inconsistent (images "
                            f"{images.shape}, {len(labels)} labels, max label {labels.max()}); delete them and rerun "
                            f"with dataset.download=true (needs internet)")
-    padded = np.zeros((len(images), 32, 32), dtype=np.uint8)
-    padded[:, 2:30, 2:30] = images  # zero-pad 28 -> 32 so the CIFAR-sized networks fit unchanged
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))  # zero-pad 28 -> 32 so the CIFAR-sized networks fit unchanged
     images3 = torch.from_numpy(padded).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
     return ArrayDataset(images3, torch.from_numpy(labels.astype(np.int64)), 10, FASHION_MNIST_MEAN,
                         FASHION_MNIST_STD, "fashion_mnist", list(torchvision.datasets.FashionMNIST.classes))

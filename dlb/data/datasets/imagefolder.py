@@ -67,8 +67,7 @@ def _imagefolder_split(split_dir: Path, classes: list[str], image_size: int) -> 
 def _channel_mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and (population) std in [0,1] units, accumulated in float64 chunks to bound memory."""
     total, total_sq = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
-    for chunk in images.split(1024):
-        x = chunk.to(torch.float64) / 255
+    for x in (chunk.to(torch.float64) / 255 for chunk in images.split(1024)):
         total += x.sum(dim=(0, 2, 3))
         total_sq += (x * x).sum(dim=(0, 2, 3))
     count = images.shape[0] * images.shape[2] * images.shape[3]

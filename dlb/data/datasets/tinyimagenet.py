@@ -43,8 +43,7 @@ def load_tinyimagenet(root: Path, train: bool, download: bool, image_size: int) 
     paths, labels = [], []
     for label, wnid in enumerate(classes):
         class_dir = base / "train" / wnid / "images" if train else base / "val" / wnid
-        files = (sorted(p for p in class_dir.glob("*") if p.suffix.lower() in (".jpeg", ".jpg"))
-                 if class_dir.is_dir() else [])
+        files = sorted(p for p in class_dir.glob("*") if p.suffix.lower() in (".jpeg", ".jpg"))  # none if missing
         if not files:
             raise DatasetError(f"TinyImageNet class folder {class_dir} is missing or has no JPEGs; delete {base} "
                                f"and run `{prepare} --download`")
