@@ -36,14 +36,12 @@ class _CifarNet(nn.Module):
         return self.head
 
     def init_weights(self, conv_mode, linear_std=None, linear_bias_zero=False):
+        """The official init: kaiming-normal convs with zero bias; BatchNorm keeps PyTorch's (weight 1, bias 0)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode=conv_mode, nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 if linear_std is not None:
                     nn.init.normal_(m.weight, 0, linear_std)

@@ -149,7 +149,7 @@ def test_both_loaders_rotate_training_views_after_the_crop_and_flip():
     for v in range(2):  # per view: the crop and flip draws, then the angles
         x = L.apply_crop_flip(ds.images[idx], *L.crop_flip_params(16, 32, 32, 32, 4, g, "cpu"), 32, 4)
         x = L.apply_rotation(x, L.rotation_params(16, 15, g, "cpu"))
-        assert torch.equal(rotated.views[v], loader._normalise(x))
+        assert torch.equal(rotated.views[v], torch.addcmul(loader.shift, x.float(), loader.scale))
         assert not torch.equal(rotated.views[v], plain.views[v])
     assert L.DeviceLoader(ds, rotation=15, **{**kw, "train": False}).rotation == 0  # test images stay upright
 
