@@ -22,7 +22,6 @@ from dlb.errors import OutputError, warn
 # line, no traceback.
 WRITE_FIXES = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EACCES: "make it writable",
                errno.EPERM: "make it writable", errno.EROFS: "make it writable"}
-WRITE_ERRNOS = set(WRITE_FIXES)
 
 
 def write_error(path: Path, e: OSError) -> OutputError:

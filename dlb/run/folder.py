@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from omegaconf import OmegaConf
+
 from dlb import metrics
 from dlb.errors import warn
 from dlb.run import checkpoint, identity
@@ -90,11 +92,6 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     tmp.replace(path)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """metrics.jsonl rows; a line cut short by a killed process is skipped (the rows before it are still good)."""
-    return RunFolder(run_dir).read_metrics()
 
 
 class RunFolder:
@@ -203,8 +200,6 @@ class RunFolder:
     def write_run_files(self, *, environment: dict, config: dict, cfg, overrides: list[str] | None,
                         noise_record: dict | None) -> None:
         """environment.json, config.json, .hydra/ and noisy_labels.pt, written once the run's checks have passed."""
-        from omegaconf import OmegaConf
-
         write_json(self.environment, environment)
         write_json(self.config, config)
         self.hydra_config.parent.mkdir(exist_ok=True)
@@ -232,11 +227,10 @@ class RunFolder:
             f.write(json.dumps(row) + "\n")
 
     def read_metrics(self) -> list[dict]:
+        """metrics.jsonl rows; a line cut short by a killed process is skipped (the rows before it are still good)."""
         rows = []
         for line in self.metrics.read_text().splitlines():
             with contextlib.suppress(json.JSONDecodeError):
                 rows.append(json.loads(line))
         return [r for r in rows if isinstance(r, dict)]
 
-
-CONFIG = RunFolder.CONFIG  # (for scripts that import the name from here)
