@@ -71,17 +71,12 @@ class Run:
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if speed.bf16 else None
 
         model = build_model(cfg, self.num_classes).to(device)
-        if speed.channels_last:
-            model = model.to(memory_format=torch.channels_last)
         method = build_method(cfg.method, num_classes=self.num_classes, data=prepared.fingerprint,
                               train_size=self.train_size, run_cfg=cfg, out_dir=self.out_dir).to(device)
-        if speed.channels_last:  # a teacher's weights (tfkd_self) in the model's memory format
-            method = method.to(memory_format=torch.channels_last)
-        net = model
-        if t.ddp:
-            from torch.nn.parallel import DistributedDataParallel
-
-            net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        if speed.channels_last:  # (a teacher's weights, tfkd_self's, in the model's memory format too)
+            model, method = model.to(memory_format=torch.channels_last), method.to(memory_format=torch.channels_last)
+        ddp = torch.nn.parallel.DistributedDataParallel
+        net = ddp(model, device_ids=[device] if device.type == "cuda" else None) if t.ddp else model
         self.model, self.net, self.method = model, compile_model(net, speed.compile), method
         self.num_params = sum(p.numel() for p in model.parameters())
 

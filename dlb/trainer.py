@@ -1,7 +1,5 @@
-"""The method-agnostic training loop: resume, train, evaluate, checkpoint and log a run (dlb.build.Run).
-
-A run's output folder holds everything needed to reproduce and audit it (dlb/run/folder.py lists the files).
-"""
+"""The method-agnostic training loop: resume, train, evaluate, checkpoint and log a run (dlb.build.Run) into its
+output folder, which holds everything needed to reproduce and audit it (dlb/run/folder.py lists the files)."""
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +19,6 @@ from dlb.device.placement import busy_cpu_note
 from dlb.device.speed import native_bf16
 from dlb.errors import Diverged, Preempted, ResumeError
 from dlb import metrics
-from dlb.metrics import evaluate
 from dlb.run import folder as runfiles
 from dlb.run import identity as runid
 from dlb.run.checkpoint import StopSignals
@@ -67,8 +64,7 @@ class Trainer:
         state = self.folder.load_checkpoint()
         if state is None:
             return False
-        # Continued only with resume=true, on the same data, with the same identity (dlb/run/identity.py) and as many
-        # processes.
+        # Continued only with resume=true, on the same data, with the same identity (dlb/run/identity.py), as many ranks
         if not self.cfg.resume:
             raise ResumeError(f"{self.out_dir} already holds a run (epoch {state['epoch']}); pass resume=true to "
                               "continue it, or pick another output dir with hydra.run.dir=<dir>")
@@ -271,7 +267,7 @@ class Trainer:
         train, terms = self.train_epoch(epoch)
         check_finite(f"in epoch {epoch + 1}", {"loss": train["train_loss"], **terms})
         start = time.perf_counter()
-        test = evaluate(self.model, self.test_loader, t.limit_eval_batches, self.autocast)
+        test = metrics.evaluate(self.model, self.test_loader, t.limit_eval_batches, self.autocast)
         row = {"epoch": epoch + 1, "lr": lr, **train, **test, "eval_time_s": time.perf_counter() - start,
                **{f"train_{k}": v for k, v in terms.items()}}  # metrics.jsonl's row (dlb/run/folder.py)
         check_finite(f"by the end of epoch {epoch + 1}", {"test_nll": row["test_nll"]})  # NaN weights
@@ -293,9 +289,8 @@ class Trainer:
             self.folder.add_log_line(line)
 
     def startup_lines(self, resumed: bool) -> list[str]:
-        """Where the run writes, fresh or resumed, device and threads, data, backbone, method, run length and seed,
-        and the speed settings in force; then the command that continues the run (a run from the command line), and
-        warnings: a busy CPU, bf16 emulated in software."""
+        """Where the run writes, fresh or resumed, device, data, backbone, method, length, seed and speed settings; then
+        the command that continues the run (a run from the command line), and warnings: a busy CPU, emulated bf16."""
         cfg, env, p = self.cfg, self.environment, self.partial
         where = ("fresh run" if not resumed else f"resumed after epoch {self.epoch}/{cfg.trainer.epochs}" if p is None
                  else f"resumed in epoch {p['epoch'] + 1} at step {p['epoch_step']}")
