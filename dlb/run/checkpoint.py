@@ -1,7 +1,5 @@
-"""What keeps a run's folder trustworthy when the machine is not (docs/reliability.md): atomic writes (a temp file,
-fsync, then rename; a failed write raises OutputError and leaves the previous file as it was), the run lock, stop
-signals.
-"""
+"""What keeps a run's folder trustworthy when the machine is not (docs/reliability.md): atomic writes (temp file,
+fsync, rename; a failed write raises OutputError and the previous file stays), the run lock, stop signals."""
 from __future__ import annotations
 
 import contextlib

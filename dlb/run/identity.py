@@ -1,10 +1,10 @@
 """What identifies a run: the config keys that change what is computed (all but FREE_KEYS and each method's
 Method.speed_only_options), and the data it was computed on (a fingerprint of the decoded arrays: `dataset.root` may
-move, the data may not change). This one list decides whether a folder may be resumed, which runs are seeds of one
-table cell, which CE run tfkd_self takes as its teacher, and the default run folder (README.md, "Run folders").
-"""
+move, the data may not change). This one list decides whether a folder may be resumed, which runs are seeds of one table
+cell, which CE run tfkd_self takes as its teacher, and the default run folder (README.md, "Run folders")."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -127,9 +127,6 @@ def run_name(config: dict, defaults: dict, groups: dict[str, str] | None = None)
 
 
 # --- the Hydra resolver -----------------------------------------------------------------------------------------
-_defaults_cache: dict[tuple, dict] = {}
-
-
 def _resolved(cfg) -> dict:
     """A composed config (Hydra's own settings aside) as plain values."""
     return {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
@@ -138,19 +135,20 @@ def _resolved(cfg) -> dict:
 
 def defaults_for(choices: dict[str, str]) -> dict:
     """The resolved config composed from the group choices alone (no value overrides), cached per choice set."""
-    key = tuple(sorted(choices.items()))
-    if key not in _defaults_cache:
-        from hydra import compose, initialize_config_dir
-        from hydra.core.global_hydra import GlobalHydra
+    return _composed(tuple(f"{g}={c}" for g, c in sorted(choices.items())))
 
-        overrides = [f"{g}={c}" for g, c in key]
-        if GlobalHydra.instance().is_initialized():  # inside a Hydra app or compose context
-            cfg = compose("config", overrides=overrides)
-        else:  # a config composed earlier, resolved now
-            with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-                cfg = compose("config", overrides=overrides)
-        _defaults_cache[key] = _resolved(cfg)
-    return _defaults_cache[key]
+
+@functools.cache
+def _composed(overrides: tuple[str, ...]) -> dict:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app or compose context
+        cfg = compose("config", overrides=list(overrides))
+    else:  # a config composed earlier, resolved now
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+            cfg = compose("config", overrides=list(overrides))
+    return _resolved(cfg)
 
 
 def resolve_run_name(*, _root_) -> str:

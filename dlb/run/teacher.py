@@ -34,11 +34,8 @@ def _matches(run_dir: Path, identity: dict, data: dict | None) -> bool:
         summary, config = Summary.read(run_dir), RunFolder(run_dir).read_config()
     except (OSError, ValueError, TypeError):
         return False  # a run being written right now, or not ours
-    if summary.method != "ce" or summary.status != "completed":
-        return False
-    if runid.data_differences(summary.data, data):
-        return False
-    return _without_method(runid.identity(config)) == identity
+    return (summary.method == "ce" and summary.status == "completed" and not runid.data_differences(summary.data, data)
+            and _without_method(runid.identity(config)) == identity)
 
 
 def _without_method(identity: dict) -> dict:
