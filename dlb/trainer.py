@@ -64,7 +64,7 @@ class Trainer:
         state = self.folder.load_checkpoint()
         if state is None:
             return False
-        # Continued only with resume=true, on the same data, with the same identity (dlb/run/identity.py), as many ranks
+        # Continued only with resume=true, the same data, the same identity (dlb/run/identity.py), as many processes
         if not self.cfg.resume:
             raise ResumeError(f"{self.out_dir} already holds a run (epoch {state['epoch']}); pass resume=true to "
                               "continue it, or pick another output dir with hydra.run.dir=<dir>")
