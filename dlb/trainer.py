@@ -19,6 +19,7 @@ from dlb.device.placement import busy_cpu_note
 from dlb.device.speed import native_bf16
 from dlb.errors import Diverged, Preempted, ResumeError
 from dlb import metrics
+from dlb.metrics import evaluate
 from dlb.run import folder as runfiles
 from dlb.run import identity as runid
 from dlb.run.checkpoint import StopSignals
@@ -267,7 +268,7 @@ class Trainer:
         train, terms = self.train_epoch(epoch)
         check_finite(f"in epoch {epoch + 1}", {"loss": train["train_loss"], **terms})
         start = time.perf_counter()
-        test = metrics.evaluate(self.model, self.test_loader, t.limit_eval_batches, self.autocast)
+        test = evaluate(self.model, self.test_loader, t.limit_eval_batches, self.autocast)
         row = {"epoch": epoch + 1, "lr": lr, **train, **test, "eval_time_s": time.perf_counter() - start,
                **{f"train_{k}": v for k, v in terms.items()}}  # metrics.jsonl's row (dlb/run/folder.py)
         check_finite(f"by the end of epoch {epoch + 1}", {"test_nll": row["test_nll"]})  # NaN weights
