@@ -32,11 +32,11 @@ class Run:
         """`data` = (train, test) in memory instead of dataset.name from disk (subsets and label noise still apply);
         `overrides`: the command line, kept in .hydra/overrides.yaml."""
         self.cfg, self.overrides, self.folder = cfg, overrides, RunFolder(out_dir)
-        self.folder.path.mkdir(parents=True, exist_ok=True)
+        self.out_dir = self.folder.path
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         t, d, o = cfg.trainer, cfg.dataset, cfg.optim
         # Placement: one process per GPU under torchrun (ddp), a locked GPU slot (held until the run closes), or a
-        # device. Rank 0 of world_size processes writes the files; own_group: the DDP process group was created here
-        # (and is destroyed by close).
+        # device. own_group: the DDP process group was created here (and is destroyed by close).
         rank, world_size, own_group, self.slot = 0, 1, False, None
         if t.ddp:
             rank, world_size, device, own_group = distributed.setup(t.device)
@@ -46,6 +46,7 @@ class Run:
         else:
             device = resolve_device(t.device)
         self.device, self.rank, self.world_size, self.own_group = device, rank, world_size, own_group
+        self.is_main = rank == 0  # rank 0 of world_size processes writes the files
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)  # stray allocations (e.g. by libraries) go to this run's GPU
         seed_everything(cfg.seed, t.deterministic)
@@ -70,17 +71,12 @@ class Run:
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if speed.bf16 else None
 
         model = build_model(cfg, self.num_classes).to(device)
-        if speed.channels_last:
-            model = model.to(memory_format=torch.channels_last)
         method = build_method(cfg.method, num_classes=self.num_classes, data=prepared.fingerprint,
-                              train_size=self.train_size, run_cfg=cfg, out_dir=self.folder.path).to(device)
-        if speed.channels_last:  # a teacher's weights (tfkd_self) in the model's memory format
-            method = method.to(memory_format=torch.channels_last)
-        net = model
-        if t.ddp:
-            from torch.nn.parallel import DistributedDataParallel
-
-            net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+                              train_size=self.train_size, run_cfg=cfg, out_dir=self.out_dir).to(device)
+        if speed.channels_last:  # (a teacher's weights, tfkd_self's, in the model's memory format too)
+            model, method = model.to(memory_format=torch.channels_last), method.to(memory_format=torch.channels_last)
+        ddp = torch.nn.parallel.DistributedDataParallel
+        net = ddp(model, device_ids=[device] if device.type == "cuda" else None) if t.ddp else model
         self.model, self.net, self.method = model, compile_model(net, speed.compile), method
         self.num_params = sum(p.numel() for p in model.parameters())
 
@@ -106,14 +102,6 @@ class Run:
         self.config_dict = C.to_container(cfg)  # the resolved config
         # versions, device and threads, code commit: read once (git runs a subprocess), written with every summary
         self.environment = {**environment_info(device), **git_info()}
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0  # only rank 0 writes files
-
-    @property
-    def out_dir(self) -> Path:
-        return self.folder.path
 
     def close(self) -> None:
         """Release what the run holds: its GPU slot, the process group it created. Idempotent."""

@@ -149,7 +149,7 @@ class Config:
 def register_configs() -> None:
     from dlb.run.identity import register_resolver
 
-    register_resolver(CONFIGS)
+    register_resolver()
     if not OmegaConf.has_resolver("dlb_scale"):  # a recipe's lr per batch: ${dlb_scale:0.1,${trainer.batch_size},128}
         # in Tf-KD's order, lr * (batch_size / 128): the same float as its lr
         OmegaConf.register_new_resolver("dlb_scale", lambda x, num, den: x * (num / den))

@@ -39,7 +39,6 @@ def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, 
     """sum_b |B_b|/N * |acc(B_b) - conf(B_b)| over equal-width confidence bins (Guo et al. 2017)."""
     edges = torch.linspace(0, 1, bins + 1, device=confidence.device)
     which = torch.bucketize(confidence, edges[1:-1])  # bin b holds (edges[b], edges[b+1]]
-    n = torch.bincount(which, minlength=bins).float()
     conf_sum = torch.bincount(which, weights=confidence.float(), minlength=bins)
     acc_sum = torch.bincount(which, weights=correct.float(), minlength=bins)
     return float((conf_sum - acc_sum).abs().sum() / confidence.numel())

@@ -188,9 +188,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
         _remove_unused_job_folder()
         _stop(EXIT_USER_ERROR, e)
     except OSError as e:
-        from dlb.run.checkpoint import WRITE_ERRNOS
+        from dlb.run.checkpoint import WRITE_FIXES
 
-        if e.errno not in WRITE_ERRNOS:
+        if e.errno not in WRITE_FIXES:
             raise
         _stop(EXIT_USER_ERROR, OutputError(f"cannot write {e.filename}: {e.strerror}; free some space or make it "
                                            "writable, or pick another output dir with hydra.run.dir=<dir>"))
@@ -246,9 +246,9 @@ def main() -> None:
         print(f"dlb: error: {error_line(e, overrides)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except OSError as e:  # Hydra creating the output dir
-        from dlb.run.checkpoint import WRITE_ERRNOS
+        from dlb.run.checkpoint import WRITE_FIXES
 
-        if full_error or _from_a_job(e) or e.errno not in WRITE_ERRNOS:
+        if full_error or _from_a_job(e) or e.errno not in WRITE_FIXES:
             raise
         print(f"dlb: error: cannot write {e.filename}: {e.strerror}; pick another output dir with "
               "hydra.run.dir=<dir>", file=sys.stderr)

@@ -38,7 +38,7 @@ from dlb.data.loader import Batch  # noqa: E402
 from dlb.device.placement import resolve_device  # noqa: E402
 from dlb.device.speed import native_bf16  # noqa: E402
 from dlb.errors import ConfigError, DatasetError  # noqa: E402
-from dlb.run.folder import CONFIG, RunFolder, Summary, read_metrics  # noqa: E402
+from dlb.run.folder import RunFolder, Summary  # noqa: E402
 from dlb.train import EXIT_INTERRUPTED, EXIT_PREEMPTED, load_config  # noqa: E402
 
 IMPORT_S = time.perf_counter() - STARTED  # what each training process also spends before its first step
@@ -243,7 +243,7 @@ def plot_curves(run_dirs: dict[str, str], path: Path, title: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, folder in run_dirs.items():
-        rows = read_metrics(REPO / folder)
+        rows = RunFolder(REPO / folder).read_metrics()
         ax.plot([r["epoch"] for r in rows], [r["test_err"] for r in rows], marker="o", label=method.upper())
     ax.set(xlabel="epoch", ylabel="test error (%)", title=title)
     ax.grid(alpha=0.3)
@@ -298,7 +298,7 @@ def main(overrides: list[str]) -> None:
         train(method, cmd, ratio if i + 1 < len(METHODS) else None)  # (METHODS: CE, then DLB)
         rows.append(Summary.read(REPO / out))
     r0 = rows[0]
-    numerics = json.loads((REPO / folders[METHODS[0]] / CONFIG).read_text())["trainer"]["precision"]
+    numerics = RunFolder(REPO / folders[METHODS[0]]).read_config()["trainer"]["precision"]
     print(f"\nFashion-MNIST, {r0.backbone}, {r0.train_size} train images, {r0.epochs} epochs, "
           f"seed {r0.seed}, {numerics}, on {r0.environment.get('device_name')} ({r0.device})")
     print("| method | best test err % | last test err % | last NLL | last ECE | train time s |")

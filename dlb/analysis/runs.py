@@ -139,7 +139,7 @@ def load_run_dir(run_dir: Path) -> Run:
                 config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception as e:
         raise SkipRun(f"unreadable {path.relative_to(run_dir)} ({type(e).__name__}: {e})") from None
-    run = make_run(str(run_dir), summary, config, lambda: runfiles.read_metrics(run_dir))
+    run = make_run(str(run_dir), summary, config, folder.read_metrics)
     try:  # the command line's overrides ("+method.T=2" -> {"method.T": "2"})
         pairs = [str(o).lstrip("+~").partition("=") for o in yaml.safe_load(folder.hydra_overrides.read_text()) or []
                  if "=" in str(o)]

@@ -54,10 +54,9 @@ def busy_cpu_note(threads: int) -> str | None:
 
 
 class GpuSlot(contextlib.AbstractContextManager):
-    """trainer.device=slot: one of num_gpus x jobs_per_gpu slot files ($DLB_SLOT_DIR/gpu<g>-<j>.lock), locked for the
-    life of the run, so runs launched at once spread over the visible GPUs without knowing about each other; `device`
-    is cuda:<g> (docs/performance.md, "Many runs per GPU: slots"). Slots fill breadth-first (job 0 on every GPU
-    first). With every slot taken, the constructor waits until one frees, or raises after timeout_s."""
+    """trainer.device=slot: a slot file ($DLB_SLOT_DIR/gpu<g>-<j>.lock) locked for the life of the run, so runs launched
+    at once spread over the visible GPUs (docs/performance.md, "Many runs per GPU: slots"); `device` is cuda:<g>. Slots
+    fill breadth-first (job 0 on every GPU first); with all taken, the constructor waits, or raises after timeout_s."""
 
     def __init__(self, jobs_per_gpu: int = 1, slot_dir: str | Path | None = None, timeout_s: float | None = None,
                  poll_s: float = 2.0):

@@ -2,6 +2,7 @@
 beyond float rounding (trainer.faithful pins the official numerics)."""
 from __future__ import annotations
 
+import ctypes.util
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -16,9 +17,6 @@ KEEP_HEAP = ((-3, 32 << 20), (-1, 1 << 30), (-2, 256 << 20))
 def keep_heap() -> bool:
     """trainer.keep_heap: glibc's malloc keeps the heap a step frees for the next step instead of faulting it in again
     (docs/performance.md). Process-wide; numerics unchanged. False where the C library has no mallopt."""
-    import ctypes
-    import ctypes.util
-
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):

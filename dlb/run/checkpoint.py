@@ -1,7 +1,5 @@
-"""What keeps a run's folder trustworthy when the machine is not (docs/reliability.md): atomic writes (a temp file,
-fsync, then rename; a failed write raises OutputError and leaves the previous file as it was), the run lock, stop
-signals.
-"""
+"""What keeps a run's folder trustworthy when the machine is not (docs/reliability.md): atomic writes (temp file,
+fsync, rename; a failed write raises OutputError and the previous file stays), the run lock, stop signals."""
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +20,6 @@ from dlb.errors import OutputError, warn
 # line, no traceback.
 WRITE_FIXES = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EACCES: "make it writable",
                errno.EPERM: "make it writable", errno.EROFS: "make it writable"}
-WRITE_ERRNOS = set(WRITE_FIXES)
 
 
 def write_error(path: Path, e: OSError) -> OutputError:

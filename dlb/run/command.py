@@ -1,7 +1,6 @@
-"""The command line that names a run folder back: `python -m dlb.train <overrides> hydra.run.dir='<folder>'`.
-Run folders hold `=` and `,`, which Hydra's grammar reads as a key and a list: the folder is quoted for Hydra, every
-word for the shell. No torch here: dlb.train answers a bad override with it before torch is imported.
-"""
+"""The command line that names a run folder back: `python -m dlb.train <overrides> hydra.run.dir='<folder>'`. Run
+folders hold `=` and `,`, which Hydra's grammar reads as a key and a list: the folder is quoted for Hydra, every word
+for the shell. No torch here: dlb.train answers a bad override with it before torch is imported."""
 from __future__ import annotations
 
 import re

@@ -3,13 +3,13 @@ report, the teacher search and the demo."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
+
+from omegaconf import OmegaConf
 
 from dlb import metrics
 from dlb.errors import warn
@@ -59,11 +59,8 @@ class Summary:
 
     def to_dict(self) -> dict:
         d = {}
-        for k, v in dataclasses.asdict(self).items():
-            if k == "last_test":
-                d.update({f"last_test_{m.name}": v.get(m.name) for m in metrics.METRICS})
-            else:
-                d[k] = v
+        for k, v in asdict(self).items():  # last_test as its last_test_<name> fields, in its place
+            d.update({f"last_test_{m.name}": v.get(m.name) for m in metrics.METRICS} if k == "last_test" else {k: v})
         return d
 
     @classmethod
@@ -71,7 +68,7 @@ class Summary:
         """Known fields of `d` (others ignored). Raises ValueError when `d` is not a summary at all."""
         if not isinstance(d, dict):
             raise ValueError("summary is not a JSON object")
-        names = {f.name for f in dataclasses.fields(cls)} - {"last_test"}
+        names = {f.name for f in fields(cls)} - {"last_test"}
         known = {k: v for k, v in d.items() if k in names}
         known["last_test"] = {m.name: d.get(f"last_test_{m.name}") for m in metrics.METRICS}
         names |= {f"last_test_{m.name}" for m in metrics.METRICS}
@@ -92,11 +89,6 @@ def write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """metrics.jsonl rows; a line cut short by a killed process is skipped (the rows before it are still good)."""
-    return RunFolder(run_dir).read_metrics()
-
-
 class RunFolder:
     """A run's output folder: the name and path of each of its files, and their writing and reading."""
 
@@ -115,12 +107,11 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        p, ckpt = self.path, self.path / self.CHECKPOINTS
+        p, ckpt, hydra = self.path, self.path / self.CHECKPOINTS, self.path / self.HYDRA
         self.config, self.summary, self.metrics = p / self.CONFIG, p / self.SUMMARY, p / self.METRICS
         self.environment, self.log, self.lock_file = p / self.ENVIRONMENT, p / self.LOG, p / self.LOCK
         self.noisy_labels, self.wandb_id = p / self.NOISY_LABELS, p / self.WANDB_ID
-        self.hydra_config, self.hydra_overrides = (p / self.HYDRA / self.HYDRA_CONFIG,
-                                                   p / self.HYDRA / self.HYDRA_OVERRIDES)
+        self.hydra_config, self.hydra_overrides = hydra / self.HYDRA_CONFIG, hydra / self.HYDRA_OVERRIDES
         self.checkpoints, self.last, self.prev, self.best = ckpt, ckpt / self.LAST, ckpt / self.PREV, ckpt / self.BEST
         self.loaded_from: Path | None = None  # the checkpoint load_checkpoint read
 
@@ -158,7 +149,7 @@ class RunFolder:
         inspection), so the next save's rotation keeps the good prev.pt instead of putting it under that name."""
         if self.loaded_from == self.prev and self.last.exists():
             aside = self.last.with_name(f"{self.last.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(self.last, aside)
+            self.last.replace(aside)
             warn(f"kept the unreadable {self.last} as {aside}")
 
     def has_checkpoints(self) -> bool:
@@ -203,8 +194,6 @@ class RunFolder:
     def write_run_files(self, *, environment: dict, config: dict, cfg, overrides: list[str] | None,
                         noise_record: dict | None) -> None:
         """environment.json, config.json, .hydra/ and noisy_labels.pt, written once the run's checks have passed."""
-        from omegaconf import OmegaConf
-
         write_json(self.environment, environment)
         write_json(self.config, config)
         self.hydra_config.parent.mkdir(exist_ok=True)
@@ -232,11 +221,10 @@ class RunFolder:
             f.write(json.dumps(row) + "\n")
 
     def read_metrics(self) -> list[dict]:
+        """metrics.jsonl rows; a line cut short by a killed process is skipped (the rows before it are still good)."""
         rows = []
         for line in self.metrics.read_text().splitlines():
             with contextlib.suppress(json.JSONDecodeError):
                 rows.append(json.loads(line))
         return [r for r in rows if isinstance(r, dict)]
 
-
-CONFIG = RunFolder.CONFIG  # (for scripts that import the name from here)

@@ -1,20 +1,23 @@
 """What identifies a run: the config keys that change what is computed (all but FREE_KEYS and each method's
 Method.speed_only_options), and the data it was computed on (a fingerprint of the decoded arrays: `dataset.root` may
-move, the data may not change). This one list decides whether a folder may be resumed, which runs are seeds of one
-table cell, which CE run tfkd_self takes as its teacher, and the default run folder (README.md, "Run folders").
-"""
+move, the data may not change). This one list decides whether a folder may be resumed, which runs are seeds of one table
+cell, which CE run tfkd_self takes as its teacher, and the default run folder (README.md, "Run folders")."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
-from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
+
+from dlb import CONFIGS
 
 # Keys (a name covers its sub-keys) that never change what a run computes, at most float rounding.
 FREE_KEYS = (
     "hydra", "resume", "logger", "experiment_name",  # Hydra's own settings, logging, the sweep's label
-    "data_root", "dataset.root", "dataset.download", "dataset.num_workers",  # where the data is (its fingerprint counts)
+    "data_root", "dataset.root", "dataset.download", "dataset.num_workers",  # where data is (its fingerprint counts)
     "trainer.device", "trainer.jobs_per_gpu", "trainer.progress", "trainer.eval_batch_size", "trainer.save_best",
     "trainer.threads", "trainer.compile", "trainer.channels_last", "optim.fused", "trainer.faithful",  # speed
     "trainer.keep_heap",
@@ -124,33 +127,28 @@ def run_name(config: dict, defaults: dict, groups: dict[str, str] | None = None)
 
 
 # --- the Hydra resolver -----------------------------------------------------------------------------------------
-_defaults_cache: dict[tuple, dict] = {}
-_config_dir: list[Path] = []  # set by register_resolver
-
-
 def _resolved(cfg) -> dict:
     """A composed config (Hydra's own settings aside) as plain values."""
-    from omegaconf import OmegaConf
-
     return {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
             for k in cfg if k != "hydra"}
 
 
 def defaults_for(choices: dict[str, str]) -> dict:
     """The resolved config composed from the group choices alone (no value overrides), cached per choice set."""
-    key = tuple(sorted(choices.items()))
-    if key not in _defaults_cache:
-        from hydra import compose, initialize_config_dir
-        from hydra.core.global_hydra import GlobalHydra
+    return _composed(tuple(f"{g}={c}" for g, c in sorted(choices.items())))
 
-        overrides = [f"{g}={c}" for g, c in key]
-        if GlobalHydra.instance().is_initialized():  # inside a Hydra app or compose context
-            cfg = compose("config", overrides=overrides)
-        else:  # a config composed earlier, resolved now
-            with initialize_config_dir(version_base="1.3", config_dir=str(_config_dir[0])):
-                cfg = compose("config", overrides=overrides)
-        _defaults_cache[key] = _resolved(cfg)
-    return _defaults_cache[key]
+
+@functools.cache
+def _composed(overrides: tuple[str, ...]) -> dict:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app or compose context
+        cfg = compose("config", overrides=list(overrides))
+    else:  # a config composed earlier, resolved now
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+            cfg = compose("config", overrides=list(overrides))
+    return _resolved(cfg)
 
 
 def resolve_run_name(*, _root_) -> str:
@@ -161,10 +159,7 @@ def resolve_run_name(*, _root_) -> str:
     return run_name(_resolved(_root_), defaults_for(choices), choices)
 
 
-def register_resolver(config_dir: Path) -> None:
-    """`${dlb_run_name:}` for the configs in `config_dir`."""
-    from omegaconf import OmegaConf
-
-    _config_dir[:] = [config_dir]
+def register_resolver() -> None:
+    """`${dlb_run_name:}` for the configs in dlb.CONFIGS."""
     if not OmegaConf.has_resolver("dlb_run_name"):
         OmegaConf.register_new_resolver("dlb_run_name", resolve_run_name)

@@ -1,6 +1,5 @@
-"""Where a run's numbers go: metrics.jsonl (always) and Weights & Biases (logger=wandb), one call for both. W&B is
-best effort: a failure of it (no network, bad key, service down) is reported once and training goes on.
-"""
+"""Where a run's numbers go: metrics.jsonl (always) and Weights & Biases (logger=wandb), one call for both. W&B is best
+effort: a failure of it (no network, bad key, service down) is reported once and training goes on."""
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import resource
 import subprocess
 import sys
 
@@ -84,6 +85,4 @@ def peak_memory_bytes(device: torch.device) -> int:
     """CUDA: the most memory torch allocated on the device; CPU: the process's peak RSS (summary.json's field)."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    import resource
-
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from dlb import CONFIGS
 from dlb.run.folder import RunFolder, Summary
 from dlb.run import identity as runid
 from dlb.errors import ConfigError
@@ -32,11 +34,8 @@ def _matches(run_dir: Path, identity: dict, data: dict | None) -> bool:
         summary, config = Summary.read(run_dir), RunFolder(run_dir).read_config()
     except (OSError, ValueError, TypeError):
         return False  # a run being written right now, or not ours
-    if summary.method != "ce" or summary.status != "completed":
-        return False
-    if runid.data_differences(summary.data, data):
-        return False
-    return _without_method(runid.identity(config)) == identity
+    return (summary.method == "ce" and summary.status == "completed" and not runid.data_differences(summary.data, data)
+            and _without_method(runid.identity(config)) == identity)
 
 
 def _without_method(identity: dict) -> dict:
@@ -46,8 +45,6 @@ def _without_method(identity: dict) -> dict:
 def _train_command(config: dict, root: Path) -> str:
     """The command that trains the missing teacher of the run of resolved `config` into `root`: the run's group
     choices with method=ce, then each identity value that differs from those groups' defaults."""
-    from dlb import CONFIGS
-
     def option(group: str, name: str) -> str:
         # The group option whose YAML sets this name (backbone=resnet32 for cifar_resnet32); a backbone without one
         # is timm's (its backbone.name then differs from the defaults and follows as a value).
@@ -72,8 +69,6 @@ def _train_command(config: dict, root: Path) -> str:
 
 def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, data: dict | None = None) -> Path:
     """best.pt of the one matching CE run under search_root (see _matches); `data`: this run's data fingerprint."""
-    from omegaconf import OmegaConf
-
     root = search_root(out_dir, teacher_root)
     config = OmegaConf.to_container(run_cfg, resolve=True, enum_to_str=True)
     identity = _without_method(runid.identity(config))
