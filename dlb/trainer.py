@@ -65,20 +65,7 @@ class Trainer:
         state = self.folder.load_checkpoint()
         if state is None:
             return False
-        # Continued only with resume=true, the same data, the same identity (dlb/run/identity.py), as many processes
-        if not self.cfg.resume:
-            raise ResumeError(f"{self.out_dir} already holds a run (epoch {state['epoch']}); pass resume=true to "
-                              "continue it, or pick another output dir with hydra.run.dir=<dir>")
-        if data_diffs := runid.data_differences(state.get("data"), self.data_fingerprint):
-            raise ResumeError(f"{self.out_dir} holds a run trained on other data ({'; '.join(data_diffs)}); its "
-                              "results belong to that data: give this data its own output dir (hydra.run.dir=<dir>), "
-                              "or point dataset.root back at the data that run used")
-        if diffs := runid.differences(state.get("config", {}), self.config_dict):
-            raise ResumeError(f"{self.out_dir} holds a run with a different config ({'; '.join(diffs)}); "
-                              "use another output dir (hydra.run.dir=<dir>) for this one")
-        if state.get("world_size", 1) != self.world_size:  # DDP: the global batch is world_size x batch_size
-            raise ResumeError(f"{self.out_dir} holds a run trained by {state.get('world_size', 1)} process(es); "
-                              f"resume it with as many (this is {self.world_size}), or use another output dir")
+        check_resumable(self.run, state)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:  # a folder of an older version (no data fingerprint) trained on other data
@@ -213,7 +200,7 @@ class Trainer:
                            resume_rows=self.history) if self.is_main else None
         status = "running"
         self._stop = StopSignals().install()
-        for line in self.startup_lines(resumed):
+        for line in startup_lines(self, resumed):
             self._say(line)
         started, first_epoch = time.perf_counter(), self.epoch
         try:
@@ -289,48 +276,71 @@ class Trainer:
                 print(line, flush=True)
             self.folder.add_log_line(line)
 
-    def startup_lines(self, resumed: bool) -> list[str]:
-        """Where the run writes, fresh or resumed, device, data, backbone, method, length, seed and speed settings; then
-        the command that continues the run (a run from the command line), and warnings: a busy CPU, emulated bf16."""
-        cfg, env, p = self.cfg, self.environment, self.partial
-        where = ("fresh run" if not resumed else f"resumed after epoch {self.epoch}/{cfg.trainer.epochs}" if p is None
-                 else f"resumed in epoch {p['epoch'] + 1} at step {p['epoch_step']}")
-        threads = env["torch_threads"]
-        device = f"{self.device} ({env['device_name']}" + (
-            f", {threads} CPU thread{'s' if threads > 1 else ''})" if self.device.type == "cpu" else ")")
-        method = ", ".join(f"{k}={v}" for k, v in self.config_dict["method"].items() if k != "name")
-        lines = [f"{self.out_dir}: {where} | {device} | {cfg.dataset.name}: {self.train_size} train / "
-                 f"{self.test_size} test images, {self.num_classes} classes | {cfg.backbone.name} "
-                 f"({self.num_params / 1e6:.2f}M params) | {cfg.method.name}" + (f" ({method})" if method else "") +
-                 f" | {cfg.trainer.epochs} epochs, seed {cfg.seed} | speed: {self.speed.describe()}",
-                 None if self.overrides is None else
-                 f"to continue this run after a stop: {resume_command(self.out_dir, self.overrides)}",
-                 busy_cpu_note(torch.get_num_threads()) if self.device.type == "cpu" else None,
-                 None if not self.speed.bf16 or native_bf16(self.device) else
-                 f"note: {env['device_name']} has no native bf16 (AMX or AVX512-BF16 on a CPU), so "
-                 "trainer.precision=bf16 is emulated here and slower than fp32; use trainer.precision=fp32"]
-        return [line for line in lines if line]
-
     def _write_summary(self, status: str) -> dict:
-        """summary.json of the run so far: its status, results and what it ran on (rank 0 writes it)."""
-        cfg, last = self.cfg, (self.history[-1] if self.history else {})
-        summary = runfiles.Summary(
-            status=status, cell=runid.cell_name(cfg.dataset.name, cfg.backbone.name, cfg.method.name),
-            dataset=cfg.dataset.name, backbone=cfg.backbone.name, method=cfg.method.name, seed=cfg.seed,
-            epochs=cfg.trainer.epochs, epochs_completed=self.epoch, steps=self.step,
-            best_test_acc=self.best.get("test_acc") if self.history else None,
-            best_test_err=self.best.get("test_err"), best_epoch=self.best.get("epoch"),
-            last_test={m.name: last.get(f"test_{m.name}") for m in metrics.METRICS},
-            train_time_s=self.time_offset, peak_memory_bytes=peak_memory_bytes(self.device),
-            num_params=self.num_params, train_size=self.train_size, num_classes=self.num_classes,
-            data=self.data_fingerprint, augment=cfg.augment.name, noise=cfg.noise.name, noise_rate=cfg.noise.rate,
-            noise_seed=cfg.noise.seed, noise_rate_realised=self.noise_rate_realised, method_info=self.method.info(),
-            world_size=self.world_size, global_batch=self.world_size * cfg.trainer.batch_size, device=str(self.device),
-            environment=self.environment,
-        ).to_dict()
+        summary = run_summary(self, status)
         if self.is_main:
             runfiles.write_json(self.folder.summary, summary)
         return summary
+
+
+def check_resumable(run: Run, state: dict) -> None:
+    """Raise ResumeError unless this run may continue the checkpoint `state` in its folder: resume=true, the same
+    data, the same identity (dlb/run/identity.py), as many processes."""
+    if not run.cfg.resume:
+        raise ResumeError(f"{run.out_dir} already holds a run (epoch {state['epoch']}); pass resume=true to "
+                          "continue it, or pick another output dir with hydra.run.dir=<dir>")
+    if data_diffs := runid.data_differences(state.get("data"), run.data_fingerprint):
+        raise ResumeError(f"{run.out_dir} holds a run trained on other data ({'; '.join(data_diffs)}); its "
+                          "results belong to that data: give this data its own output dir (hydra.run.dir=<dir>), "
+                          "or point dataset.root back at the data that run used")
+    if diffs := runid.differences(state.get("config", {}), run.config_dict):
+        raise ResumeError(f"{run.out_dir} holds a run with a different config ({'; '.join(diffs)}); "
+                          "use another output dir (hydra.run.dir=<dir>) for this one")
+    if state.get("world_size", 1) != run.world_size:  # DDP: the global batch is world_size x batch_size
+        raise ResumeError(f"{run.out_dir} holds a run trained by {state.get('world_size', 1)} process(es); "
+                          f"resume it with as many (this is {run.world_size}), or use another output dir")
+
+
+def startup_lines(tr: Trainer, resumed: bool) -> list[str]:
+    """Where the run writes, fresh or resumed, device, data, backbone, method, length, seed and speed settings; then
+    the command that continues the run (a run from the command line), and warnings: a busy CPU, emulated bf16."""
+    cfg, env, p = tr.cfg, tr.environment, tr.partial
+    where = ("fresh run" if not resumed else f"resumed after epoch {tr.epoch}/{cfg.trainer.epochs}" if p is None
+             else f"resumed in epoch {p['epoch'] + 1} at step {p['epoch_step']}")
+    threads = env["torch_threads"]
+    device = f"{tr.device} ({env['device_name']}" + (
+        f", {threads} CPU thread{'s' if threads > 1 else ''})" if tr.device.type == "cpu" else ")")
+    method = ", ".join(f"{k}={v}" for k, v in tr.config_dict["method"].items() if k != "name")
+    lines = [f"{tr.out_dir}: {where} | {device} | {cfg.dataset.name}: {tr.train_size} train / "
+             f"{tr.test_size} test images, {tr.num_classes} classes | {cfg.backbone.name} "
+             f"({tr.num_params / 1e6:.2f}M params) | {cfg.method.name}" + (f" ({method})" if method else "") +
+             f" | {cfg.trainer.epochs} epochs, seed {cfg.seed} | speed: {tr.speed.describe()}",
+             None if tr.overrides is None else
+             f"to continue this run after a stop: {resume_command(tr.out_dir, tr.overrides)}",
+             busy_cpu_note(torch.get_num_threads()) if tr.device.type == "cpu" else None,
+             None if not tr.speed.bf16 or native_bf16(tr.device) else
+             f"note: {env['device_name']} has no native bf16 (AMX or AVX512-BF16 on a CPU), so "
+             "trainer.precision=bf16 is emulated here and slower than fp32; use trainer.precision=fp32"]
+    return [line for line in lines if line]
+
+
+def run_summary(tr: Trainer, status: str) -> dict:
+    """summary.json of the run so far: its status, results and what it ran on (rank 0 writes it)."""
+    cfg, last = tr.cfg, (tr.history[-1] if tr.history else {})
+    return runfiles.Summary(
+        status=status, cell=runid.cell_name(cfg.dataset.name, cfg.backbone.name, cfg.method.name),
+        dataset=cfg.dataset.name, backbone=cfg.backbone.name, method=cfg.method.name, seed=cfg.seed,
+        epochs=cfg.trainer.epochs, epochs_completed=tr.epoch, steps=tr.step,
+        best_test_acc=tr.best.get("test_acc") if tr.history else None,
+        best_test_err=tr.best.get("test_err"), best_epoch=tr.best.get("epoch"),
+        last_test={m.name: last.get(f"test_{m.name}") for m in metrics.METRICS},
+        train_time_s=tr.time_offset, peak_memory_bytes=peak_memory_bytes(tr.device),
+        num_params=tr.num_params, train_size=tr.train_size, num_classes=tr.num_classes,
+        data=tr.data_fingerprint, augment=cfg.augment.name, noise=cfg.noise.name, noise_rate=cfg.noise.rate,
+        noise_seed=cfg.noise.seed, noise_rate_realised=tr.noise_rate_realised, method_info=tr.method.info(),
+        world_size=tr.world_size, global_batch=tr.world_size * cfg.trainer.batch_size, device=str(tr.device),
+        environment=tr.environment,
+    ).to_dict()
 
 
 def check_finite(where: str, terms: dict[str, float]) -> None:

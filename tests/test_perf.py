@@ -24,7 +24,7 @@ from dlb.data.loader import Batch
 from dlb.methods import METHODS
 from dlb.methods.dlb import DLB
 from dlb.train import load_config
-from dlb.trainer import Trainer
+from dlb.trainer import Trainer, startup_lines
 from dlb.device.speed import CPU_COMPILE_MIN_STEPS, build_optimizer, compile_model, resolve_speed
 from dlb.device.placement import GpuSlot, resolve_device
 
@@ -236,7 +236,7 @@ def test_faithful_trainer_is_contiguous_eager_and_plain_sgd(tmp_path):
     assert t.net is t.model and conv.is_contiguous()  # no compile wrapper, NCHW
     assert t.optimizer.defaults["foreach"] is False and not t.optimizer.defaults["fused"]
     assert re.search(r"\| speed: faithful \(fp32, eager, contiguous, plain SGD\), eval batch \d+, heap kept$",
-                     t.startup_lines(False)[0])  # (the kept heap changes no number: faithful keeps it)
+                     startup_lines(t, False)[0])  # (the kept heap changes no number: faithful keeps it)
     fast = Trainer(compose(["dataset=cifar10", "dataset.root=/nonexistent", "backbone=resnet8", "method=dlb",
                             "debug=tiny", "trainer.batch_size=16"]), tmp_path / "fast", data=fake_data())
     conv = next(p for p in fast.model.parameters() if p.ndim == 4)

@@ -268,7 +268,7 @@ def test_start_up_line_progress_lines_epoch_lines_and_a_summary_after_every_epoc
     assert len(log) == 1 + 2 * 6 + 2  # start-up, 6 steps x 2 epochs (progress), 2 epoch lines
     assert "epoch 1/2 step 1/6" in log[1] and "img/s, epoch ETA" in log[1]
     resumed = Trainer(tiny_cfg(images / "a", "trainer.epochs=2", "method=ce"), out)
-    assert resumed.try_resume() and "resumed after epoch 2/2" in resumed.startup_lines(True)[0]
+    assert resumed.try_resume() and "resumed after epoch 2/2" in trainer_mod.startup_lines(resumed, True)[0]
 
 
 def test_bf16_where_the_cpu_has_none_says_so_at_start_up(images, tmp_path, monkeypatch, capsys):
