@@ -27,11 +27,6 @@ from dlb.methods import METHODS
 THROUGHPUT_FILE = REPO / "results" / "bench" / "throughput.json"  # written by scripts/benchmark.py
 
 
-def _values(key: str, value: str) -> list[str]:
-    parsed = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
-    return list(parsed.sweep_string_iterator()) if parsed.is_sweep_override() else [parsed.get_value_element_as_str()]
-
-
 def plan(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
     """(fixed overrides, one override list per job) for the experiment named in `overrides`."""
     single = [o for o in overrides if "," not in o.partition("=")[2]]  # sweep values can't be composed
@@ -44,7 +39,9 @@ def plan(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
             grid[key.lstrip("+~")] = value
         else:
             fixed.append(o)
-    axes = [[f"{k}={v}" for v in _values(k, spec)] for k, spec in grid.items()]
+    values = [o.sweep_string_iterator() if o.is_sweep_override() else [o.get_value_element_as_str()]
+              for o in OverridesParser.create().parse_overrides([f"{k}={spec}" for k, spec in grid.items()])]
+    axes = [[f"{k}={v}" for v in axis] for k, axis in zip(grid, values)]
     return fixed, [list(job) for job in itertools.product(*axes)]
 
 

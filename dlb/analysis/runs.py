@@ -2,7 +2,6 @@
 (docs/statistics.md). The report, the claims and the figures read only this table."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import json
@@ -235,8 +234,7 @@ def _composed_defaults(method: str) -> dict:
 
 def at_defaults(method: str, values: dict) -> bool:
     """Do these values equal the method's defaults (Method.Config; other keys: `dlb.train method=<method>`'s)?"""
-    config = METHODS[method].Config() if method in METHODS else None
-    own = {f"method.{f.name}": getattr(config, f.name) for f in (dataclasses.fields(config) if config else ())}
+    own = {f"method.{k}": v for k, v in vars(METHODS[method].Config()).items()} if method in METHODS else {}
     for key, value in values.items():
         default = own[key] if key in own else _composed_defaults(method).get(key, ABSENT)
         same = value == default or (_number(value) is not None and _number(default) is not None
