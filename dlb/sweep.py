@@ -59,8 +59,7 @@ def estimate_hours(fixed: list[str], jobs: list[list[str]]) -> tuple[float | Non
     for job in jobs:
         cfg = compose(fixed + job)
         key = f"{cfg.backbone.name}/{cfg.method.name}"
-        rate = rates.get(key)
-        if not rate:
+        if not (rate := rates.get(key)):
             missing.add(key)
             continue
         n = cfg.dataset.train_subset or TRAIN_SIZES.get(cfg.dataset.name, 50000)
@@ -80,14 +79,6 @@ def stages(jobs: list[list[str]]) -> list[list[list[str]]]:
         return [jobs]
     first = [job for job in jobs if "method=ce" in job]
     return [first, [job for job in jobs if "method=ce" not in job]]
-
-
-def _multirun_args(jobs: list[list[str]]) -> list[str]:
-    """Collapse a stage's jobs back into Hydra sweep overrides (key=v1,v2,...) in first-seen order."""
-    axes: dict[str, dict[str, None]] = {}
-    for k, _, v in (o.partition("=") for job in jobs for o in job):
-        axes.setdefault(k, {})[v] = None
-    return [f"{k}={','.join(v)}" for k, v in axes.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.run or not jobs:  # (a part may hold none of the grid's seeds)
         return 0
     for stage in parts:
-        cmd = [sys.executable, "-m", "dlb.train", "-m", *fixed, *_multirun_args(stage)]
+        axes: dict[str, dict[str, None]] = {}  # the stage's jobs as Hydra sweep overrides (key=v1,v2,...), in order
+        for k, _, v in (o.partition("=") for job in stage for o in job):
+            axes.setdefault(k, {})[v] = None
+        cmd = [sys.executable, "-m", "dlb.train", "-m", *fixed, *(f"{k}={','.join(v)}" for k, v in axes.items())]
         print("+", " ".join(cmd[1:]), flush=True)
         if subprocess.run(cmd, cwd=REPO).returncode != 0:
             print("dlb.sweep: a stage failed; fix it and rerun the same command (finished jobs are skipped)",

@@ -62,8 +62,7 @@ OmegaConf.register_new_resolver("dlb_config_groups", _config_groups, replace=Tru
 
 def _override_for(key: str, overrides: Sequence[str]) -> str:
     """The override the user typed for `key` (the first: Hydra stops at the first it can't apply), else the key."""
-    typed = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key]
-    return typed[0] if typed else key
+    return next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), key)
 
 
 def _culprit(overrides: Sequence[str]) -> str | None:
@@ -99,13 +98,11 @@ def error_line(e: BaseException, overrides: Sequence[str] = ()) -> str:
     if isinstance(e, MissingConfigException):
         parts = (e.missing_cfg_file or "").split("/")
         # The longest leading part that is a config group folder: option names may hold slashes (noise=/tmp/x).
-        n = next((i for i in range(len(parts) - 1, 0, -1) if is_group("/".join(parts[:i]))), 0)
-        if n:
+        if n := next((i for i in range(len(parts) - 1, 0, -1) if is_group("/".join(parts[:i]))), 0):
             group, option = "/".join(parts[:n]), "/".join(parts[n:])
             return f"{_override_for(group, overrides)}: no {group} config named {option!r}; use one of " \
                    f"{_group_options(group)}"
-    m = re.search(r"An item is already at '([^']+)'", text)
-    if m:
+    if m := re.search(r"An item is already at '([^']+)'", text):
         return f"{_override_for(m.group(1), overrides)}: {m.group(1)} exists already; set it without the +"
     oc = e if isinstance(e, OmegaConfBaseException) else e.__cause__
     if isinstance(oc, OmegaConfBaseException) and oc.full_key:
@@ -119,8 +116,7 @@ def error_line(e: BaseException, overrides: Sequence[str] = ()) -> str:
             hint = (f"did you mean {parent}{close[0]}?" if close
                     else f"{parent.rstrip('.') or 'the config'} has {', '.join(map(str, siblings))}")
             return f"{typed}: no such key; {hint} (`python -m dlb.train --cfg job` prints every key)"
-        choices = re.match(r"Invalid value .*, expected one of \[(.*)\]$", what)  # a Choice field (dlb/choice.py)
-        if choices:
+        if choices := re.match(r"Invalid value .*, expected one of \[(.*)\]$", what):  # a Choice field (dlb/choice.py)
             return f"{typed}: not an option of {key}; use one of {choices.group(1)}"
         if isinstance(oc, InterpolationResolutionError):
             return f"{typed}: {what}; fix the ${{...}} it refers to, or set {key}=<value> directly"

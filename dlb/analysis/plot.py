@@ -220,8 +220,7 @@ def plot_sensitivity(df: pd.DataFrame, out: Path, source: str = "") -> list[Path
         cell = dict(zip(CELL, cell))
         grid = {tuple(g["values"].iloc[0][k] for k in keys): g for _, g in runs.groupby("variant", sort=False)}
         # Every point from the same seeds (those all points have), so no point is a mean of more runs than another.
-        common = set.intersection(*(set(g["seed"]) for g in grid.values()))
-        if common:
+        if common := set.intersection(*(set(g["seed"]) for g in grid.values())):
             grid = {k: g[g["seed"].isin(common)] for k, g in grid.items()}
         rows = sorted({a for a, _ in grid}, key=float)
         cols = sorted({b for _, b in grid}, key=float)
