@@ -1,10 +1,9 @@
 """Structured-config schema (Hydra ConfigStore) and the range checks that types alone can't express.
 
-The YAML files in configs/ fill these dataclasses (a method's own Config dataclass is the whole `method=<name>`
-entry; a dataset's file gives the values of its `dataset=<name>` entry); Hydra rejects unknown keys, wrong types and
-values outside a Choice while composing, and `validate` rejects out-of-range values before any data is read or model
-built. `compose` gives the config a command line runs with. The methods' and datasets' facts come from their files'
-source (dlb.groups.registry), so none of this imports torch.
+The YAML files in configs/ fill these dataclasses (register_configs says what fills `method=` and `dataset=`); Hydra
+rejects unknown keys, wrong types and values outside a Choice while composing, and `validate` rejects out-of-range
+values before any data is read or model built. The methods' and datasets' facts come from their files' source
+(dlb.groups.registry), so none of this imports torch.
 """
 from __future__ import annotations
 
@@ -25,8 +24,7 @@ from dlb.errors import ConfigError
 from dlb.groups import group_options, registry  # noqa: F401  (group_options: for the tests)
 from dlb.run.identity import register_resolver
 
-# Options the schema can't type as a Choice: trainer.device also takes cuda:<index>; optim.fused and
-# trainer.channels_last take auto or a bool.
+# Options the schema can't type as a Choice: trainer.device also takes cuda:<index>; some take auto or a bool.
 DEVICES = ("auto", "cpu", "cuda", "slot")
 AUTO_OR_BOOL = ("auto", True, False)
 

@@ -31,8 +31,7 @@ TORCH_FREE = ("dlb.choice", "dlb.errors")  # what a stand-in may import, besides
 
 
 def registered_names(group: str) -> list[str]:
-    """Every `@<decorator>("<name>", ...)` of a registered group, in its package and the plugin files: the keys of
-    its registry (the tests check they agree), without importing torch."""
+    """The keys of a registered group's registry, its files' `@<decorator>("<name>", ...)`, read without torch."""
     return sorted(name for _, _, entries in _registrations(group, os.environ.get(plugins.ENV, "")) for name in entries)
 
 
@@ -55,8 +54,7 @@ def _registrations(group: str, plugin_paths: str) -> tuple[tuple[Path, ast.Modul
 def registry(group: str) -> dict[str, Any]:
     """What the config checks need of each registered option, read from the source without torch: for a method a
     stand-in class (the SCHEMA attributes of the registered class), for a dataset its declared facts (train_size,
-    test_size and the `dataset=<name>` entry's values, `config`). A file whose reading fails is imported instead
-    (the registry's own entries: the same answers, after torch loads)."""
+    test_size and `config`, its `dataset=<name>` entry's values). A file whose reading fails is imported instead."""
     return _registry(group, os.environ.get(plugins.ENV, ""))
 
 

@@ -29,8 +29,7 @@ THROUGHPUT_FILE = REPO / "results" / "bench" / "throughput.json"  # written by s
 
 def plan(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
     """(fixed overrides, one override list per job) for the experiment named in `overrides`."""
-    single = [o for o in overrides if "," not in o.partition("=")[2]]  # sweep values can't be composed
-    cfg = compose(single, with_hydra=True)
+    cfg = compose([o for o in overrides if "," not in o.partition("=")[2]], with_hydra=True)  # sweeps can't compose
     grid = {k: str(v) for k, v in (cfg.hydra.sweeper.params or {}).items()}
     fixed = []
     for o in overrides:
@@ -77,8 +76,7 @@ def stages(jobs: list[list[str]]) -> list[list[list[str]]]:
     methods = {o.split("=", 1)[1] for job in jobs for o in job if o.startswith("method=")}
     if not any(m in METHODS and METHODS[m].needs_teacher for m in methods) or "ce" not in methods:
         return [jobs]
-    first = [job for job in jobs if "method=ce" in job]
-    return [first, [job for job in jobs if "method=ce" not in job]]
+    return [[job for job in jobs if "method=ce" in job], [job for job in jobs if "method=ce" not in job]]
 
 
 def main(argv: list[str] | None = None) -> int:

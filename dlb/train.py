@@ -3,8 +3,7 @@
 Exit codes (docs/reliability.md says what each means, also under -m): 0 done, 1 a bug (Python's traceback), 2 a user
 error (one line on stderr), 3 diverged, 75 stopped by SIGTERM/SIGUSR1 and 130 by Ctrl-C (the same command continues).
 
-`--help` and every error of the config (an override Hydra cannot parse, an unknown option, a key's type or range, a
-conflict of settings) are answered before torch is imported (dlb/groups.py): only a run that passes imports it.
+`--help` and every config error are answered before torch is imported (dlb/groups.py); a run imports it once it passes.
 """
 from __future__ import annotations
 

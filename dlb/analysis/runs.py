@@ -2,6 +2,7 @@
 (docs/statistics.md). The report, the claims and the figures read only this table."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -139,12 +140,10 @@ def load_run_dir(run_dir: Path) -> Run:
     except Exception as e:
         raise SkipRun(f"unreadable {path.relative_to(run_dir)} ({type(e).__name__}: {e})") from None
     run = make_run(str(run_dir), summary, config, lambda: runfiles.read_metrics(run_dir))
-    try:  # the command line's overrides ("+method.T=2" -> {"method.T": "2"})
+    with contextlib.suppress(OSError, yaml.YAMLError):  # command-line overrides: "+method.T=2" -> {"method.T": "2"}
         pairs = [str(o).lstrip("+~").partition("=") for o in yaml.safe_load(folder.hydra_overrides.read_text()) or []
                  if "=" in str(o)]
         run.overrides = {k: v for k, _, v in pairs if not k.startswith("hydra.")}
-    except (OSError, yaml.YAMLError):
-        pass
     return run
 
 
