@@ -24,7 +24,7 @@ from dlb.errors import ConfigError
 from dlb.groups import group_options, registry  # noqa: F401  (group_options: for the tests)
 from dlb.run.identity import register_resolver
 
-# Options the schema can't type as a Choice: trainer.device also takes cuda:<index>; some take auto or a bool.
+# What the schema can't type as a Choice: trainer.device (also cuda:<index>), and options of auto or a bool.
 DEVICES = ("auto", "cpu", "cuda", "slot")
 AUTO_OR_BOOL = ("auto", True, False)
 

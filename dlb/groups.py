@@ -93,7 +93,7 @@ def _stand_ins(path: Path, tree: ast.Module, base: type | None) -> dict[str, Any
     """The namespace of a method file run without torch: each class derived from Method (`base`; None: this is
     base.py, whose Method is the root) with only its SCHEMA statements, and the file's other statements that run
     without torch (_runs_without_torch). Raises when a Method class cannot be run so."""
-    future = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]  # for every node
+    future = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]  # compiled with each
     module = types.ModuleType(f"dlb_schema_{path.stem}")  # importable only while it runs (dataclasses look it up),
     namespace, methods = vars(module), {"Method"}  # so a pickle of its classes (a launcher's jobs) holds them by value
     namespace["Method"] = base
