@@ -187,10 +187,9 @@ def collect_wandb_runs(project: str) -> tuple[list[Run], list[dict]]:
                 summary["status"] = WANDB_STATUS.get(getattr(wr, "state", ""), "failed")
             config = {k: v for k, v in dict(wr.config).items() if not k.startswith("_")}
             runs.append(make_run(where, summary, config, lambda wr=wr: [dict(r) for r in wr.scan_history()]))
-        except SkipRun as e:
-            skipped.append({"path": where, "reason": str(e)})
-        except Exception as e:
-            skipped.append({"path": where, "reason": f"unreadable W&B run ({type(e).__name__}: {e})"})
+        except Exception as e:  # a SkipRun says why itself
+            reason = str(e) if isinstance(e, SkipRun) else f"unreadable W&B run ({type(e).__name__}: {e})"
+            skipped.append({"path": where, "reason": reason})
     return runs, skipped
 
 
