@@ -1,10 +1,9 @@
 """Structured-config schema (Hydra ConfigStore) and the range checks that types alone can't express.
 
-The YAML files in configs/ fill these dataclasses (a method's own Config dataclass is the whole `method=<name>`
-entry; a dataset's file gives the values of its `dataset=<name>` entry); Hydra rejects unknown keys, wrong types and
-values outside a Choice while composing, and `validate` rejects out-of-range values before any data is read or model
-built. `compose` gives the config a command line runs with. The methods' and datasets' facts come from their files'
-source (dlb.groups.registry), so none of this imports torch.
+The YAML files in configs/ fill these dataclasses (register_configs says what fills `method=` and `dataset=`); Hydra
+rejects unknown keys, wrong types and values outside a Choice while composing, and `validate` rejects out-of-range
+values before any data is read or model built. The methods' and datasets' facts come from their files' source
+(dlb.groups.registry), so none of this imports torch.
 """
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
+from hydra import compose as hydra_compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -22,9 +22,9 @@ from dlb.choice import (Augment, BatchAugment, CompileMode, CutMixViews, LoaderK
                         WandbMode)
 from dlb.errors import ConfigError
 from dlb.groups import group_options, registry  # noqa: F401  (group_options: for the tests)
+from dlb.run.identity import register_resolver
 
-# Options the schema can't type as a Choice: trainer.device also takes cuda:<index>; optim.fused and
-# trainer.channels_last take auto or a bool.
+# What the schema can't type as a Choice: trainer.device (also cuda:<index>), and options of auto or a bool.
 DEVICES = ("auto", "cpu", "cuda", "slot")
 AUTO_OR_BOOL = ("auto", True, False)
 
@@ -67,36 +67,29 @@ class OptimConfig:
     milestones: Optional[List[int]] = None  # null: milestone_fractions x trainer.epochs
     milestone_fractions: List[float] = field(default_factory=lambda: [0.625, 0.75, 0.875])  # 150/180/210 of 240
     fused: Any = "auto"  # auto | true | false: torch's fused SGD kernel (auto: on CUDA and CPU) or the plain loop
-    # the first warmup_epochs epochs' optimizer steps ramp the lr linearly: step k of K runs at k/K of the scheduled
-    # lr (Tf-KD's WarmUpLR); 0 = none
-    warmup_epochs: int = 0
+    warmup_epochs: int = 0  # the first n epochs ramp the lr linearly: step k of K at k/K (Tf-KD's WarmUpLR); 0 = none
 
 
 @dataclass
 class TrainerConfig:
     epochs: int = 240
     batch_size: int = 64
-    # auto | an int: test images per forward; auto = 128 on CPU (cache-sized batches evaluate ~2x faster there,
-    # results/bench/cpu_eval_batch.md), 1000 on CUDA
-    eval_batch_size: Any = "auto"
+    eval_batch_size: Any = "auto"  # auto | n: images per test forward (auto: 128 on CPU, 1000 on CUDA; performance.md)
     device: str = "auto"  # auto | cpu | cuda | cuda:<i> | slot (a free one of num_gpus x jobs_per_gpu GPU slots)
     jobs_per_gpu: int = 1  # device=slot: how many runs share one GPU
     deterministic: bool = False
     precision: Precision = Precision.fp32  # bf16: autocast (CUDA; a CPU with AMX/AVX512-BF16), docs/performance.md
     # Speed (docs/performance.md); auto: per device (dlb.device.speed.resolve_speed). channels_last: auto | true | false
     channels_last: Any = "auto"
-    # auto | none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile of the model
-    compile: CompileMode = CompileMode["auto"]
+    compile: CompileMode = CompileMode["auto"]  # torch.compile of the model (reduce-overhead: CUDA graphs)
     faithful: bool = False  # the official code's numerics: fp32, eager, contiguous, plain SGD loop
-    # auto | true | false: glibc keeps the heap a step frees for the next (dlb.device.speed.keep_heap); auto: on CPU
-    keep_heap: Any = "auto"
+    keep_heap: Any = "auto"  # auto | true | false: glibc keeps the heap a step frees for the next; auto: on CPU
     ddp: bool = False  # DistributedDataParallel, one process per GPU, started by torchrun (dlb/device/distributed.py)
     limit_train_batches: Optional[int] = None  # debugging: stop each epoch after n steps
     limit_eval_batches: Optional[int] = None
     progress: Optional[bool] = None  # null: on when stderr is a terminal
     save_best: bool = True  # keep checkpoints/best.pt (model weights at the best test accuracy)
-    # CPU threads (dlb.device.placement.set_threads); null: $OMP_NUM_THREADS, else the usable cores
-    threads: Optional[int] = None
+    threads: Optional[int] = None  # CPU threads; null: $OMP_NUM_THREADS, else the usable cores
 
 
 @dataclass
@@ -147,8 +140,6 @@ class Config:
 
 
 def register_configs() -> None:
-    from dlb.run.identity import register_resolver
-
     register_resolver()
     if not OmegaConf.has_resolver("dlb_scale"):  # a recipe's lr per batch: ${dlb_scale:0.1,${trainer.batch_size},128}
         # in Tf-KD's order, lr * (batch_size / 128): the same float as its lr
@@ -167,8 +158,6 @@ def register_configs() -> None:
 def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
     """The config `python -m dlb.train <overrides>` runs with, unvalidated and without Hydra's run-dir side
     effects; `with_hydra` keeps the `hydra` node (run dir, sweeper params)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
     register_configs()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=with_hydra)

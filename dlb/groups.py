@@ -1,14 +1,11 @@
 """The config groups a user picks from (dataset=, backbone=, method=, ...), their options, and what the config checks
 need of each registered option, all read without importing torch: `python -m dlb.train --help` and any config error
-answer before the training stack loads.
-
-A group's options are its YAML files in configs/<group>/; the `method` and `dataset` groups' are the names their
-files register (`@register_method("<name>")` in dlb/methods/, `@register_dataset("<name>", ...)` in
-dlb/data/datasets/, and in the files DLB_PLUGINS names), read from the source: importing them imports torch.
+answer before the training stack loads. A group's options are its YAML files in configs/<group>/ and, for `method`
+and `dataset`, the names their files (and DLB_PLUGINS files) register, read from the source (importing them would
+import torch).
 """
 from __future__ import annotations
 
-import __future__
 import ast
 import builtins
 import copy
@@ -34,8 +31,7 @@ TORCH_FREE = ("dlb.choice", "dlb.errors")  # what a stand-in may import, besides
 
 
 def registered_names(group: str) -> list[str]:
-    """Every `@<decorator>("<name>", ...)` of a registered group, in its package and the plugin files: the keys of
-    its registry (the tests check they agree), without importing torch."""
+    """The keys of a registered group's registry, its files' `@<decorator>("<name>", ...)`, read without torch."""
     return sorted(name for _, _, entries in _registrations(group, os.environ.get(plugins.ENV, "")) for name in entries)
 
 
@@ -58,8 +54,7 @@ def _registrations(group: str, plugin_paths: str) -> tuple[tuple[Path, ast.Modul
 def registry(group: str) -> dict[str, Any]:
     """What the config checks need of each registered option, read from the source without torch: for a method a
     stand-in class (the SCHEMA attributes of the registered class), for a dataset its declared facts (train_size,
-    test_size and the `dataset=<name>` entry's values, `config`). A file whose reading fails is imported instead
-    (the registry's own entries: the same answers, after torch loads)."""
+    test_size and `config`, its `dataset=<name>` entry's values). A file whose reading fails is imported instead."""
     return _registry(group, os.environ.get(plugins.ENV, ""))
 
 
@@ -96,34 +91,31 @@ def _method_base() -> type:
 
 def _stand_ins(path: Path, tree: ast.Module, base: type | None) -> dict[str, Any]:
     """The namespace of a method file run without torch: each class derived from Method (`base`; None: this is
-    base.py, whose Method is the root) with only its SCHEMA statements, and those of the file's other statements
-    that run without torch: undecorated functions, literal constants, Choice classes, imports of the standard
-    library and TORCH_FREE. Raises when a Method class cannot be run so."""
-    flags = __future__.annotations.compiler_flag if any(
-        isinstance(n, ast.ImportFrom) and n.module == "__future__" and "annotations" in [a.name for a in n.names]
-        for n in tree.body) else 0
+    base.py, whose Method is the root) with only its SCHEMA statements, and the file's other statements that run
+    without torch (_runs_without_torch). Raises when a Method class cannot be run so."""
+    future = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]  # compiled with each
     module = types.ModuleType(f"dlb_schema_{path.stem}")  # importable only while it runs (dataclasses look it up),
     namespace, methods = vars(module), {"Method"}  # so a pickle of its classes (a launcher's jobs) holds them by value
     namespace["Method"] = base
     sys.modules[module.__name__] = module
     try:
         for node in tree.body:
-            is_method = isinstance(node, ast.ClassDef) and bool({node.name, *map(_name, node.bases)} & methods)
+            bases = [getattr(b, "id", None) for b in getattr(node, "bases", ())]  # a class's bases by name
+            is_method = isinstance(node, ast.ClassDef) and bool({node.name, *bases} & methods)
             if is_method:
                 methods.add(node.name)
-                if base is not None and any(_name(b) not in methods for b in node.bases):
+                if base is not None and any(b not in methods for b in bases):
                     raise ValueError(f"{path}: {node.name} derives from a class outside this file but Method")
                 node = copy.copy(node)
-                node.bases, node.decorator_list = [b for b in node.bases if _name(b) in methods], []
+                node.bases, node.decorator_list = [b for b, name in zip(node.bases, bases) if name in methods], []
                 node.body = [s for s in node.body if _binds(s) & set(SCHEMA)] or [ast.Pass()]
             elif not _runs_without_torch(node):
                 continue
             try:
-                exec(compile(ast.Module([node], []), str(path), "exec", flags=flags, dont_inherit=True), namespace)
-            except Exception:
+                exec(compile(ast.Module([*future, node], []), str(path), "exec", dont_inherit=True), namespace)
+            except Exception:  # another statement that needs more than the stand-in has: left out
                 if is_method:
                     raise
-                continue
             if is_method:  # Hydra reads a dataclass's annotations by its module's name: evaluated while it has one
                 for klass in namespace[node.name].Config.__mro__[:-1]:
                     klass.__annotations__ = {k: eval(v, namespace) if isinstance(v, str) else v  # the file's text
@@ -136,8 +128,7 @@ def _stand_ins(path: Path, tree: ast.Module, base: type | None) -> dict[str, Any
 def _complete(cls: type) -> type:
     """`cls`, after checking that its validate_config and rules_out, and the file's functions they call, find every
     global name they read (one the stand-in left out needs torch)."""
-    checks = [getattr(m, "__func__", m) for m in (cls.validate_config, cls.rules_out)]
-    todo = [(f.__code__, f.__globals__) for f in checks]
+    todo = [(f.__code__, f.__globals__) for f in (cls.validate_config, cls.rules_out)]  # (bound methods pass them on)
     seen = set()
     while todo:
         code, names = todo.pop()
@@ -149,10 +140,6 @@ def _complete(cls: type) -> type:
             elif name not in names and not hasattr(builtins, name):
                 raise NameError(f"{cls.__name__}'s checks read {name}, which its stand-in has not")
     return cls
-
-
-def _name(node: ast.AST) -> str | None:
-    return node.id if isinstance(node, ast.Name) else None
 
 
 def _binds(node: ast.AST) -> set[str]:
@@ -169,7 +156,7 @@ def _runs_without_torch(node: ast.AST) -> bool:
     if isinstance(node, ast.FunctionDef):
         return not node.decorator_list
     if isinstance(node, ast.ClassDef):
-        return not node.decorator_list and "Choice" in {_name(b) for b in node.bases}
+        return not node.decorator_list and "Choice" in {getattr(b, "id", None) for b in node.bases}
     if isinstance(node, (ast.Assign, ast.AnnAssign)):
         try:
             ast.literal_eval(node.value)

@@ -1,12 +1,8 @@
-"""Methods and datasets from your own files, outside this repository.
-
-    DLB_PLUGINS=~/my_dlb/toy_method.py:~/my_dlb/datasets python -m dlb.train method=toy dataset=my_data
-
-DLB_PLUGINS holds paths separated by ':' (os.pathsep), each a .py file or a folder whose .py files are all imported.
-A file registers what it defines exactly as the package's own files do (`@register_method` from dlb.methods.base,
-`@register_dataset` from dlb.data.datasets.base); the registries import the plugins once, after their own modules,
-so a plugin's method or dataset is then known to every command (train, sweep, report, plot). Child processes
-inherit the variable and so see the same plugins.
+"""Methods and datasets from your own files, outside this repository (README.md, "Extending"): DLB_PLUGINS holds
+paths separated by ':' (os.pathsep), each a .py file or a folder whose .py files are all imported. A file registers
+what it defines exactly as the package's own files do (`@register_method`, `@register_dataset`); the registries
+import the plugins once, after their own modules, so every command, and every child process (which inherits the
+variable), knows them.
 """
 from __future__ import annotations
 

@@ -27,15 +27,9 @@ from dlb.methods import METHODS
 THROUGHPUT_FILE = REPO / "results" / "bench" / "throughput.json"  # written by scripts/benchmark.py
 
 
-def _values(key: str, value: str) -> list[str]:
-    parsed = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
-    return list(parsed.sweep_string_iterator()) if parsed.is_sweep_override() else [parsed.get_value_element_as_str()]
-
-
 def plan(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
     """(fixed overrides, one override list per job) for the experiment named in `overrides`."""
-    single = [o for o in overrides if "," not in o.partition("=")[2]]  # sweep values can't be composed
-    cfg = compose(single, with_hydra=True)
+    cfg = compose([o for o in overrides if "," not in o.partition("=")[2]], with_hydra=True)  # sweeps can't compose
     grid = {k: str(v) for k, v in (cfg.hydra.sweeper.params or {}).items()}
     fixed = []
     for o in overrides:
@@ -44,7 +38,9 @@ def plan(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
             grid[key.lstrip("+~")] = value
         else:
             fixed.append(o)
-    axes = [[f"{k}={v}" for v in _values(k, spec)] for k, spec in grid.items()]
+    values = [o.sweep_string_iterator() if o.is_sweep_override() else [o.get_value_element_as_str()]
+              for o in OverridesParser.create().parse_overrides([f"{k}={spec}" for k, spec in grid.items()])]
+    axes = [[f"{k}={v}" for v in axis] for k, axis in zip(grid, values)]
     return fixed, [list(job) for job in itertools.product(*axes)]
 
 
@@ -62,8 +58,7 @@ def estimate_hours(fixed: list[str], jobs: list[list[str]]) -> tuple[float | Non
     for job in jobs:
         cfg = compose(fixed + job)
         key = f"{cfg.backbone.name}/{cfg.method.name}"
-        rate = rates.get(key)
-        if not rate:
+        if not (rate := rates.get(key)):
             missing.add(key)
             continue
         n = cfg.dataset.train_subset or TRAIN_SIZES.get(cfg.dataset.name, 50000)
@@ -81,16 +76,7 @@ def stages(jobs: list[list[str]]) -> list[list[list[str]]]:
     methods = {o.split("=", 1)[1] for job in jobs for o in job if o.startswith("method=")}
     if not any(m in METHODS and METHODS[m].needs_teacher for m in methods) or "ce" not in methods:
         return [jobs]
-    first = [job for job in jobs if "method=ce" in job]
-    return [first, [job for job in jobs if "method=ce" not in job]]
-
-
-def _multirun_args(jobs: list[list[str]]) -> list[str]:
-    """Collapse a stage's jobs back into Hydra sweep overrides (key=v1,v2,...) in first-seen order."""
-    axes: dict[str, dict[str, None]] = {}
-    for k, _, v in (o.partition("=") for job in jobs for o in job):
-        axes.setdefault(k, {})[v] = None
-    return [f"{k}={','.join(v)}" for k, v in axes.items()]
+    return [[job for job in jobs if "method=ce" in job], [job for job in jobs if "method=ce" not in job]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.run or not jobs:  # (a part may hold none of the grid's seeds)
         return 0
     for stage in parts:
-        cmd = [sys.executable, "-m", "dlb.train", "-m", *fixed, *_multirun_args(stage)]
+        axes: dict[str, dict[str, None]] = {}  # the stage's jobs as Hydra sweep overrides (key=v1,v2,...), in order
+        for k, _, v in (o.partition("=") for job in stage for o in job):
+            axes.setdefault(k, {})[v] = None
+        cmd = [sys.executable, "-m", "dlb.train", "-m", *fixed, *(f"{k}={','.join(v)}" for k, v in axes.items())]
         print("+", " ".join(cmd[1:]), flush=True)
         if subprocess.run(cmd, cwd=REPO).returncode != 0:
             print("dlb.sweep: a stage failed; fix it and rerun the same command (finished jobs are skipped)",

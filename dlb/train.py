@@ -3,8 +3,7 @@
 Exit codes (docs/reliability.md says what each means, also under -m): 0 done, 1 a bug (Python's traceback), 2 a user
 error (one line on stderr), 3 diverged, 75 stopped by SIGTERM/SIGUSR1 and 130 by Ctrl-C (the same command continues).
 
-`--help` and every error of the config (an override Hydra cannot parse, an unknown option, a key's type or range, a
-conflict of settings) are answered before torch is imported (dlb/groups.py): only a run that passes imports it.
+`--help` and every config error are answered before torch is imported (dlb/groups.py); a run imports it once it passes.
 """
 from __future__ import annotations
 
@@ -18,6 +17,8 @@ from typing import Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -58,26 +59,15 @@ def _config_groups() -> str:
 OmegaConf.register_new_resolver("dlb_config_groups", _config_groups, replace=True)
 
 
-def help_text() -> str:
-    """`--help`: configs/hydra/help/dlb.yaml's template, rendered here: Hydra's --help composes the whole config
-    first."""
-    help_cfg = OmegaConf.load(CONFIGS / "hydra" / "help" / "dlb.yaml")
-    return OmegaConf.create({"hydra": {"help": help_cfg}}).hydra.help.template
-
-
 def _override_for(key: str, overrides: Sequence[str]) -> str:
     """The override the user typed for `key` (the first: Hydra stops at the first it can't apply), else the key."""
-    typed = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key]
-    return typed[0] if typed else key
+    return next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), key)
 
 
 def _culprit(overrides: Sequence[str]) -> str | None:
     """"<override>: <why>" for the first override Hydra can't take: unparsable, a config group given anything but an
     option name (Hydra answers those with a bare ValueError or TypeError that doesn't say which override), or an
     option that no config file or method has. Reads no schema, so it runs before torch is imported."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep
-
     parser = OverridesParser.create()
     for o in overrides:
         try:
@@ -107,13 +97,11 @@ def error_line(e: BaseException, overrides: Sequence[str] = ()) -> str:
     if isinstance(e, MissingConfigException):
         parts = (e.missing_cfg_file or "").split("/")
         # The longest leading part that is a config group folder: option names may hold slashes (noise=/tmp/x).
-        n = next((i for i in range(len(parts) - 1, 0, -1) if is_group("/".join(parts[:i]))), 0)
-        if n:
+        if n := next((i for i in range(len(parts) - 1, 0, -1) if is_group("/".join(parts[:i]))), 0):
             group, option = "/".join(parts[:n]), "/".join(parts[n:])
             return f"{_override_for(group, overrides)}: no {group} config named {option!r}; use one of " \
                    f"{_group_options(group)}"
-    m = re.search(r"An item is already at '([^']+)'", text)
-    if m:
+    if m := re.search(r"An item is already at '([^']+)'", text):
         return f"{_override_for(m.group(1), overrides)}: {m.group(1)} exists already; set it without the +"
     oc = e if isinstance(e, OmegaConfBaseException) else e.__cause__
     if isinstance(oc, OmegaConfBaseException) and oc.full_key:
@@ -127,16 +115,12 @@ def error_line(e: BaseException, overrides: Sequence[str] = ()) -> str:
             hint = (f"did you mean {parent}{close[0]}?" if close
                     else f"{parent.rstrip('.') or 'the config'} has {', '.join(map(str, siblings))}")
             return f"{typed}: no such key; {hint} (`python -m dlb.train --cfg job` prints every key)"
-        choices = re.match(r"Invalid value .*, expected one of \[(.*)\]$", what)  # a Choice field (dlb/choice.py)
-        if choices:
+        if choices := re.match(r"Invalid value .*, expected one of \[(.*)\]$", what):  # a Choice field (dlb/choice.py)
             return f"{typed}: not an option of {key}; use one of {choices.group(1)}"
         if isinstance(oc, InterpolationResolutionError):
             return f"{typed}: {what}; fix the ${{...}} it refers to, or set {key}=<value> directly"
         return f"{typed}: {what}; give a value of the key's type (`python -m dlb.train --cfg job` shows the defaults)"
-    culprit = _culprit(overrides)
-    if culprit is not None:
-        return culprit
-    return f"{first} (overrides: {' '.join(overrides) or 'none'})"
+    return _culprit(overrides) or f"{first} (overrides: {' '.join(overrides) or 'none'})"
 
 
 def check(cfg: DictConfig) -> None:
@@ -153,8 +137,7 @@ def check(cfg: DictConfig) -> None:
 def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The validated config `python -m dlb.train <overrides>` runs with. Anything wrong with the overrides raises
     ConfigError whose message is the one line the command prints."""
-    culprit = _culprit(overrides)
-    if culprit is not None:
+    if (culprit := _culprit(overrides)) is not None:
         raise ConfigError(culprit)
     from dlb.config import compose
 
@@ -221,8 +204,9 @@ def main() -> None:
     error of the command line is one line and exit code 2 instead of Hydra's block of text."""
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user asked for tracebacks: let them through
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises its errors to us instead of printing them
-    if {"--help", "-h"} & set(sys.argv[1:]):
-        print(help_text().rstrip())
+    if {"--help", "-h"} & set(sys.argv[1:]):  # rendered here: Hydra's own --help composes the whole config first
+        help_cfg = OmegaConf.load(CONFIGS / "hydra" / "help" / "dlb.yaml")
+        print(OmegaConf.create({"hydra": {"help": help_cfg}}).hydra.help.template.rstrip())
         return
     overrides = [a for a in sys.argv[1:] if not a.startswith("-") and ("=" in a or a.startswith("~"))]
     try:

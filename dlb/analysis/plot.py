@@ -120,9 +120,8 @@ def plot_curves(df: pd.DataFrame, out: Path, source: str = "") -> list[Path]:
         lines = [(text, color, series, 0) for text, color, series, _ in curves]
         last_epoch = max(max(series) for _, _, series, _ in lines)
         zoom_from = max(1, int(last_epoch * (1 - ZOOM_FRACTION)))
-        zoomed = [(text, color, {e: v for e, v in series.items() if e >= zoom_from}, 0)
-                  for text, color, series, _ in lines]
-        zoomed = [line for line in zoomed if line[2]]  # the longest line reaches the zoom: never empty
+        zoomed = [(text, color, late, 0) for text, color, series, _ in lines  # never empty: the longest line gets here
+                  if (late := {e: v for e, v in series.items() if e >= zoom_from})]
         fig, (_, ax_zoom) = _epoch_panels({"all epochs": ("test error (%)", lines), f"epochs {zoom_from}-"
                                            f"{last_epoch} (zoom)": ("test error (%)", zoomed)})
         zoom_values = [x for _, _, series, _ in zoomed for v in series.values() for x in v]
@@ -220,8 +219,7 @@ def plot_sensitivity(df: pd.DataFrame, out: Path, source: str = "") -> list[Path
         cell = dict(zip(CELL, cell))
         grid = {tuple(g["values"].iloc[0][k] for k in keys): g for _, g in runs.groupby("variant", sort=False)}
         # Every point from the same seeds (those all points have), so no point is a mean of more runs than another.
-        common = set.intersection(*(set(g["seed"]) for g in grid.values()))
-        if common:
+        if common := set.intersection(*(set(g["seed"]) for g in grid.values())):
             grid = {k: g[g["seed"].isin(common)] for k, g in grid.items()}
         rows = sorted({a for a, _ in grid}, key=float)
         cols = sorted({b for _, b in grid}, key=float)

@@ -2,7 +2,7 @@
 (docs/statistics.md). The report, the claims and the figures read only this table."""
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import functools
 import itertools
 import json
@@ -140,12 +140,10 @@ def load_run_dir(run_dir: Path) -> Run:
     except Exception as e:
         raise SkipRun(f"unreadable {path.relative_to(run_dir)} ({type(e).__name__}: {e})") from None
     run = make_run(str(run_dir), summary, config, folder.read_metrics)
-    try:  # the command line's overrides ("+method.T=2" -> {"method.T": "2"})
+    with contextlib.suppress(OSError, yaml.YAMLError):  # command-line overrides: "+method.T=2" -> {"method.T": "2"}
         pairs = [str(o).lstrip("+~").partition("=") for o in yaml.safe_load(folder.hydra_overrides.read_text()) or []
                  if "=" in str(o)]
         run.overrides = {k: v for k, _, v in pairs if not k.startswith("hydra.")}
-    except (OSError, yaml.YAMLError):
-        pass
     return run
 
 
@@ -189,10 +187,9 @@ def collect_wandb_runs(project: str) -> tuple[list[Run], list[dict]]:
                 summary["status"] = WANDB_STATUS.get(getattr(wr, "state", ""), "failed")
             config = {k: v for k, v in dict(wr.config).items() if not k.startswith("_")}
             runs.append(make_run(where, summary, config, lambda wr=wr: [dict(r) for r in wr.scan_history()]))
-        except SkipRun as e:
-            skipped.append({"path": where, "reason": str(e)})
-        except Exception as e:
-            skipped.append({"path": where, "reason": f"unreadable W&B run ({type(e).__name__}: {e})"})
+        except Exception as e:  # a SkipRun says why itself
+            reason = str(e) if isinstance(e, SkipRun) else f"unreadable W&B run ({type(e).__name__}: {e})"
+            skipped.append({"path": where, "reason": reason})
     return runs, skipped
 
 
@@ -235,8 +232,7 @@ def _composed_defaults(method: str) -> dict:
 
 def at_defaults(method: str, values: dict) -> bool:
     """Do these values equal the method's defaults (Method.Config; other keys: `dlb.train method=<method>`'s)?"""
-    config = METHODS[method].Config() if method in METHODS else None
-    own = {f"method.{f.name}": getattr(config, f.name) for f in (dataclasses.fields(config) if config else ())}
+    own = {f"method.{k}": v for k, v in vars(METHODS[method].Config()).items()} if method in METHODS else {}
     for key, value in values.items():
         default = own[key] if key in own else _composed_defaults(method).get(key, ABSENT)
         same = value == default or (_number(value) is not None and _number(default) is not None
