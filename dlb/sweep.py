@@ -15,7 +15,6 @@ import itertools
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
