@@ -157,15 +157,14 @@ CIFAR_MODELS = {
     "cifar_vgg16": partial(CifarVGG, 16),  # ~15.3M
     "cifar_vgg19": partial(CifarVGG, 19),  # ~20.6M
 }
-# timm.create_model always passes these to the entrypoint; they only matter for pretrained weights
-_TIMM_CFG_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
 def _entrypoint(name, ctor):
     def create(pretrained=False, num_classes=100, in_chans=3, **kwargs):
         if pretrained:
             raise ValueError(f"{name}: no pretrained weights exist for the CIFAR models; use pretrained=False")
-        unsupported = sorted(set(kwargs) - set(_TIMM_CFG_KWARGS))
+        # timm.create_model always passes these three; they only matter for pretrained weights
+        unsupported = sorted(set(kwargs) - {"pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"})
         if unsupported:
             raise TypeError(f"{name}: unsupported arguments {unsupported} (only num_classes, in_chans)")
         return ctor(num_classes=num_classes, in_chans=in_chans)

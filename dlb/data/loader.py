@@ -53,8 +53,6 @@ def _aug_seed(seed: int, epoch: int, step: int, rank: int = 0, world: int = 1, b
 
 # Batched augmentation: *_params sample the per-sample parameters (exposed so tests can recompute them), the appliers
 # consume them. Draw order within a view is fixed, so results depend only on the generator.
-
-
 def crop_flip_params(n: int, h: int, w: int, crop: int, padding: int, g: torch.Generator, device):
     """RandomCrop(crop, padding) + RandomHorizontalFlip: offsets uniform in [0, H+2p-crop] of the padded
     image (torchvision semantics), flip with p=0.5.  Returns (dy, dx, flip), each (n,)."""

@@ -5,11 +5,9 @@ import importlib
 import pkgutil
 
 from dlb import plugins
-from dlb.methods.base import (METHODS, Cost, Method, build_method, comparisons, label, ordered,
+from dlb.methods.base import (METHODS, Cost, Method, build_method, comparisons, label, ordered,  # noqa: F401
                               register_method)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 plugins.load()
-
-__all__ = ["METHODS", "Cost", "Method", "build_method", "comparisons", "label", "ordered", "register_method"]

@@ -29,8 +29,7 @@ def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice ({METHODS[name].__module__}, {cls.__module__})")
         cls.name = name
-        if "label" not in vars(cls):  # a subclass's label is its own name, not its parent's
-            cls.label = name
+        cls.label = vars(cls).get("label", name)  # a subclass's label is its own name, not its parent's
         METHODS[name] = cls
         return cls
 

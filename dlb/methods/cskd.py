@@ -13,9 +13,8 @@ from dlb.methods.base import Cost, Method, log_probs, mixed_ce, register_method
 
 
 class ClassPairOrder:
-    """batch_order for the DeviceLoader: a shuffled epoch split into batches of B (last one partial, not drop_last,
-    as the official sampler), each followed by same-class partners drawn for the whole epoch in one go: a gather
-    sorted_idx[offset[c] + floor(u * count[c])] from a class-sorted index built once."""
+    """batch_order for the DeviceLoader: batches of B shuffled samples, each followed by B same-class partners drawn
+    for the whole epoch in one gather from a class-sorted index (docs/methods.md, cskd)."""
 
     def __init__(self, labels: torch.Tensor, batch_size: int):
         self.labels, self.batch_size = labels.long(), int(batch_size)

@@ -15,9 +15,7 @@ from dlb.methods.dlb import DLB, last_batch_kd
 
 
 def features_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features (B, D) and logits from one forward. The cifar_* models' forward_features already pools and
-    their forward_head(pre_logits=True) is the identity; a timm model pools in forward_head, so its pre-logits are
-    the pooled features. Either way forward_head(forward_features(x)) is model(x)."""
+    """Pooled features (B, D) and logits from one backbone pass, for cifar_* and timm models alike (docs/methods.md)."""
     feats = model.forward_features(x)
     return model.forward_head(feats, pre_logits=True), model.forward_head(feats)
 
@@ -60,6 +58,7 @@ class DDGSDWithDLB(DDGSD):
 
     order, color = 7, "C1"
     compared_with = ("ddgsd",)
+    prev: dict[str, torch.Tensor] | None = None  # view1 images, labels and detached view0 logits of S_{t-1}
     cost = Cost("2 + 1 (last batch's view, separate call)", "no", "≈ 2A + last-batch cache B·(img + 8 + K·4)",
                 lambda A, P, N, K, B, img: 2 * A + B * (img + 8 + 4 * K))
 
@@ -70,10 +69,6 @@ class DDGSDWithDLB(DDGSD):
         dlb_T: float = 3.0
         dlb_alpha: float = 1.0
         ranges = {**DDGSD.Config.ranges, "dlb_T": "> 0", "dlb_alpha": ">= 0"}
-
-    def __init__(self, **options):
-        super().__init__(**options)
-        self.prev: dict[str, torch.Tensor] | None = None  # view1 images, labels and detached view0 logits of S_{t-1}
 
     def training_step(self, model, batch):
         logits, losses = super().training_step(model, batch)

@@ -62,6 +62,7 @@ class DLB(Method):
         ranges = {"T": "> 0", "alpha": ">= 0"}
 
     speed_only_options = ("backward",)  # split: the same gradient with half the activation memory
+    prev: dict[str, torch.Tensor] | None = None  # view1 images, labels and detached logits of S_{t-1}
 
     @classmethod
     def rules_out(cls, cfg):
@@ -72,10 +73,6 @@ class DLB(Method):
         return {"cuda_graphs": ("method.backward", "split", "CUDA graphs (trainer.compile=reduce-overhead) would free "
                                 "the gradients of split's first backward; use trainer.compile=default, or "
                                 "method.backward=joint with CUDA graphs")}
-
-    def __init__(self, **options):
-        super().__init__(**options)  # ValueError for an unknown backward
-        self.prev: dict[str, torch.Tensor] | None = None  # view1 images, labels and detached logits of S_{t-1}
 
     def training_step(self, model, batch):
         x0, x1 = batch.views[0], batch.views[1]

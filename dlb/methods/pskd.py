@@ -18,6 +18,7 @@ from dlb.methods.base import Cost, Method, onehot_targets, register_method, soft
 class PSKD(Method):
     order, color = 5, "C6"
     cost = Cost(memory="N·K·4 prediction memory", memory_bytes=lambda A, P, N, K, B, img: N * K * 4)
+    alpha_t = 0.0  # this epoch's weight of the memory, set by on_epoch_start
 
     @dataclass
     class Config:
@@ -28,7 +29,6 @@ class PSKD(Method):
 
     def __init__(self, train_size: int = 0, num_classes: int = 0, **options):
         super().__init__(**options)
-        self.alpha_t = 0.0
         # A buffer, so method.to(device) moves it; float32 like the official all_predictions.
         self.register_buffer("memory", torch.zeros(train_size, num_classes, dtype=torch.float32), persistent=False)
 

@@ -98,8 +98,6 @@ def load_dataset(name: str, root: str, train: bool, *, download: bool = False, i
 
 
 # ---------------------------------------------------------------- the run's data
-
-
 def fingerprint(train: ArrayDataset, test: ArrayDataset) -> dict:
     """What identifies the data a run sees, whatever folder it was read from: name, split sizes, classes and a
     sha256 of each split's decoded images and labels (about a second for CIFAR). Recorded in the run folder and
@@ -167,8 +165,6 @@ def prepare(train: ArrayDataset, test: ArrayDataset, dataset_cfg, noise_cfg) -> 
 
 
 # ---------------------------------------------------------------- for readers of image files
-
-
 def decode_images(paths: list[Path], size: int | None = None) -> torch.Tensor:
     """Decode image files to RGB uint8 (N, 3, S, S); resize to size x size if given, else all must share one size."""
     if not paths:
