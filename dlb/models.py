@@ -1,9 +1,7 @@
 """CIFAR-style backbones of the DLB paper (the official code's models/: ResNet-8/20/32/56/110, WRN-20-8,
 DenseNet-BC-40-12, VGG-16/19 with BatchNorm), registered in timm's model registry with a ``cifar_`` prefix so timm's
 own models (vgg16, ...) stay untouched: ``timm.create_model("cifar_resnet32", num_classes=100)`` after importing
-dlb.models. All end in global average pooling, so they also run on 64x64 (or larger) inputs.
-"""
-
+dlb.models. All end in global average pooling, so they also run on 64x64 (or larger) inputs."""
 from functools import partial
 
 import timm
@@ -71,11 +69,9 @@ class ResidualBlock(nn.Module):
 
 
 class CifarResNet(_CifarNet):
-    """3-stage CIFAR ResNet: 3x3 stem (16 ch), stages of blocks at planes 16/32/64 and strides 1/2/2.
-
-    Block outputs are planes (basic) or 4 x planes (bottleneck); the inner width is planes * width (width=8 turns
-    the bottleneck ResNet-20 into WRN-20-8, as in the official code's width_per_group=64*8).
-    """
+    """3-stage CIFAR ResNet: 3x3 stem (16 ch), stages of blocks at planes 16/32/64 and strides 1/2/2. Block outputs
+    are planes (basic) or 4 x planes (bottleneck); the inner width is planes * width (width=8 turns the bottleneck
+    ResNet-20 into WRN-20-8, as in the official code's width_per_group=64*8)."""
 
     def __init__(self, depths, bottleneck=False, width=1, num_classes=100, in_chans=3, planes=(16, 32, 64)):
         kernels, expansion = ((1, 3, 1), 4) if bottleneck else ((3, 3), 1)

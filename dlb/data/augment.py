@@ -1,7 +1,6 @@
 """Batch-level augmentation (CutOut, CutMix), applied by the training loaders to the normalised device batch as
 `aug(batch, seed) -> Batch`, the seed a function of (seed, epoch, step), so mid-epoch resume reproduces the batch.
-Semantics, randomness and the DLB combination: docs/augment_and_noise.md.
-"""
+Semantics, randomness and the DLB combination: docs/augment_and_noise.md."""
 from __future__ import annotations
 
 import dataclasses

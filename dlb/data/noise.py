@@ -2,8 +2,7 @@
 
 The noisy labels are a pure function of (dataset name, noise name, rate, noise seed) and the clean labels, never of
 the run seed or the method, so every method and seed of a comparison trains on the same corrupted labels. Details
-and the recorded file: docs/augment_and_noise.md.
-"""
+and the recorded file: docs/augment_and_noise.md."""
 from __future__ import annotations
 
 import hashlib

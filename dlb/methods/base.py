@@ -3,8 +3,7 @@
 The trainer hands a method a batch; the method runs the model as often as it needs and returns the logits of the
 current batch (for training accuracy) and a dict of named, already-weighted loss terms. The trainer sums the terms,
 logs each one and backpropagates, never knowing which method runs. Whatever a method remembers between steps
-(DLB's last batch, PS-KD's memory) lives in the method and goes into checkpoints through `method_state`.
-"""
+(DLB's last batch, PS-KD's memory) lives in the method and goes into checkpoints through `method_state`."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,7 +1,6 @@
 """Class-wise self-KD (CS-KD, Yun et al., CVPR 2020), as the official alinlab/cs-kd train.py and datasets.py: each
 batch is B samples then B same-class partners (ClassPairOrder), and loss = CE(z, y[:B]) + lambda * T^2 *
-KL(softmax(zp/T) || softmax(z/T)) batchmean, zp the partners' logits under no_grad (docs/methods.md).
-"""
+KL(softmax(zp/T) || softmax(z/T)) batchmean, zp the partners' logits under no_grad (docs/methods.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -2,8 +2,7 @@
 
 Both views go through the network in one call; loss = CE on both + kl_weight * the two-way KL between the views +
 mmd_weight * the MMD^2 of their mean features, and for ddgsd_dlb DLB's last-batch term. There is no official code:
-the terms are the paper's, the weights our choice (formulas and defaults: docs/methods.md).
-"""
+the terms are the paper's, the weights our choice (formulas and defaults: docs/methods.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

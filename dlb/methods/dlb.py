@@ -4,8 +4,7 @@
 with z_t = f(view0(S_t)) and zhat_t = f(view1(S_{t-1})) two separate forward calls (BatchNorm statistics per half),
 and z_{t-1} the detached logits of view0(S_{t-1}) one step earlier (the cache carries over epoch boundaries). Details
 and backward=split, whose caller must zero the gradients *before* training_step: docs/methods.md. Usable in any
-PyTorch loop, see README ("DLB in your own training loop").
-"""
+PyTorch loop, see README ("DLB in your own training loop")."""
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,5 @@
 """Label smoothing (LSR), as the Tf-KD repository's loss_label_smoothing (my_loss_function.py): the target is
-(1 - eps) on the true class and eps/(K-1) on each other (docs/methods.md).
-"""
+(1 - eps) on the true class and eps/(K-1) on each other (docs/methods.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,8 +1,7 @@
 """Progressive self-KD (PS-KD, Kim et al., ICCV 2021), as the official lgcnsai/PS-KD-Pytorch main.py train().
 
 An N x K memory holds each training image's softmax from the last time it was seen; the target is
-(1 - alpha_t) onehot(y) + alpha_t * memory[idx], alpha_t = alpha_T * (epoch + 1) / E (details: docs/methods.md).
-"""
+(1 - alpha_t) onehot(y) + alpha_t * memory[idx], alpha_t = alpha_T * (epoch + 1) / E (details: docs/methods.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

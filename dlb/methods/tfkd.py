@@ -1,7 +1,6 @@
 """Teacher-free KD (Yuan et al., CVPR 2020), as the official my_loss_function.py computes it: tfkd_self distils a
 frozen CE-trained teacher of the same backbone (loss_kd_self), tfkd_reg a virtual teacher (loss_kd_regularization).
-The official KL quirks are the defaults (kl_reduction, soften); formulas, defaults and sources: docs/methods.md.
-"""
+The official KL quirks are the defaults (kl_reduction, soften); formulas, defaults and sources: docs/methods.md."""
 from __future__ import annotations
 
 from dataclasses import dataclass

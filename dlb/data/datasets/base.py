@@ -2,9 +2,7 @@
 
 A reader (`@register_dataset`) returns an ArrayDataset with images (N, 3, H, W) uint8 and labels (N,) int64;
 augmentation and normalisation happen later, on the training device. Problems with the data on disk raise
-DatasetError, whose message names the problem and the command that fixes it.
-"""
-
+DatasetError, whose message names the problem and the command that fixes it."""
 from __future__ import annotations
 
 import dataclasses

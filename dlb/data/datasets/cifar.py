@@ -1,6 +1,5 @@
 """CIFAR-10 and CIFAR-100: the python-pickle archives (torchvision's layout: <root>/cifar-10-batches-py,
 <root>/cifar-100-python), checked against torchvision's md5 lists and downloaded with dataset.download=true."""
-
 from __future__ import annotations
 
 import pickle

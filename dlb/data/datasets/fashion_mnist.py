@@ -1,7 +1,6 @@
 """Fashion-MNIST: 28x28 grey images zero-padded to 32x32 and replicated to 3 channels, so the CIFAR-sized networks
 fit unchanged. The idx files (raw or .gz) are read from <root>/FashionMNIST/raw (torchvision's download),
 <root>/fashion-mnist, or /usr/share/datasets/fashion-mnist (Debian: apt-get install -y dataset-fashion-mnist)."""
-
 from __future__ import annotations
 
 import gzip

@@ -2,7 +2,6 @@
 class folders. Images are resized to dataset.image_size once, held in memory and cached next to the data;
 normalisation is the train split's per-channel mean and std.
     python -m dlb.train dataset=imagefolder dataset.root=/path/to/data dataset.image_size=32"""
-
 from __future__ import annotations
 
 from pathlib import Path

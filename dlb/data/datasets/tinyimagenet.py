@@ -2,7 +2,6 @@
 RandomResizedCrop(32) + flip; test images Resize(32)). Prepare once (download, val/ into class folders):
     python scripts/prepare_tinyimagenet.py --root data --download
 The decoded images are cached next to the data (cache_train.pt, cache_val.pt)."""
-
 from __future__ import annotations
 
 import subprocess
