@@ -30,11 +30,8 @@ def pairs_of(runs: pd.DataFrame, pairs):
 
 def paired_errors(b: pd.DataFrame, m: pd.DataFrame) -> dict:
     """Per epoch: the paired statistics of base − method error over the seeds both have a number for."""
-    out = {}
-    for epoch, column in EPOCHS.items():
-        d = (b[column] - m[column]).dropna().sort_index()
-        out[epoch] = {**stats.paired(d.tolist()), "seeds": [int(s) for s in d.index]}
-    return out
+    diffs = {epoch: (b[column] - m[column]).dropna().sort_index() for epoch, column in EPOCHS.items()}
+    return {epoch: {**stats.paired(d.tolist()), "seeds": [int(s) for s in d.index]} for epoch, d in diffs.items()}
 
 
 def growth_comparisons(comparisons: list[dict]) -> list[dict]:
