@@ -10,8 +10,7 @@ import enum
 class Choice(str, enum.Enum):
     """A str Enum whose member names equal their values (OmegaConf converts a string to a member by its name): made
     by `choice`, or as a subclass with one `value = "value"` line per member. A member is its plain value in ==,
-    str(), f-strings, repr() in messages and json. (Files written with torch.save get plain strings:
-    dlb.config.to_container converts a config's members.)"""
+    str(), f-strings, repr() in messages and json (dlb.config.to_container makes them plain strings for torch.save)."""
 
     __str__ = str.__str__
     __format__ = str.__format__
@@ -25,17 +24,14 @@ def choice(name: str, *values: str) -> type[Choice]:
     return Choice(name, [(value, value) for value in values], module=__name__)
 
 
-# dataset.augment: the per-image augmentation of a training batch (dlb/data/loader.py): crop_flip, a random crop with
-# zero padding and a horizontal flip (CIFAR); rrc_flip, a random resized crop and a horizontal flip (TinyImageNet)
+# dataset.augment: the per-image augmentation of a training batch (dlb/data/loader.py; rrc: random resized crop)
 Augment = choice("Augment", "crop_flip", "rrc_flip", "none")
-# dataset.loader: make_loader's kind (dlb/data/loader.py): device, DeviceLoader (uint8 data and batched augmentation
-# on the device); torch, TorchLoader (PIL transforms in DataLoader workers)
+# dataset.loader: make_loader's kind (dlb/data/loader.py): DeviceLoader (augments on the device) or TorchLoader (PIL)
 LoaderKind = choice("LoaderKind", "device", "torch")
 BatchAugment = choice("BatchAugment", "none", "cutout", "cutmix")  # augment.name: what dlb.data.augment.build returns
 CutMixViews = choice("CutMixViews", "shared", "independent")  # augment.views: see dlb.data.augment.CutMix
 NoiseName = choice("NoiseName", "none", "symmetric", "asymmetric")  # noise.name: how dlb.data.noise.noisy_labels flips
-# trainer.precision: fp32 (the official numerics) or bf16 autocast of the forwards (CUDA, or a CPU with native bf16:
-# dlb.device.speed.native_bf16); losses and metrics are computed from fp32 logits either way
+# trainer.precision: fp32 (the official numerics) or bf16 autocast of the forwards (docs/performance.md)
 Precision = choice("Precision", "fp32", "bf16")
 # trainer.compile: torch.compile's modes, none (eager), and auto (dlb.device.speed.resolve_speed picks one per device)
 CompileMode = choice("CompileMode", "auto", "none", "default", "reduce-overhead", "max-autotune")

@@ -1,9 +1,8 @@
 """Structured-config schema (Hydra ConfigStore) and the range checks that types alone can't express.
 
-The YAML files in configs/ fill these dataclasses (register_configs says what fills `method=` and `dataset=`); Hydra
-rejects unknown keys, wrong types and values outside a Choice while composing, and `validate` rejects out-of-range
-values before any data is read or model built. The methods' and datasets' facts come from their files' source
-(dlb.groups.registry), so none of this imports torch.
+Hydra rejects unknown keys, wrong types and values outside a Choice while composing; `validate` rejects out-of-range
+values before any data is read or model built. Methods and datasets are read from their source (dlb.groups.registry),
+so none of this imports torch.
 """
 from __future__ import annotations
 
@@ -35,16 +34,13 @@ class DatasetConfig:
     name: str = MISSING  # a registered dataset (validate checks it)
     root: Optional[str] = "${data_root}"  # imagefolder: null until given
     download: bool = False  # fetch missing archives (needs internet)
-    # first n of a fixed (seed-independent) permutation; null = all. More than the split holds: refused by validate
-    # for a dataset that declares its sizes; for an image folder (size unknown until read) all of it, with a warning
+    # first n of a fixed (seed-independent) permutation; null = all. Beyond the split: docs/reliability.md
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
     image_size: int = 32  # training resolution; imagefolder images are resized to it on load
     augment: Augment = Augment.crop_flip  # crop_flip (CIFAR) | rrc_flip (TinyImageNet) | none
     padding: int = 4  # crop_flip zero padding
-    # degrees: after the crop/flip, rotate each training view by an angle uniform in [-rotation, rotation] (nearest
-    # neighbour, zero fill: torchvision's RandomRotation, as Tf-KD's recipe uses it); 0 = none
-    rotation: float = 0.0
+    rotation: float = 0.0  # degrees: a uniform random rotation of each training view after its crop/flip; 0 = none
     cutout_size: int = 16  # augment=cutout hole size (spec: 16 px CIFAR-10, 8 px CIFAR-100)
     loader: LoaderKind = LoaderKind.device  # device: batched augmentation on the device | torch: PIL + DataLoader
     num_workers: int = 4  # torch loader only
@@ -79,8 +75,7 @@ class TrainerConfig:
     jobs_per_gpu: int = 1  # device=slot: how many runs share one GPU
     deterministic: bool = False
     precision: Precision = Precision.fp32  # bf16: autocast (CUDA; a CPU with AMX/AVX512-BF16), docs/performance.md
-    # Speed (docs/performance.md); auto: per device (dlb.device.speed.resolve_speed). channels_last: auto | true | false
-    channels_last: Any = "auto"
+    channels_last: Any = "auto"  # auto | true | false; auto: per device (dlb.device.speed.resolve_speed)
     compile: CompileMode = CompileMode["auto"]  # torch.compile of the model (reduce-overhead: CUDA graphs)
     faithful: bool = False  # the official code's numerics: fp32, eager, contiguous, plain SGD loop
     keep_heap: Any = "auto"  # auto | true | false: glibc keeps the heap a step frees for the next; auto: on CPU
@@ -104,14 +99,12 @@ class LoggerConfig:
 
 @dataclass
 class AugmentConfig:
-    """Batch-level augmentation on the device, after the dataset's crop/flip and normalisation (configs/augment/,
-    docs/augment_and_noise.md)."""
+    """Batch-level augmentation on the device, after the dataset's crop/flip (docs/augment_and_noise.md)."""
     name: BatchAugment = BatchAugment.none
     size: int = 16  # cutout hole side in pixels (configs/augment/cutout.yaml takes dataset.cutout_size)
     prob: float = 0.5  # cutmix: probability that a batch is mixed
     beta: float = 1.0  # cutmix: lam ~ Beta(beta, beta)
-    # cutmix with several views: shared partner, box and lam for all views | independent (needs per-view targets:
-    # one-view methods only)
+    # cutmix with several views: one partner, box and lam for all (shared) or per view (independent: one-view methods)
     views: CutMixViews = CutMixViews.shared
 
 
@@ -212,7 +205,25 @@ def validate(cfg: DictConfig) -> None:
     if not d.root:
         _fail("dataset.root", d.root, f"dataset={d.name} needs a data folder: set dataset.root=<dir>"
               + ("" if d.name == "imagefolder" else " (or the DLB_DATA environment variable)"))
-    _check_keys_and_numbers(cfg)
+    # Keys added with +key=... that no code reads (most likely a typo of a real key: the run would silently ignore
+    # it), and NaN/Inf numbers (before the range checks, which would call NaN out of range).
+    sections = [(f"{key}.", node) for key, node in cfg.items_ex(resolve=False) if isinstance(node, DictConfig)]
+    for prefix, node in [("", cfg), *sections]:
+        schema = OmegaConf.get_type(node)  # the section's dataclass (a method's own: its Config)
+        known = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else list(node)
+        for key in node.keys():
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                _fail(f"{prefix}{key}", OmegaConf.to_container(node)[key], "no such key, the run would ignore it; "
+                      + (f"did you mean {prefix}{close[0]}?" if close else "remove it"))
+    stack = [("", OmegaConf.to_container(cfg, resolve=True))]
+    while stack:
+        prefix, node = stack.pop()
+        for k, v in (node.items() if isinstance(node, dict) else enumerate(node)):
+            if isinstance(v, (dict, list)):
+                stack.append((f"{prefix}{k}.", v))
+            elif isinstance(v, float) and not math.isfinite(v):
+                _fail(f"{prefix}{k}", v, "must be a finite number")
     method = registry("method")[cfg.method.name]
     method.validate_config(cfg.method)
     for key, usable, why in RANGES:
@@ -255,28 +266,6 @@ def validate(cfg: DictConfig) -> None:
     if cfg.noise.name == "none" and cfg.noise.rate != 0:
         _fail("noise.rate", cfg.noise.rate, "has no effect without a noise type; add noise=symmetric or "
               "noise=asymmetric")
-
-
-def _check_keys_and_numbers(cfg: DictConfig) -> None:
-    """Keys added with +key=... that no code reads (most likely a typo of a real key: the run would silently ignore
-    it), and NaN/Inf numbers (before the range checks, which would call NaN out of range)."""
-    sections = [(f"{key}.", node) for key, node in cfg.items_ex(resolve=False) if isinstance(node, DictConfig)]
-    for prefix, node in [("", cfg), *sections]:
-        schema = OmegaConf.get_type(node)  # the section's dataclass (a method's own: its Config)
-        known = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else list(node)
-        for key in node.keys():
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                _fail(f"{prefix}{key}", OmegaConf.to_container(node)[key], "no such key, the run would ignore it; "
-                      + (f"did you mean {prefix}{close[0]}?" if close else "remove it"))
-    stack = [("", OmegaConf.to_container(cfg, resolve=True))]
-    while stack:
-        prefix, node = stack.pop()
-        for k, v in (node.items() if isinstance(node, dict) else enumerate(node)):
-            if isinstance(v, (dict, list)):
-                stack.append((f"{prefix}{k}.", v))
-            elif isinstance(v, float) and not math.isfinite(v):
-                _fail(f"{prefix}{k}", v, "must be a finite number")
 
 
 def milestones(cfg: DictConfig) -> list[int]:

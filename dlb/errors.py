@@ -26,9 +26,8 @@ class OutputError(RuntimeError):
 
 
 class Preempted(Exception):
-    """A stop signal ended the run at a step boundary after its position was saved; running the same command again
-    continues from there. SIGTERM/SIGUSR1 (a scheduler's preemption or time limit): dlb.train exits with
-    EXIT_PREEMPTED for the requeue; Ctrl-C (`interrupted`): exit code 130, as for any interrupted command."""
+    """A stop signal ended the run at a step boundary after its position was saved: the same command continues it.
+    SIGTERM/SIGUSR1 (preemption, time limit): exit code EXIT_PREEMPTED, for the requeue; Ctrl-C (`interrupted`): 130."""
 
     def __init__(self, message: str, interrupted: bool = False):
         super().__init__(message)

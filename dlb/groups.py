@@ -1,8 +1,6 @@
 """The config groups a user picks from (dataset=, backbone=, method=, ...), their options, and what the config checks
-need of each registered option, all read without importing torch: `python -m dlb.train --help` and any config error
-answer before the training stack loads. A group's options are its YAML files in configs/<group>/ and, for `method`
-and `dataset`, the names their files (and DLB_PLUGINS files) register, read from the source (importing them would
-import torch).
+need of each registered option, all read from the source without importing torch: `python -m dlb.train --help` and
+any config error answer before the training stack loads.
 """
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
 """Methods and datasets from your own files, outside this repository (README.md, "Extending"): DLB_PLUGINS holds
-paths separated by ':' (os.pathsep), each a .py file or a folder whose .py files are all imported. A file registers
-what it defines exactly as the package's own files do (`@register_method`, `@register_dataset`); the registries
-import the plugins once, after their own modules, so every command, and every child process (which inherits the
-variable), knows them.
+paths separated by ':' (os.pathsep), each a .py file or a folder whose .py files are all imported. The registries
+import them once, after their own modules, so every command and child process (which inherits the variable) knows them.
 """
 from __future__ import annotations
 

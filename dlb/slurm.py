@@ -1,8 +1,7 @@
 """launcher=slurm (configs/launcher/slurm.yaml, docs/slurm.md): hydra-submitit-launcher's SLURM launcher, fitted to
 the run (gpus_per_node=null: one GPU per job, none when trainer.device=cpu) and never waiting on a job that cannot
-finish: a request no node of the partition can satisfy is refused before submitting (without EnforcePartLimits a
-cluster would keep it pending forever), and a job that ended without its result ends the sweep with its state and
-log. Requeued jobs (time limit, preemption) are waited for.
+finish: a request no node of the partition can satisfy is refused before submitting, and a job that ended without
+its result (not one requeued) ends the sweep with its state and log.
 """
 from __future__ import annotations
 

@@ -97,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [job for job in jobs if _seed(fixed + job) % int(n) == int(i)]
     parts = stages(jobs)
     for i, stage in enumerate(parts, 1):
-        print(f"# stage {i}/{len(parts)}: {len(stage)} jobs")
-        for job in stage:
-            print("  " + " ".join(job))
+        print(f"# stage {i}/{len(parts)}: {len(stage)} jobs", *("  " + " ".join(job) for job in stage), sep="\n")
     print(f"{len(jobs)} jobs; fixed overrides: {' '.join(fixed)}")
     if not args.no_estimate:
         hours, missing = estimate_hours(fixed, jobs)

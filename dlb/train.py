@@ -1,9 +1,7 @@
 """Hydra entry point: `python -m dlb.train dataset=cifar100 backbone=resnet32 method=dlb` (also `dlb-train`).
 
-Exit codes (docs/reliability.md says what each means, also under -m): 0 done, 1 a bug (Python's traceback), 2 a user
-error (one line on stderr), 3 diverged, 75 stopped by SIGTERM/SIGUSR1 and 130 by Ctrl-C (the same command continues).
-
-`--help` and every config error are answered before torch is imported (dlb/groups.py); a run imports it once it passes.
+Exit codes (docs/reliability.md): 0 done, 1 a bug, 2 a user error (one line), 3 diverged, 75 stopped by SIGTERM or
+SIGUSR1, 130 by Ctrl-C. `--help` and every config error are answered before torch is imported (dlb/groups.py).
 """
 from __future__ import annotations
 
@@ -168,7 +166,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
         summary = run(cfg, HydraConfig.get().runtime.output_dir, list(HydraConfig.get().overrides.task))
     except (ConfigError, DatasetError, ResumeError, OutputError) as e:
-        _remove_unused_job_folder()
+        # A refused job leaves no folder behind: Hydra makes the job's folder (and its parents) before the job runs.
+        # Only folders left empty go, up to the sweep's folder (or the working directory, or the run folder's parent).
+        from dlb.run.folder import RunFolder
+
+        hc = HydraConfig.get()
+        folder = Path(hc.runtime.output_dir)
+        keep = Path(hc.sweep.dir).absolute() if hc.mode == RunMode.MULTIRUN else Path.cwd()
+        RunFolder(folder).remove_if_unused(keep if folder.is_relative_to(keep) else folder.parent)
         _stop(EXIT_USER_ERROR, e)
     except OSError as e:
         from dlb.run.checkpoint import WRITE_FIXES
@@ -186,17 +191,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
                                           "its last checkpoint: run the same command again to continue from it",
                                           interrupted=True))
     return summary["best_test_err"]  # what a Hydra sweeper would minimise
-
-
-def _remove_unused_job_folder() -> None:
-    """A refused job leaves no folder behind: Hydra makes the job's folder (and its parents) before the job runs.
-    Only folders left empty go, up to the sweep's folder (or the working directory, or the run folder's parent)."""
-    from dlb.run.folder import RunFolder
-
-    hc = HydraConfig.get()
-    folder = Path(hc.runtime.output_dir)
-    keep = Path(hc.sweep.dir).absolute() if hc.mode == RunMode.MULTIRUN else Path.cwd()
-    RunFolder(folder).remove_if_unused(keep if folder.is_relative_to(keep) else folder.parent)
 
 
 def main() -> None:

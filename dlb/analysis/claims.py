@@ -30,11 +30,8 @@ def pairs_of(runs: pd.DataFrame, pairs):
 
 def paired_errors(b: pd.DataFrame, m: pd.DataFrame) -> dict:
     """Per epoch: the paired statistics of base − method error over the seeds both have a number for."""
-    out = {}
-    for epoch, column in EPOCHS.items():
-        d = (b[column] - m[column]).dropna().sort_index()
-        out[epoch] = {**stats.paired(d.tolist()), "seeds": [int(s) for s in d.index]}
-    return out
+    diffs = {epoch: (b[column] - m[column]).dropna().sort_index() for epoch, column in EPOCHS.items()}
+    return {epoch: {**stats.paired(d.tolist()), "seeds": [int(s) for s in d.index]} for epoch, d in diffs.items()}
 
 
 def growth_comparisons(comparisons: list[dict]) -> list[dict]:
@@ -60,12 +57,11 @@ def growth_comparisons(comparisons: list[dict]) -> list[dict]:
 
 def cost_comparisons(claim: dict, runs: pd.DataFrame) -> list[dict]:
     """Per pair, setting and cost of the claim's limits: method / base per seed against the limit."""
+    limits = {cost: limit for cost, limit in (claim.get("limits") or {}).items() if cost in COSTS}
     out = []
     for pair in claim.get("pairs") or []:
         for where, _, _, b, m in pairs_of(runs, [pair]):
-            for cost, limit in (claim.get("limits") or {}).items():
-                if cost not in COSTS:
-                    continue
+            for cost, limit in limits.items():
                 cpu = b["device"].str.startswith("cpu") | m["device"].reindex(b.index).fillna("").str.startswith("cpu")
                 base_cost = b[cost].where(~cpu) if cost in NOT_ON_CPU else b[cost]
                 ratios = (m[cost] / base_cost[base_cost > 0]).dropna().sort_index()

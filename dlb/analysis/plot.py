@@ -1,8 +1,6 @@
 """Figures from finished runs: test-error curves per cell, error vs label-noise rate, DLB training dynamics, and a
 method's sensitivity to two of its hyper-parameters (a cell whose variants differ only in those).
 
-    python -m dlb.plot outputs multirun --out results/figures [--wandb [--wandb-project ENTITY/PROJECT]]
-
 A ROOT "wandb:ENTITY/PROJECT" reads a W&B project. Only usable runs are plotted, variants as separate lines.
 """
 from __future__ import annotations
@@ -162,9 +160,8 @@ def plot_noise(df: pd.DataFrame, out: Path, metric: str = "best", source: str = 
                 stats = [mean_std(rates[x][f"{which}_err"]) for x in xs]
                 ax.errorbar([100 * x for x in xs], [s["mean"] for s in stats], yerr=[s["std"] or 0 for s in stats],
                             marker="o", capsize=3, color=method_color(method),
-                            linestyle="-" if noise == noise_names[0] else "--",
-                            label=f"{method_label(method)}, {noise} "
-                                  f"(n per rate: {'/'.join(str(len(rates[x])) for x in xs)})")
+                            linestyle="-" if noise == noise_names[0] else "--", label=f"{method_label(method)}, "
+                            f"{noise} (n per rate: {'/'.join(str(len(rates[x])) for x in xs)})")
             shown = which == metric and paper_points
             for method, rates in sorted(paper_points.items()) if shown else ():
                 ax.plot([100 * x for x in sorted(rates)], [rates[x] for x in sorted(rates)], linestyle="none",

@@ -2,10 +2,8 @@
 method − baseline differences paired by seed with their intervals, ablations by their swept keys, the paper's claims
 judged, and every reason a number might not be trustworthy.
 
-    python -m dlb.report outputs multirun [--wandb ENTITY/PROJECT] [--seeds 0,1,2] [--out reports/x] [--name report]
-
-Writes <out>/<name>.md, .tex and .json (default out: reports/<name>/) and prints the Markdown. Nothing is averaged
-silently: variants stay apart, unfinished/diverged runs are flagged, unreadable ones listed (docs/statistics.md).
+Writes <out>/<name>.md, .tex and .json and prints the Markdown. Nothing is averaged silently: variants stay apart,
+unfinished/diverged runs are flagged, unreadable ones listed (docs/statistics.md).
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ function (Numerical Recipes' continued fraction), so the analysis needs no scipy
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import statistics
 from enum import Enum
@@ -91,12 +92,9 @@ def paired(diffs: list[float]) -> dict:
 def holm(p_values: list[float | None]) -> list[float | None]:
     """Holm–Bonferroni adjusted p-values (None stays None and does not count towards the comparisons)."""
     known = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
-    out: list[float | None] = [None] * len(p_values)
-    running = 0.0
-    for rank, (p, i) in enumerate(known):
-        running = max(running, min(1.0, (len(known) - rank) * p))
-        out[i] = running
-    return out
+    steps = (min(1.0, (len(known) - rank) * p) for rank, (p, _) in enumerate(known))
+    adjusted = dict(zip((i for _, i in known), itertools.accumulate(steps, max)))  # step-down: never below the last
+    return [adjusted.get(i) for i in range(len(p_values))]
 
 
 def verdict(stats: dict, p_adjusted: float | None = None) -> Verdict:
