@@ -62,9 +62,8 @@ class Run:
         self.noise_rate_realised = prepared.noise_rate_realised
 
         # Speed settings, resolved once for this device and run length (trainer.compile=auto needs the steps).
-        steps_per_epoch = math.ceil(self.train_size / (t.batch_size * world_size))
-        if t.limit_train_batches is not None:
-            steps_per_epoch = min(steps_per_epoch, t.limit_train_batches)
+        steps_per_epoch = min(math.ceil(self.train_size / (t.batch_size * world_size)),
+                              t.limit_train_batches or math.inf)
         speed = resolve_speed(t, o, device, steps_per_epoch * t.epochs, METHODS[cfg.method.name].rules_out(cfg.method))
         # keep_heap() applies trainer.keep_heap to the process; False on a C library without glibc's mallopt
         self.speed = speed = dataclasses.replace(speed, keep_heap=speed.keep_heap and keep_heap())

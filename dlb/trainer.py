@@ -110,9 +110,7 @@ class Trainer:
         self.method.train()
         self.method.on_epoch_start(epoch, t.epochs)
         self.train_loader.set_epoch(epoch)
-        n_batches = len(self.train_loader)
-        if t.limit_train_batches is not None:
-            n_batches = min(n_batches, t.limit_train_batches)
+        n_batches = min(len(self.train_loader), t.limit_train_batches or math.inf)
         # Sums stay on the device; they are read at the end of the epoch and every FINITE_CHECK_EVERY steps.
         sums: dict[str, torch.Tensor] = {}
         zero = torch.zeros((), device=self.device)
@@ -204,7 +202,7 @@ class Trainer:
             self._say(line)
         started, first_epoch = time.perf_counter(), self.epoch
         try:
-            self._write_summary(status)
+            write_summary(self, status)
             for epoch in range(self.epoch, t.epochs):
                 row = self._run_epoch(epoch)
                 self.history.append(row)
@@ -217,7 +215,7 @@ class Trainer:
                           f"{row['train_acc']:.2f}  test err {row['test_err']:.2f}  ({row['train_img_per_s']:.0f} "
                           f"img/s)  elapsed {_clock(wall)}  ETA {_clock(eta)}")
                 if epoch + 1 < t.epochs:
-                    self._write_summary(status)  # epochs done and best so far, readable while the run goes on
+                    write_summary(self, status)  # epochs done and best so far, readable while the run goes on
                     stop = self._stop.received is not None
                     if self.world_size > 1:  # the ranks agree (one tiny all-reduce per epoch)
                         stop = distributed.all_reduce_sum(torch.tensor(float(stop), device=self.device)).item() > 0
@@ -240,7 +238,7 @@ class Trainer:
             if status == "running":
                 status = "failed"
             self._stop.restore()
-            summary = self._write_summary(status)
+            summary = write_summary(self, status)
             if logger:
                 logger.finish(summary, exit_code=0 if status == "completed" else 1)
             self.run.close()
@@ -275,12 +273,6 @@ class Trainer:
             if to_stdout:
                 print(line, flush=True)
             self.folder.add_log_line(line)
-
-    def _write_summary(self, status: str) -> dict:
-        summary = run_summary(self, status)
-        if self.is_main:
-            runfiles.write_json(self.folder.summary, summary)
-        return summary
 
 
 def check_resumable(run: Run, state: dict) -> None:
@@ -324,10 +316,10 @@ def startup_lines(tr: Trainer, resumed: bool) -> list[str]:
     return [line for line in lines if line]
 
 
-def run_summary(tr: Trainer, status: str) -> dict:
-    """summary.json of the run so far: its status, results and what it ran on (rank 0 writes it)."""
+def write_summary(tr: Trainer, status: str) -> dict:
+    """Write (rank 0) and return summary.json of the run so far: its status, results and what it ran on."""
     cfg, last = tr.cfg, (tr.history[-1] if tr.history else {})
-    return runfiles.Summary(
+    summary = runfiles.Summary(
         status=status, cell=runid.cell_name(cfg.dataset.name, cfg.backbone.name, cfg.method.name),
         dataset=cfg.dataset.name, backbone=cfg.backbone.name, method=cfg.method.name, seed=cfg.seed,
         epochs=cfg.trainer.epochs, epochs_completed=tr.epoch, steps=tr.step,
@@ -341,6 +333,9 @@ def run_summary(tr: Trainer, status: str) -> dict:
         world_size=tr.world_size, global_batch=tr.world_size * cfg.trainer.batch_size, device=str(tr.device),
         environment=tr.environment,
     ).to_dict()
+    if tr.is_main:
+        runfiles.write_json(tr.folder.summary, summary)
+    return summary
 
 
 def check_finite(where: str, terms: dict[str, float]) -> None:

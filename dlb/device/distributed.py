@@ -71,5 +71,4 @@ def shard(batches: list[torch.Tensor], rank: int, world: int, *, train: bool,
         return [b[rank * m:(rank + 1) * m] for b, m in zip(batches, sizes) if m]
     # a method's own batch order: whole batches r, r+world, ..., padded with the first so every rank takes as many steps
     n = -(-len(batches) // world) * world  # round up to a multiple of world
-    padded = [batches[i % len(batches)] for i in range(n)]
-    return padded[rank::world]
+    return [batches[i % len(batches)] for i in range(rank, n, world)]

@@ -1,7 +1,6 @@
 """Where a run executes: the torch device, a GPU slot shared by concurrent runs, and the CPU thread count."""
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -53,10 +52,9 @@ def busy_cpu_note(threads: int) -> str | None:
             f"{'s' if threads > 1 else ''}; if it crawls, give it fewer with trainer.threads=<n> (docs/performance.md)")
 
 
-class GpuSlot(contextlib.AbstractContextManager):
+class GpuSlot:
     """trainer.device=slot: a slot file ($DLB_SLOT_DIR/gpu<g>-<j>.lock) locked for the life of the run, so runs launched
-    at once spread over the visible GPUs (docs/performance.md, "Many runs per GPU: slots"); `device` is cuda:<g>. Slots
-    fill breadth-first (job 0 on every GPU first); with all taken, the constructor waits, or raises after timeout_s."""
+    at once spread over the visible GPUs (docs/performance.md, "Many runs per GPU: slots"); `device` is cuda:<g>."""
 
     def __init__(self, jobs_per_gpu: int = 1, slot_dir: str | Path | None = None, timeout_s: float | None = None,
                  poll_s: float = 2.0):
@@ -85,6 +83,3 @@ class GpuSlot(contextlib.AbstractContextManager):
         if self.file is not None:
             self.file.close()  # closing the descriptor releases the flock
             self.file = None
-
-    def __exit__(self, *exc):
-        self.close()

@@ -67,8 +67,7 @@ def locked(path: Path, holder: str):
         return None
     except OSError as e:  # a file system without flock (some network mounts): run, but say it's unguarded
         warn(f"cannot lock {path} ({e.strerror}); nothing stops a second run from using it")
-    f.seek(0)
-    f.truncate()
+    f.truncate(0)  # (writes in "a+" go to the end, now the start)
     f.write(f"{holder}\n")
     f.flush()
     return f

@@ -4,6 +4,7 @@ move, the data may not change). This one list decides whether a folder may be re
 cell, which CE run tfkd_self takes as its teacher, and the default run folder (README.md, "Run folders")."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -143,12 +144,10 @@ def _composed(overrides: tuple[str, ...]) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    if GlobalHydra.instance().is_initialized():  # inside a Hydra app or compose context
-        cfg = compose("config", overrides=list(overrides))
-    else:  # a config composed earlier, resolved now
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-            cfg = compose("config", overrides=list(overrides))
-    return _resolved(cfg)
+    # inside a Hydra app or compose context its config dir, else (a config composed earlier, resolved now) ours
+    with contextlib.nullcontext() if GlobalHydra.instance().is_initialized() else \
+            initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        return _resolved(compose("config", overrides=list(overrides)))
 
 
 def resolve_run_name(*, _root_) -> str:
