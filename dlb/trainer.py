@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 from dlb.build import Run
 from dlb.config import to_container
@@ -123,8 +124,6 @@ class Trainer:
         progress = t.progress if t.progress is not None else sys.stderr.isatty()
         batches = self.train_loader if first == 0 else self.train_loader.iter_from(first)
         if progress:
-            from tqdm import tqdm
-
             batches = tqdm(batches, total=n_batches, initial=first, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False)
         start = noted = time.perf_counter()
         for i, batch in enumerate(batches, start=first):

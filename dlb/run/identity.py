@@ -11,6 +11,8 @@ import json
 import re
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from dlb import CONFIGS
@@ -141,9 +143,6 @@ def defaults_for(choices: dict[str, str]) -> dict:
 
 @functools.cache
 def _composed(overrides: tuple[str, ...]) -> dict:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     # inside a Hydra app or compose context its config dir, else (a config composed earlier, resolved now) ours
     with contextlib.nullcontext() if GlobalHydra.instance().is_initialized() else \
             initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):

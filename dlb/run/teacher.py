@@ -77,8 +77,7 @@ def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, data: dict | 
     what = (f"completed CE run with dataset={run_cfg.dataset.name} backbone={run_cfg.backbone.name} "
             f"seed={run_cfg.seed} and this run's other settings")
     if not found:
-        best = f"{RunFolder.CHECKPOINTS}/{RunFolder.BEST}"
-        raise ConfigError(f"method.teacher=auto: found no {what} (and its {best}) in "
+        raise ConfigError(f"method.teacher=auto: found no {what} (and its {RunFolder.CHECKPOINTS}/{RunFolder.BEST}) in "
                           f"{root}/**/{RunFolder.SUMMARY}; train it first: {_train_command(config, root)}  (or set "
                           f"method.teacher=<{RunFolder.BEST} or run dir>, method.teacher_root=<dir to search>)")
     if len(found) > 1:
