@@ -104,8 +104,7 @@ class Trainer:
         return logits, loss, losses
 
     def train_epoch(self, epoch: int) -> tuple[dict, dict]:
-        """One epoch of training: (train_loss, train_acc, timing and image counts; the means of the method's loss
-        terms and diagnostics, by name)."""
+        """One epoch of training: (train_loss/acc, time and image counts; the means of the method's terms, by name)."""
         t = self.cfg.trainer
         self.model.train()
         self.method.train()
@@ -275,8 +274,7 @@ class Trainer:
 
 
 def check_resumable(run: Run, state: dict) -> None:
-    """Raise ResumeError unless this run may continue the checkpoint `state` in its folder: resume=true, the same
-    data, the same identity (dlb/run/identity.py), as many processes."""
+    """Raise ResumeError unless this run may continue checkpoint `state`: resume=true, same data, identity, ranks."""
     if not run.cfg.resume:
         raise ResumeError(f"{run.out_dir} already holds a run (epoch {state['epoch']}); pass resume=true to "
                           "continue it, or pick another output dir with hydra.run.dir=<dir>")
@@ -293,8 +291,7 @@ def check_resumable(run: Run, state: dict) -> None:
 
 
 def startup_lines(tr: Trainer, resumed: bool) -> list[str]:
-    """Where the run writes, fresh or resumed, device, data, backbone, method, length, seed and speed settings; then
-    the command that continues the run (a run from the command line), and warnings: a busy CPU, emulated bf16."""
+    """The start-up lines: what and where the run is, the command that continues it, warnings (busy CPU, bf16)."""
     cfg, env, p = tr.cfg, tr.environment, tr.partial
     where = ("fresh run" if not resumed else f"resumed after epoch {tr.epoch}/{cfg.trainer.epochs}" if p is None
              else f"resumed in epoch {p['epoch'] + 1} at step {p['epoch_step']}")

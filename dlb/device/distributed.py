@@ -51,8 +51,7 @@ def all_gather_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
-    """Give every rank rank `src`'s buffers (BatchNorm running statistics), e.g. before a sharded evaluation, so the
-    ranks evaluate the same network that rank 0 checkpoints."""
+    """Give every rank rank `src`'s buffers (BatchNorm statistics): all evaluate the network that rank 0 saves."""
     if active():
         for b in module.buffers():
             dist.broadcast(b, src)
@@ -60,8 +59,7 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
 
 def shard(batches: list[torch.Tensor], rank: int, world: int, *, train: bool,
           global_batches: bool) -> list[torch.Tensor]:
-    """This rank's part of an epoch's index batches (every rank computes the same `batches`); docs/performance.md
-    ("Several GPUs: DDP") has the details."""
+    """This rank's part of an epoch's index batches (`batches` is the same on every rank; docs/performance.md, DDP)."""
     if world == 1:
         return batches
     if not train:

@@ -40,8 +40,7 @@ def set_threads(requested: int | None, jobs: int | None = None) -> int:
 
 
 def busy_cpu_note(threads: int) -> str | None:
-    """A hint when other processes already keep this process's cores busy (then `threads` more make every step
-    wait); None when the cores are free or the load can't be read."""
+    """A hint when other processes keep this process's cores busy; None when they are free or the load is unknown."""
     try:
         load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -95,8 +95,7 @@ def run_lock(path: Path):
 
 class StopSignals:
     """SIGTERM, SIGUSR1 (SLURM's time limit or preemption) and Ctrl-C only set `received`: the trainer saves at the
-    next step boundary and stops; a second Ctrl-C stops at once (KeyboardInterrupt). SIGUSR2 is left to
-    hydra-submitit-launcher's requeue."""
+    next step boundary and stops; a second Ctrl-C stops at once. SIGUSR2 is left to submitit's requeue."""
 
     SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 

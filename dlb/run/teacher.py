@@ -16,8 +16,7 @@ from dlb.models import build_model
 
 
 def search_root(out_dir: Path, teacher_root: str | None) -> Path:
-    """Where method.teacher=auto looks: teacher_root, else the nearest ancestor of out_dir that is outputs/, multirun/
-    or a Hydra sweep dir, else out_dir/../.. (never the filesystem root)."""
+    """Where method.teacher=auto looks: teacher_root, else the results root above out_dir (docs/methods.md's rule)."""
     if teacher_root:
         return Path(teacher_root).expanduser().resolve()
     out_dir = Path(out_dir).resolve()
@@ -48,10 +47,9 @@ def _train_command(config: dict, root: Path) -> str:
     def option(group: str, name: str) -> str:
         # The group option whose YAML sets this name (backbone=resnet32 for cifar_resnet32); a backbone without one
         # is timm's (its backbone.name then differs from the defaults and follows as a value).
-        for path in sorted((CONFIGS / group).glob("*.yaml")):
-            if f"\nname: {name}\n" in "\n" + path.read_text() + "\n":
-                return path.stem
-        return "timm" if group == "backbone" else name
+        found = (path.stem for path in sorted((CONFIGS / group).glob("*.yaml"))
+                 if f"\nname: {name}\n" in "\n" + path.read_text() + "\n")
+        return next(found, "timm" if group == "backbone" else name)
 
     ident = runid.identity(config)
     choices = {"dataset": option("dataset", config["dataset"]["name"]),
