@@ -29,8 +29,7 @@ from dlb.run.loggers import RunLogger
 from dlb.run.record import peak_memory_bytes, rng_states, set_rng_states
 
 
-# A NaN/Inf loss is caught by reading the on-device loss sums every FINITE_CHECK_EVERY steps and at each epoch end:
-# one host sync per check, never one per step.
+# A NaN/Inf loss shows in the on-device loss sums, read every this many steps and at epoch end (not a sync per step)
 FINITE_CHECK_EVERY = 50
 PROGRESS_EVERY_S = 120.0  # a progress line inside long epochs (train.log; stdout when it is not a terminal)
 

@@ -1,5 +1,4 @@
-"""Data parallelism over processes (trainer.ddp=true under torchrun): set-up, the epoch's sharding, reductions.
-docs/performance.md ("Several GPUs: DDP") says how the global batch, BatchNorm and the metrics work across ranks."""
+"""Data parallelism over processes (trainer.ddp=true under torchrun; docs/performance.md, "Several GPUs: DDP")."""
 from __future__ import annotations
 
 import os

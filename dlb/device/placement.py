@@ -25,8 +25,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_threads(requested: int | None, jobs: int | None = None) -> int:
-    """Apply and return torch's CPU thread count: `requested`, else $OMP_NUM_THREADS, else the usable cores divided
-    by `jobs`; at least 1. (torch's one per core crawls on a shared machine: docs/performance.md.)"""
+    """Apply and return torch's CPU thread count: `requested`, else $OMP_NUM_THREADS, else usable cores / `jobs`."""
     if requested is None:
         env = os.environ.get("OMP_NUM_THREADS", "").strip()
         if env.isdigit() and int(env) > 0:

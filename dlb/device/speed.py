@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import torch
 
 
-# glibc's mallopt (malloc.h) M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD: blocks above 32 MiB still mapped one by
-# one, up to 1 GiB of freed heap kept, grown 256 MiB at a time
+# glibc's mallopt (malloc.h) M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD: docs/performance.md, "Kept heap"
 KEEP_HEAP = ((-3, 32 << 20), (-1, 1 << 30), (-2, 256 << 20))
 
 

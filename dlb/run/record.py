@@ -1,5 +1,4 @@
-"""What a run records about itself so it can be reproduced: seeds and RNG states, code version, environment, and
-its peak memory."""
+"""What a run records to be reproducible: seeds and RNG states, code version, environment, and its peak memory."""
 from __future__ import annotations
 
 import os
