@@ -1,6 +1,7 @@
 """Where a run executes: the torch device, a GPU slot shared by concurrent runs, and the CPU thread count."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -50,7 +51,7 @@ def busy_cpu_note(threads: int) -> str | None:
             f"{'s' if threads > 1 else ''}; if it crawls, give it fewer with trainer.threads=<n> (docs/performance.md)")
 
 
-class GpuSlot:
+class GpuSlot(contextlib.AbstractContextManager):
     """trainer.device=slot: a slot file ($DLB_SLOT_DIR/gpu<g>-<j>.lock) locked for the life of the run, so runs launched
     at once spread over the visible GPUs (docs/performance.md, "Many runs per GPU: slots"); `device` is cuda:<g>."""
 
@@ -81,3 +82,6 @@ class GpuSlot:
         if self.file is not None:
             self.file.close()  # closing the descriptor releases the flock
             self.file = None
+
+    def __exit__(self, *exc):
+        self.close()
