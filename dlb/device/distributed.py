@@ -39,8 +39,7 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_gather_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Every rank's rows, concatenated in rank order. The ranks' tensors must have equal shapes (the train shard
-    gives every rank the same batch size at every step)."""
+    """Every rank's rows in rank order; the shapes must be equal on all ranks (the train shard's batches are)."""
     if not active():
         return list(tensors)
     gathered = [t.new_empty((dist.get_world_size() * t.shape[0], *t.shape[1:])) for t in tensors]

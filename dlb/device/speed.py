@@ -82,8 +82,7 @@ def resolve_speed(t, o, device: torch.device, steps: int, ruled_out: Collection[
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matrix maths runs in hardware here: a CUDA GPU that supports it, or a CPU with AMX or
-    AVX512-BF16 (oneDNN's test). Elsewhere bf16 autocast is emulated and slower than fp32."""
+    """Whether bf16 maths runs in hardware here (CUDA, or a CPU with AMX/AVX512-BF16); else it is slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

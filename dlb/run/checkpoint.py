@@ -75,8 +75,7 @@ def locked(path: Path, holder: str):
 
 @contextlib.contextmanager
 def run_lock(path: Path):
-    """The run folder's lock file `path`, locked for the life of a run (rank 0's) so two processes never write one
-    folder; a second one stops at once, naming the holder."""
+    """Rank 0 holds the folder's lock file `path` for the run's life: a second run stops at once, naming the holder."""
     if int(os.environ.get("RANK", "0")) != 0:  # DDP: the other ranks belong to rank 0's run
         yield
         return

@@ -1,7 +1,6 @@
 """What identifies a run: the config keys that change what is computed (all but FREE_KEYS and each method's
-Method.speed_only_options), and the data it was computed on (a fingerprint of the decoded arrays: `dataset.root` may
-move, the data may not change). This one list decides whether a folder may be resumed, which runs are seeds of one table
-cell, which CE run tfkd_self takes as its teacher, and the default run folder (README.md, "Run folders")."""
+Method.speed_only_options), and its data's fingerprint (`dataset.root` may move, the data may not change). It decides
+resuming, the seeds of a table cell, tfkd_self's teacher, the default run folder (README.md, "Run folders")."""
 from __future__ import annotations
 
 import contextlib
