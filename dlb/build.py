@@ -37,16 +37,15 @@ class Run:
         t, d, o = cfg.trainer, cfg.dataset, cfg.optim
         # Placement: one process per GPU under torchrun (ddp), a locked GPU slot (held until the run closes), or a
         # device. own_group: the DDP process group was created here (and is destroyed by close).
-        rank, world_size, own_group, self.slot = 0, 1, False, None
+        rank, world_size, self.own_group, self.slot = 0, 1, False, None
         if t.ddp:
-            rank, world_size, device, own_group = distributed.setup(t.device)
+            rank, world_size, device, self.own_group = distributed.setup(t.device)
         elif t.device == "slot":
             self.slot = GpuSlot(t.jobs_per_gpu)
             device = self.slot.device
         else:
             device = resolve_device(t.device)
-        self.device, self.rank, self.world_size, self.own_group = device, rank, world_size, own_group
-        self.is_main = rank == 0  # rank 0 of world_size processes writes the files
+        self.device, self.world_size, self.is_main = device, world_size, rank == 0  # rank 0 writes the files
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)  # stray allocations (e.g. by libraries) go to this run's GPU
         seed_everything(cfg.seed, t.deterministic)
@@ -62,9 +61,8 @@ class Run:
         self.noise_rate_realised = prepared.noise_rate_realised
 
         # Speed settings, resolved once for this device and run length (trainer.compile=auto needs the steps).
-        steps_per_epoch = math.ceil(self.train_size / (t.batch_size * world_size))
-        if t.limit_train_batches is not None:
-            steps_per_epoch = min(steps_per_epoch, t.limit_train_batches)
+        steps_per_epoch = min(math.ceil(self.train_size / (t.batch_size * world_size)),
+                              t.limit_train_batches or math.inf)
         speed = resolve_speed(t, o, device, steps_per_epoch * t.epochs, METHODS[cfg.method.name].rules_out(cfg.method))
         # keep_heap() applies trainer.keep_heap to the process; False on a C library without glibc's mallopt
         self.speed = speed = dataclasses.replace(speed, keep_heap=speed.keep_heap and keep_heap())
@@ -84,7 +82,6 @@ class Run:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, C.milestones(cfg), gamma=o.gamma)
         self.warmup_steps = o.warmup_epochs * steps_per_epoch  # optim.warmup_epochs in optimizer steps
 
-        common = dict(device=device, channels_last=speed.channels_last, crop_size=d.image_size)
         loader_kw = dict(num_workers=d.num_workers) if d.loader == "torch" else {}
         batch_order = method.batch_order(train_ds.labels, t.batch_size)
         if batch_order is not None:
@@ -93,12 +90,11 @@ class Run:
                                   "which only the device loader provides; use dataset.loader=device")
             loader_kw["batch_order"] = batch_order
         shard = dict(rank=rank, world_size=world_size) if world_size > 1 else {}  # DDP: this rank's part
-        self.train_loader = make_loader(train_ds, kind=d.loader, batch_size=t.batch_size, train=True, seed=cfg.seed,
-                                        num_views=method.num_views, augment=d.augment, padding=d.padding,
-                                        rotation=d.rotation, batch_augment=A.build(cfg.augment, method.paired_rows),
-                                        **common, **loader_kw, **shard)
-        self.test_loader = make_loader(test_ds, kind="device", batch_size=speed.eval_batch_size, train=False,
-                                       seed=cfg.seed, **common, **shard)
+        common = dict(seed=cfg.seed, device=device, channels_last=speed.channels_last, crop_size=d.image_size, **shard)
+        self.train_loader = make_loader(train_ds, kind=d.loader, batch_size=t.batch_size, train=True, augment=d.augment,
+                                        num_views=method.num_views, padding=d.padding, rotation=d.rotation,
+                                        batch_augment=A.build(cfg.augment, method.paired_rows), **common, **loader_kw)
+        self.test_loader = make_loader(test_ds, kind="device", batch_size=speed.eval_batch_size, train=False, **common)
         self.config_dict = C.to_container(cfg)  # the resolved config
         # versions, device and threads, code commit: read once (git runs a subprocess), written with every summary
         self.environment = {**environment_info(device), **git_info()}

@@ -59,8 +59,7 @@ def evaluate(model, loader, limit_batches: int | None = None, autocast=None) -> 
         if limit_batches is not None and step >= limit_batches:
             break
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
-            logits = model(batch.views[0])
-        logits = logits.float()
+            logits = model(batch.views[0]).float()
         nll_sum = nll_sum + F.cross_entropy(logits, batch.y, reduction="sum")
         conf, pred = logits.softmax(1).max(1)
         for part, x in zip(parts, (logits, batch.y, conf, pred == batch.y)):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 from dlb.build import Run
 from dlb.config import to_container
@@ -28,8 +29,7 @@ from dlb.run.loggers import RunLogger
 from dlb.run.record import peak_memory_bytes, rng_states, set_rng_states
 
 
-# A NaN/Inf loss is caught by reading the on-device loss sums every FINITE_CHECK_EVERY steps and at each epoch end:
-# one host sync per check, never one per step.
+# A NaN/Inf loss shows in the on-device loss sums, read every this many steps and at epoch end (not a sync per step)
 FINITE_CHECK_EVERY = 50
 PROGRESS_EVERY_S = 120.0  # a progress line inside long epochs (train.log; stdout when it is not a terminal)
 
@@ -103,16 +103,13 @@ class Trainer:
         return logits, loss, losses
 
     def train_epoch(self, epoch: int) -> tuple[dict, dict]:
-        """One epoch of training: (train_loss, train_acc, timing and image counts; the means of the method's loss
-        terms and diagnostics, by name)."""
+        """One epoch of training: (train_loss/acc, time and image counts; the means of the method's terms, by name)."""
         t = self.cfg.trainer
         self.model.train()
         self.method.train()
         self.method.on_epoch_start(epoch, t.epochs)
         self.train_loader.set_epoch(epoch)
-        n_batches = len(self.train_loader)
-        if t.limit_train_batches is not None:
-            n_batches = min(n_batches, t.limit_train_batches)
+        n_batches = min(len(self.train_loader), t.limit_train_batches or math.inf)
         # Sums stay on the device; they are read at the end of the epoch and every FINITE_CHECK_EVERY steps.
         sums: dict[str, torch.Tensor] = {}
         zero = torch.zeros((), device=self.device)
@@ -125,8 +122,6 @@ class Trainer:
         progress = t.progress if t.progress is not None else sys.stderr.isatty()
         batches = self.train_loader if first == 0 else self.train_loader.iter_from(first)
         if progress:
-            from tqdm import tqdm
-
             batches = tqdm(batches, total=n_batches, initial=first, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False)
         start = noted = time.perf_counter()
         for i, batch in enumerate(batches, start=first):
@@ -204,7 +199,7 @@ class Trainer:
             self._say(line)
         started, first_epoch = time.perf_counter(), self.epoch
         try:
-            self._write_summary(status)
+            write_summary(self, status)
             for epoch in range(self.epoch, t.epochs):
                 row = self._run_epoch(epoch)
                 self.history.append(row)
@@ -217,7 +212,7 @@ class Trainer:
                           f"{row['train_acc']:.2f}  test err {row['test_err']:.2f}  ({row['train_img_per_s']:.0f} "
                           f"img/s)  elapsed {_clock(wall)}  ETA {_clock(eta)}")
                 if epoch + 1 < t.epochs:
-                    self._write_summary(status)  # epochs done and best so far, readable while the run goes on
+                    write_summary(self, status)  # epochs done and best so far, readable while the run goes on
                     stop = self._stop.received is not None
                     if self.world_size > 1:  # the ranks agree (one tiny all-reduce per epoch)
                         stop = distributed.all_reduce_sum(torch.tensor(float(stop), device=self.device)).item() > 0
@@ -240,7 +235,7 @@ class Trainer:
             if status == "running":
                 status = "failed"
             self._stop.restore()
-            summary = self._write_summary(status)
+            summary = write_summary(self, status)
             if logger:
                 logger.finish(summary, exit_code=0 if status == "completed" else 1)
             self.run.close()
@@ -276,16 +271,9 @@ class Trainer:
                 print(line, flush=True)
             self.folder.add_log_line(line)
 
-    def _write_summary(self, status: str) -> dict:
-        summary = run_summary(self, status)
-        if self.is_main:
-            runfiles.write_json(self.folder.summary, summary)
-        return summary
-
 
 def check_resumable(run: Run, state: dict) -> None:
-    """Raise ResumeError unless this run may continue the checkpoint `state` in its folder: resume=true, the same
-    data, the same identity (dlb/run/identity.py), as many processes."""
+    """Raise ResumeError unless this run may continue checkpoint `state`: resume=true, same data, identity, ranks."""
     if not run.cfg.resume:
         raise ResumeError(f"{run.out_dir} already holds a run (epoch {state['epoch']}); pass resume=true to "
                           "continue it, or pick another output dir with hydra.run.dir=<dir>")
@@ -302,8 +290,7 @@ def check_resumable(run: Run, state: dict) -> None:
 
 
 def startup_lines(tr: Trainer, resumed: bool) -> list[str]:
-    """Where the run writes, fresh or resumed, device, data, backbone, method, length, seed and speed settings; then
-    the command that continues the run (a run from the command line), and warnings: a busy CPU, emulated bf16."""
+    """The start-up lines: what and where the run is, the command that continues it, warnings (busy CPU, bf16)."""
     cfg, env, p = tr.cfg, tr.environment, tr.partial
     where = ("fresh run" if not resumed else f"resumed after epoch {tr.epoch}/{cfg.trainer.epochs}" if p is None
              else f"resumed in epoch {p['epoch'] + 1} at step {p['epoch_step']}")
@@ -324,10 +311,10 @@ def startup_lines(tr: Trainer, resumed: bool) -> list[str]:
     return [line for line in lines if line]
 
 
-def run_summary(tr: Trainer, status: str) -> dict:
-    """summary.json of the run so far: its status, results and what it ran on (rank 0 writes it)."""
+def write_summary(tr: Trainer, status: str) -> dict:
+    """Write (rank 0) and return summary.json of the run so far: its status, results and what it ran on."""
     cfg, last = tr.cfg, (tr.history[-1] if tr.history else {})
-    return runfiles.Summary(
+    summary = runfiles.Summary(
         status=status, cell=runid.cell_name(cfg.dataset.name, cfg.backbone.name, cfg.method.name),
         dataset=cfg.dataset.name, backbone=cfg.backbone.name, method=cfg.method.name, seed=cfg.seed,
         epochs=cfg.trainer.epochs, epochs_completed=tr.epoch, steps=tr.step,
@@ -341,6 +328,9 @@ def run_summary(tr: Trainer, status: str) -> dict:
         world_size=tr.world_size, global_batch=tr.world_size * cfg.trainer.batch_size, device=str(tr.device),
         environment=tr.environment,
     ).to_dict()
+    if tr.is_main:
+        runfiles.write_json(tr.folder.summary, summary)
+    return summary
 
 
 def check_finite(where: str, terms: dict[str, float]) -> None:

@@ -1,5 +1,4 @@
-"""Data parallelism over processes (trainer.ddp=true under torchrun): set-up, the epoch's sharding, reductions.
-docs/performance.md ("Several GPUs: DDP") says how the global batch, BatchNorm and the metrics work across ranks."""
+"""Data parallelism over processes (trainer.ddp=true under torchrun; docs/performance.md, "Several GPUs: DDP")."""
 from __future__ import annotations
 
 import os
@@ -40,8 +39,7 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_gather_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Every rank's rows, concatenated in rank order. The ranks' tensors must have equal shapes (the train shard
-    gives every rank the same batch size at every step)."""
+    """Every rank's rows in rank order; the shapes must be equal on all ranks (the train shard's batches are)."""
     if not active():
         return list(tensors)
     gathered = [t.new_empty((dist.get_world_size() * t.shape[0], *t.shape[1:])) for t in tensors]
@@ -51,8 +49,7 @@ def all_gather_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
-    """Give every rank rank `src`'s buffers (BatchNorm running statistics), e.g. before a sharded evaluation, so the
-    ranks evaluate the same network that rank 0 checkpoints."""
+    """Give every rank rank `src`'s buffers (BatchNorm statistics): all evaluate the network that rank 0 saves."""
     if active():
         for b in module.buffers():
             dist.broadcast(b, src)
@@ -60,8 +57,7 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
 
 def shard(batches: list[torch.Tensor], rank: int, world: int, *, train: bool,
           global_batches: bool) -> list[torch.Tensor]:
-    """This rank's part of an epoch's index batches (every rank computes the same `batches`); docs/performance.md
-    ("Several GPUs: DDP") has the details."""
+    """This rank's part of an epoch's index batches (`batches` is the same on every rank; docs/performance.md, DDP)."""
     if world == 1:
         return batches
     if not train:
@@ -71,5 +67,4 @@ def shard(batches: list[torch.Tensor], rank: int, world: int, *, train: bool,
         return [b[rank * m:(rank + 1) * m] for b, m in zip(batches, sizes) if m]
     # a method's own batch order: whole batches r, r+world, ..., padded with the first so every rank takes as many steps
     n = -(-len(batches) // world) * world  # round up to a multiple of world
-    padded = [batches[i % len(batches)] for i in range(n)]
-    return padded[rank::world]
+    return [batches[i % len(batches)] for i in range(rank, n, world)]

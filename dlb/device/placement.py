@@ -26,8 +26,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_threads(requested: int | None, jobs: int | None = None) -> int:
-    """Apply and return torch's CPU thread count: `requested`, else $OMP_NUM_THREADS, else the usable cores divided
-    by `jobs`; at least 1. (torch's one per core crawls on a shared machine: docs/performance.md.)"""
+    """Apply and return torch's CPU thread count: `requested`, else $OMP_NUM_THREADS, else usable cores / `jobs`."""
     if requested is None:
         env = os.environ.get("OMP_NUM_THREADS", "").strip()
         if env.isdigit() and int(env) > 0:
@@ -41,8 +40,7 @@ def set_threads(requested: int | None, jobs: int | None = None) -> int:
 
 
 def busy_cpu_note(threads: int) -> str | None:
-    """A hint when other processes already keep this process's cores busy (then `threads` more make every step
-    wait); None when the cores are free or the load can't be read."""
+    """A hint when other processes keep this process's cores busy; None when they are free or the load is unknown."""
     try:
         load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -55,8 +53,7 @@ def busy_cpu_note(threads: int) -> str | None:
 
 class GpuSlot(contextlib.AbstractContextManager):
     """trainer.device=slot: a slot file ($DLB_SLOT_DIR/gpu<g>-<j>.lock) locked for the life of the run, so runs launched
-    at once spread over the visible GPUs (docs/performance.md, "Many runs per GPU: slots"); `device` is cuda:<g>. Slots
-    fill breadth-first (job 0 on every GPU first); with all taken, the constructor waits, or raises after timeout_s."""
+    at once spread over the visible GPUs (docs/performance.md, "Many runs per GPU: slots"); `device` is cuda:<g>."""
 
     def __init__(self, jobs_per_gpu: int = 1, slot_dir: str | Path | None = None, timeout_s: float | None = None,
                  poll_s: float = 2.0):

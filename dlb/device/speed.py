@@ -9,14 +9,12 @@ from dataclasses import dataclass
 import torch
 
 
-# glibc's mallopt (malloc.h) M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD: blocks above 32 MiB still mapped one by
-# one, up to 1 GiB of freed heap kept, grown 256 MiB at a time
+# glibc's mallopt (malloc.h) M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD: docs/performance.md, "Kept heap"
 KEEP_HEAP = ((-3, 32 << 20), (-1, 1 << 30), (-2, 256 << 20))
 
 
 def keep_heap() -> bool:
-    """trainer.keep_heap: glibc's malloc keeps the heap a step frees for the next step instead of faulting it in again
-    (docs/performance.md). Process-wide; numerics unchanged. False where the C library has no mallopt."""
+    """trainer.keep_heap (process-wide): glibc keeps freed heap for the next step; False without mallopt."""
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
@@ -63,9 +61,8 @@ class Speed:
 
 
 def resolve_speed(t, o, device: torch.device, steps: int, ruled_out: Collection[str] = ()) -> Speed:
-    """trainer.faithful/channels_last/compile/precision/keep_heap and optim.fused for this device, `steps` optimizer
-    steps and the features the method rules out (Method.rules_out). auto: docs/performance.md's table (measured on
-    CPU, predicted on CUDA); faithful: the official code's numerics."""
+    """The speed settings for this device, `steps` optimizer steps and the features the method rules out
+    (Method.rules_out): auto as docs/performance.md's table says; faithful: the official code's numerics."""
     cuda = device.type == "cuda"
     eval_batch = t.eval_batch_size if t.eval_batch_size != "auto" else EVAL_BATCH["cuda" if cuda else "cpu"]
     # (the heap and the evaluation batch change no number: faithful keeps them; eval rounding aside)
@@ -85,17 +82,15 @@ def resolve_speed(t, o, device: torch.device, steps: int, ruled_out: Collection[
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matrix maths runs in hardware here: a CUDA GPU that supports it, or a CPU with AMX or
-    AVX512-BF16 (oneDNN's test). Elsewhere bf16 autocast is emulated and slower than fp32."""
+    """Whether bf16 maths runs in hardware here (CUDA, or a CPU with AMX/AVX512-BF16); else it is slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """trainer.compile: torch.compile of the model, never of a method's step (DLB's two forwards stay two calls, each
-    with its own BatchNorm statistics); one static graph per batch shape. reduce-overhead's CUDA graphs reuse their
-    output buffers, and DLB keeps last step's logits: outputs are copied out."""
+    """trainer.compile: torch.compile of the model, never of a method's step (docs/performance.md); reduce-overhead's
+    CUDA graphs reuse their output buffers, and DLB keeps last step's logits: outputs are copied out."""
     if mode == "none":
         return model
     net = torch.compile(model, mode=None if mode == "default" else str(mode), dynamic=False)

@@ -67,8 +67,7 @@ def locked(path: Path, holder: str):
         return None
     except OSError as e:  # a file system without flock (some network mounts): run, but say it's unguarded
         warn(f"cannot lock {path} ({e.strerror}); nothing stops a second run from using it")
-    f.seek(0)
-    f.truncate()
+    f.truncate(0)  # (writes in "a+" go to the end, now the start)
     f.write(f"{holder}\n")
     f.flush()
     return f
@@ -76,8 +75,7 @@ def locked(path: Path, holder: str):
 
 @contextlib.contextmanager
 def run_lock(path: Path):
-    """The run folder's lock file `path`, locked for the life of a run (rank 0's) so two processes never write one
-    folder; a second one stops at once, naming the holder."""
+    """Rank 0 holds the folder's lock file `path` for the run's life: a second run stops at once, naming the holder."""
     if int(os.environ.get("RANK", "0")) != 0:  # DDP: the other ranks belong to rank 0's run
         yield
         return
@@ -96,8 +94,7 @@ def run_lock(path: Path):
 
 class StopSignals:
     """SIGTERM, SIGUSR1 (SLURM's time limit or preemption) and Ctrl-C only set `received`: the trainer saves at the
-    next step boundary and stops; a second Ctrl-C stops at once (KeyboardInterrupt). SIGUSR2 is left to
-    hydra-submitit-launcher's requeue."""
+    next step boundary and stops; a second Ctrl-C stops at once. SIGUSR2 is left to submitit's requeue."""
 
     SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 

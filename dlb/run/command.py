@@ -1,6 +1,5 @@
-"""The command line that names a run folder back: `python -m dlb.train <overrides> hydra.run.dir='<folder>'`. Run
-folders hold `=` and `,`, which Hydra's grammar reads as a key and a list: the folder is quoted for Hydra, every word
-for the shell. No torch here: dlb.train answers a bad override with it before torch is imported."""
+"""The command that continues a run, `python -m dlb.train <overrides> hydra.run.dir='<folder>'`: the folder (its `=`
+and `,` are Hydra syntax) quoted for Hydra, every word for the shell. No torch: dlb.train uses it before torch loads."""
 from __future__ import annotations
 
 import re

@@ -1,5 +1,4 @@
-"""A run folder, defined once: RunFolder names every file in it and writes and reads them, for the trainer, the
-report, the teacher search and the demo."""
+"""A run folder, defined once: RunFolder names, writes and reads every file in it, for every reader and writer."""
 from __future__ import annotations
 
 import contextlib

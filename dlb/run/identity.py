@@ -1,15 +1,17 @@
 """What identifies a run: the config keys that change what is computed (all but FREE_KEYS and each method's
-Method.speed_only_options), and the data it was computed on (a fingerprint of the decoded arrays: `dataset.root` may
-move, the data may not change). This one list decides whether a folder may be resumed, which runs are seeds of one table
-cell, which CE run tfkd_self takes as its teacher, and the default run folder (README.md, "Run folders")."""
+Method.speed_only_options), and its data's fingerprint (`dataset.root` may move, the data may not change). It decides
+resuming, the seeds of a table cell, tfkd_self's teacher, the default run folder (README.md, "Run folders")."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import re
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from dlb import CONFIGS
@@ -140,15 +142,10 @@ def defaults_for(choices: dict[str, str]) -> dict:
 
 @functools.cache
 def _composed(overrides: tuple[str, ...]) -> dict:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():  # inside a Hydra app or compose context
-        cfg = compose("config", overrides=list(overrides))
-    else:  # a config composed earlier, resolved now
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-            cfg = compose("config", overrides=list(overrides))
-    return _resolved(cfg)
+    # inside a Hydra app or compose context its config dir, else (a config composed earlier, resolved now) ours
+    with contextlib.nullcontext() if GlobalHydra.instance().is_initialized() else \
+            initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        return _resolved(compose("config", overrides=list(overrides)))
 
 
 def resolve_run_name(*, _root_) -> str:

@@ -1,5 +1,4 @@
-"""What a run records about itself so it can be reproduced: seeds and RNG states, code version, environment, and
-its peak memory."""
+"""What a run records to be reproducible: seeds and RNG states, code version, environment, and its peak memory."""
 from __future__ import annotations
 
 import os
@@ -9,8 +8,11 @@ import resource
 import subprocess
 import sys
 
+import hydra
 import numpy as np
+import timm
 import torch
+import torchvision
 
 from dlb import REPO
 
@@ -66,10 +68,6 @@ def cpu_model() -> str:
 
 
 def environment_info(device: torch.device) -> dict:
-    import hydra
-    import timm
-    import torchvision
-
     info = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "timm": timm.__version__, "hydra": hydra.__version__,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}

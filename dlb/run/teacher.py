@@ -16,8 +16,7 @@ from dlb.models import build_model
 
 
 def search_root(out_dir: Path, teacher_root: str | None) -> Path:
-    """Where method.teacher=auto looks: teacher_root, else the nearest ancestor of out_dir that is outputs/, multirun/
-    or a Hydra sweep dir, else out_dir/../.. (never the filesystem root)."""
+    """Where method.teacher=auto looks: teacher_root, else the results root above out_dir (docs/methods.md's rule)."""
     if teacher_root:
         return Path(teacher_root).expanduser().resolve()
     out_dir = Path(out_dir).resolve()
@@ -48,10 +47,9 @@ def _train_command(config: dict, root: Path) -> str:
     def option(group: str, name: str) -> str:
         # The group option whose YAML sets this name (backbone=resnet32 for cifar_resnet32); a backbone without one
         # is timm's (its backbone.name then differs from the defaults and follows as a value).
-        for path in sorted((CONFIGS / group).glob("*.yaml")):
-            if f"\nname: {name}\n" in "\n" + path.read_text() + "\n":
-                return path.stem
-        return "timm" if group == "backbone" else name
+        found = (path.stem for path in sorted((CONFIGS / group).glob("*.yaml"))
+                 if f"\nname: {name}\n" in "\n" + path.read_text() + "\n")
+        return next(found, "timm" if group == "backbone" else name)
 
     ident = runid.identity(config)
     choices = {"dataset": option("dataset", config["dataset"]["name"]),
@@ -77,8 +75,7 @@ def find_teacher(run_cfg, out_dir: Path, teacher_root: str | None, data: dict | 
     what = (f"completed CE run with dataset={run_cfg.dataset.name} backbone={run_cfg.backbone.name} "
             f"seed={run_cfg.seed} and this run's other settings")
     if not found:
-        best = f"{RunFolder.CHECKPOINTS}/{RunFolder.BEST}"
-        raise ConfigError(f"method.teacher=auto: found no {what} (and its {best}) in "
+        raise ConfigError(f"method.teacher=auto: found no {what} (and its {RunFolder.CHECKPOINTS}/{RunFolder.BEST}) in "
                           f"{root}/**/{RunFolder.SUMMARY}; train it first: {_train_command(config, root)}  (or set "
                           f"method.teacher=<{RunFolder.BEST} or run dir>, method.teacher_root=<dir to search>)")
     if len(found) > 1:
