@@ -20,7 +20,7 @@ from dlb import CONFIGS
 from dlb.choice import (Augment, BatchAugment, CompileMode, CutMixViews, LoaderKind, LoggerName, NoiseName, Precision,
                         WandbMode)
 from dlb.errors import ConfigError
-from dlb.groups import group_options, registry  # noqa: F401  (group_options: for the tests)
+from dlb.groups import registry
 from dlb.run.identity import register_resolver
 
 # What the schema can't type as a Choice: trainer.device (also cuda:<index>), and options of auto or a bool.

@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from dlb.data.datasets import FASHION_MNIST_SYSTEM_DIR, load_dataset  # noqa: E402
+from dlb.data.datasets import load_dataset  # noqa: E402
+from dlb.data.datasets.fashion_mnist import FASHION_MNIST_SYSTEM_DIR  # noqa: E402
 from dlb.data.loader import Batch  # noqa: E402
 from dlb.device.placement import resolve_device  # noqa: E402
 from dlb.device.speed import native_bf16  # noqa: E402

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from conftest import REPO, compose
-from dlb.config import group_options, milestones, validate
+from dlb.config import milestones, validate
+from dlb.groups import group_options
 from dlb.errors import ConfigError
 from dlb.train import load_config
 

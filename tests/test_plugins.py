@@ -27,7 +27,8 @@ def load_blobs(root, train, download, image_size):
 '''
 
 CHECK = '''
-from dlb.config import compose, group_options, validate
+from dlb.config import compose, validate
+from dlb.groups import group_options
 from dlb.data.datasets import TRAIN_SIZES
 from dlb.errors import ConfigError
 assert "blobs" in group_options("dataset") and TRAIN_SIZES["blobs"] == 300, (group_options("dataset"), TRAIN_SIZES)

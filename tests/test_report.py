@@ -11,7 +11,8 @@ import yaml
 
 from conftest import REPO
 from dlb.analysis import report as report
-from dlb.analysis.report import build_report, collect_runs, collect_wandb_runs, render_latex, render_markdown
+from dlb.analysis.report import build_report, collect_runs, render_latex, render_markdown
+from dlb.analysis.runs import collect_wandb_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

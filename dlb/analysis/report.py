@@ -20,8 +20,8 @@ from dlb import REPO
 from dlb.analysis import claims as claims_view
 from dlb.analysis import stats
 from dlb.analysis.claims import pair_columns, seeds_text
-from dlb.analysis.runs import (CELL, DIVERGED, SETTING, UNFINISHED, collect_runs, collect_wandb_runs,  # noqa: F401
-                               compared, fmt_value, mean_std, table)
+from dlb.analysis.runs import (CELL, DIVERGED, SETTING, UNFINISHED, collect_runs, compared, fmt_value, mean_std,
+                               table)
 from dlb.methods import METHODS, comparisons, label
 from dlb.run.folder import RunFolder
 

@@ -8,8 +8,6 @@ from dlb import plugins
 from dlb.data.datasets.base import (DATASETS, TRAIN_SIZES, ArrayDataset, fingerprint, load_dataset,  # noqa: F401
                                     prepare, register_dataset)
 from dlb.data.datasets.cifar import CIFAR100_MEAN, CIFAR100_STD  # noqa: F401
-# (a copy: to move the Fashion-MNIST system dir, set dlb.data.datasets.fashion_mnist.FASHION_MNIST_SYSTEM_DIR)
-from dlb.data.datasets.fashion_mnist import FASHION_MNIST_SYSTEM_DIR  # noqa: F401
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
